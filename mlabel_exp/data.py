@@ -1,0 +1,289 @@
+"""Data layer: index a data root (images/ + annotations/), split it, and serve it to PyTorch.
+
+The on-disk layout is the original project's: ``images/im<N>.jpg`` and ``annotations/<class>.txt``
+listing the image numbers that contain the class. Class order is the sorted file stems, images that
+appear in no annotation file are kept as all-zero targets, and every problem is reported with the
+file and line it comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as given; the message names the file and the fix."""
+
+
+@dataclass
+class DatasetIndex:
+    """Everything known about a data root without decoding an image."""
+
+    root: Path
+    classes: list[str]
+    ids: np.ndarray            # image numbers, ascending
+    files: list[str]           # file names inside images/, aligned with ids
+    labels: np.ndarray         # uint8, len(ids) x len(classes), multi-hot
+    problems: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def paths(self, rows: Sequence[int] | None = None) -> list[Path]:
+        rows = range(len(self.files)) if rows is None else rows
+        return [self.root / "images" / self.files[r] for r in rows]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    if pattern.count("{id}") != 1:
+        raise DataError(f"data.image_pattern={pattern!r} must contain '{{id}}' exactly once, e.g. 'im{{id}}.jpg'")
+    before, after = pattern.split("{id}")
+    return re.compile(re.escape(before) + r"([0-9]+)" + re.escape(after) + r"\Z")
+
+
+def _read_annotation(path: Path) -> list[int]:
+    """Image numbers in one annotation file: blank lines, spaces, CRLF and a BOM are accepted."""
+    ids = []
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        token = line.strip()
+        if not token:
+            continue
+        if not token.isdigit() or int(token) == 0:
+            raise DataError(f"{path}:{lineno}: {token[:40]!r} is not a positive image number; "
+                            "each line of an annotation file must hold one image number such as 123")
+        ids.append(int(token))
+    return ids
+
+
+def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: bool = False) -> DatasetIndex:
+    """Index a data root in O(images + annotation lines).
+
+    ``strict`` turns annotated ids without an image file into an error instead of a warning.
+    """
+    root = Path(root)
+    images_dir, ann_dir = root / "images", root / "annotations"
+    missing = [d.name + "/" for d in (images_dir, ann_dir) if not d.is_dir()]
+    if missing:
+        raise DataError(f"data root {root} has no {' and no '.join(missing)}; expected the layout "
+                        "<root>/images/im1.jpg ... and <root>/annotations/<class>.txt (one image number a line)")
+    regex = _pattern_regex(image_pattern)
+    file_of: dict[int, str] = {}
+    with os.scandir(images_dir) as entries:
+        for entry in entries:
+            m = regex.match(entry.name)
+            if m and entry.is_file():
+                file_of[int(m.group(1))] = entry.name
+
+    ann_files = sorted(p for p in ann_dir.iterdir() if p.suffix == ".txt" and p.is_file())
+    if not ann_files:
+        raise DataError(f"{ann_dir} holds no <class>.txt annotation file")
+    classes = [p.stem for p in ann_files]
+    ids = np.array(sorted(file_of), dtype=np.int64)
+    if len(ids) == 0:
+        raise DataError(f"no usable images: nothing in {images_dir} matches data.image_pattern={image_pattern!r}")
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    labels = np.zeros((len(ids), len(classes)), dtype=np.uint8)
+    problems: list[str] = []
+    missing_ids: list[tuple[str, int]] = []
+    for c, path in enumerate(ann_files):
+        class_ids = _read_annotation(path)
+        if not class_ids:
+            problems.append(f"{path.name}: empty annotation file, class {path.stem!r} has no positives")
+        for i in class_ids:
+            r = row_of.get(i)
+            if r is None:
+                missing_ids.append((path.name, i))
+            else:
+                labels[r, c] = 1  # duplicates in a file simply set the same bit again
+    if missing_ids:
+        examples = ", ".join(f"{name}: {image_pattern.format(id=i)}" for name, i in missing_ids[:5])
+        msg = (f"{len(missing_ids)} annotated image(s) have no file in {images_dir} (e.g. {examples})")
+        if strict:
+            raise DataError(msg + "; add the files or set data.strict=false to skip them")
+        problems.append(msg + "; skipped")
+    for p in problems:
+        log.warning(p)
+    return DatasetIndex(root, classes, ids, [file_of[int(i)] for i in ids], labels, problems)
+
+
+# ---------------------------------------------------------------- split
+
+def make_split(labels: np.ndarray, val_fraction: float, test_fraction: float = 0.0,
+               seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded multi-label stratified split (iterative stratification) into train/val[/test] rows."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    rows = np.arange(len(labels))
+
+    def cut(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        if fraction <= 0:
+            return rows, rows[:0]
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        keep, held = next(splitter.split(np.zeros(len(rows)), labels[rows]))
+        return np.sort(rows[keep]), np.sort(rows[held])
+
+    rest, test = cut(rows, test_fraction, seed)
+    train, val = cut(rest, val_fraction / (1.0 - test_fraction), seed + 1)
+    split = {"train": train, "val": val}
+    if test_fraction > 0:
+        split["test"] = test
+    return split
+
+
+def save_split(path: str | Path, index: DatasetIndex, split: dict[str, np.ndarray], **meta) -> None:
+    """Write the split as file names (robust to re-indexing), atomically."""
+    payload = {"meta": meta, **{k: [index.files[r] for r in v] for k, v in split.items()}}
+    write_atomic(Path(path), json.dumps(payload, indent=1))
+
+
+def load_split(path: str | Path, index: DatasetIndex) -> dict[str, np.ndarray]:
+    payload = json.loads(Path(path).read_text())
+    row_of = {f: r for r, f in enumerate(index.files)}
+    split = {}
+    for part, files in payload.items():
+        if part == "meta":
+            continue
+        unknown = [f for f in files if f not in row_of]
+        if unknown:
+            raise DataError(f"split file {path}: {len(unknown)} file(s) of {part!r} are not in the data set "
+                            f"(e.g. {unknown[:3]}); delete the split file or point data.split_file elsewhere")
+        split[part] = np.array(sorted(row_of[f] for f in files), dtype=np.int64)
+    return split
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- images and transforms
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB; 16-bit and float images are rescaled, not clipped to white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif img.mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        elif arr.size and arr.max() > 255:
+            arr = arr / 257.0
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(im)
+
+
+def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    train: bool = False, random_resized_crop: bool = False, crop_scale_min: float = 0.6,
+                    hflip: bool = False):
+    """PIL image -> normalised float tensor at the model's input size (torchvision transforms v2)."""
+    import torch
+    from torchvision.transforms import v2
+
+    steps = [v2.PILToTensor()]
+    if train and random_resized_crop:
+        steps.append(v2.RandomResizedCrop(input_size, scale=(crop_scale_min, 1.0), antialias=True))
+    else:
+        steps.append(v2.Resize((input_size, input_size), antialias=True))
+    if train and hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+class MultiLabelImages:
+    """A map-style torch Dataset over image paths with optional multi-hot targets.
+
+    Items are ``(image, target)``; with ``with_names`` they are ``(image, target, file name)``, and
+    without labels (new images to predict) ``(image, file name)``.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray | None, transform, with_names: bool = False):
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} label rows")
+        self.paths = list(paths)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.transform = transform
+        self.with_names = with_names
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        path = self.paths[i]
+        image = self.transform(load_image(path))
+        if self.labels is None:
+            return image, path.name
+        target = torch.from_numpy(self.labels[i])
+        return (image, target, path.name) if self.with_names else (image, target)
+
+    @classmethod
+    def from_index(cls, index: DatasetIndex, rows: Sequence[int], transform, with_names: bool = False):
+        rows = np.asarray(rows, dtype=np.int64)
+        return cls(index.paths(rows), index.labels[rows], transform, with_names)
+
+
+# ---------------------------------------------------------------- from config
+
+def resolve_data_root(data_cfg) -> Path:
+    """The data root a ``data`` config points at, generating the synthetic set on first use."""
+    from .config import resolve_path
+    from .synthetic import SyntheticSpec, ensure_generated, generate
+
+    if data_cfg.name == "folder":
+        return resolve_path(data_cfg.root)
+    s = data_cfg.synthetic
+    spec = SyntheticSpec(s.num_images, s.image_size, s.seed, s.unlabeled_fraction, s.grayscale_fraction)
+    if data_cfg.root:
+        root = resolve_path(data_cfg.root)
+        if not (root / "annotations").is_dir():
+            generate(root, spec)
+        return root
+    return ensure_generated(resolve_path(data_cfg.cache_dir), spec)
+
+
+def index_from_config(data_cfg) -> DatasetIndex:
+    return build_index(resolve_data_root(data_cfg), data_cfg.image_pattern, data_cfg.strict)
+
+
+def split_from_config(index: DatasetIndex, data_cfg) -> dict[str, np.ndarray]:
+    """The configured split: read from ``data.split_file`` when it exists, else computed (and saved there)."""
+    from .config import resolve_path
+
+    path = resolve_path(data_cfg.split_file) if data_cfg.split_file else None
+    if path is not None and path.exists():
+        return load_split(path, index)
+    split = make_split(index.labels, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.split_seed)
+    if path is not None:
+        save_split(path, index, split, seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction,
+                   test_fraction=data_cfg.test_fraction)
+    return split

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny hand-built data trees and a small synthetic data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_tree(root: Path, image_ids, annotations: dict[str, str | bytes], size: int = 8) -> Path:
+    """images/im<id>.jpg for each id and annotations/<name> with the given raw contents."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for i in image_ids:
+        Image.new("RGB", (size, size), (i * 7 % 256, 0, 0)).save(root / "images" / f"im{i}.jpg")
+    for name, content in annotations.items():
+        mode = "wb" if isinstance(content, bytes) else "w"
+        with open(root / "annotations" / name, mode, **({} if mode == "wb" else {"newline": ""})) as f:
+            f.write(content)
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return lambda ids, ann, **kw: write_tree(tmp_path / "data", ids, ann, **kw)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A 300-image synthetic data set in the real layout, shared by the session."""
+    from mlabel_exp.synthetic import SyntheticSpec, generate
+
+    return generate(tmp_path_factory.mktemp("synthetic"), SyntheticSpec(num_images=300, image_size=64, seed=3))
+
+
+def brute_force_labels(root: Path, classes: list[str], ids: np.ndarray) -> np.ndarray:
+    """Reference multi-hot matrix: the obvious nested loop over annotation files."""
+    out = np.zeros((len(ids), len(classes)), dtype=np.uint8)
+    for c, name in enumerate(classes):
+        listed = {int(t) for t in (root / "annotations" / f"{name}.txt").read_text().split()}
+        for r, i in enumerate(ids):
+            out[r, c] = int(int(i) in listed)
+    return out

@@ -1,0 +1,72 @@
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mlabel_exp.config import CONF_DIR, ConfigError, register, validate
+
+
+def compose_cfg(*overrides):
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_config_validates():
+    cfg = validate(compose_cfg())
+    assert cfg.data.name == "synthetic" and cfg.data.val_fraction == 0.2
+
+
+@pytest.mark.parametrize("override,setting", [
+    ("data.val_fraction=1.5", "data.val_fraction"),
+    ("data.test_fraction=-0.1", "data.test_fraction"),
+    ("data.synthetic.num_images=0", "data.synthetic.num_images"),
+    ("data.augment.crop_scale_min=0", "data.augment.crop_scale_min"),
+    ("data.num_workers=-4", "data.num_workers"),
+])
+def test_out_of_range_values_name_the_setting(override, setting):
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        validate(compose_cfg(override))
+
+
+def test_unknown_key_and_wrong_type_fail_while_composing():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("data.val_fractoin=0.3")
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("data.val_fraction=abc")
+
+
+def test_folder_data_needs_a_root():
+    with pytest.raises(ConfigError, match="data.root"):
+        validate(compose_cfg("data=folder"))
+
+
+def test_audit_counts(synthetic_root):
+    from mlabel_exp.data import build_index
+    from mlabel_exp.inspect import audit
+
+    index = build_index(synthetic_root)
+    report = audit(index, decode=True)
+    assert report.summary["images"] == 300
+    assert report.per_class["images"].tolist() == index.labels.sum(0).tolist()
+    assert report.cooccurrence.loc["circle", "circle"] == index.labels[:, index.classes.index("circle")].sum()
+    assert sum(report.image_modes.values()) == 300 and report.image_sizes == {(64, 64): 300}
+    assert report.problems == []
+
+
+def test_audit_reports_unreadable_files(tree):
+    from mlabel_exp.data import build_index
+    from mlabel_exp.inspect import audit
+
+    root = tree([1, 2], {"cat.txt": "1\n"})
+    (root / "images" / "im2.jpg").write_bytes(b"not a jpeg")
+    assert any("im2.jpg: unreadable image" in p for p in audit(build_index(root)).problems)
+
+
+def test_inspect_command_prints_the_audit(synthetic_root, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mlabel_exp.inspect", "data=folder", f"data.root={synthetic_root}",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, check=True).stdout
+    assert "images with no label" in out and "Co-occurrence" in out and "circle" in out
