@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,7 +49,8 @@ def _fraction(setting: str, value: float, *, upper_open: bool = True) -> None:
 
 @dataclass
 class AugmentConfig:
-    random_resized_crop: bool = True
+    # Off by default: on multi-label images a crop can cut an object out while its label stays.
+    random_resized_crop: bool = False
     crop_scale_min: float = 0.6
     hflip: bool = True
 
@@ -101,10 +102,158 @@ class DataConfig:
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
 
 
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+TRAINABLE_MODES = ("head", "partial", "all")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smallcnn"               # a key of mlabel_exp.models.REGISTRY
+    weights: Optional[str] = None        # null (random init) | DEFAULT | IMAGENET1K_V1 ... | path to a state dict
+    input_size: int = 64
+    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    hidden: int = 0                      # width of a hidden layer in the head; 0 = one linear layer
+    dropout: float = 0.0                 # this model's recommended dropout, used while dropout=model
+    weight_decay: float = 1e-4           # this model's recommended weight decay, used while weight_decay=model
+    trainable: Any = "all"               # head | partial | all | list of module-name patterns
+    aux_logits: bool = True              # inception: train with the auxiliary head
+    aux_weight: float = 0.4              # inception: loss = main + aux_weight * aux
+
+    def __post_init__(self):
+        _check(self.input_size >= 16, "model.input_size", self.input_size, "an integer >= 16")
+        _check(len(self.mean) == 3 and len(self.std) == 3 and all(v > 0 for v in self.std),
+               "model.mean/model.std", (self.mean, self.std), "three values each, std > 0")
+        _check(self.hidden >= 0, "model.hidden", self.hidden, "an integer >= 0")
+        _fraction("model.dropout", self.dropout)
+        _check(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.aux_weight >= 0, "model.aux_weight", self.aux_weight, "a number >= 0")
+        t = self.trainable
+        ok = (isinstance(t, str) and t in TRAINABLE_MODES) or (
+            isinstance(t, (list, tuple)) and len(t) > 0 and all(isinstance(v, str) and v for v in t))
+        _check(ok, "model.trainable", t, f"one of {', '.join(TRAINABLE_MODES)} or a list of module-name patterns")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"                   # adam | adamw | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9                # sgd
+    nesterov: bool = False               # sgd
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    backbone_lr_scale: float = 1.0       # backbone lr = lr * this; the new head keeps lr
+
+    def __post_init__(self):
+        _check(self.name in ("adam", "adamw", "sgd"), "optimizer.name", self.name, "adam, adamw or sgd")
+        _check(self.lr > 0, "optimizer.lr", self.lr, "a number > 0")
+        _check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "a number in [0, 1)")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas,
+               "two numbers in [0, 1)")
+        _check(self.backbone_lr_scale > 0, "optimizer.backbone_lr_scale", self.backbone_lr_scale, "a number > 0")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"                   # none | cosine | step | onecycle
+    warmup_epochs: int = 0               # linear warm-up from lr/10 (not with onecycle, which warms up itself)
+    step_size: int = 5                   # step: epochs between decays
+    gamma: float = 0.1                   # step: decay factor
+    min_lr_scale: float = 0.01           # cosine: final lr = lr * this
+
+    def __post_init__(self):
+        _check(self.name in ("none", "cosine", "step", "onecycle"), "trainer.scheduler.name", self.name,
+               "none, cosine, step or onecycle")
+        _check(self.warmup_epochs >= 0, "trainer.scheduler.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+        _check(self.step_size >= 1, "trainer.scheduler.step_size", self.step_size, "an integer >= 1")
+        _check(0 < self.gamma <= 1, "trainer.scheduler.gamma", self.gamma, "a number in (0, 1]")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 12
+    batch_size: int = 64
+    device: str = "auto"                 # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    amp: bool = True                     # mixed precision, on CUDA only
+    channels_last: bool = True           # on CUDA only
+    unfreeze_at_epoch: int = 0           # > 0: only the head trains for this many epochs, then model.trainable
+    early_stopping_patience: int = 0     # epochs without val mAP improvement before stopping; 0 = never
+    max_steps_per_epoch: int = 0         # > 0: cut each epoch (and validation) short; for smoke runs
+    num_threads: int = 0                 # torch CPU threads; 0 = torch's default
+    progress: str = "auto"               # auto (bar on a terminal, log lines otherwise) | bar | log | none
+    log_every_steps: int = 50            # log-line progress: one line every this many steps
+    checkpoint: bool = True              # write best.pt / last.pt in the job's output folder
+    output_dir: Optional[str] = None     # default: Hydra's job folder (outputs/...)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.unfreeze_at_epoch >= 0, "trainer.unfreeze_at_epoch", self.unfreeze_at_epoch, "an integer >= 0")
+        _check(self.early_stopping_patience >= 0, "trainer.early_stopping_patience",
+               self.early_stopping_patience, "an integer >= 0")
+        _check(self.max_steps_per_epoch >= 0, "trainer.max_steps_per_epoch", self.max_steps_per_epoch, "an integer >= 0")
+        _check(self.progress in ("auto", "bar", "log", "none"), "trainer.progress", self.progress,
+               "auto, bar, log or none")
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
+               self.device, "auto, cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: Optional[str] = None            # default: sqlite:///<project root>/mlruns/mlflow.db; or http://HOST:PORT
+    artifact_location: Optional[str] = None  # new experiments' artifact root; default <project root>/mlruns/artifacts
+    experiment: str = "mlabel-exp"
+    run_name: Optional[str] = None       # default: the model and the overrides
+    log_checkpoint: bool = True          # upload best.pt to the run (vgg16's is ~0.5 GB)
+
+
+@dataclass
+class PresetsConfig:
+    dropout: Any = field(default_factory=dict)
+    weight_decay: Any = field(default_factory=dict)
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    presets: PresetsConfig = field(default_factory=PresetsConfig)
+    dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
+    weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
+
+    def __post_init__(self):
+        # Resolved to floats here: the composed config keeps what the user typed (e.g. "heavy").
+        self.dropout = _regularisation("dropout", self.dropout, self.presets.dropout, self.model.dropout)
+        _fraction("dropout", self.dropout)
+        self.weight_decay = _regularisation("weight_decay", self.weight_decay, self.presets.weight_decay,
+                                            self.model.weight_decay)
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.trainer.unfreeze_at_epoch < self.trainer.epochs or self.trainer.unfreeze_at_epoch == 0,
+               "trainer.unfreeze_at_epoch", self.trainer.unfreeze_at_epoch,
+               f"0 or fewer than trainer.epochs={self.trainer.epochs}")
+
+
+def _regularisation(setting: str, value: Any, presets: dict, model_value: float) -> float:
+    """A preset name, 'model' (the model config's recommendation) or a plain number -> float."""
+    if isinstance(value, str):
+        if value == "model":
+            return float(model_value)
+        if value in presets:
+            return float(presets[value])
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{setting}={value!r} is invalid: expected a number or one of "
+                              f"{', '.join(['model', *presets])}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{setting}={value!r} is invalid: expected a number or a preset name")
+    return float(value)
 
 
 def register() -> None:

@@ -21,8 +21,7 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .config import IMAGENET_MEAN, IMAGENET_STD
 
 
 class DataError(ValueError):
@@ -287,3 +286,26 @@ def split_from_config(index: DatasetIndex, data_cfg) -> dict[str, np.ndarray]:
         save_split(path, index, split, seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction,
                    test_fraction=data_cfg.test_fraction)
     return split
+
+
+def default_workers(requested: int) -> int:
+    """-1 means one DataLoader worker per CPU core available to this process, at most 8."""
+    if requested >= 0:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0,
+                pin_memory: bool = False):
+    """A DataLoader whose shuffling order depends only on ``seed``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      drop_last=False)

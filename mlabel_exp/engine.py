@@ -1,0 +1,286 @@
+"""Training loop: epochs of train/validate with AMP, checkpoints, early stopping and clean interrupts.
+
+The engine knows nothing of MLflow or Hydra: it reports metrics to any object with
+``log_metrics(metrics, step)`` and writes checkpoints to a folder it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from . import metrics as M
+from .config import SchedulerConfig, TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class TrainingInterrupted(Exception):
+    """Raised at a step boundary after a stop request (SIGINT/SIGTERM); the last checkpoint is written."""
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    best_probs: torch.Tensor | None = None     # validation probabilities of the best epoch
+    best_targets: torch.Tensor | None = None
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,
+                    momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                               nesterov=nesterov and momentum > 0)
+    raise ValueError(f"optimizer.name={name!r}: expected adam, adamw or sgd")
+
+
+def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
+    """A per-step LR schedule: none, cosine or step, with optional linear warm-up; or one-cycle."""
+    total = max(1, epochs * steps_per_epoch)
+    if cfg.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        if cfg.name == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return cfg.min_lr_scale + (1 - cfg.min_lr_scale) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.name == "step":
+            return cfg.gamma ** (step // steps_per_epoch // cfg.step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_atomic(obj, path: Path) -> Path:
+    """torch.save through a temporary file and a rename: a kill mid-write keeps the previous file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _split_outputs(out):
+    """(main logits, aux logits or None): inception returns both in train mode."""
+    if isinstance(out, tuple):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
+
+
+class _Progress:
+    """A tqdm bar on a terminal, plain log lines elsewhere (logs, SLURM), or nothing."""
+
+    def __init__(self, mode: str, total: int, desc: str, every: int):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode, self.total, self.desc, self.every = mode, total, desc, max(1, every)
+        self.bar = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def step(self, i: int, loss: Callable[[], float]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if i % self.every == 0:
+                self.bar.set_postfix(loss=f"{loss():.4f}")
+        elif self.mode == "log" and (i % self.every == 0 or i == self.total):
+            log.info("%s step %d/%d loss %.4f", self.desc, i, self.total, loss())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """Runs ``fit``; one instance per training run."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainerConfig, *,
+                 device: torch.device, classes: list[str], aux_weight: float = 0.4,
+                 loss_fn: nn.Module | None = None, reporter: Reporter | None = None,
+                 checkpoint_dir: Path | None = None, checkpoint_extra: dict | None = None,
+                 before_epoch: Callable[[int], dict[str, float] | None] | None = None,
+                 after_train_mode: Callable[[nn.Module], None] | None = None,
+                 stop_event: threading.Event | None = None):
+        self.cfg, self.device, self.classes = cfg, device, classes
+        self.cuda = device.type == "cuda"
+        self.amp = cfg.amp and self.cuda
+        self.channels_last = cfg.channels_last and self.cuda
+        self.model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn or nn.BCEWithLogitsLoss()
+        self.aux_weight = aux_weight
+        self.reporter = reporter
+        self.checkpoint_dir = checkpoint_dir if cfg.checkpoint else None
+        self.checkpoint_extra = checkpoint_extra or {}
+        self.before_epoch = before_epoch
+        self.after_train_mode = after_train_mode
+        self.stop_event = stop_event or threading.Event()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        self.scheduler = None
+
+    # -------------------------------------------------------------- steps
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _limit(self, loader) -> int:
+        n = len(loader)
+        return min(n, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else n
+
+    def train_epoch(self, loader, epoch: int) -> dict[str, float]:
+        self.model.train()
+        if self.after_train_mode:
+            self.after_train_mode(self.model)
+        steps = self._limit(loader)
+        loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step host sync
+        seen = 0
+        progress = _Progress(self.cfg.progress, steps, f"epoch {epoch} train", self.cfg.log_every_steps)
+        start = time.perf_counter()
+        for i, (x, y) in enumerate(loader, start=1):
+            if i > steps:
+                break
+            if self.stop_event.is_set():
+                progress.close()
+                raise TrainingInterrupted(f"stop requested during epoch {epoch}")
+            x, y = self._to_device(x, y)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                main, aux = _split_outputs(self.model(x))
+                loss = self.loss_fn(main, y)
+                if aux is not None:
+                    loss = loss + self.aux_weight * self.loss_fn(aux, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            loss_sum += loss.detach() * len(x)
+            seen += len(x)
+            progress.step(i, lambda: float(loss_sum) / seen)
+        progress.close()
+        seconds = time.perf_counter() - start
+        return {"train/loss": float(loss_sum) / max(seen, 1), "time/train_s": seconds,
+                "throughput/img_s": seen / max(seconds, 1e-9)}
+
+    @torch.inference_mode()
+    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Probabilities, targets and mean loss over (at most ``max_steps_per_epoch`` batches of) a loader."""
+        self.model.eval()
+        steps = self._limit(loader)
+        probs, targets = [], []
+        loss_sum = torch.zeros((), device=self.device)
+        for i, batch in enumerate(loader, start=1):
+            if i > steps:
+                break
+            x, y = self._to_device(batch[0], batch[1])
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                logits, _ = _split_outputs(self.model(x))
+            logits = logits.float()
+            loss_sum += self.loss_fn(logits, y) * len(x)
+            probs.append(torch.sigmoid(logits))
+            targets.append(y)
+        p, t = torch.cat(probs).cpu(), torch.cat(targets).cpu()
+        return p, t, float(loss_sum) / max(len(p), 1)
+
+    # -------------------------------------------------------------- loop
+    def _checkpoint(self, name: str, epoch: int, result: FitResult) -> None:
+        if self.checkpoint_dir is None:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best_epoch": result.best_epoch,
+            "best_score": result.best_score,
+            "history": result.history,
+            "classes": self.classes,
+            **self.checkpoint_extra,
+        }
+        result.checkpoints[name] = save_atomic(state, self.checkpoint_dir / f"{name}.pt")
+
+    def fit(self, train_loader, val_loader) -> FitResult:
+        cfg = self.cfg
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, self._limit(train_loader))
+        result = FitResult()
+        since_best = 0
+        epoch = 0
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                extra = (self.before_epoch(epoch) if self.before_epoch else None) or {}
+                lr = self.optimizer.param_groups[0]["lr"]
+                start = time.perf_counter()
+                row = self.train_epoch(train_loader, epoch)
+                probs, targets, val_loss = self.predict(val_loader)
+                scores = M.compute(probs, targets, classes=self.classes)
+                row.update({"val/loss": val_loss, **{f"val/{k}": v for k, v in scores.items()},
+                            "lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
+                result.history.append({"epoch": epoch, **row})
+                improved = scores[M.OBJECTIVE] > result.best_score
+                if improved:
+                    result.best_epoch, result.best_score = epoch, scores[M.OBJECTIVE]
+                    result.best_probs, result.best_targets = probs, targets
+                    since_best = 0
+                else:
+                    since_best += 1
+                log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/mAP %.4f val/f1_micro %.4f (%.1fs)%s",
+                         epoch, cfg.epochs, row["train/loss"], val_loss, scores["mAP"], scores["f1_micro"],
+                         row["time/epoch_s"], " *best*" if improved else "")
+                if self.reporter is not None:
+                    self.reporter.log_metrics(row, step=epoch)
+                if improved:
+                    self._checkpoint("best", epoch, result)
+                self._checkpoint("last", epoch, result)
+                if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
+                    log.info("early stop: val/mAP has not improved for %d epochs", since_best)
+                    result.stopped_early = True
+                    break
+                if self.stop_event.is_set():
+                    raise TrainingInterrupted(f"stop requested after epoch {epoch}")
+        except TrainingInterrupted:
+            if epoch:
+                # the last completed epoch is already in last.pt; this notes where the stop came
+                log.warning("training interrupted during epoch %d; last checkpoint: %s", epoch,
+                            result.checkpoints.get("last", "none written yet"))
+            raise
+        return result

@@ -1,0 +1,256 @@
+"""The main job: ``python -m mlabel_exp.run [overrides]`` trains one model per Hydra job, tracked in MLflow.
+
+``main`` is a thin Hydra wrapper around ``train(cfg)``, which tests and sweepers call directly and
+which returns the objective (best validation mAP). Heavy imports (torch, mlflow) happen inside
+``train`` so that ``--help`` and ``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONF_DIR, Config, project_root, register, resolve_path, validate
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ Hydra context
+
+def _hydra_cfg():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def output_dir(cfg: Config) -> Path:
+    """trainer.output_dir, else Hydra's job folder, else a fresh outputs/<time> folder."""
+    if cfg.trainer.output_dir:
+        return resolve_path(cfg.trainer.output_dir)
+    hc = _hydra_cfg()
+    if hc is not None:
+        return Path(hc.runtime.output_dir)
+    return project_root() / "outputs" / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def run_identity(cfg: Config) -> tuple[str, dict[str, str]]:
+    """Run name (model + overrides) and the tags that place a run in its sweep."""
+    hc = _hydra_cfg()
+    overrides = list(hc.overrides.task) if hc is not None else []
+    shown = [o for o in overrides if not o.startswith(("model=", "tracking.", "hydra"))]
+    name = cfg.tracking.run_name or " ".join([cfg.model.name, *shown])
+    tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}
+    if hc is not None:
+        from hydra.types import RunMode
+
+        if hc.mode == RunMode.MULTIRUN:
+            tags["sweep_id"] = Path(hc.sweep.dir).as_posix().replace("/", "_").strip("_")
+            tags["sweep_dir"] = hc.sweep.dir
+            tags["job_num"] = str(hc.job.num)
+    return name, tags
+
+
+@contextmanager
+def stop_on_signals(event: threading.Event):
+    """SIGINT/SIGTERM ask training to stop at the next step boundary; a second Ctrl-C aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        event.signum = signum
+        event.set()
+        log.warning("%s received: stopping at the next step and writing a checkpoint "
+                    "(Ctrl-C again to abort now)", signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------ the job
+
+def train(cfg: DictConfig) -> float:
+    """Train one model as configured; returns the best validation mAP (the sweep objective)."""
+    typed = validate(cfg)  # every setting checked before any data is read
+    import numpy as np
+    import torch
+
+    from . import data as D
+    from . import engine, models, tracking
+
+    torch.manual_seed(typed.seed)
+    np.random.seed(typed.seed)
+    if typed.trainer.num_threads:
+        torch.set_num_threads(typed.trainer.num_threads)
+    m, t = typed.model, typed.trainer
+    if m.input_size < models.min_input_size(m.name, m.aux_logits):  # before any data is read
+        models.build_model(m.name, 1, aux_logits=m.aux_logits, input_size=m.input_size)  # raises, naming the fix
+    tracker = tracking.open_tracker(typed.tracking)  # an unwritable store fails here, before training
+    out = output_dir(typed)
+    out.mkdir(parents=True, exist_ok=True)
+
+    index = D.index_from_config(typed.data)
+    split = D.split_from_config(index, typed.data)
+    D.save_split(out / "split.json", index, split, seed=typed.data.split_seed)
+    classes = index.classes
+
+    device = engine.select_device(t.device)
+    model = models.build_model(m.name, len(classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
+                               aux_logits=m.aux_logits, input_size=m.input_size)
+    final_trainable = list(m.trainable) if not isinstance(m.trainable, str) else m.trainable
+    n_trainable = models.set_trainable(model, m.name, "head" if t.unfreeze_at_epoch else final_trainable)
+
+    def before_epoch(epoch: int) -> dict[str, float]:
+        nonlocal n_trainable
+        if t.unfreeze_at_epoch and epoch == t.unfreeze_at_epoch + 1:
+            n_trainable = models.set_trainable(model, m.name, final_trainable)
+            log.info("epoch %d: unfreezing model.trainable=%s (%d trainable parameters)",
+                     epoch, final_trainable, n_trainable)
+        return {"trainable_params": float(n_trainable)}
+
+    head = models.head_parameter_names(model, m.name)
+    groups = [{"params": [p for n, p in model.named_parameters() if n in head], "lr": typed.optimizer.lr},
+              {"params": [p for n, p in model.named_parameters() if n not in head],
+               "lr": typed.optimizer.lr * typed.optimizer.backbone_lr_scale}]
+    groups = [g for g in groups if g["params"]]
+    o = typed.optimizer
+    optimizer = engine.build_optimizer(o.name, groups, o.lr, typed.weight_decay, o.momentum, o.nesterov, o.betas)
+
+    aug = typed.data.augment
+    train_tf = D.build_transform(m.input_size, m.mean, m.std, train=True, random_resized_crop=aug.random_resized_crop,
+                                 crop_scale_min=aug.crop_scale_min, hflip=aug.hflip)
+    eval_tf = D.build_transform(m.input_size, m.mean, m.std)
+    workers = D.default_workers(typed.data.num_workers)
+    pin = device.type == "cuda"
+    train_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["train"], train_tf), t.batch_size,
+                                 shuffle=True, num_workers=workers, seed=typed.seed, pin_memory=pin)
+    val_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["val"], eval_tf), t.batch_size,
+                               shuffle=False, num_workers=workers, pin_memory=pin)
+
+    run_name, tags = run_identity(typed)
+    weights_used = models.weights_description(m.name, m.weights)
+    params = {k: v for k, v in tracking.flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+              if not k.startswith("presets.")}
+    params.update({"dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay,
+                   "model.weights_used": weights_used, "device": str(device), "data.root_resolved": str(index.root),
+                   "data.num_images": len(index), "data.num_train": len(split["train"]),
+                   "data.num_val": len(split["val"]), "data.num_workers_used": workers})
+    tracker.start(run_name, {**tags, "weights": weights_used}, params)
+    _log_inputs(tracker, cfg, out, classes, index, split)
+    log.info("training %s on %s: %d train / %d val images, %d classes, %d trainable parameters; outputs in %s",
+             m.name, device, len(split["train"]), len(split["val"]), len(classes), n_trainable, out)
+
+    trainer = engine.Trainer(
+        model, optimizer, t, device=device, classes=classes, aux_weight=m.aux_weight, reporter=tracker,
+        checkpoint_dir=out / "checkpoints",
+        checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name,
+                          "weights_used": weights_used},
+        before_epoch=before_epoch, after_train_mode=models.keep_frozen_bn_in_eval, stop_event=threading.Event())
+    try:
+        with stop_on_signals(trainer.stop_event):
+            result = trainer.fit(train_loader, val_loader)
+        _log_results(tracker, typed, out, classes, index, split, result)
+    except engine.TrainingInterrupted as e:
+        log.warning("run interrupted: %s", e)
+        tracker.end("KILLED")
+        signum = getattr(trainer.stop_event, "signum", signal.SIGINT)
+        raise SystemExit(128 + int(signum)) from None
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            tracker.end("KILLED")
+        else:
+            tracker.log_text(traceback.format_exc(), "error/traceback.txt")
+            tracker.end("FAILED")
+        raise
+    tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
+    tracker.log_metrics({"best/val_mAP": result.best_score, "best/epoch": result.best_epoch}, step=result.best_epoch)
+    tracker.end("FINISHED")
+    log.info("best val/mAP %.4f at epoch %d (run %s)", result.best_score, result.best_epoch, tracker.run_id)
+    return float(result.best_score)
+
+
+def _log_inputs(tracker, cfg: DictConfig, out: Path, classes, index, split) -> None:
+    """What defines the run, logged at its start so even a killed run has it."""
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    tracker.log_text(json.dumps(classes, indent=1), "classes.json")
+    tracker.log_artifact(out / "split.json")
+    if (out / ".hydra").is_dir():
+        tracker.log_artifacts(out / ".hydra", "hydra")
+
+
+def _log_results(tracker, cfg: Config, out: Path, classes, index, split, result) -> None:
+    from . import metrics as M
+    from . import plots
+    from .data import write_atomic
+
+    fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}")
+    tracker.log_figure(fig, "curves.png")
+    fig.savefig(out / "curves.png", dpi=100)
+    if result.best_probs is None:
+        return
+    probs, targets = result.best_probs, result.best_targets
+    table = M.per_class_table(probs, targets, classes)
+    write_atomic(out / "per_class.csv", table.to_csv(index=False, float_format="%.4f"))
+    tracker.log_artifact(out / "per_class.csv")
+    tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
+                       "per_class_ap.png")
+    files = [index.files[r] for r in split["val"]][:len(probs)]
+    for path in write_predictions(out / "predictions", "val", files, probs, classes, targets=targets):
+        tracker.log_artifact(path, "predictions")
+    best = result.checkpoints.get("best")
+    if best is not None and cfg.tracking.log_checkpoint:
+        tracker.log_artifact(best, "checkpoints")
+
+
+def write_predictions(folder: Path, stem: str, files: list[str], probs, classes: list[str], threshold=0.5,
+                      targets=None) -> list[Path]:
+    """``<stem>.csv`` and ``<stem>.json``: per image, one probability per class and the labels at ``threshold``."""
+    import pandas as pd
+
+    from .data import write_atomic
+
+    p = probs.numpy()
+    predicted = p >= threshold
+    frame = pd.DataFrame(p, columns=classes)
+    frame.insert(0, "file", files)
+    frame["labels"] = [" ".join(c for c, on in zip(classes, row) if on) for row in predicted]
+    records = {f: {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, row)},
+                   "labels": [c for c, on in zip(classes, hit) if on]}
+               for f, row, hit in zip(files, p, predicted)}
+    if targets is not None:
+        true = targets.numpy() > 0.5
+        frame["true_labels"] = [" ".join(c for c, on in zip(classes, row) if on) for row in true]
+        for f, row in zip(files, true):
+            records[f]["true_labels"] = [c for c, on in zip(classes, row) if on]
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    write_atomic(csv_path, frame.to_csv(index=False, float_format="%.6f"))
+    write_atomic(json_path, json.dumps({"classes": classes, "threshold": threshold, "predictions": records}, indent=1))
+    return [csv_path, json_path]
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+register()
+
+if __name__ == "__main__":
+    main()
