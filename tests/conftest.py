@@ -43,3 +43,36 @@ def brute_force_labels(root: Path, classes: list[str], ids: np.ndarray) -> np.nd
         for r, i in enumerate(ids):
             out[r, c] = int(int(i) in listed)
     return out
+
+
+def compose_cfg(*overrides):
+    """The composed run config, exactly as `python -m mlabel_exp.run <overrides>` would see it."""
+    from hydra import compose, initialize_config_dir
+
+    from mlabel_exp.config import CONF_DIR, register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
+    """A seconds-long CPU run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp``."""
+    return ["trainer=smoke", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
+            "model.input_size=32", "data.num_workers=0", f"data.cache_dir={tmp / 'cache'}",
+            f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", *extra]
+
+
+def mlflow_runs(tmp: Path, experiment: str = "mlabel-exp"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([exp.experiment_id]) if exp else [])
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, f.path) if f.is_dir else {f.path}
+    return out

@@ -2,15 +2,9 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mlabel_exp.config import CONF_DIR, ConfigError, register, validate
-
-
-def compose_cfg(*overrides):
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+from mlabel_exp.config import ConfigError, validate
+from tests.conftest import compose_cfg
 
 
 def test_default_config_validates():

@@ -1,0 +1,156 @@
+"""The main job through train(cfg) and the compose API, read back through MlflowClient."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from mlabel_exp import engine
+from mlabel_exp.config import ConfigError, project_root, validate
+from mlabel_exp.run import train
+from mlabel_exp.tracking import default_uri, resolve_uri
+from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+
+EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/accuracy", "lr",
+                 "time/epoch_s", "throughput/img_s", "trainable_params"}
+
+
+def test_train_logs_a_complete_run(tmp_path):
+    best = train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}")))
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert 0.0 <= best <= 1.0 and run.data.metrics["best/val_mAP"] == pytest.approx(best)
+    assert EPOCH_METRICS <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP")] == [1, 2]
+    assert run.data.params["model.name"] == "smallcnn" and run.data.params["dropout_value"] == "0.0"
+    assert run.data.params["model.weights_used"] == "random init"
+    assert run.data.tags["model"] == "smallcnn" and run.data.tags["mlflow.source.git.commit"]
+    files = artifact_paths(client, run.info.run_id)
+    assert {"config.yaml", "classes.json", "split.json", "curves.png", "per_class.csv", "per_class_ap.png",
+            "predictions/val.csv", "predictions/val.json", "checkpoints/best.pt"} <= files
+    preds = pd.read_csv(tmp_path / "out" / "predictions" / "val.csv")
+    import json
+
+    classes = json.loads(open(client.download_artifacts(run.info.run_id, "classes.json", str(tmp_path))).read())
+    assert list(preds.columns) == ["file", *classes, "labels", "true_labels"]
+    assert len(preds) == 8 and preds["file"].str.fullmatch(r"im\d+\.jpg").all()
+    assert ((preds[classes] >= 0) & (preds[classes] <= 1)).all().all()
+
+
+def test_checkpoint_holds_what_is_needed_to_reuse_the_model(tmp_path):
+    from mlabel_exp.models import build_model
+
+    train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}")))
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert len(ckpt["classes"]) == 14 and ckpt["classes"] == sorted(ckpt["classes"])
+    assert ckpt["config"]["model"]["name"] == "smallcnn" and ckpt["epoch"] in (1, 2)
+    model = build_model("smallcnn", 14)
+    model.load_state_dict(ckpt["model"])
+    assert (tmp_path / "out" / "checkpoints" / "last.pt").exists()
+
+
+def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / name}")))
+        results.append(torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True))
+    untimed = [[{k: v for k, v in h.items() if not k.startswith(("time/", "throughput/"))} for h in r["history"]]
+               for r in results]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 2
+    for k, v in results[0]["model"].items():
+        assert torch.equal(v, results[1]["model"][k]), k
+
+
+def test_unfreeze_schedule_trains_the_head_first(tmp_path):
+    train(compose_cfg(*tiny_overrides(tmp_path, "model=resnet18", "model.input_size=32", "trainer.epochs=3",
+                                      "trainer.unfreeze_at_epoch=1", "model.trainable=all")))
+    client, (run,) = mlflow_runs(tmp_path)
+    counts = [m.value for m in client.get_metric_history(run.info.run_id, "trainable_params")]
+    assert counts[0] == 512 * 14 + 14  # only resnet18's new fc
+    assert counts[1] == counts[2] > 11_000_000
+
+
+def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch):
+    def boom(self, loader, epoch):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(engine.Trainer, "train_epoch", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(compose_cfg(*tiny_overrides(tmp_path)))
+    client, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FAILED"
+    assert "error/traceback.txt" in artifact_paths(client, run.info.run_id)
+
+
+def test_stop_request_marks_the_run_killed_and_exits_non_zero(tmp_path, monkeypatch):
+    real = engine.Trainer.train_epoch
+
+    def stop_in_epoch_2(self, loader, epoch):
+        if epoch == 2:
+            self.stop_event.set()
+        return real(self, loader, epoch)
+
+    monkeypatch.setattr(engine.Trainer, "train_epoch", stop_in_epoch_2)
+    with pytest.raises(SystemExit) as exit_info:
+        train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}")))
+    assert exit_info.value.code != 0
+    _, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    assert torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("override,setting", [
+    ("dropout=1.0", "dropout"), ("dropout=bogus", "dropout"), ("weight_decay=-1", "weight_decay"),
+    ("optimizer.lr=-1", "optimizer.lr"), ("trainer.batch_size=0", "trainer.batch_size"),
+    ("model.trainable=bogus", "model.trainable"), ("trainer.epochs=0", "trainer.epochs"),
+])
+def test_bad_settings_fail_before_any_data_is_read(tmp_path, override, setting):
+    cfg = compose_cfg(*tiny_overrides(tmp_path, "data=folder", f"data.root={tmp_path / 'nowhere'}", override))
+    with pytest.raises(ConfigError, match=rf"^{setting}="):
+        train(cfg)
+
+
+def test_unknown_model_lists_the_choices_before_any_data_is_read(tmp_path):
+    from mlabel_exp.models import ModelError
+
+    cfg = compose_cfg(*tiny_overrides(tmp_path, "data=folder", f"data.root={tmp_path / 'nowhere'}", "model.name=resnet5"))
+    with pytest.raises(ModelError, match="resnet50"):
+        train(cfg)
+
+
+def test_regularisation_presets_values_and_per_model_defaults():
+    assert validate(compose_cfg("dropout=heavy")).dropout == 0.6
+    assert validate(compose_cfg("dropout=0.3", "weight_decay=strong")).weight_decay == 1e-3
+    assert validate(compose_cfg("dropout=0.3")).dropout == 0.3
+    assert validate(compose_cfg("model=vgg16")).dropout == 0.0
+    assert validate(compose_cfg("model=resnet50")).dropout == 0.4
+    assert validate(compose_cfg("model=resnet50", "dropout=none")).dropout == 0.0
+
+
+def test_tracking_uri_resolves_against_the_project_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert default_uri() == f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+    assert resolve_uri("sqlite:///other/db.sqlite") == f"sqlite:///{project_root() / 'other' / 'db.sqlite'}"
+    assert resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_unwritable_tracking_location_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="tracking.uri"):
+        train(compose_cfg(*tiny_overrides(tmp_path), f"tracking.uri=sqlite:///{blocker}/sub/mlflow.db"))
+
+
+def test_cfg_job_prints_the_seed_experiment_without_importing_torch():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlabel_exp.run", "experiment=seed", "--cfg", "job"],
+                         capture_output=True, text=True, check=True)
+    job = out.stdout
+    for expected in ("name: resnet50", "input_size: 299", "lr: 1.0e-05", "batch_size: 16", "epochs: 6",
+                     "trainable: partial", "val_fraction: 0.2", "weights: DEFAULT"):
+        assert expected in job, expected
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "mlflow" not in imported

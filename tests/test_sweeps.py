@@ -1,0 +1,49 @@
+"""End to end: `python -m mlabel_exp.run -m ...` in a subprocess, read back through MlflowClient."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import artifact_paths, mlflow_runs, tiny_overrides
+
+
+def run_sweep(tmp_path, *overrides):
+    tiny = [o for o in tiny_overrides(tmp_path) if not o.startswith("model.input_size")]  # models keep their size
+    cmd = [sys.executable, "-m", "mlabel_exp.run", "-m", *overrides, *tiny, f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return mlflow_runs(tmp_path)
+
+
+@pytest.mark.slow
+def test_three_architectures_side_by_side(tmp_path):
+    client, runs = run_sweep(tmp_path, "model=resnet50,vgg16,inception")
+    assert sorted(r.data.tags["model"] for r in runs) == ["inception", "resnet50", "vgg16"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.info.experiment_id for r in runs}) == 1
+    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    assert sorted(r.data.tags["job_num"] for r in runs) == ["0", "1", "2"]
+    for r in runs:
+        assert {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/accuracy"} <= set(r.data.metrics)
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/mAP")] == [1, 2]
+        files = artifact_paths(client, r.info.run_id)
+        assert {"curves.png", "predictions/val.csv", "predictions/val.json", "classes.json", "split.json",
+                "per_class.csv", "checkpoints/best.pt", "config.yaml", "hydra/config.yaml"} <= files
+    sizes = {r.data.tags["model"]: r.data.params["model.input_size"] for r in runs}
+    assert sizes == {"resnet50": "224", "vgg16": "224", "inception": "299"}
+
+
+@pytest.mark.slow
+def test_regularisation_sweep_gives_one_run_per_combination(tmp_path):
+    client, runs = run_sweep(tmp_path, "model=resnet18", "dropout=none,heavy", "weight_decay=none,strong")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    combos = {(r.data.params["dropout_value"], r.data.params["weight_decay_value"]) for r in runs}
+    assert combos == {("0.0", "0.0"), ("0.0", "0.001"), ("0.6", "0.0"), ("0.6", "0.001")}
+    assert len({r.data.tags["mlflow.runName"] for r in runs}) == 4
+
+
+@pytest.mark.slow
+def test_plain_values_sweep_like_presets(tmp_path):
+    _, runs = run_sweep(tmp_path, "model=smallcnn", "dropout=0.25,light")
+    assert sorted(r.data.params["dropout_value"] for r in runs) == ["0.2", "0.25"]
