@@ -200,6 +200,28 @@ class TrainerConfig:
 
 
 @dataclass
+class LossConfig:
+    name: str = "bce"                    # bce | focal | asl
+    pos_weight: str = "none"             # bce: none | balanced (neg/pos) | sqrt (sqrt(neg/pos)), per class
+    pos_weight_max: float = 10.0         # bce: clip for pos_weight
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+
+    def __post_init__(self):
+        _check(self.name in ("bce", "focal", "asl"), "loss.name", self.name, "bce, focal or asl")
+        _check(self.pos_weight in ("none", "balanced", "sqrt"), "loss.pos_weight", self.pos_weight,
+               "none, balanced or sqrt")
+        _check(self.pos_weight_max >= 1, "loss.pos_weight_max", self.pos_weight_max, "a number >= 1")
+        _check(0 <= self.focal_alpha <= 1, "loss.focal_alpha", self.focal_alpha, "a number in [0, 1]")
+        for k in ("focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
+            _check(getattr(self, k) >= 0, f"loss.{k}", getattr(self, k), "a number >= 0")
+        _check(0 <= self.asl_clip < 1, "loss.asl_clip", self.asl_clip, "a number in [0, 1)")
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: Optional[str] = None            # default: sqlite:///<project root>/mlruns/mlflow.db; or http://HOST:PORT
@@ -207,6 +229,7 @@ class TrackingConfig:
     experiment: str = "mlabel-exp"
     run_name: Optional[str] = None       # default: the model and the overrides
     log_checkpoint: bool = True          # upload best.pt to the run (vgg16's is ~0.5 GB)
+    log_model: bool = True               # also log an MLflow pyfunc model (runs:/<id>/model); a copy of best.pt
 
 
 @dataclass
@@ -221,6 +244,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     presets: PresetsConfig = field(default_factory=PresetsConfig)
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)

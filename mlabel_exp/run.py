@@ -32,14 +32,17 @@ def _hydra_cfg():
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
-def output_dir(cfg: Config) -> Path:
-    """trainer.output_dir, else Hydra's job folder, else a fresh outputs/<time> folder."""
-    if cfg.trainer.output_dir:
-        return resolve_path(cfg.trainer.output_dir)
+def output_dir_of_job() -> Path:
+    """Hydra's job folder, or a fresh outputs/<time> folder when called without Hydra."""
     hc = _hydra_cfg()
     if hc is not None:
         return Path(hc.runtime.output_dir)
     return project_root() / "outputs" / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def output_dir(cfg: Config) -> Path:
+    """trainer.output_dir, else the job's folder."""
+    return resolve_path(cfg.trainer.output_dir) if cfg.trainer.output_dir else output_dir_of_job()
 
 
 def run_identity(cfg: Config) -> tuple[str, dict[str, str]]:
@@ -93,7 +96,7 @@ def train(cfg: DictConfig) -> float:
     import torch
 
     from . import data as D
-    from . import engine, models, tracking
+    from . import engine, losses, models, tracking
 
     torch.manual_seed(typed.seed)
     np.random.seed(typed.seed)
@@ -157,8 +160,9 @@ def train(cfg: DictConfig) -> float:
     log.info("training %s on %s: %d train / %d val images, %d classes, %d trainable parameters; outputs in %s",
              m.name, device, len(split["train"]), len(split["val"]), len(classes), n_trainable, out)
 
+    loss_fn = losses.build_loss(typed.loss, index.labels[split["train"]]).to(device)
     trainer = engine.Trainer(
-        model, optimizer, t, device=device, classes=classes, aux_weight=m.aux_weight, reporter=tracker,
+        model, optimizer, t, device=device, classes=classes, aux_weight=m.aux_weight, reporter=tracker, loss_fn=loss_fn,
         checkpoint_dir=out / "checkpoints",
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name,
                           "weights_used": weights_used},
@@ -196,9 +200,14 @@ def _log_inputs(tracker, cfg: DictConfig, out: Path, classes, index, split) -> N
 
 
 def _log_results(tracker, cfg: Config, out: Path, classes, index, split, result) -> None:
+    """Curves, tuned thresholds, per-class table, validation predictions and the best checkpoint."""
+    import torch
+
     from . import metrics as M
     from . import plots
     from .data import write_atomic
+    from .engine import save_atomic
+    from .predict import write_predictions
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}")
     tracker.log_figure(fig, "curves.png")
@@ -206,43 +215,30 @@ def _log_results(tracker, cfg: Config, out: Path, classes, index, split, result)
     if result.best_probs is None:
         return
     probs, targets = result.best_probs, result.best_targets
-    table = M.per_class_table(probs, targets, classes)
+    thresholds = M.tune_thresholds(probs, targets)
+    tuned = torch.tensor(thresholds["per_class"])
+    write_atomic(out / "thresholds.json", json.dumps({"classes": classes, **thresholds}, indent=1))
+    tracker.log_artifact(out / "thresholds.json")
+    scores = M.compute(probs, targets, tuned, classes)
+    tracker.log_metrics({f"tuned/{k}": v for k, v in scores.items() if k != "mAP"}
+                        | {"tuned/global_threshold": thresholds["global"]}, step=result.best_epoch)
+    table = M.per_class_table(probs, targets, classes, tuned)
+    table.insert(4, "F1@0.5", M.per_class_table(probs, targets, classes)["F1"])
     write_atomic(out / "per_class.csv", table.to_csv(index=False, float_format="%.4f"))
     tracker.log_artifact(out / "per_class.csv")
     tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
                        "per_class_ap.png")
     files = [index.files[r] for r in split["val"]][:len(probs)]
-    for path in write_predictions(out / "predictions", "val", files, probs, classes, targets=targets):
+    for path in write_predictions(out / "predictions", "val", files, probs, classes, tuned.numpy(), targets=targets):
         tracker.log_artifact(path, "predictions")
     best = result.checkpoints.get("best")
-    if best is not None and cfg.tracking.log_checkpoint:
-        tracker.log_artifact(best, "checkpoints")
-
-
-def write_predictions(folder: Path, stem: str, files: list[str], probs, classes: list[str], threshold=0.5,
-                      targets=None) -> list[Path]:
-    """``<stem>.csv`` and ``<stem>.json``: per image, one probability per class and the labels at ``threshold``."""
-    import pandas as pd
-
-    from .data import write_atomic
-
-    p = probs.numpy()
-    predicted = p >= threshold
-    frame = pd.DataFrame(p, columns=classes)
-    frame.insert(0, "file", files)
-    frame["labels"] = [" ".join(c for c, on in zip(classes, row) if on) for row in predicted]
-    records = {f: {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, row)},
-                   "labels": [c for c, on in zip(classes, hit) if on]}
-               for f, row, hit in zip(files, p, predicted)}
-    if targets is not None:
-        true = targets.numpy() > 0.5
-        frame["true_labels"] = [" ".join(c for c, on in zip(classes, row) if on) for row in true]
-        for f, row in zip(files, true):
-            records[f]["true_labels"] = [c for c, on in zip(classes, row) if on]
-    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    write_atomic(csv_path, frame.to_csv(index=False, float_format="%.6f"))
-    write_atomic(json_path, json.dumps({"classes": classes, "threshold": threshold, "predictions": records}, indent=1))
-    return [csv_path, json_path]
+    if best is not None:
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        save_atomic({**state, "thresholds": thresholds}, best)  # predictions reuse the tuned thresholds
+        if cfg.tracking.log_checkpoint:
+            tracker.log_artifact(best, "checkpoints")
+        if cfg.tracking.log_model:
+            tracker.log_model(best, classes, cfg.model.input_size)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -161,6 +161,83 @@ class Tracker:
             self.client.set_terminated(self.run_id, status)
 
 
+    def log_model(self, checkpoint: Path, classes: list[str], input_size: int) -> None:
+        """An MLflow pyfunc model at runs:/<id>/model: a batch of images (bytes) -> per-class probabilities."""
+        import mlflow
+        import torch
+        import torchvision
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        from .config import PACKAGE_DIR
+
+        signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
+                                   outputs=Schema([ColSpec("double", c) for c in classes]))
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.pyfunc.log_model(
+                name="model", python_model=_pyfunc_model(), artifacts={"checkpoint": str(checkpoint)},
+                signature=signature, code_paths=[str(PACKAGE_DIR)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                  f"torchvision=={torchvision.__version__.split('+')[0]}",
+                                  "pillow", "numpy", "pandas", "omegaconf"])
+
+
+def _pyfunc_model():
+    """The pyfunc wrapper, defined on demand so that importing this module never imports mlflow."""
+    import mlflow.pyfunc
+
+    class MultiLabelClassifier(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            from mlabel_exp.predict import load_checkpoint, model_from_checkpoint
+
+            ckpt = load_checkpoint(Path(context.artifacts["checkpoint"]))
+            self.classes = list(ckpt["classes"])
+            self.model, self.transform = model_from_checkpoint(ckpt)
+
+        def predict(self, context, model_input, params=None):
+            import io
+
+            import pandas as pd
+            import torch
+            from PIL import Image
+
+            from mlabel_exp.data import to_rgb
+
+            images = []
+            for blob in model_input["image"]:
+                with Image.open(io.BytesIO(blob)) as im:
+                    im.load()
+                    images.append(self.transform(to_rgb(im)))
+            with torch.inference_mode():
+                probs = torch.sigmoid(self.model(torch.stack(images)).float()).numpy()
+            return pd.DataFrame(probs.astype("float64"), columns=self.classes)
+
+    return MultiLabelClassifier()
+
+
+def download_artifact(uri: str | None, run_id: str, path: str, dst: Path) -> Path:
+    """One artifact of a run, copied locally; the error names the run and the artifact."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(MlflowClient(resolve_uri(uri)).download_artifacts(run_id, path, str(dst)))
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError(f"run={run_id!r}: cannot read artifact {path!r} from {resolve_uri(uri)} ({e.message}); "
+                          "check the run id (MLflow UI) and tracking.uri, or pass checkpoint=<path>") from None
+
+
+def log_files(uri: str | None, run_id: str, paths: list[Path], artifact_path: str) -> None:
+    """Attach files to an existing run (e.g. predictions made after training)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(resolve_uri(uri))
+    for p in paths:
+        client.log_artifact(run_id, str(p), artifact_path)
+
+
 class NullTracker:
     """Stands in when ``tracking.enabled=false``: the same interface, nothing recorded."""
 
@@ -174,3 +251,84 @@ def open_tracker(cfg) -> Tracker | NullTracker:
     if not cfg.enabled:
         return NullTracker()
     return Tracker(cfg.uri, cfg.experiment, cfg.artifact_location)
+
+
+# ---- reading runs (compare)
+
+_READERS: dict[str, Any] = {}
+
+
+def _reader(uri: str | None):
+    """A client on an existing store: a wrong local path is an error, never a new empty store."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(uri)
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"tracking URI {uri!r}: no MLflow store at {db}; pass the store the runs were logged to "
+                          f"(--tracking-uri / tracking_uri=, default {default_uri()})")
+    if uri not in _READERS:
+        _READERS[uri] = MlflowClient(uri)
+    return _READERS[uri]
+
+
+def _run_record(run) -> dict[str, Any]:
+    info, data = run.info, run.data
+    return {"run_id": info.run_id, "name": info.run_name or data.tags.get("mlflow.runName", ""),
+            "status": info.status, "start_time": info.start_time or 0,
+            "tags": dict(data.tags), "params": dict(data.params), "metrics": dict(data.metrics)}
+
+
+def list_runs(uri: str | None, experiment: str, filter_string: str | None = None) -> list[dict[str, Any]]:
+    """Every run of ``experiment`` matching ``filter_string`` (any status), newest first, as plain dicts:
+    run_id, name, status, start_time (ms), tags, params, metrics (last values)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _reader(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ConfigError(f"experiment={experiment!r} not found at {resolve_uri(uri)} (experiments there: "
+                          f"{', '.join(names) or 'none'}); pass one of them with --experiment NAME")
+    runs, token = [], None
+    while True:
+        try:
+            page = client.search_runs([exp.experiment_id], filter_string or "", max_results=1000,
+                                      order_by=["attributes.start_time DESC"], page_token=token)
+        except MlflowException as e:
+            raise ConfigError(f"filter={filter_string!r} is not a valid MLflow filter ({e.message}); "
+                              "e.g. --filter \"params.model.name = 'resnet18'\"") from e
+        runs += [_run_record(r) for r in page]
+        token = page.token
+        if not token:
+            return runs
+
+
+def metric_history(uri: str | None, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of a run, by step; the last value logged at a step wins."""
+    by_step = {m.step: m.value for m in sorted(_reader(uri).get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+    return sorted(by_step.items())
+
+
+def artifact_text(uri: str | None, run_id: str, path: str) -> str | None:
+    """The text of one artifact file of a run; None when the run has no such file."""
+    client = _reader(uri)
+    folder = os.path.dirname(path) or None
+    if path not in {f.path for f in client.list_artifacts(run_id, folder) if not f.is_dir}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+
+
+@contextlib.contextmanager
+def _quiet_downloads():
+    """No progress bar per file (one per compared run would flood the output), unless the user set one."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)

@@ -1,0 +1,111 @@
+"""Predictions on new images from a trained run, and the run's MLflow pyfunc model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlabel_exp.config import ConfigError
+from mlabel_exp.predict import PredictConfig, predict
+from mlabel_exp.run import train
+from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    train(compose_cfg(*tiny_overrides(tmp, f"trainer.output_dir={tmp / 'out'}")))
+    client, (run,) = mlflow_runs(tmp)
+    images = sorted((tmp / "cache").rglob("images"))[0]
+    return tmp, client, run.info.run_id, images
+
+
+@pytest.fixture
+def new_images(trained, tmp_path):
+    _, _, _, images = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in (3, 10, 2, 7):
+        (folder / f"im{i}.jpg").write_bytes((images / f"im{i}.jpg").read_bytes())
+    (folder / "broken.jpg").write_bytes((images / "im1.jpg").read_bytes()[:200])  # truncated JPEG
+    (folder / "notes.jpg").write_text("not an image")
+    return folder
+
+
+def _cfg(tmp, **kw):
+    from mlabel_exp.config import TrackingConfig
+
+    return PredictConfig(tracking=TrackingConfig(uri=f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"), **kw)
+
+
+def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trained, new_images, tmp_path):
+    tmp, client, run_id, _ = trained
+    out = tmp_path / "out"
+    result = predict(_cfg(tmp, run=run_id, input=str(new_images)), out)
+    assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"]  # natural order
+    assert set(result.skipped) == {"broken.jpg", "notes.jpg"}
+    csv = pd.read_csv(out / "predictions.csv")
+    assert list(csv["file"]) == result.files and list(csv.columns[1:15]) == result.classes
+    payload = json.loads((out / "predictions.json").read_text())
+    assert set(payload["predictions"]) == set(result.files)
+    thresholds = json.loads((tmp / "out" / "thresholds.json").read_text())["per_class"]
+    assert list(payload["thresholds"].values()) == pytest.approx(thresholds)  # the run's tuned thresholds
+    for f, rec in payload["predictions"].items():
+        expected = [c for c, t in zip(result.classes, thresholds) if rec["probabilities"][c] >= t]
+        assert rec["labels"] == expected
+    sub = pd.read_csv(out / "submission.csv")
+    assert list(sub.columns) == ["image", *sorted(result.classes)] and len(sub) == 4
+    assert set(np.unique(sub.iloc[:, 1:].to_numpy())) <= {0, 1}
+    assert json.loads((out / "summary.json").read_text())["skipped"] == 2
+    logged = artifact_paths(client, run_id)
+    assert {"predictions/new/predictions.csv", "predictions/new/submission.csv"} <= logged
+
+
+def test_predict_from_a_checkpoint_with_a_glob_and_a_fixed_threshold(trained, new_images, tmp_path):
+    tmp, _, _, _ = trained
+    result = predict(_cfg(tmp, checkpoint=str(tmp / "out" / "checkpoints" / "best.pt"),
+                          input=str(new_images / "im*.jpg"), threshold=0.5), tmp_path / "o")
+    assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"] and not result.skipped
+    labels = pd.read_csv(tmp_path / "o" / "predictions.csv")["labels"].fillna("")
+    expected = [" ".join(c for c, p in zip(result.classes, row) if p >= 0.5) for row in result.probs]
+    assert list(labels) == expected
+
+
+def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path):
+    import mlflow
+
+    tmp, _, run_id, _ = trained
+    result = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False), tmp_path / "o")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    frame = model.predict(pd.DataFrame({"image": [(new_images / f).read_bytes() for f in result.files]}))
+    assert list(frame.columns) == result.classes
+    np.testing.assert_allclose(frame.to_numpy(), result.probs, atol=1e-5)
+
+
+def test_bad_predict_settings_are_named(trained, tmp_path):
+    tmp, _, run_id, _ = trained
+    with pytest.raises(ConfigError, match="exactly one of run="):
+        _cfg(tmp, input="x")
+    with pytest.raises(ConfigError, match="threshold"):
+        _cfg(tmp, run=run_id, input="x", threshold="high")
+    with pytest.raises(ConfigError, match="no files found"):
+        predict(_cfg(tmp, run=run_id, input=str(tmp_path / "empty*")), tmp_path / "o")
+    with pytest.raises(ConfigError, match="cannot read artifact"):
+        predict(_cfg(tmp, run="0123456789abcdef", input=str(tmp_path)), tmp_path / "o")
+
+
+@pytest.mark.slow
+def test_predict_command(trained, new_images, tmp_path):
+    tmp, _, run_id, _ = trained
+    done = subprocess.run([sys.executable, "-m", "mlabel_exp.predict", f"run={run_id}", f"input={new_images}",
+                           f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", f"out={tmp_path / 'cli'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "predicted 4 image(s), skipped 2 unreadable file(s)" in done.stdout
+    logs = done.stdout + done.stderr
+    assert "skipped broken.jpg" in logs and "skipped notes.jpg" in logs
+    assert len(pd.read_csv(tmp_path / "cli" / "predictions.csv")) == 4
