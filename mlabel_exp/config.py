@@ -87,6 +87,7 @@ class DataConfig:
     num_workers: int = -1                # DataLoader workers; -1 = one per CPU core, at most 8
     cache_dir: str = "~/.cache/mlabel_exp"
     verify_images: bool = False          # decode every image when auditing (finds truncated files)
+    on_bad_image: str = "skip"           # unreadable image during training: skip (counted, listed on the run) | error
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -99,6 +100,7 @@ class DataConfig:
         _fraction("data.test_fraction", self.test_fraction)
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",
                self.val_fraction + self.test_fraction, "a sum below 1 (something must be left to train on)")
+        _check(self.on_bad_image in ("skip", "error"), "data.on_bad_image", self.on_bad_image, "skip or error")
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -194,9 +195,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(im)
+    """Decode to RGB; a file over Pillow's pixel limit is an error, not a warning (decompression bombs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
 
 
 def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -217,20 +221,29 @@ def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std:
     return v2.Compose(steps)
 
 
+@dataclass
+class BadSample:
+    """Stands in for an unreadable image; ``collate`` drops it from the batch and reports it."""
+
+    name: str
+    error: str
+
+
 class MultiLabelImages:
     """A map-style torch Dataset over image paths with optional multi-hot targets.
 
-    Items are ``(image, target)``; with ``with_names`` they are ``(image, target, file name)``, and
-    without labels (new images to predict) ``(image, file name)``.
+    Items are dicts: ``image`` (tensor), ``name`` (file name) and, with labels, ``target`` (float
+    multi-hot). An unreadable file gives a ``BadSample`` (``on_bad_image="skip"``, dropped by
+    ``collate``) or a DataError naming it (``on_bad_image="error"``), so an epoch never dies halfway.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray | None, transform, with_names: bool = False):
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray | None, transform, on_bad_image: str = "skip"):
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} label rows")
         self.paths = list(paths)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
         self.transform = transform
-        self.with_names = with_names
+        self.on_bad_image = on_bad_image
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -239,16 +252,33 @@ class MultiLabelImages:
         import torch
 
         path = self.paths[i]
-        image = self.transform(load_image(path))
-        if self.labels is None:
-            return image, path.name
-        target = torch.from_numpy(self.labels[i])
-        return (image, target, path.name) if self.with_names else (image, target)
+        try:
+            image = self.transform(load_image(path))
+        except Exception as e:  # any decoder failure: truncated, not an image, too large, ...
+            if self.on_bad_image == "error":
+                raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e}); replace or remove the file, "
+                                "or set data.on_bad_image=skip") from e
+            return BadSample(path.name, f"{type(e).__name__}: {e}")
+        item = {"image": image, "name": path.name}
+        if self.labels is not None:
+            item["target"] = torch.from_numpy(self.labels[i])
+        return item
 
     @classmethod
-    def from_index(cls, index: DatasetIndex, rows: Sequence[int], transform, with_names: bool = False):
+    def from_index(cls, index: DatasetIndex, rows: Sequence[int], transform, on_bad_image: str = "skip"):
         rows = np.asarray(rows, dtype=np.int64)
-        return cls(index.paths(rows), index.labels[rows], transform, with_names)
+        return cls(index.paths(rows), index.labels[rows], transform, on_bad_image)
+
+
+def collate(items: list) -> dict:
+    """Batch the readable items; ``bad`` lists (name, error) of the others. ``image`` is None when none is readable."""
+    from torch.utils.data import default_collate
+
+    good = [it for it in items if not isinstance(it, BadSample)]
+    bad = [(it.name, it.error) for it in items if isinstance(it, BadSample)]
+    batch = default_collate(good) if good else {"image": None, "name": []}
+    batch["bad"] = bad
+    return batch
 
 
 # ---------------------------------------------------------------- from config
@@ -301,11 +331,14 @@ def default_workers(requested: int) -> int:
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0,
                 pin_memory: bool = False):
-    """A DataLoader whose shuffling order depends only on ``seed``."""
+    """A DataLoader of ``collate`` batches. The engine reseeds ``loader.generator`` with (seed, epoch) before
+    each epoch, so shuffling and worker augmentation depend only on them: a resumed run sees the same data
+    order. Workers are therefore not persistent (they are reseeded per epoch)."""
     import torch
     from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      drop_last=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                        generator=generator, pin_memory=pin_memory, collate_fn=collate, drop_last=False)
+    loader.seed = seed
+    return loader

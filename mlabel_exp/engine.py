@@ -40,6 +40,7 @@ class FitResult:
     best_score: float = float("-inf")
     best_probs: torch.Tensor | None = None     # validation probabilities of the best epoch
     best_targets: torch.Tensor | None = None
+    best_names: list[str] = field(default_factory=list)  # validation file names, aligned with best_probs
     checkpoints: dict[str, Path] = field(default_factory=dict)
     stopped_early: bool = False
 
@@ -154,6 +155,7 @@ class Trainer:
         self.stop_event = stop_event or threading.Event()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.scheduler = None
+        self.bad_images: dict[str, str] = {}  # file name -> error, over the whole run
 
     # -------------------------------------------------------------- steps
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
@@ -161,6 +163,18 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
+
+    def _note_bad(self, batch) -> None:
+        for name, error in batch["bad"]:
+            if name not in self.bad_images:
+                log.warning("skipping unreadable image %s (%s)", name, error)
+                self.bad_images[name] = error
+
+    @staticmethod
+    def _seed_epoch(loader, epoch: int) -> None:
+        """Shuffling and worker augmentation of an epoch depend only on (seed, epoch): resumable."""
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(getattr(loader, "seed", 0) * 100_003 + epoch)
 
     def _limit(self, loader) -> int:
         n = len(loader)
@@ -175,13 +189,17 @@ class Trainer:
         seen = 0
         progress = _Progress(self.cfg.progress, steps, f"epoch {epoch} train", self.cfg.log_every_steps)
         start = time.perf_counter()
-        for i, (x, y) in enumerate(loader, start=1):
+        self._seed_epoch(loader, epoch)
+        for i, batch in enumerate(loader, start=1):
             if i > steps:
                 break
             if self.stop_event.is_set():
                 progress.close()
                 raise TrainingInterrupted(f"stop requested during epoch {epoch}")
-            x, y = self._to_device(x, y)
+            self._note_bad(batch)
+            if batch["image"] is None:
+                continue
+            x, y = self._to_device(batch["image"], batch["target"])
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 main, aux = _split_outputs(self.model(x))
                 loss = self.loss_fn(main, y)
@@ -202,16 +220,20 @@ class Trainer:
                 "throughput/img_s": seen / max(seconds, 1e-9)}
 
     @torch.inference_mode()
-    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Probabilities, targets and mean loss over (at most ``max_steps_per_epoch`` batches of) a loader."""
+    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
+        """Probabilities, targets, mean loss and file names over (at most ``max_steps_per_epoch`` batches of) a loader."""
         self.model.eval()
         steps = self._limit(loader)
-        probs, targets = [], []
+        probs, targets, names = [], [], []
         loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(loader, start=1):
             if i > steps:
                 break
-            x, y = self._to_device(batch[0], batch[1])
+            self._note_bad(batch)
+            if batch["image"] is None:
+                continue
+            names += batch["name"]
+            x, y = self._to_device(batch["image"], batch["target"])
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 logits, _ = _split_outputs(self.model(x))
             logits = logits.float()
@@ -219,7 +241,7 @@ class Trainer:
             probs.append(torch.sigmoid(logits))
             targets.append(y)
         p, t = torch.cat(probs).cpu(), torch.cat(targets).cpu()
-        return p, t, float(loss_sum) / max(len(p), 1)
+        return p, t, float(loss_sum) / max(len(p), 1), names
 
     # -------------------------------------------------------------- loop
     def _checkpoint(self, name: str, epoch: int, result: FitResult) -> None:
@@ -251,7 +273,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 start = time.perf_counter()
                 row = self.train_epoch(train_loader, epoch)
-                probs, targets, val_loss = self.predict(val_loader)
+                probs, targets, val_loss, names = self.predict(val_loader)
                 scores = M.compute(probs, targets, classes=self.classes)
                 row.update({"val/loss": val_loss, **{f"val/{k}": v for k, v in scores.items()},
                             "lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
@@ -259,7 +281,7 @@ class Trainer:
                 improved = scores[M.OBJECTIVE] > result.best_score
                 if improved:
                     result.best_epoch, result.best_score = epoch, scores[M.OBJECTIVE]
-                    result.best_probs, result.best_targets = probs, targets
+                    result.best_probs, result.best_targets, result.best_names = probs, targets, names
                     since_best = 0
                 else:
                     since_best += 1

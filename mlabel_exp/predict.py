@@ -121,27 +121,6 @@ def list_inputs(spec: str) -> list[Path]:
     return sorted(files, key=_natural_key)
 
 
-class _ReadableImages:
-    """Dataset of (image, name, error): an unreadable file yields a blank image and its error text."""
-
-    def __init__(self, paths: list[Path], transform, size: int):
-        self.paths, self.transform, self.size = paths, transform, size
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        import torch
-
-        from .data import load_image
-
-        path = self.paths[i]
-        try:
-            return self.transform(load_image(path)), path.name, ""
-        except Exception as e:  # reported and skipped by the caller, never fatal
-            return torch.zeros(3, self.size, self.size), path.name, f"{type(e).__name__}: {e}"
-
-
 # ------------------------------------------------------------------ the job
 
 @dataclass
@@ -183,7 +162,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     import torch
 
     from . import tracking
-    from .data import default_workers, make_loader
+    from .data import MultiLabelImages, default_workers, make_loader
     from .engine import select_device
 
     if cfg.run:
@@ -206,20 +185,17 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     device = select_device(cfg.device)
     model.to(device)
     paths = list_inputs(cfg.input)
-    size = ckpt["config"]["model"]["input_size"]
-    loader = make_loader(_ReadableImages(paths, transform, size), cfg.batch_size, shuffle=False,
+    loader = make_loader(MultiLabelImages(paths, None, transform, on_bad_image="skip"), cfg.batch_size, shuffle=False,
                          num_workers=min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size)))
     from tqdm.auto import tqdm
 
     files, probs, skipped = [], [], {}
     with torch.inference_mode():
-        for x, names, errors in tqdm(loader, desc="predict", unit="batch", disable=None):
-            ok = torch.tensor([not e for e in errors])
-            skipped.update({n: e for n, e in zip(names, errors) if e})
-            if ok.any():
-                logits = model(x[ok].to(device))
-                probs.append(torch.sigmoid(logits.float()).cpu())
-                files += [n for n, good in zip(names, ok.tolist()) if good]
+        for batch in tqdm(loader, desc="predict", unit="batch", disable=None):
+            skipped.update(dict(batch["bad"]))
+            if batch["image"] is not None:
+                probs.append(torch.sigmoid(model(batch["image"].to(device)).float()).cpu())
+                files += batch["name"]
     for name, err in skipped.items():
         log.warning("skipped %s: %s", name, err)
     p = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)), dtype=np.float32)

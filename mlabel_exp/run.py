@@ -142,9 +142,10 @@ def train(cfg: DictConfig) -> float:
     eval_tf = D.build_transform(m.input_size, m.mean, m.std)
     workers = D.default_workers(typed.data.num_workers)
     pin = device.type == "cuda"
-    train_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["train"], train_tf), t.batch_size,
+    bad = typed.data.on_bad_image
+    train_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["train"], train_tf, bad), t.batch_size,
                                  shuffle=True, num_workers=workers, seed=typed.seed, pin_memory=pin)
-    val_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["val"], eval_tf), t.batch_size,
+    val_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["val"], eval_tf, bad), t.batch_size,
                                shuffle=False, num_workers=workers, pin_memory=pin)
 
     run_name, tags = run_identity(typed)
@@ -228,8 +229,8 @@ def _log_results(tracker, cfg: Config, out: Path, classes, index, split, result)
     tracker.log_artifact(out / "per_class.csv")
     tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
                        "per_class_ap.png")
-    files = [index.files[r] for r in split["val"]][:len(probs)]
-    for path in write_predictions(out / "predictions", "val", files, probs, classes, tuned.numpy(), targets=targets):
+    for path in write_predictions(out / "predictions", "val", result.best_names, probs, classes, tuned.numpy(),
+                                  targets=targets):
         tracker.log_artifact(path, "predictions")
     best = result.checkpoints.get("best")
     if best is not None:

@@ -50,14 +50,14 @@ def test_dataset_returns_normalised_image_and_float_multi_hot(synthetic_root):
     index = build_index(synthetic_root)
     rows = [0, 5, 9]
     ds = MultiLabelImages.from_index(index, rows, build_transform(40, mean=(0.5,) * 3, std=(0.25,) * 3))
-    image, target = ds[1]
+    item = ds[1]
+    image, target = item["image"], item["target"]
     assert image.shape == (3, 40, 40) and image.dtype == torch.float32
     assert target.dtype == torch.float32 and target.tolist() == index.labels[5].astype(float).tolist()
     assert -2.1 <= image.min() and image.max() <= 2.1  # (x - 0.5) / 0.25 for x in [0, 1]
-    named = MultiLabelImages.from_index(index, rows, build_transform(40), with_names=True)
-    assert named[2][2] == index.files[9]
+    assert ds[2]["name"] == index.files[9]
     unlabeled = MultiLabelImages(index.paths(rows), None, build_transform(40))
-    assert unlabeled[0][1] == "im1.jpg"
+    assert unlabeled[0]["name"] == "im1.jpg" and "target" not in unlabeled[0]
 
 
 def test_train_augmentation_is_random_but_eval_is_deterministic(synthetic_root):
@@ -76,5 +76,46 @@ def test_dataloader_batches_with_workers(synthetic_root):
 
     index = build_index(synthetic_root)
     ds = MultiLabelImages.from_index(index, range(10), build_transform(32))
-    x, y = next(iter(DataLoader(ds, batch_size=4, num_workers=2)))
-    assert x.shape == (4, 3, 32, 32) and y.shape == (4, 14)
+    from mlabel_exp.data import make_loader
+
+    batch = next(iter(make_loader(ds, 4, shuffle=True, num_workers=2)))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["target"].shape == (4, 14) and batch["bad"] == []
+
+
+def _bad_files(folder):
+    """Every kind of bad image file a hand-assembled folder holds."""
+    good = folder / "good.jpg"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(good)
+    (folder / "truncated.jpg").write_bytes(good.read_bytes()[:120])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not a jpeg")
+    return [good, folder / "truncated.jpg", folder / "empty.jpg", folder / "text.jpg"]
+
+
+def test_bad_images_are_skipped_and_reported_in_the_batch(tmp_path):
+    from mlabel_exp.data import make_loader
+
+    paths = _bad_files(tmp_path)
+    ds = MultiLabelImages(paths, np.zeros((4, 2)), build_transform(16))
+    batch = next(iter(make_loader(ds, 4, shuffle=False, num_workers=0)))
+    assert batch["name"] == ["good.jpg"] and batch["image"].shape[0] == 1
+    assert sorted(n for n, _ in batch["bad"]) == ["empty.jpg", "text.jpg", "truncated.jpg"]
+    only_bad = next(iter(make_loader(MultiLabelImages(paths[1:], None, build_transform(16)), 3, shuffle=False,
+                                     num_workers=0)))
+    assert only_bad["image"] is None and len(only_bad["bad"]) == 3
+
+
+def test_on_bad_image_error_names_the_file(tmp_path):
+    from mlabel_exp.data import DataError
+
+    paths = _bad_files(tmp_path)
+    ds = MultiLabelImages(paths, None, build_transform(16), on_bad_image="error")
+    with pytest.raises(DataError, match=r"truncated\.jpg: unreadable image.*data\.on_bad_image=skip"):
+        ds[1]
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.new("RGB", (20, 20)).save(tmp_path / "big.png")  # 400 pixels > 100: Pillow would only warn
+    ds = MultiLabelImages([tmp_path / "big.png"], None, build_transform(8))
+    assert "DecompressionBomb" in ds[0].error

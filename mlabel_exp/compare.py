@@ -1,0 +1,304 @@
+"""Compare finished runs side by side: ``python -m mlabel_exp.compare [--sweep latest] [--filter ...]``.
+
+Why: the MLflow UI shows runs one metric at a time, while the question after a sweep is "which
+setting won, and where": one table sorted by best val mAP and three figures (the original project's
+curves of every run, per-class AP as a heatmap, val mAP against the regularisation settings).
+Runs are read through tracking.py (the only mlflow import); the results go to
+``outputs/compare/<time>`` and to a new run tagged ``mlabel.kind=comparison``, which later
+comparisons leave out. ``compare()`` is the plain function; ``main`` is its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import tracking
+from .config import ConfigError, project_root
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+KIND_TAG = "mlabel.kind"
+KIND = "comparison"
+CURVES = ("train/loss", "val/loss", "val/mAP")
+REGULARISATION = ("dropout_value", "weight_decay_value")
+SETTINGS = ("model", *REGULARISATION, "optimizer", "lr", "trainable")  # what a sweep varies
+COLUMNS = ["run_id", "run_name", *SETTINGS, "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
+           "train_time_s", "epochs"]
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame                  # one row per run, best val mAP first (COLUMNS)
+    figures: dict[str, Path]             # file name -> path under out_dir
+    out_dir: Path
+    run_id: str | None                   # the comparison's own MLflow run (None with log_to_mlflow=False)
+    notes: list[str] = field(default_factory=list)  # what was skipped, and why
+
+
+# ------------------------------------------------------------------ selecting runs
+
+def describe(experiment: str, uri: str, sweep: str | None, filter_string: str | None) -> str:
+    parts = [f"experiment={experiment!r}"]
+    parts += [f"sweep={sweep!r}"] if sweep else []
+    parts += [f"filter={filter_string!r}"] if filter_string else []
+    return f"{', '.join(parts)} at {uri}"
+
+
+def latest_sweep(runs: list[dict]) -> str | None:
+    """The sweep_id of the most recent run that has one."""
+    swept = [r for r in runs if r["tags"].get("sweep_id")]
+    return max(swept, key=lambda r: r["start_time"])["tags"]["sweep_id"] if swept else None
+
+
+def select(runs: list[dict], sweep: str | None, where: str) -> tuple[list[dict], str | None, list[str]]:
+    """The FINISHED runs (of ``sweep``, a sweep_id or 'latest'), comparison runs left out; the sweep_id; notes."""
+    runs = [r for r in runs if r["tags"].get(KIND_TAG) != KIND]
+    if sweep == "latest":
+        sweep = latest_sweep(runs)
+        if sweep is None:
+            raise ConfigError(f"sweep='latest': no run has a sweep_id tag ({where}); only multirun jobs "
+                              "(python -m mlabel_exp.run -m ...) have one: leave --sweep out to compare every run")
+        log.info("latest sweep: %s", sweep)
+    if sweep:
+        runs = [r for r in runs if r["tags"].get("sweep_id") == sweep]
+    finished = [r for r in runs if r["status"] == "FINISHED"]
+    notes = []
+    if len(finished) < len(runs):
+        statuses = sorted({r["status"] for r in runs if r["status"] != "FINISHED"})
+        counts = ", ".join(f"{s}: {sum(r['status'] == s for r in runs)}" for s in statuses)
+        notes.append(f"skipped {len(runs) - len(finished)} run(s) that did not finish ({counts})")
+    return finished, sweep, notes
+
+
+def no_runs_error(all_runs: list[dict], skipped: list[str], where: str) -> ConfigError:
+    sweeps = list(dict.fromkeys(r["tags"]["sweep_id"] for r in all_runs if r["tags"].get("sweep_id")))[:5]
+    hint = f"; recent sweep ids: {', '.join(sweeps)}" if sweeps else ""
+    why = f" ({skipped[0]})" if skipped else ""
+    return ConfigError(f"no finished runs to compare for {where}{why}{hint}. Check --experiment, --sweep, --filter "
+                       "and --tracking-uri (the store python -m mlabel_exp.run logged to)")
+
+
+# ------------------------------------------------------------------ the table
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
+    p, m = run["params"], run["metrics"]
+    epochs = histories.get("val/mAP") or histories.get("train/loss") or []
+    return {
+        "run_id": run["run_id"], "run_name": run["name"], "model": run["tags"].get("model", p.get("model.name")),
+        "dropout_value": _float(p.get("dropout_value")), "weight_decay_value": _float(p.get("weight_decay_value")),
+        "optimizer": p.get("optimizer.name"), "lr": _float(p.get("optimizer.lr")), "trainable": p.get("model.trainable"),
+        "best_epoch": m.get("best/epoch"), "best_val_mAP": m.get("best/val_mAP", float("nan")),
+        "tuned_f1_micro": m.get("tuned/f1_micro", float("nan")), "tuned_f1_macro": m.get("tuned/f1_macro", float("nan")),
+        "train_time_s": sum(v for _, v in histories.get("time/epoch_s", [])), "epochs": len(epochs),
+    }
+
+
+def build_table(rows: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
+    table["epochs"] = table["epochs"].astype("Int64")
+    return table.sort_values("best_val_mAP", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _cell(column: str, value) -> str:
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if column == "run_id":
+        return str(value)[:8]
+    if isinstance(value, float):
+        if column == "train_time_s":
+            return f"{value:.1f}"
+        return f"{value:.4g}" if column in ("lr", *REGULARISATION) else f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs tabulate, not a dependency); run ids shortened to 8."""
+    import pandas as pd
+
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    lines = ["| " + " | ".join(table.columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(_cell(c, v) for c, v in zip(table.columns, row)) + " |"
+              for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def labels(table: pd.DataFrame) -> list[str]:
+    """Run names for legends, with a short run id where a name repeats."""
+    names = table["run_name"].fillna("").astype(str).tolist()
+    return [f"{n} ({i[:6]})" if names.count(n) > 1 or not n else n for n, i in zip(names, table["run_id"])]
+
+
+# ------------------------------------------------------------------ figures
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def per_class_ap(uri: str, table: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
+    """Runs x classes AP from each run's per_class.csv; runs without the file are left out (noted)."""
+    import io
+
+    import pandas as pd
+
+    rows, missing = {}, []
+    for run_id, name in zip(table["run_id"], names):
+        text = tracking.artifact_text(uri, run_id, "per_class.csv")
+        if text is None:
+            missing.append(name)
+            continue
+        per_class = pd.read_csv(io.StringIO(text))
+        rows[name] = per_class.set_index("class")["AP"]
+    notes = [f"per_class_ap.png: left out {len(missing)} run(s) without per_class.csv ({', '.join(missing)})"] \
+        if missing else []
+    return (pd.DataFrame(rows).T if rows else None), notes
+
+
+def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_dir: Path,
+                 title: str) -> tuple[dict[str, Path], list[str]]:
+    from . import plots
+
+    names = labels(table)
+    figures = {"model_comparison.png": _save(
+        plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title),
+        out_dir / "model_comparison.png")}
+    ap, notes = per_class_ap(uri, table, names)
+    if ap is None:
+        notes.append("per_class_ap.png skipped: no run has a per_class.csv artifact")
+    else:
+        figures["per_class_ap.png"] = _save(plots.per_class_heatmap(ap), out_dir / "per_class_ap.png")
+    varying = [c for c in SETTINGS if table[c].nunique(dropna=True) > 1]
+    swept = [c for c in REGULARISATION if c in varying]
+    constant = [c for c in REGULARISATION if c not in varying]
+    if not swept:
+        notes.append("regularisation.png skipped: dropout_value and weight_decay_value are the same in every run")
+    else:
+        figures["regularisation.png"] = _save(plots.regularisation(table, swept, varying),
+                                              out_dir / "regularisation.png")
+        if constant:
+            notes.append(f"regularisation.png: no panel for {constant[0]} (the same in every run)")
+    return figures, notes
+
+
+# ------------------------------------------------------------------ the comparison
+
+def default_out_dir() -> Path:
+    return project_root() / "outputs" / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def log_comparison(uri: str, experiment: str, table: pd.DataFrame, files: list[Path], sweep: str | None,
+                   filter_string: str | None) -> str:
+    """A new run in the same experiment, tagged mlabel.kind=comparison, holding the table and figures."""
+    tracker = tracking.Tracker(uri, experiment)
+    name = f"comparison of {len(table)} runs" + (f" (sweep {sweep})" if sweep else "")
+    tags = {KIND_TAG: KIND, **({"mlabel.compared_sweep": sweep} if sweep else {})}
+    params = {"experiment": experiment, "sweep": sweep or "", "filter": filter_string or "",
+              "num_runs": len(table), "run_ids": ",".join(table["run_id"])}
+    tracker.start(name, tags, params)
+    try:
+        for path in files:
+            tracker.log_artifact(path)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return tracker.run_id
+
+
+def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, sweep: str | None = None,
+            filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True) -> Comparison:
+    """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: a sweep_id or 'latest';
+    matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run."""
+    from .data import write_atomic
+
+    uri = tracking.resolve_uri(tracking_uri)
+    where = describe(experiment, uri, sweep, filter_string)
+    all_runs = tracking.list_runs(uri, experiment, filter_string)
+    runs, sweep, notes = select(all_runs, sweep, where)
+    if not runs:
+        raise no_runs_error([r for r in all_runs if r["tags"].get(KIND_TAG) != KIND], notes, where)
+    histories = {r["run_id"]: {k: tracking.metric_history(uri, r["run_id"], k) for k in (*CURVES, "time/epoch_s")}
+                 for r in runs}
+    table = build_table([run_row(r, histories[r["run_id"]]) for r in runs])
+
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
+    write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}")
+    title = f"{experiment}" + (f", sweep {sweep}" if sweep else "") + f": {len(table)} runs"
+    figures, figure_notes = make_figures(uri, table, histories, out_dir, title)
+    notes += figure_notes
+    for note in notes:
+        log.info("%s", note)
+    run_id = None
+    if log_to_mlflow:
+        files = [out_dir / "comparison.csv", out_dir / "comparison.md", *figures.values()]
+        run_id = log_comparison(uri, experiment, table, files, sweep, filter_string)
+        log.info("comparison logged to MLflow run %s in experiment %s", run_id, experiment)
+    return Comparison(table, figures, out_dir, run_id, notes)
+
+
+# ------------------------------------------------------------------ command line
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m mlabel_exp.compare",
+        description="Compare the finished runs of an experiment: a table sorted by best val mAP (comparison.csv, "
+                    "comparison.md), model_comparison.png, per_class_ap.png and regularisation.png, logged to a new "
+                    "MLflow run tagged mlabel.kind=comparison.")
+    p.add_argument("--experiment", default="mlabel-exp", help="MLflow experiment (tracking.experiment; default %(default)s)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (tracking.uri; default sqlite:///<project root>/mlruns/mlflow.db)")
+    p.add_argument("--sweep", default=None, help="only this sweep_id, or 'latest' (the sweep of the most recent swept run)")
+    p.add_argument("--filter", dest="filter_string", metavar="FILTER", default=None,
+                   help="MLflow filter string, e.g. \"params.model.name = 'resnet18'\"")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default <project root>/outputs/compare/<time>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the comparison to MLflow")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = compare(args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep,
+                         filter_string=args.filter_string, out_dir=args.out, log_to_mlflow=not args.no_log)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(to_markdown(result.table))
+    for name, path in result.figures.items():
+        print(f"{name}: {path}")
+    print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")
+    if result.run_id:
+        print(f"MLflow run: {result.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

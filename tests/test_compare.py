@@ -1,0 +1,187 @@
+"""python -m mlabel_exp.compare: real runs from train(cfg), compared and read back through MlflowClient.
+
+One module-scoped store holds three finished runs (a, b: dropout 0 / 0.5, "sweep" multirun_first; c: weight
+decay 1e-3 with sgd, "sweep" multirun_second, the latest), one FAILED run and one still RUNNING.
+"""
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mlabel_exp import engine
+from mlabel_exp.compare import COLUMNS, compare, main
+from mlabel_exp.config import ConfigError
+from mlabel_exp.run import train
+from mlabel_exp.tracking import Tracker
+from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+
+FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png"}
+RUNS = {"a": ("dropout=0.0", "weight_decay=0"), "b": ("dropout=0.5", "weight_decay=0"),
+        "c": ("dropout=0.0", "weight_decay=0.001", "optimizer=sgd")}
+SWEEPS = {"a": "multirun_first", "b": "multirun_first", "c": "multirun_second"}
+
+
+def _boom(self, loader, epoch):
+    raise RuntimeError("disk on fire")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    for name, extra in RUNS.items():
+        train(compose_cfg(*tiny_overrides(tmp, f"tracking.run_name={name}", "tracking.log_checkpoint=false",
+                                          f"trainer.output_dir={tmp / name}", *extra)))
+    client, runs = mlflow_runs(tmp)
+    ids = {r.data.tags["mlflow.runName"]: r.info.run_id for r in runs}
+    for name, sweep in SWEEPS.items():  # as `python -m mlabel_exp.run -m` would tag them
+        client.set_tag(ids[name], "sweep_id", sweep)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine.Trainer, "train_epoch", _boom)
+        with pytest.raises(RuntimeError):
+            train(compose_cfg(*tiny_overrides(tmp, "tracking.run_name=failed", f"trainer.output_dir={tmp / 'f'}")))
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    running = Tracker(uri, "mlabel-exp").start("still running", {}, {})
+    failed = next(r.info.run_id for r in mlflow_runs(tmp)[1] if r.data.tags["mlflow.runName"] == "failed")
+    return SimpleNamespace(tmp=tmp, uri=uri, ids=ids, client=client, failed=failed, running=running)
+
+
+@pytest.fixture(scope="module")
+def compared(store):
+    return compare("mlabel-exp", tracking_uri=store.uri, out_dir=store.tmp / "all")
+
+
+def names(result, store):
+    by_id = {v: k for k, v in store.ids.items()}
+    return [by_id[i] for i in result.table["run_id"]]
+
+
+def test_table_has_one_row_per_finished_run_best_first_with_the_runs_values(store, compared):
+    table = compared.table
+    assert list(table.columns) == ["run_id", "run_name", "model", "dropout_value", "weight_decay_value", "optimizer",
+                                   "lr", "trainable", "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
+                                   "train_time_s", "epochs"] == COLUMNS
+    assert sorted(names(compared, store)) == ["a", "b", "c"]
+    assert table["best_val_mAP"].is_monotonic_decreasing
+    for row in table.itertuples():
+        run = store.client.get_run(row.run_id)
+        m, p = run.data.metrics, run.data.params
+        assert row.run_name == run.info.run_name and row.model == "smallcnn"
+        assert row.best_val_mAP == pytest.approx(m["best/val_mAP"]) and row.best_epoch == m["best/epoch"]
+        assert row.dropout_value == float(p["dropout_value"]) and row.weight_decay_value == float(p["weight_decay_value"])
+        assert row.optimizer == p["optimizer.name"] and row.lr == float(p["optimizer.lr"])
+        assert row.trainable == p["model.trainable"] == "all" and row.epochs == 2
+        epoch_s = [x.value for x in store.client.get_metric_history(row.run_id, "time/epoch_s")]
+        assert len(epoch_s) == 2 and row.train_time_s == pytest.approx(sum(epoch_s))
+        for key in ("f1_micro", "f1_macro"):  # optional: NaN for runs logged before tuned thresholds existed
+            value = getattr(row, f"tuned_{key}")
+            assert value == pytest.approx(m[f"tuned/{key}"]) if f"tuned/{key}" in m else np.isnan(value)
+    settings = {n: (r.dropout_value, r.weight_decay_value, r.optimizer)
+                for n, r in zip(names(compared, store), table.itertuples())}
+    assert settings == {"a": (0.0, 0.0, "adamw"), "b": (0.5, 0.0, "adamw"), "c": (0.0, 0.001, "sgd")}
+
+
+def test_failed_and_running_runs_are_left_out_and_counted(store, compared):
+    assert store.client.get_run(store.failed).info.status == "FAILED"
+    assert store.client.get_run(store.running).info.status == "RUNNING"
+    assert not {store.failed, store.running} & set(compared.table["run_id"])
+    assert "skipped 2 run(s) that did not finish (FAILED: 1, RUNNING: 1)" in compared.notes
+
+
+def test_csv_and_markdown_tables_are_written(store, compared):
+    csv = pd.read_csv(compared.out_dir / "comparison.csv")
+    assert list(csv.columns) == COLUMNS and list(csv["run_id"]) == list(compared.table["run_id"])
+    rows = [line for line in (compared.out_dir / "comparison.md").read_text().splitlines() if line.startswith("|")]
+    assert len(rows) == 2 + 3
+    assert rows[0].split("|")[1:-1] == [f" {c} " for c in COLUMNS] and set(rows[1]) <= set("|-: ")
+    for line, run_id in zip(rows[2:], compared.table["run_id"]):
+        assert line.startswith(f"| {run_id[:8]} |")
+
+
+def test_figures_are_real_images(compared):
+    assert set(compared.figures) == FIGURES
+    for name, path in compared.figures.items():
+        assert path == compared.out_dir / name
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.width >= 400 and img.height >= 200, (name, img.size)
+            colours = img.convert("RGB").getcolors(maxcolors=1 << 24)
+        assert len(colours) > 10, name  # not blank
+
+
+def test_comparison_is_logged_to_its_own_run(store, compared):
+    run = store.client.get_run(compared.run_id)
+    assert run.info.status == "FINISHED" and run.info.experiment_id == store.client.get_run(store.ids["a"]).info.experiment_id
+    assert run.data.tags["mlabel.kind"] == "comparison"
+    assert run.data.params["num_runs"] == "3" and set(run.data.params["run_ids"].split(",")) == set(store.ids.values())
+    assert {"comparison.csv", "comparison.md", *FIGURES} <= artifact_paths(store.client, compared.run_id)
+
+
+def test_a_second_comparison_leaves_comparison_runs_out(store, compared, tmp_path):
+    again = compare(tracking_uri=store.uri, out_dir=tmp_path, log_to_mlflow=False)
+    assert again.run_id is None and compared.run_id not in set(again.table["run_id"])
+    assert sorted(names(again, store)) == ["a", "b", "c"]
+
+
+def test_filter_string_selects_runs_and_constant_settings_skip_the_regularisation_figure(store, tmp_path):
+    result = compare(tracking_uri=store.uri, filter_string="params.optimizer.name = 'sgd'", out_dir=tmp_path,
+                     log_to_mlflow=False)
+    assert names(result, store) == ["c"]
+    assert set(result.figures) == FIGURES - {"regularisation.png"} and not (tmp_path / "regularisation.png").exists()
+    assert any("regularisation.png skipped" in n for n in result.notes)
+
+
+def test_sweep_selects_its_runs_and_latest_is_the_most_recent_sweep(store, tmp_path):
+    first = compare(tracking_uri=store.uri, sweep="multirun_first", out_dir=tmp_path / "first", log_to_mlflow=False)
+    assert sorted(names(first, store)) == ["a", "b"]
+    assert "regularisation.png" in first.figures  # dropout varies; weight decay does not
+    assert any("no panel for weight_decay_value" in n for n in first.notes)
+    latest = compare(tracking_uri=store.uri, sweep="latest", out_dir=tmp_path / "latest", log_to_mlflow=False)
+    assert names(latest, store) == ["c"]
+
+
+def test_empty_selection_names_the_experiment_and_the_store(store, tmp_path):
+    with pytest.raises(ConfigError, match=r"no finished runs .*experiment='mlabel-exp'.*filter=.*at sqlite:///") as e:
+        compare(tracking_uri=store.uri, filter_string="params.model.name = 'vgg16'", out_dir=tmp_path)
+    assert store.uri in str(e.value) and "--filter" in str(e.value)
+    with pytest.raises(ConfigError, match="recent sweep ids: multirun_second, multirun_first"):
+        compare(tracking_uri=store.uri, sweep="multirun_nope", out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"experiment='nope' not found .*experiments there: .*mlabel-exp"):
+        compare("nope", tracking_uri=store.uri, out_dir=tmp_path)
+
+
+def test_bad_filter_and_missing_store_are_clear_errors(store, tmp_path):
+    with pytest.raises(ConfigError, match=r"filter=.* is not a valid MLflow filter"):
+        compare(tracking_uri=store.uri, filter_string="params.model.name === 'x'", out_dir=tmp_path)
+    nowhere = tmp_path / "nowhere" / "mlflow.db"
+    with pytest.raises(ConfigError, match="no MLflow store at .*--tracking-uri"):
+        compare(tracking_uri=f"sqlite:///{nowhere}", out_dir=tmp_path)
+    assert not nowhere.exists()  # reading never creates an empty store
+
+
+def test_cli_error_is_one_line_and_exit_code_2(store, tmp_path, capsys):
+    assert main(["--experiment", "nope", "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: experiment='nope' not found")
+
+
+def test_help_does_not_import_torch_or_mlflow():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlabel_exp.compare", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "--sweep" in out.stdout and "--no-log" in out.stdout
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not {"torch", "mlflow", "pandas", "matplotlib"} & imported
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table_and_writes_the_files(store, tmp_path):
+    cmd = [sys.executable, "-m", "mlabel_exp.compare", "--experiment", "mlabel-exp", "--tracking-uri", store.uri,
+           "--out", str(tmp_path / "cli")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| run_id | run_name | model |") and len(rows) == 2 + 3
+    assert {"comparison.csv", "comparison.md", *FIGURES} <= {p.name for p in (tmp_path / "cli").iterdir()}
+    assert "MLflow run:" in done.stdout and "skipped 2 run(s)" in done.stderr
