@@ -88,6 +88,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/mlabel_exp"
     verify_images: bool = False          # decode every image when auditing (finds truncated files)
     on_bad_image: str = "skip"           # unreadable image during training: skip (counted, listed on the run) | error
+    on_bad_annotation: str = "error"     # malformed annotation line: error (file:line) | skip (reported on the run)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -101,6 +102,8 @@ class DataConfig:
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",
                self.val_fraction + self.test_fraction, "a sum below 1 (something must be left to train on)")
         _check(self.on_bad_image in ("skip", "error"), "data.on_bad_image", self.on_bad_image, "skip or error")
+        _check(self.on_bad_annotation in ("skip", "error"), "data.on_bad_annotation", self.on_bad_annotation,
+               "skip or error")
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
 
 

@@ -55,8 +55,11 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(re.escape(before) + r"([0-9]+)" + re.escape(after) + r"\Z")
 
 
-def _read_annotation(path: Path) -> list[int]:
-    """Image numbers in one annotation file: blank lines, spaces, CRLF and a BOM are accepted."""
+def _read_annotation(path: Path, problems: list[str] | None = None) -> list[int]:
+    """Image numbers in one annotation file: blank lines, spaces, CRLF and a BOM are accepted.
+
+    A malformed line is an error, or, when a ``problems`` list is given, noted there and skipped.
+    """
     ids = []
     text = path.read_bytes().decode("utf-8-sig", errors="replace")
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -64,16 +67,22 @@ def _read_annotation(path: Path) -> list[int]:
         if not token:
             continue
         if not token.isdigit() or int(token) == 0:
-            raise DataError(f"{path}:{lineno}: {token[:40]!r} is not a positive image number; "
-                            "each line of an annotation file must hold one image number such as 123")
+            msg = f"{path}:{lineno}: {token[:40]!r} is not a positive image number"
+            if problems is None:
+                raise DataError(msg + "; each line of an annotation file must hold one image number such as 123 "
+                                "(or set data.on_bad_annotation=skip)")
+            problems.append(msg + "; line skipped")
+            continue
         ids.append(int(token))
     return ids
 
 
-def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: bool = False) -> DatasetIndex:
+def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: bool = False,
+                skip_bad_lines: bool = False) -> DatasetIndex:
     """Index a data root in O(images + annotation lines).
 
-    ``strict`` turns annotated ids without an image file into an error instead of a warning.
+    ``strict`` turns annotated ids without an image file into an error instead of a warning;
+    ``skip_bad_lines`` turns malformed annotation lines into reported problems instead of an error.
     """
     root = Path(root)
     images_dir, ann_dir = root / "images", root / "annotations"
@@ -101,7 +110,7 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
     problems: list[str] = []
     missing_ids: list[tuple[str, int]] = []
     for c, path in enumerate(ann_files):
-        class_ids = _read_annotation(path)
+        class_ids = _read_annotation(path, problems if skip_bad_lines else None)
         if not class_ids:
             problems.append(f"{path.name}: empty annotation file, class {path.stem!r} has no positives")
         for i in class_ids:
@@ -301,7 +310,8 @@ def resolve_data_root(data_cfg) -> Path:
 
 
 def index_from_config(data_cfg) -> DatasetIndex:
-    return build_index(resolve_data_root(data_cfg), data_cfg.image_pattern, data_cfg.strict)
+    return build_index(resolve_data_root(data_cfg), data_cfg.image_pattern, data_cfg.strict,
+                       skip_bad_lines=data_cfg.on_bad_annotation == "skip")
 
 
 def split_from_config(index: DatasetIndex, data_cfg) -> dict[str, np.ndarray]:

@@ -184,11 +184,26 @@ def train(cfg: DictConfig) -> float:
             tracker.log_text(traceback.format_exc(), "error/traceback.txt")
             tracker.end("FAILED")
         raise
+    _log_data_problems(tracker, out, index, trainer.bad_images)
     tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
     tracker.log_metrics({"best/val_mAP": result.best_score, "best/epoch": result.best_epoch}, step=result.best_epoch)
     tracker.end("FINISHED")
     log.info("best val/mAP %.4f at epoch %d (run %s)", result.best_score, result.best_epoch, tracker.run_id)
     return float(result.best_score)
+
+
+def _log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:
+    """Counts of used and skipped images as metrics; the index problems and the skipped files as artifacts."""
+    from .data import write_atomic
+
+    tracker.log_metrics({"data/skipped_images": len(bad_images), "data/used_images": len(index) - len(bad_images),
+                         "data/index_problems": len(index.problems)}, step=0)
+    if bad_images or index.problems:
+        write_atomic(out / "data_problems.json", json.dumps(
+            {"index_problems": index.problems, "skipped_images": bad_images}, indent=1))
+        tracker.log_artifact(out / "data_problems.json")
+        log.warning("%d image(s) skipped as unreadable, %d index problem(s): see data_problems.json",
+                    len(bad_images), len(index.problems))
 
 
 def _log_inputs(tracker, cfg: DictConfig, out: Path, classes, index, split) -> None:

@@ -154,3 +154,28 @@ def test_cfg_job_prints_the_seed_experiment_without_importing_torch():
         assert expected in job, expected
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "mlflow" not in imported
+
+
+def test_run_finishes_on_corrupt_images_and_annotation_lines_and_reports_them(tmp_path):
+    import json
+
+    from mlabel_exp.synthetic import SyntheticSpec, generate
+
+    root = generate(tmp_path / "data", SyntheticSpec(num_images=80, image_size=32, seed=1))
+    images = root / "images"
+    (images / "im3.jpg").write_bytes((images / "im3.jpg").read_bytes()[:100])   # truncated
+    (images / "im4.jpg").write_bytes(b"")                                       # zero bytes
+    (images / "im5.jpg").write_text("not an image at all")                      # text named .jpg
+    with open(root / "annotations" / "circle.txt", "a") as f:
+        f.write("twelve\n-4\n")
+    cfg = compose_cfg(*tiny_overrides(tmp_path, "data=folder", f"data.root={root}", "data.on_bad_annotation=skip",
+                                      "trainer.max_steps_per_epoch=0", "trainer.batch_size=16",
+                                      f"trainer.output_dir={tmp_path / 'out'}"))
+    train(cfg)
+    client, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["data/skipped_images"] == 3 and run.data.metrics["data/used_images"] == 77
+    report = json.loads((tmp_path / "out" / "data_problems.json").read_text())
+    assert set(report["skipped_images"]) == {"im3.jpg", "im4.jpg", "im5.jpg"}
+    assert any("circle.txt" in p and "'twelve'" in p for p in report["index_problems"])
+    assert "data_problems.json" in artifact_paths(client, run.info.run_id)
