@@ -255,6 +255,7 @@ class Config:
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
+    resume: Optional[str] = None         # an MLflow run id, or "latest" (the newest unfinished run): continue it
 
     def __post_init__(self):
         # Resolved to floats here: the composed config keeps what the user typed (e.g. "heavy").

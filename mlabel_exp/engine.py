@@ -244,7 +244,8 @@ class Trainer:
         return p, t, float(loss_sum) / max(len(p), 1), names
 
     # -------------------------------------------------------------- loop
-    def _checkpoint(self, name: str, epoch: int, result: FitResult) -> None:
+    def _checkpoint(self, name: str, epoch: int, result: FitResult, since_best: int) -> None:
+        """Everything a resumed run needs to continue exactly where this epoch ended."""
         if self.checkpoint_dir is None:
             return
         state = {
@@ -252,23 +253,51 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
             "epoch": epoch,
             "best_epoch": result.best_epoch,
             "best_score": result.best_score,
+            "since_best": since_best,
             "history": result.history,
+            "bad_images": self.bad_images,
             "classes": self.classes,
             **self.checkpoint_extra,
         }
+        if name == "best":  # the validation outputs of the best epoch, for thresholds after a resume
+            state["val"] = {"probs": result.best_probs, "targets": result.best_targets, "names": result.best_names}
         result.checkpoints[name] = save_atomic(state, self.checkpoint_dir / f"{name}.pt")
 
-    def fit(self, train_loader, val_loader) -> FitResult:
+    def _restore(self, last: dict, best: dict | None, result: FitResult) -> tuple[int, int]:
+        """Load a last.pt (and best.pt) state: returns (first epoch to run, epochs since best)."""
+        self.model.load_state_dict(last["model"])
+        self.optimizer.load_state_dict(last["optimizer"])
+        if self.scheduler is not None and last.get("scheduler") is not None:
+            self.scheduler.load_state_dict(last["scheduler"])
+        self.scaler.load_state_dict(last["scaler"])
+        torch.set_rng_state(last["rng"])
+        self.bad_images.update(last.get("bad_images", {}))
+        result.history = list(last["history"])
+        result.best_epoch, result.best_score = last["best_epoch"], last["best_score"]
+        if best is not None and "val" in best:
+            v = best["val"]
+            result.best_probs, result.best_targets, result.best_names = v["probs"], v["targets"], list(v["names"])
+        for name in ("best", "last"):
+            path = self.checkpoint_dir / f"{name}.pt" if self.checkpoint_dir else None
+            if path is not None and path.exists():
+                result.checkpoints[name] = path
+        log.info("resuming after epoch %d (best val/mAP %.4f at epoch %d)", last["epoch"], result.best_score,
+                 result.best_epoch)
+        return last["epoch"] + 1, last.get("since_best", 0)
+
+    def fit(self, train_loader, val_loader, resume: dict | None = None, resume_best: dict | None = None) -> FitResult:
+        """Train for ``cfg.epochs``; ``resume`` (a last.pt state) continues an interrupted run exactly."""
         cfg = self.cfg
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, cfg.epochs, self._limit(train_loader))
         result = FitResult()
-        since_best = 0
+        first, since_best = self._restore(resume, resume_best, result) if resume else (1, 0)
         epoch = 0
         try:
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(first, cfg.epochs + 1):
                 extra = (self.before_epoch(epoch) if self.before_epoch else None) or {}
                 lr = self.optimizer.param_groups[0]["lr"]
                 start = time.perf_counter()
@@ -291,8 +320,8 @@ class Trainer:
                 if self.reporter is not None:
                     self.reporter.log_metrics(row, step=epoch)
                 if improved:
-                    self._checkpoint("best", epoch, result)
-                self._checkpoint("last", epoch, result)
+                    self._checkpoint("best", epoch, result, since_best)
+                self._checkpoint("last", epoch, result, since_best)
                 if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
                     log.info("early stop: val/mAP has not improved for %d epochs", since_best)
                     result.stopped_early = True
@@ -300,9 +329,7 @@ class Trainer:
                 if self.stop_event.is_set():
                     raise TrainingInterrupted(f"stop requested after epoch {epoch}")
         except TrainingInterrupted:
-            if epoch:
-                # the last completed epoch is already in last.pt; this notes where the stop came
-                log.warning("training interrupted during epoch %d; last checkpoint: %s", epoch,
-                            result.checkpoints.get("last", "none written yet"))
+            log.warning("training interrupted in epoch %d; %s holds the last finished epoch", epoch,
+                        result.checkpoints.get("last", "no checkpoint (none finished)"))
             raise
         return result

@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, Config, project_root, register, resolve_path, validate
+from .config import CONF_DIR, Config, ConfigError, project_root, register, resolve_path, validate
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,36 @@ def stop_on_signals(event: threading.Event):
 
 # ------------------------------------------------------------------ the job
 
+def _resume_point(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+    """For ``resume=...``: the interrupted run's own config and its checkpoints; else (cfg, None)."""
+    if not cfg.resume:
+        return cfg, None
+    import torch
+
+    from . import tracking
+
+    tracker = tracking.open_tracker(validate(cfg).tracking)
+    run_id, tags = tracker.find_resumable(cfg.resume)
+    folder = Path(tags.get("output_dir", "")) / "checkpoints"
+    last = folder / "last.pt"
+    if not last.is_file():
+        raise ConfigError(f"resume={cfg.resume!r}: run {run_id} has no checkpoint at {last} "
+                          "(it stopped before finishing its first epoch, or its output folder moved)")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    best = folder / "best.pt"
+    original = OmegaConf.merge(OmegaConf.structured(Config), state["config"])  # typed, as when it started
+    original.tracking = cfg.tracking           # where to find the run: as given now
+    original.trainer.output_dir = str(folder.parent)
+    original.resume = None
+    return original, {"run_id": run_id, "last": state,
+                      "best": torch.load(best, map_location="cpu", weights_only=True) if best.is_file() else None}
+
+
 def train(cfg: DictConfig) -> float:
     """Train one model as configured; returns the best validation mAP (the sweep objective)."""
-    typed = validate(cfg)  # every setting checked before any data is read
+    validate(cfg)  # every setting checked before any data is read
+    cfg, resume = _resume_point(cfg)
+    typed = validate(cfg)
     import numpy as np
     import torch
 
@@ -119,10 +146,11 @@ def train(cfg: DictConfig) -> float:
                                aux_logits=m.aux_logits, input_size=m.input_size)
     final_trainable = list(m.trainable) if not isinstance(m.trainable, str) else m.trainable
     n_trainable = models.set_trainable(model, m.name, "head" if t.unfreeze_at_epoch else final_trainable)
+    frozen_count = n_trainable
 
     def before_epoch(epoch: int) -> dict[str, float]:
         nonlocal n_trainable
-        if t.unfreeze_at_epoch and epoch == t.unfreeze_at_epoch + 1:
+        if t.unfreeze_at_epoch and epoch > t.unfreeze_at_epoch and n_trainable == frozen_count:  # also on resume
             n_trainable = models.set_trainable(model, m.name, final_trainable)
             log.info("epoch %d: unfreezing model.trainable=%s (%d trainable parameters)",
                      epoch, final_trainable, n_trainable)
@@ -156,8 +184,11 @@ def train(cfg: DictConfig) -> float:
                    "model.weights_used": weights_used, "device": str(device), "data.root_resolved": str(index.root),
                    "data.num_images": len(index), "data.num_train": len(split["train"]),
                    "data.num_val": len(split["val"]), "data.num_workers_used": workers})
-    tracker.start(run_name, {**tags, "weights": weights_used}, params)
-    _log_inputs(tracker, cfg, out, classes, index, split)
+    if resume:
+        tracker.attach(resume["run_id"])
+    else:
+        tracker.start(run_name, {**tags, "weights": weights_used, "output_dir": str(out)}, params)
+        _log_inputs(tracker, cfg, out, classes, index, split)
     log.info("training %s on %s: %d train / %d val images, %d classes, %d trainable parameters; outputs in %s",
              m.name, device, len(split["train"]), len(split["val"]), len(classes), n_trainable, out)
 
@@ -170,7 +201,8 @@ def train(cfg: DictConfig) -> float:
         before_epoch=before_epoch, after_train_mode=models.keep_frozen_bn_in_eval, stop_event=threading.Event())
     try:
         with stop_on_signals(trainer.stop_event):
-            result = trainer.fit(train_loader, val_loader)
+            result = trainer.fit(train_loader, val_loader, resume=resume and resume["last"],
+                                 resume_best=resume and resume["best"])
         _log_results(tracker, typed, out, classes, index, split, result)
     except engine.TrainingInterrupted as e:
         log.warning("run interrupted: %s", e)

@@ -127,6 +127,31 @@ class Tracker:
         log.info("MLflow run %s (%s) in experiment %s at %s", self.run_id, run_name, self.experiment_id, self.uri)
         return self.run_id
 
+    def attach(self, run_id: str) -> None:
+        """Continue an existing run (resume): same run id, status back to RUNNING."""
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        log.info("MLflow run %s resumed at %s", run_id, self.uri)
+
+    def find_resumable(self, run_id: str) -> tuple[str, dict[str, str]]:
+        """(run id, tags) of ``run_id``, or of the newest unfinished run when it is 'latest'."""
+        if run_id == "latest":
+            runs = self.client.search_runs([self.experiment_id], "attributes.status != 'FINISHED'",
+                                           order_by=["attributes.start_time DESC"], max_results=20)
+            runs = [r for r in runs if r.data.tags.get("mlabel.kind") != "comparison"]
+            if not runs:
+                raise ConfigError(f"resume=latest: no unfinished run in experiment {self.experiment_id} at {self.uri}")
+            return runs[0].info.run_id, runs[0].data.tags
+        import mlflow
+
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            raise ConfigError(f"resume={run_id!r}: no such run at {self.uri} (check tracking.uri)") from None
+        if run.info.status == "FINISHED":
+            raise ConfigError(f"resume={run_id!r}: that run already FINISHED; start a new run instead")
+        return run_id, run.data.tags
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
         import time
