@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR, Config, ConfigError, project_root, register, resolve_path, validate
@@ -289,9 +290,45 @@ def _log_results(tracker, cfg: Config, out: Path, classes, index, split, result)
             tracker.log_model(best, classes, cfg.model.input_size)
 
 
+FAILED_JOBS_FILE = "failed_jobs.jsonl"
+
+
+def _sweep_dir() -> Path | None:
+    from hydra.types import RunMode
+
+    hc = _hydra_cfg()
+    return Path(hc.sweep.dir) if hc is not None and hc.mode == RunMode.MULTIRUN else None
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    """One Hydra job. In a sweep a failing job is recorded and the sweep goes on (see SweepSummary)."""
+    try:
+        return train(cfg)
+    except Exception as e:
+        sweep = _sweep_dir()
+        if sweep is None:
+            raise
+        hc = _hydra_cfg()
+        log.exception("job %s (%s) failed; the sweep continues", hc.job.num, " ".join(hc.overrides.task))
+        sweep.mkdir(parents=True, exist_ok=True)
+        with open(sweep / FAILED_JOBS_FILE, "a") as fh:  # one short line per job: appends do not interleave
+            fh.write(json.dumps({"job": hc.job.num, "overrides": " ".join(hc.overrides.task),
+                                 "error": f"{type(e).__name__}: {e}"[:500]}) + "\n")
+        return float("nan")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a sweep, name the failed jobs and exit non-zero if there were any."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE
+        if not path.exists():
+            return
+        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
+        log.error("%d sweep job(s) failed:\n%s", len(failed), "\n".join(lines))
+        raise SystemExit(1)
 
 
 register()

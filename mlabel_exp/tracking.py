@@ -100,9 +100,9 @@ class Tracker:
 
         self.uri = resolve_uri(uri)
         check_writable(self.uri)
-        self.client = MlflowClient(self.uri)
         self.run_id: str | None = None
-        with _store_lock(self.uri):
+        with _store_lock(self.uri):  # the client creates (migrates) the SQLite schema: one process at a time
+            self.client = MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
                 if artifact_location is None and _sqlite_path(self.uri) is not None:

@@ -47,3 +47,34 @@ def test_regularisation_sweep_gives_one_run_per_combination(tmp_path):
 def test_plain_values_sweep_like_presets(tmp_path):
     _, runs = run_sweep(tmp_path, "model=smallcnn", "dropout=0.25,light")
     assert sorted(r.data.params["dropout_value"] for r in runs) == ["0.2", "0.25"]
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep_and_is_named_at_the_end(tmp_path):
+    tiny = [o for o in tiny_overrides(tmp_path) if not o.startswith("model.input_size")]
+    # model.input_size=8 is below smallcnn's minimum: job 1 fails in train(), jobs 0 and 2 run
+    cmd = [sys.executable, "-m", "mlabel_exp.run", "-m", *tiny, "model.input_size=32,8,40",
+           f"hydra.sweep.dir={tmp_path / 'multirun'}", "tracking.log_model=false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    logs = done.stdout + done.stderr
+    assert "1 sweep job(s) failed" in logs and "job 1 (" in logs and "model.input_size=8" in logs
+    _, runs = mlflow_runs(tmp_path)
+    assert sorted(r.data.params["model.input_size"] for r in runs) == ["32", "40"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_parallel_jobs_share_one_fresh_sqlite_database(tmp_path):
+    tiny = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer.epochs")]
+    procs = [subprocess.Popen([sys.executable, "-m", "mlabel_exp.run", *tiny, "trainer.epochs=4",
+                               "trainer.max_steps_per_epoch=0", f"seed={seed}", "tracking.log_model=false",
+                               f"trainer.output_dir={tmp_path / str(seed)}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (1, 2, 3)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[-1500:] for o in outs]
+    assert not any("database is locked" in o for o in outs)
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/mAP")] == [1, 2, 3, 4]
