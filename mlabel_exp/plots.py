@@ -121,3 +121,22 @@ def regularisation(table, x_columns: list[str], group_columns: list[str], score:
         ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall (val, best epoch)"):
+    """One precision-recall curve per class (classes without a validation positive are left out)."""
+    from torchmetrics.functional.classification import multilabel_precision_recall_curve
+
+    fig, ax = _figure(figsize=(7, 6))
+    targets = targets.int()
+    precision, recall, _ = multilabel_precision_recall_curve(probs.float(), targets, num_labels=len(classes))
+    for c, name in enumerate(classes):
+        if int(targets[:, c].sum()) == 0:
+            continue
+        ax.plot(recall[c].numpy(), precision[c].numpy(), label=f"{name} ({int(targets[:, c].sum())})",
+                color=f"C{c % 10}", linestyle="-" if c < 10 else "--")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    fig.tight_layout()
+    return fig

@@ -135,7 +135,11 @@ def train(cfg: DictConfig) -> float:
         models.build_model(m.name, 1, aux_logits=m.aux_logits, input_size=m.input_size)  # raises, naming the fix
     tracker = tracking.open_tracker(typed.tracking)  # an unwritable store fails here, before training
     out = output_dir(typed)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output folder {out} ({e.strerror}): set trainer.output_dir "
+                          "(or hydra.run.dir) to a writable location") from e
 
     index = D.index_from_config(typed.data)
     split = D.split_from_config(index, typed.data)
@@ -277,6 +281,7 @@ def _log_results(tracker, cfg: Config, out: Path, classes, index, split, result)
     tracker.log_artifact(out / "per_class.csv")
     tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
                        "per_class_ap.png")
+    tracker.log_figure(plots.pr_curves(probs, targets, classes), "pr_curves.png")
     for path in write_predictions(out / "predictions", "val", result.best_names, probs, classes, tuned.numpy(),
                                   targets=targets):
         tracker.log_artifact(path, "predictions")

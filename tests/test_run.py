@@ -30,7 +30,7 @@ def test_train_logs_a_complete_run(tmp_path):
     assert run.data.params["model.weights_used"] == "random init"
     assert run.data.tags["model"] == "smallcnn" and run.data.tags["mlflow.source.git.commit"]
     files = artifact_paths(client, run.info.run_id)
-    assert {"config.yaml", "classes.json", "split.json", "curves.png", "per_class.csv", "per_class_ap.png",
+    assert {"config.yaml", "classes.json", "split.json", "curves.png", "per_class.csv", "per_class_ap.png", "pr_curves.png", "thresholds.json",
             "predictions/val.csv", "predictions/val.json", "checkpoints/best.pt"} <= files
     preds = pd.read_csv(tmp_path / "out" / "predictions" / "val.csv")
     import json
@@ -143,6 +143,24 @@ def test_unwritable_tracking_location_fails_before_training(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="tracking.uri"):
         train(compose_cfg(*tiny_overrides(tmp_path), f"tracking.uri=sqlite:///{blocker}/sub/mlflow.db"))
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="trainer.output_dir"):
+        train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={blocker / 'out'}")))
+    assert mlflow_runs(tmp_path)[1] == []  # no run was started
+
+
+def test_run_figures_are_real_images(tmp_path):
+    from PIL import Image
+
+    train(compose_cfg(*tiny_overrides(tmp_path, "tracking.log_model=false")))
+    client, (run,) = mlflow_runs(tmp_path)
+    for name in ("curves.png", "per_class_ap.png", "pr_curves.png"):
+        with Image.open(client.download_artifacts(run.info.run_id, name, str(tmp_path))) as im:
+            assert im.width >= 400 and im.height >= 300 and len(im.convert("RGB").getcolors(1 << 16) or []) > 2
 
 
 def test_cfg_job_prints_the_seed_experiment_without_importing_torch():
