@@ -15,6 +15,8 @@ from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from .synthetic import SyntheticSpec
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR.parent / "conf"
 
@@ -60,18 +62,15 @@ class AugmentConfig:
 
 
 @dataclass
-class SyntheticConfig:
-    num_images: int = 4000
-    image_size: int = 128
-    seed: int = 0
-    unlabeled_fraction: float = 0.4
-    grayscale_fraction: float = 0.03
+class SyntheticConfig(SyntheticSpec):
+    """The generator's own parameters (synthetic.SyntheticSpec), range-checked."""
 
     def __post_init__(self):
         _check(self.num_images >= 1, "data.synthetic.num_images", self.num_images, "an integer >= 1")
         _check(self.image_size >= 16, "data.synthetic.image_size", self.image_size, "an integer >= 16")
         _fraction("data.synthetic.unlabeled_fraction", self.unlabeled_fraction)
         _fraction("data.synthetic.grayscale_fraction", self.grayscale_fraction, upper_open=False)
+        _check(self.max_objects >= 1, "data.synthetic.max_objects", self.max_objects, "an integer >= 1")
 
 
 @dataclass

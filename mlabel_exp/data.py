@@ -299,8 +299,7 @@ def resolve_data_root(data_cfg) -> Path:
 
     if data_cfg.name == "folder":
         return resolve_path(data_cfg.root)
-    s = data_cfg.synthetic
-    spec = SyntheticSpec(s.num_images, s.image_size, s.seed, s.unlabeled_fraction, s.grayscale_fraction)
+    spec = SyntheticSpec(**{k: getattr(data_cfg.synthetic, k) for k in SyntheticSpec.__dataclass_fields__})
     if data_cfg.root:
         root = resolve_path(data_cfg.root)
         if not (root / "annotations").is_dir():

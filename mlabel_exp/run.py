@@ -263,8 +263,8 @@ def _log_results(tracker, cfg: Config, out: Path, classes, index, split, result)
     from .predict import write_predictions
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}")
-    tracker.log_figure(fig, "curves.png")
     fig.savefig(out / "curves.png", dpi=100)
+    tracker.log_figure(fig, "curves.png")
     if result.best_probs is None:
         return
     probs, targets = result.best_probs, result.best_targets

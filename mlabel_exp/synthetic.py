@@ -37,7 +37,7 @@ PREVALENCE: dict[str, float] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyntheticSpec:
     num_images: int = 4000
     image_size: int = 128

@@ -179,7 +179,11 @@ class Tracker:
         self.client.log_text(self.run_id, text, artifact_file)
 
     def log_figure(self, figure, artifact_file: str) -> None:
+        """Log and close a matplotlib figure (pyplot keeps every open figure alive otherwise)."""
+        import matplotlib.pyplot as plt
+
         self.client.log_figure(self.run_id, figure, artifact_file)
+        plt.close(figure)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
