@@ -92,8 +92,11 @@ def save_atomic(obj, path: Path) -> Path:
     """torch.save through a temporary file and a rename: a kill mid-write keeps the previous file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

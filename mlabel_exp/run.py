@@ -115,6 +115,35 @@ def _resume_point(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
                       "best": torch.load(best, map_location="cpu", weights_only=True) if best.is_file() else None}
 
 
+def _optimizer(cfg: Config, model):
+    """All parameters in two groups (new head at optimizer.lr, backbone scaled), frozen ones included so
+    that unfreezing later needs no new optimizer (parameters without gradients are skipped)."""
+    from . import engine, models
+
+    o = cfg.optimizer
+    head = models.head_parameter_names(model, cfg.model.name)
+    groups = [{"params": [p for n, p in model.named_parameters() if n in head], "lr": o.lr},
+              {"params": [p for n, p in model.named_parameters() if n not in head], "lr": o.lr * o.backbone_lr_scale}]
+    return engine.build_optimizer(o.name, [g for g in groups if g["params"]], o.lr, cfg.weight_decay,
+                                  o.momentum, o.nesterov, o.betas)
+
+
+def _loaders(cfg: Config, index, split, workers: int, pin: bool):
+    """Train loader (augmented, shuffled by seed and epoch) and validation loader (in split order)."""
+    from . import data as D
+
+    m, aug, bad = cfg.model, cfg.data.augment, cfg.data.on_bad_image
+    train_tf = D.build_transform(m.input_size, m.mean, m.std, train=True, random_resized_crop=aug.random_resized_crop,
+                                 crop_scale_min=aug.crop_scale_min, hflip=aug.hflip)
+    eval_tf = D.build_transform(m.input_size, m.mean, m.std)
+    batch = cfg.trainer.batch_size
+    train = D.make_loader(D.MultiLabelImages.from_index(index, split["train"], train_tf, bad), batch, shuffle=True,
+                          num_workers=workers, seed=cfg.seed, pin_memory=pin)
+    val = D.make_loader(D.MultiLabelImages.from_index(index, split["val"], eval_tf, bad), batch, shuffle=False,
+                        num_workers=workers, pin_memory=pin)
+    return train, val
+
+
 def train(cfg: DictConfig) -> float:
     """Train one model as configured; returns the best validation mAP (the sweep objective)."""
     validate(cfg)  # every setting checked before any data is read
@@ -161,25 +190,9 @@ def train(cfg: DictConfig) -> float:
                      epoch, final_trainable, n_trainable)
         return {"trainable_params": float(n_trainable)}
 
-    head = models.head_parameter_names(model, m.name)
-    groups = [{"params": [p for n, p in model.named_parameters() if n in head], "lr": typed.optimizer.lr},
-              {"params": [p for n, p in model.named_parameters() if n not in head],
-               "lr": typed.optimizer.lr * typed.optimizer.backbone_lr_scale}]
-    groups = [g for g in groups if g["params"]]
-    o = typed.optimizer
-    optimizer = engine.build_optimizer(o.name, groups, o.lr, typed.weight_decay, o.momentum, o.nesterov, o.betas)
-
-    aug = typed.data.augment
-    train_tf = D.build_transform(m.input_size, m.mean, m.std, train=True, random_resized_crop=aug.random_resized_crop,
-                                 crop_scale_min=aug.crop_scale_min, hflip=aug.hflip)
-    eval_tf = D.build_transform(m.input_size, m.mean, m.std)
+    optimizer = _optimizer(typed, model)
     workers = D.default_workers(typed.data.num_workers)
-    pin = device.type == "cuda"
-    bad = typed.data.on_bad_image
-    train_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["train"], train_tf, bad), t.batch_size,
-                                 shuffle=True, num_workers=workers, seed=typed.seed, pin_memory=pin)
-    val_loader = D.make_loader(D.MultiLabelImages.from_index(index, split["val"], eval_tf, bad), t.batch_size,
-                               shuffle=False, num_workers=workers, pin_memory=pin)
+    train_loader, val_loader = _loaders(typed, index, split, workers, pin=device.type == "cuda")
 
     run_name, tags = run_identity(typed)
     weights_used = models.weights_description(m.name, m.weights)

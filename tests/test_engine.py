@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from mlabel_exp.config import SchedulerConfig
+from mlabel_exp.engine import build_optimizer, build_scheduler, save_atomic, select_device
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"epoch": 1}, path)
+
+    def dies_mid_write(obj, f):
+        open(f, "wb").write(b"half a checkpoint")
+        raise KeyboardInterrupt  # e.g. the job is killed while writing
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def _lrs(cfg, epochs=4, steps=5):
+    opt = build_optimizer("sgd", [{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=1.0, weight_decay=0)
+    sched = build_scheduler(cfg, opt, epochs, steps)
+    out = []
+    for _ in range(epochs * steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_with_warmup_rises_then_decays_to_the_floor():
+    lrs = _lrs(SchedulerConfig(name="cosine", warmup_epochs=1, min_lr_scale=0.01))
+    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:])) and 0.01 <= lrs[-1] < 0.03  # floor after the last step
+
+
+def test_step_and_none_schedules():
+    assert _lrs(SchedulerConfig(name="step", step_size=2, gamma=0.5))[::5] == pytest.approx([1, 1, 0.5, 0.5])
+    assert set(_lrs(SchedulerConfig(name="none"))) == {1.0}
+
+
+def test_onecycle_peaks_at_the_configured_lr():
+    lrs = _lrs(SchedulerConfig(name="onecycle"))
+    assert max(lrs) == pytest.approx(1.0, rel=0.05) and lrs[0] < 0.1 and lrs[-1] < 0.01
+
+
+def test_optimizers_take_weight_decay_and_groups():
+    p = torch.nn.Parameter(torch.zeros(2))
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)):
+        opt = build_optimizer(name, [{"params": [p], "lr": 0.5}], lr=0.1, weight_decay=1e-3)
+        assert isinstance(opt, cls) and opt.param_groups[0]["weight_decay"] == 1e-3 and opt.param_groups[0]["lr"] == 0.5
+
+
+def test_device_selection_falls_back_to_cpu_and_honours_a_choice():
+    assert select_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert select_device("auto").type in ("cpu", "mps")
