@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KIND_TAG = "mlabel.kind"
+KIND_TAG = tracking.KIND_TAG
 KIND = "comparison"
 CURVES = ("train/loss", "val/loss", "val/mAP")
 REGULARISATION = ("dropout_value", "weight_decay_value")
@@ -61,7 +61,7 @@ def latest_sweep(runs: list[dict]) -> str | None:
 
 def select(runs: list[dict], sweep: str | None, where: str) -> tuple[list[dict], str | None, list[str]]:
     """The FINISHED runs (of ``sweep``, a sweep_id or 'latest'), comparison runs left out; the sweep_id; notes."""
-    runs = [r for r in runs if r["tags"].get(KIND_TAG) != KIND]
+    runs = [r for r in runs if KIND_TAG not in r["tags"]]  # training runs only: no comparisons, no sweep parents
     if sweep == "latest":
         sweep = latest_sweep(runs)
         if sweep is None:

@@ -46,6 +46,11 @@ def output_dir(cfg: Config) -> Path:
     return resolve_path(cfg.trainer.output_dir) if cfg.trainer.output_dir else output_dir_of_job()
 
 
+def sweep_id_of(sweep_dir: str) -> str:
+    """A sweep's id: its output folder, which Hydra makes unique per `-m` invocation."""
+    return str(Path(sweep_dir).resolve()).replace("/", "_").strip("_")
+
+
 def run_identity(cfg: Config) -> tuple[str, dict[str, str]]:
     """Run name (model + overrides) and the tags that place a run in its sweep."""
     hc = _hydra_cfg()
@@ -57,7 +62,7 @@ def run_identity(cfg: Config) -> tuple[str, dict[str, str]]:
         from hydra.types import RunMode
 
         if hc.mode == RunMode.MULTIRUN:
-            tags["sweep_id"] = Path(hc.sweep.dir).as_posix().replace("/", "_").strip("_")
+            tags["sweep_id"] = sweep_id_of(hc.sweep.dir)
             tags["sweep_dir"] = hc.sweep.dir
             tags["job_num"] = str(hc.job.num)
     return name, tags
@@ -205,6 +210,8 @@ def train(cfg: DictConfig) -> float:
     if resume:
         tracker.attach(resume["run_id"])
     else:
+        if "sweep_id" in tags:  # every job of a -m sweep is a child of the sweep's one parent run
+            tags["mlflow.parentRunId"] = tracker.sweep_parent(tags["sweep_id"], tags["sweep_dir"])
         tracker.start(run_name, {**tags, "weights": weights_used, "output_dir": str(out)}, params)
         _log_inputs(tracker, cfg, out, classes, index, split)
     log.info("training %s on %s: %d train / %d val images, %d classes, %d trainable parameters; outputs in %s",
@@ -341,12 +348,20 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         path = Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE
-        if not path.exists():
-            return
-        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
         lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
-        log.error("%d sweep job(s) failed:\n%s", len(failed), "\n".join(lines))
-        raise SystemExit(1)
+        summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
+        if config.tracking.enabled:
+            from . import tracking
+
+            try:
+                tracking.end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+                                          "FAILED" if failed else "FINISHED", summary)
+            except Exception as e:  # the jobs' own runs are complete either way
+                log.warning("could not close the sweep's parent run: %s", e)
+        if failed:
+            log.error(summary)
+            raise SystemExit(1)
 
 
 register()

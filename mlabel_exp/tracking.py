@@ -23,6 +23,7 @@ from .config import ConfigError, project_root
 log = logging.getLogger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's param value limit is 6000 characters
+KIND_TAG = "mlabel.kind"  # set on runs that are not training runs: "sweep" (parents), "comparison"
 
 
 def default_uri() -> str:
@@ -138,7 +139,7 @@ class Tracker:
         if run_id == "latest":
             runs = self.client.search_runs([self.experiment_id], "attributes.status != 'FINISHED'",
                                            order_by=["attributes.start_time DESC"], max_results=20)
-            runs = [r for r in runs if r.data.tags.get("mlabel.kind") != "comparison"]
+            runs = [r for r in runs if KIND_TAG not in r.data.tags]
             if not runs:
                 raise ConfigError(f"resume=latest: no unfinished run in experiment {self.experiment_id} at {self.uri}")
             return runs[0].info.run_id, runs[0].data.tags
@@ -151,6 +152,31 @@ class Tracker:
         if run.info.status == "FINISHED":
             raise ConfigError(f"resume={run_id!r}: that run already FINISHED; start a new run instead")
         return run_id, run.data.tags
+
+    def sweep_parent(self, sweep_id: str, sweep_dir: str) -> str:
+        """The parent run of a Hydra sweep, created by whichever job asks first.
+
+        Jobs of one sweep run in other processes (joblib) or on other nodes (SLURM). On a local SQLite
+        store the file lock makes creation one-at-a-time; on a server two jobs may both create one,
+        so each then keeps the oldest parent and deletes its own extra.
+        """
+        query = f"tags.`{KIND_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'"
+
+        def parents():
+            runs = self.client.search_runs([self.experiment_id], query, max_results=10)
+            return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+        with _store_lock(self.uri):
+            found = parents()
+            if found:
+                return found[0].info.run_id
+            name = f"sweep {Path(sweep_dir).name or sweep_id}"
+            mine = self.client.create_run(self.experiment_id, run_name=name, tags={
+                KIND_TAG: "sweep", "sweep_id": sweep_id, "sweep_dir": sweep_dir, "mlflow.runName": name})
+        first = parents()[0].info.run_id
+        if first != mine.info.run_id:
+            self.client.delete_run(mine.info.run_id)
+        return first
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -243,6 +269,15 @@ def _pyfunc_model():
             return pd.DataFrame(probs.astype("float64"), columns=self.classes)
 
     return MultiLabelClassifier()
+
+
+def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> None:
+    """Close a sweep's parent run (from the process that launched the sweep)."""
+    tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
+    query = f"tags.`{KIND_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'"
+    for run in tracker.client.search_runs([tracker.experiment_id], query, max_results=10):
+        tracker.client.set_tag(run.info.run_id, "summary", summary[:5000])
+        tracker.client.set_terminated(run.info.run_id, status)
 
 
 def download_artifact(uri: str | None, run_id: str, path: str, dst: Path) -> Path:

@@ -19,6 +19,9 @@ def run_sweep(tmp_path, *overrides):
 @pytest.mark.slow
 def test_three_architectures_side_by_side(tmp_path):
     client, runs = run_sweep(tmp_path, "model=resnet50,vgg16,inception")
+    (parent,) = [r for r in runs if r.data.tags.get("mlabel.kind") == "sweep"]
+    runs = [r for r in runs if "mlabel.kind" not in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert sorted(r.data.tags["model"] for r in runs) == ["inception", "resnet50", "vgg16"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.info.experiment_id for r in runs}) == 1
@@ -37,6 +40,7 @@ def test_three_architectures_side_by_side(tmp_path):
 @pytest.mark.slow
 def test_regularisation_sweep_gives_one_run_per_combination(tmp_path):
     client, runs = run_sweep(tmp_path, "model=resnet18", "dropout=none,heavy", "weight_decay=none,strong")
+    runs = [r for r in runs if "mlabel.kind" not in r.data.tags]
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     combos = {(r.data.params["dropout_value"], r.data.params["weight_decay_value"]) for r in runs}
     assert combos == {("0.0", "0.0"), ("0.0", "0.001"), ("0.6", "0.0"), ("0.6", "0.001")}
@@ -46,6 +50,7 @@ def test_regularisation_sweep_gives_one_run_per_combination(tmp_path):
 @pytest.mark.slow
 def test_plain_values_sweep_like_presets(tmp_path):
     _, runs = run_sweep(tmp_path, "model=smallcnn", "dropout=0.25,light")
+    runs = [r for r in runs if "mlabel.kind" not in r.data.tags]
     assert sorted(r.data.params["dropout_value"] for r in runs) == ["0.2", "0.25"]
 
 
@@ -60,6 +65,9 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_named_at_the_end(tmp_path)
     logs = done.stdout + done.stderr
     assert "1 sweep job(s) failed" in logs and "job 1 (" in logs and "model.input_size=8" in logs
     _, runs = mlflow_runs(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("mlabel.kind") == "sweep"]
+    assert parent.info.status == "FAILED" and "model.input_size=8" in parent.data.tags["summary"]
+    runs = [r for r in runs if "mlabel.kind" not in r.data.tags]
     assert sorted(r.data.params["model.input_size"] for r in runs) == ["32", "40"]
     assert {r.info.status for r in runs} == {"FINISHED"}
 
@@ -78,3 +86,17 @@ def test_parallel_jobs_share_one_fresh_sqlite_database(tmp_path):
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
     for r in runs:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/mAP")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_under_one_parent_run(tmp_path):
+    client, runs = run_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=resnet18",
+                             "dropout=none,heavy", "tracking.log_model=false", "trainer.epochs=3")
+    children = [r for r in runs if "mlabel.kind" not in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("mlabel.kind") == "sweep"]
+    assert len(children) == 2 and len(parents) == 1
+    parent = parents[0]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep_id"] == children[0].data.tags["sweep_id"]
+    (a, b) = sorted(children, key=lambda r: r.info.start_time)
+    assert b.info.start_time < a.info.end_time  # the two jobs overlapped in time

@@ -1,0 +1,156 @@
+"""Images/s delivered by our training DataLoader against the original project's pipeline, and what
+resnet50 consumes in training on this machine.
+
+Both loaders read the same 20,000 images in the same shuffled order, with the same worker count
+(default_workers(-1)) and batch size (32), at the same model input size. Each timing starts after
+warm-up batches (worker start-up and the first decodes excluded) and covers a fixed number of
+batches (80 at 224 px, 240 at 64 px); the consumer does nothing, so this is the loader's own
+capacity. Each pipeline is timed in three rounds, alternating with the other, and the best round is
+kept. The per-image cost of decode + transform in one process (no DataLoader) is printed alongside,
+to separate the pipelines' own work from the DataLoader's (worker IPC, collation).
+
+    .venv/bin/python benchmarks/bench_loader.py [--sizes 224 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _common
+
+BATCH = 32
+WARMUP_BATCHES = 6
+ROUNDS = 3
+
+
+def timed_batches(size: int) -> int:
+    """About 2-3 s of loading per measurement at either size: long enough to average out noise."""
+    return 80 if size >= 128 else 240
+
+
+def images_per_s(loader, warmup: int, batches: int) -> float:
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        batch = next(it)
+        seen += len(batch["image"] if isinstance(batch, dict) else batch[0])
+    seconds = time.perf_counter() - start
+    del it  # stops the workers
+    return seen / seconds
+
+
+def per_image_us(index, samples, root, size: int, n: int = 400) -> tuple[float, float]:
+    """Microseconds per image for __getitem__ alone (best of 2 passes), without any DataLoader."""
+    import torch
+
+    from mlabel_exp import data as D
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    ours = D.MultiLabelImages.from_index(index, range(n), D.build_transform(size, train=True, hflip=True))
+    original = _common.OriginalDataset(root / "images", samples[:n], size)
+    out = []
+    for ds in (ours, original):
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            for i in range(n):
+                ds[i]
+            best = min(best, time.perf_counter() - start)
+        out.append(best / n * 1e6)
+    torch.set_num_threads(threads)
+    return out[0], out[1]
+
+
+def resnet50_train_rate(steps: int = 4, warmup: int = 2, batch: int = 16, size: int = 224) -> float:
+    """Forward + backward + AdamW step on in-memory random tensors: the model's own training speed."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(num_classes=14).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    x = torch.randn(batch, 3, size, size)
+    y = (torch.rand(batch, 14) < 0.2).float()
+
+    def step():
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 64])
+    p.add_argument("--num-images", type=int, default=20000)
+    args = p.parse_args()
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mlabel_exp import data as D
+
+    print(_common.machine_line())
+    root = _common.dataset(args.num_images)
+    _common.warm_page_cache(root)
+    index = D.build_index(root)
+    rows = list(range(len(index)))
+    samples = [(f, [int(v) for v in index.labels[r]]) for r, f in enumerate(index.files)]
+    workers = D.default_workers(-1)
+    print(f"data: {len(index)} images of 128 px; {workers} workers, batch {BATCH}, shuffled; "
+          f"{WARMUP_BATCHES} warm-up + a fixed number of timed batches per run, best of {ROUNDS} alternating "
+          f"rounds; ours applies the training transform (resize + random hflip), the original has no flip")
+
+    def ours(size):
+        tf = D.build_transform(size, train=True, hflip=True)
+        return D.make_loader(D.MultiLabelImages.from_index(index, rows, tf), BATCH, shuffle=True,
+                             num_workers=workers, seed=0)
+
+    def original(size):
+        ds = _common.OriginalDataset(root / "images", samples, size)
+        return DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers,
+                          generator=torch.Generator().manual_seed(0))
+
+    rates = {}
+    for size in args.sizes:
+        ours_us, orig_us = per_image_us(index, samples, root, size)
+        print(f"{size} px, decode + transform in one process, 1 thread: ours {ours_us:.0f} us/img, "
+              f"original {orig_us:.0f} us/img")
+        runs = {"ours": [], "original": []}
+        for _ in range(ROUNDS):
+            for name, make in (("ours", ours), ("original", original)):
+                runs[name].append(images_per_s(make(size), WARMUP_BATCHES, timed_batches(size)))
+        rates[size] = {k: max(v) for k, v in runs.items()}
+        print(f"{size} px, {timed_batches(size)} batches: ours {rates[size]['ours']:.0f} img/s (runs {', '.join(f'{r:.0f}' for r in runs['ours'])}), "
+              f"original {rates[size]['original']:.0f} img/s (runs {', '.join(f'{r:.0f}' for r in runs['original'])}); "
+              f"ours/original {rates[size]['ours'] / rates[size]['original']:.2f}x")
+
+    model_rate = resnet50_train_rate()
+    print(f"resnet50 training (forward+backward+AdamW, batch 16 at 224 px, random tensors, "
+          f"{torch.get_num_threads()} threads): {model_rate:.1f} img/s")
+    if 224 in rates:
+        loader = rates[224]["ours"]
+        # Loader workers and the model share the same cores: per image, their CPU times add up.
+        shared = 1 / (1 / loader + 1 / model_rate)
+        print(f"note: both figures use all {len(__import__('os').sched_getaffinity(0))} cores; training both at "
+              f"once is ~{shared:.1f} img/s if their CPU times add up (data loading "
+              f"{100 * model_rate / (loader + model_rate):.1f}% of it)")
+        print(f"target loader/resnet50 >= 2x: {'met' if loader / model_rate >= 2 else 'NOT met'}")
+        print(f"ratio loader/resnet50: {loader / model_rate:.1f}x (our loader {loader:.0f} img/s at 224 px vs "
+              f"resnet50 training {model_rate:.1f} img/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""What the framework costs on top of the training itself: one epoch through ``mlabel_exp.run.train(cfg)``
+(index, split, MLflow run, metrics, checkpoints, thresholds, figures, predictions, pyfunc model) against
+a bare hand-written PyTorch loop over the same data.
+
+Every measurement runs in a fresh subprocess that has already imported what the bare loop needs
+(torch, torchvision, mlabel_exp.data, mlabel_exp.models); anything more that train(cfg) imports
+(MLflow, torchmetrics, matplotlib, ...) counts as its overhead. Both sides use the same Dataset,
+transforms, DataLoader (default_workers(-1) workers), smallcnn, AdamW, BCEWithLogits and batch size
+(the trainer's 32), on the same train/val split, with a warm page cache. The bare loop gets the
+index and split as inputs: building them counts against train(cfg). The MLflow store exists before
+the timed runs (its one-time creation is reported apart). Each variant runs twice, alternating, and
+the better run is kept; one more, instrumented, run (imports done beforehand) says where the time goes.
+
+    .venv/bin/python benchmarks/bench_overhead.py [--num-images 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common
+
+ROUNDS = 2
+RESULT = "RESULT "
+
+
+# ---------------------------------------------------------------- children (one measurement each)
+
+def overrides(args, tmp: Path, *extra: str) -> list[str]:
+    return [f"data.cache_dir={_common.CACHE}", f"data.synthetic.num_images={args.num_images}", "trainer.epochs=1",
+            f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", f"trainer.output_dir={tmp / 'out'}", *extra]
+
+
+def child_store(args, tmp: Path) -> dict:
+    """One-time costs: importing mlflow, creating a new SQLite store (schema migration), opening it again."""
+    start = time.perf_counter()
+    import mlflow  # noqa: F401
+
+    imported = time.perf_counter()
+    from mlabel_exp import tracking
+
+    tracking.Tracker(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "mlabel-exp")
+    created = time.perf_counter()
+    tracking.Tracker(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "mlabel-exp")
+    return {"import_mlflow": imported - start, "create_store": created - imported,
+            "open_store": time.perf_counter() - created}
+
+
+def child_bare(args, tmp: Path) -> dict:
+    import torch
+    from torch import nn
+
+    from mlabel_exp import data as D
+    from mlabel_exp import models
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(*overrides(args, tmp))
+    index = D.index_from_config(cfg.data)  # inputs, untimed: they count against train(cfg) only
+    split = D.make_split(index.labels, cfg.data.val_fraction, seed=cfg.data.split_seed)
+    size, batch = cfg.model.input_size, cfg.trainer.batch_size
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    workers = D.default_workers(-1)
+    train_ds = D.MultiLabelImages.from_index(index, split["train"], D.build_transform(size, train=True, hflip=True))
+    val_ds = D.MultiLabelImages.from_index(index, split["val"], D.build_transform(size))
+    train_loader = D.make_loader(train_ds, batch, shuffle=True, num_workers=workers, seed=0)
+    val_loader = D.make_loader(val_ds, batch, shuffle=False, num_workers=workers)
+    model = models.build_model("smallcnn", len(index.classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.model.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    for b in train_loader:
+        loss = loss_fn(model(b["image"]), b["target"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    trained = time.perf_counter()
+    model.eval()
+    val_loss = 0.0
+    with torch.inference_mode():
+        for b in val_loader:
+            val_loss += float(loss_fn(model(b["image"]), b["target"])) * len(b["image"])
+    end = time.perf_counter()
+    return {"total": end - start, "train": trained - start, "val": end - trained,
+            "val_loss": val_loss / len(val_ds), "train_images": len(train_ds), "val_images": len(val_ds)}
+
+
+def child_ours(args, tmp: Path, *extra: str) -> dict:
+    from mlabel_exp.run import train
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(*overrides(args, tmp, *extra))
+    start = time.perf_counter()
+    train(cfg)
+    return {"total": time.perf_counter() - start}
+
+
+class Tree:
+    """Inclusive wall time per call path of wrapped functions (a tiny tracing profiler)."""
+
+    def __init__(self):
+        self.stack: list[str] = []
+        self.rec: dict[tuple[str, ...], list] = {}
+
+    def wrap(self, owner, attr: str, label: str) -> None:
+        fn = getattr(owner, attr)
+
+        def wrapper(*a, **k):
+            self.stack.append(label)
+            path = tuple(self.stack)
+            rec = self.rec.setdefault(path, [0.0, 0])
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                rec[0] += time.perf_counter() - start
+                rec[1] += 1
+                self.stack.pop()
+
+        setattr(owner, attr, wrapper)
+
+
+def child_profiled(args, tmp: Path) -> dict:
+    """train(cfg) with its heavy imports done beforehand (timed) and its steps timed."""
+    imports = {}
+    for mod in ("mlflow", "mlabel_exp.engine", "mlabel_exp.tracking", "mlabel_exp.plots", "mlabel_exp.predict",
+                "matplotlib.pyplot", "iterstrat.ml_stratifiers", "pandas", "mlflow.pyfunc"):
+        start = time.perf_counter()
+        __import__(mod)
+        imports[mod] = time.perf_counter() - start
+
+    from mlabel_exp import data as D
+    from mlabel_exp import engine, metrics, models, plots, predict, run, tracking
+    from tests.conftest import compose_cfg
+
+    t = Tree()
+    T = tracking.Tracker
+    for owner, attr in [(tracking, "open_tracker"), (D, "index_from_config"), (D, "split_from_config"),
+                        (D, "save_split"), (models, "build_model"), (T, "start"), (run, "_log_inputs"),
+                        (engine.Trainer, "fit"), (engine.Trainer, "train_epoch"), (engine.Trainer, "predict"),
+                        (metrics, "compute"), (engine.Trainer, "_checkpoint"), (T, "log_metrics"),
+                        (run, "_log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
+                        (T, "log_figure"), (metrics, "tune_thresholds"), (metrics, "per_class_table"),
+                        (predict, "write_predictions"), (T, "log_artifact"), (T, "log_text"), (T, "log_model"),
+                        (engine, "save_atomic"), (run, "_log_data_problems"), (T, "set_tags"), (T, "end")]:
+        t.wrap(owner, attr, attr)
+    cfg = compose_cfg(*overrides(args, tmp))
+    start = time.perf_counter()
+    run.train(cfg)
+    total = time.perf_counter() - start
+    tree = [[list(path), sec, n] for path, (sec, n) in t.rec.items()]
+    return {"total": total, "imports": imports, "tree": tree}
+
+
+# ---------------------------------------------------------------- parent
+
+def measure(mode: str, args, tmp: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--num-images", str(args.num_images), "--tmp", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_common.REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"child {mode} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+def fmt_runs(rs: list[dict]) -> str:
+    return ", ".join(f"{r['total']:.2f}" for r in rs)
+
+
+def print_tree(tree: list, total: float) -> None:
+    top = sum(sec for path, sec, _ in tree if len(path) == 1)
+    for path, sec, n in tree:
+        calls = f" x{n}" if n > 1 else ""
+        print(f"    {'  ' * (len(path) - 1)}{path[-1]}{calls}: {sec:.2f} s")
+    print(f"    (rest of train(): config validation, optimizer, loaders, loss, tags: {total - top:.2f} s)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num-images", type=int, default=4000)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)  # as the CLI logs: INFO, to a stream
+        import torch  # noqa: F401  what both sides need, imported before any timing
+        import torchvision  # noqa: F401
+
+        import mlabel_exp.data  # noqa: F401
+        import mlabel_exp.models  # noqa: F401
+
+        tmp = Path(args.tmp)
+        fn = {"store": child_store, "bare": child_bare, "ours": child_ours, "profiled": child_profiled,
+              "ours_nomodel": lambda a, t: child_ours(a, t, "tracking.log_model=false")}[args.child]
+        print(RESULT + json.dumps(fn(args, tmp)), flush=True)
+        return
+
+    print(_common.machine_line())
+    root = _common.dataset(args.num_images)
+    _common.warm_page_cache(root)
+    with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
+        tmp = Path(tmp)
+        store = measure("store", args, tmp)
+        runs: dict[str, list[dict]] = {"bare": [], "ours": [], "ours_nomodel": []}
+        for _ in range(ROUNDS):
+            for mode in runs:
+                runs[mode].append(measure(mode, args, tmp))
+        profiled = measure("profiled", args, tmp)
+
+    best = {mode: min(r["total"] for r in rs) for mode, rs in runs.items()}
+    bare = min(runs["bare"], key=lambda r: r["total"])
+    print(f"data: {args.num_images} synthetic images ({bare['train_images']} train / {bare['val_images']} val), "
+          f"smallcnn at 64 px, batch 32, 1 epoch; best of {ROUNDS} runs each")
+    print(f"bare loop: {best['bare']:.2f} s (train {bare['train']:.2f} s, validation loss pass {bare['val']:.2f} s; "
+          f"runs {fmt_runs(runs['bare'])})")
+    for mode, name in (("ours", "train(cfg)"), ("ours_nomodel", "train(cfg) tracking.log_model=false")):
+        print(f"{name}: {best[mode]:.2f} s (runs {fmt_runs(runs[mode])}); "
+              f"{best[mode] / best['bare']:.2f}x bare, +{best[mode] - best['bare']:.2f} s")
+    print(f"one-time, not in the figures above: import mlflow {store['import_mlflow']:.2f} s, creating a new "
+          f"SQLite store {store['create_store']:.2f} s (opening an existing one {store['open_store']:.2f} s)")
+    print(f"where train(cfg)'s time goes (instrumented run, {profiled['total']:.2f} s, imports done beforehand):")
+    print("  imports train(cfg) needs beyond the bare loop's (each measured after the previous ones): " +
+          ", ".join(f"{k} {v:.2f} s" for k, v in profiled["imports"].items()))
+    print_tree(profiled["tree"], profiled["total"])
+    secs = {tuple(path): sec for path, sec, _ in profiled["tree"]}
+    loop = secs.get(("fit", "train_epoch"), 0) + secs.get(("fit", "predict"), 0)
+    print(f"  the epoch itself (train_epoch + predict) {loop:.2f} s vs bare loop {best['bare']:.2f} s; "
+          f"everything else is the framework's fixed cost per run (+ per-epoch metrics/checkpoint/logging)")
+    ratio = best["ours"] / best["bare"]
+    print(f"target <= 1.05x: {'met' if ratio <= 1.05 else 'NOT met'}")
+    print(f"ratio train(cfg)/bare: {ratio:.2f}x ({best['ours']:.2f} s vs {best['bare']:.2f} s; "
+          f"{best['ours_nomodel'] / best['bare']:.2f}x with tracking.log_model=false)")
+
+
+if __name__ == "__main__":
+    main()
