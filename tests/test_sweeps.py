@@ -100,3 +100,28 @@ def test_joblib_launcher_runs_jobs_in_parallel_under_one_parent_run(tmp_path):
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep_id"] == children[0].data.tags["sweep_id"]
     (a, b) = sorted(children, key=lambda r: r.info.start_time)
     assert b.info.start_time < a.info.end_time  # the two jobs overlapped in time
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_sweep_jobs_through_its_local_executor(tmp_path):
+    client, runs = run_sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                             "hydra.launcher.cpus_per_task=1", "model=smallcnn", "dropout=none,heavy",
+                             "tracking.log_model=false")
+    children = [r for r in runs if "mlabel.kind" not in r.data.tags]
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    assert len({r.data.tags["mlflow.parentRunId"] for r in children}) == 1
+    assert list((tmp_path / "multirun" / ".submitit").iterdir())  # submitit's own job folders
+
+
+def test_slurm_preset_composes_with_the_usual_settings():
+    from hydra import compose, initialize_config_dir
+
+    from mlabel_exp.config import CONF_DIR, register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                           "hydra.launcher.account=proj"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.account, launcher.gpus_per_node, launcher.array_parallelism) == ("gpu", "proj", 1, 16)
