@@ -237,6 +237,30 @@ class TrackingConfig:
 
 
 @dataclass
+class SearchConfig:
+    """python -m mlabel_exp.search: an Optuna study over config settings, maximising val mAP."""
+
+    study: str = "regularisation"        # study name; the same name continues an interrupted search
+    n_trials: int = 20                   # finished (complete or pruned) trials wanted in the study
+    storage: Optional[str] = None        # default: sqlite:///<project root>/mlruns/optuna.db
+    sampler_seed: int = 0
+    pruner_startup_trials: int = 3       # MedianPruner: trials that are never pruned
+    pruner_warmup_epochs: int = 1        # MedianPruner: epochs of a trial before pruning may start
+    space: Any = field(default_factory=dict)  # setting -> {type: float|int|categorical, low, high, log, choices}
+
+    def __post_init__(self):
+        _check(self.n_trials >= 1, "search.n_trials", self.n_trials, "an integer >= 1")
+        _check(isinstance(self.space, dict), "search.space", self.space,
+               "a mapping of settings to ranges, e.g. {dropout: {type: float, low: 0, high: 0.6}}")
+        for key, spec in self.space.items():
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            ok = (kind in ("float", "int") and "low" in spec and "high" in spec and spec["low"] < spec["high"]) or (
+                kind == "categorical" and len(spec.get("choices") or []) > 0)
+            _check(ok, f"search.space.{key}", spec,
+                   "{type: float|int, low: L, high: H[, log: true]} with L < H, or {type: categorical, choices: [...]}")
+
+
+@dataclass
 class PresetsConfig:
     dropout: Any = field(default_factory=dict)
     weight_decay: Any = field(default_factory=dict)
@@ -251,6 +275,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     presets: PresetsConfig = field(default_factory=PresetsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0

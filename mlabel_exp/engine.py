@@ -33,6 +33,10 @@ class TrainingInterrupted(Exception):
     """Raised at a step boundary after a stop request (SIGINT/SIGTERM); the last checkpoint is written."""
 
 
+class TrialPruned(Exception):
+    """Raised by an epoch hook to end a run on purpose (a search trial pruned for poor val mAP)."""
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)

@@ -51,10 +51,12 @@ def sweep_id_of(sweep_dir: str) -> str:
     return str(Path(sweep_dir).resolve()).replace("/", "_").strip("_")
 
 
-def run_identity(cfg: Config) -> tuple[str, dict[str, str]]:
-    """Run name (model + overrides) and the tags that place a run in its sweep."""
+def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """Run name (model + overrides) and the tags that place a run in its sweep (or the given ``group``)."""
     hc = _hydra_cfg()
     overrides = list(hc.overrides.task) if hc is not None else []
+    if group:
+        overrides += [o for o in group.pop("overrides", "").split() if o]
     shown = [o for o in overrides if not o.startswith(("model=", "tracking.", "hydra"))]
     name = cfg.tracking.run_name or " ".join([cfg.model.name, *shown])
     tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}
@@ -65,7 +67,7 @@ def run_identity(cfg: Config) -> tuple[str, dict[str, str]]:
             tags["sweep_id"] = sweep_id_of(hc.sweep.dir)
             tags["sweep_dir"] = hc.sweep.dir
             tags["job_num"] = str(hc.job.num)
-    return name, tags
+    return name, {**tags, **(group or {})}
 
 
 @contextmanager
@@ -149,8 +151,23 @@ def _loaders(cfg: Config, index, split, workers: int, pin: bool):
     return train, val
 
 
-def train(cfg: DictConfig) -> float:
-    """Train one model as configured; returns the best validation mAP (the sweep objective)."""
+class _EpochHook:
+    """Reports each epoch to the tracker, then to ``on_epoch(epoch, metrics)`` (which may raise TrialPruned)."""
+
+    def __init__(self, tracker, on_epoch):
+        self.tracker, self.on_epoch = tracker, on_epoch
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.tracker.log_metrics(metrics, step)
+        self.on_epoch(step, metrics)
+
+
+def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None) -> float:
+    """Train one model as configured; returns the best validation mAP (the sweep objective).
+
+    ``on_epoch(epoch, metrics)`` sees every epoch's metrics (a search prunes with it); ``group`` adds tags,
+    ``sweep_id`` among them, that make the run a child of that group's parent run.
+    """
     validate(cfg)  # every setting checked before any data is read
     cfg, resume = _resume_point(cfg)
     typed = validate(cfg)
@@ -199,10 +216,10 @@ def train(cfg: DictConfig) -> float:
     workers = D.default_workers(typed.data.num_workers)
     train_loader, val_loader = _loaders(typed, index, split, workers, pin=device.type == "cuda")
 
-    run_name, tags = run_identity(typed)
+    run_name, tags = run_identity(typed, dict(group) if group else None)
     weights_used = models.weights_description(m.name, m.weights)
     params = {k: v for k, v in tracking.flatten(OmegaConf.to_container(cfg, resolve=True)).items()
-              if not k.startswith("presets.")}
+              if not k.startswith(("presets.", "search."))}
     params.update({"dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay,
                    "model.weights_used": weights_used, "device": str(device), "data.root_resolved": str(index.root),
                    "data.num_images": len(index), "data.num_train": len(split["train"]),
@@ -219,7 +236,8 @@ def train(cfg: DictConfig) -> float:
 
     loss_fn = losses.build_loss(typed.loss, index.labels[split["train"]]).to(device)
     trainer = engine.Trainer(
-        model, optimizer, t, device=device, classes=classes, aux_weight=m.aux_weight, reporter=tracker, loss_fn=loss_fn,
+        model, optimizer, t, device=device, classes=classes, aux_weight=m.aux_weight, loss_fn=loss_fn,
+        reporter=_EpochHook(tracker, on_epoch) if on_epoch else tracker,
         checkpoint_dir=out / "checkpoints",
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name,
                           "weights_used": weights_used},
@@ -229,6 +247,10 @@ def train(cfg: DictConfig) -> float:
             result = trainer.fit(train_loader, val_loader, resume=resume and resume["last"],
                                  resume_best=resume and resume["best"])
         _log_results(tracker, typed, out, classes, index, split, result)
+    except engine.TrialPruned:
+        tracker.set_tags({"pruned": "true"})
+        tracker.end("KILLED")
+        raise
     except engine.TrainingInterrupted as e:
         log.warning("run interrupted: %s", e)
         tracker.end("KILLED")
