@@ -48,7 +48,10 @@ def search(cfg: DictConfig):
 
         raise ConfigError("search.space is empty: name the settings to search, e.g. search=regularisation")
     storage = storage_uri(s.storage)
-    resolve_path("mlruns").mkdir(parents=True, exist_ok=True)
+    if storage.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=s.study, storage=storage, load_if_exists=True, direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=s.sampler_seed),
