@@ -3,7 +3,7 @@
 Each runs in a fresh subprocess, so the peaks are separate. The process's own peak RSS comes from
 getrusage. DataLoader workers are forked, so their RSS counts pages shared with the main process
 (torch's libraries, the dataset object) and RUSAGE_CHILDREN is no help (a child that execs, such as
-``git rev-parse``, reports the parent's RSS); so a thread samples /proc every 0.2 s instead: each
+``git rev-parse``, reports the parent's RSS); so a thread samples /proc every 0.5 s instead: each
 worker's peak RSS and private memory (USS), and the peak of the proportional set size (PSS) summed
 over the main process and its workers, which is what the run costs the machine. The epoch is a real
 run: ``train(cfg)`` with smallcnn at 64 px, one epoch, MLflow to a temporary store, checkpoints,
@@ -74,7 +74,7 @@ def _python_children(pid: int) -> list[int]:
 class Sampler(threading.Thread):
     """Every ``period`` s: per-worker peak RSS/USS and the peak PSS of main + workers together."""
 
-    def __init__(self, period: float = 0.2):
+    def __init__(self, period: float = 0.5):
         super().__init__(daemon=True)
         self.period, self.stop = period, threading.Event()
         self.worker_rss = self.worker_uss = self.total_pss = self.main_pss = 0.0

@@ -178,6 +178,7 @@ class TrainerConfig:
     epochs: int = 12
     batch_size: int = 64
     device: str = "auto"                 # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    devices: int = 1                     # > 1: data-parallel (DDP) processes on this machine; batch_size is per process
     amp: bool = True                     # mixed precision, on CUDA only
     channels_last: bool = True           # on CUDA only
     unfreeze_at_epoch: int = 0           # > 0: only the head trains for this many epochs, then model.trainable
@@ -193,6 +194,9 @@ class TrainerConfig:
     def __post_init__(self):
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.devices >= 1, "trainer.devices", self.devices, "an integer >= 1")
+        _check(self.devices == 1 or self.unfreeze_at_epoch == 0, "trainer.unfreeze_at_epoch", self.unfreeze_at_epoch,
+               "0 when trainer.devices > 1 (DDP does not pick up parameters unfrozen after it starts)")
         _check(self.unfreeze_at_epoch >= 0, "trainer.unfreeze_at_epoch", self.unfreeze_at_epoch, "an integer >= 0")
         _check(self.early_stopping_patience >= 0, "trainer.early_stopping_patience",
                self.early_stopping_patience, "an integer >= 0")

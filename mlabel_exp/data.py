@@ -339,7 +339,7 @@ def default_workers(requested: int) -> int:
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0,
-                pin_memory: bool = False):
+                pin_memory: bool = False, sampler=None):
     """A DataLoader of ``collate`` batches. The engine reseeds ``loader.generator`` with (seed, epoch) before
     each epoch, so shuffling and worker augmentation depend only on them: a resumed run sees the same data
     order. Workers are therefore not persistent (they are reseeded per epoch)."""
@@ -347,7 +347,8 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, se
     from torch.utils.data import DataLoader
 
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                        generator=generator, pin_memory=pin_memory, collate_fn=collate, drop_last=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                        num_workers=num_workers, generator=generator, pin_memory=pin_memory, collate_fn=collate,
+                        drop_last=False)
     loader.seed = seed
     return loader

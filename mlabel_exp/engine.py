@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from . import distributed
 from . import metrics as M
 from .config import SchedulerConfig, TrainerConfig
 
@@ -145,8 +146,11 @@ class Trainer:
                  checkpoint_dir: Path | None = None, checkpoint_extra: dict | None = None,
                  before_epoch: Callable[[int], dict[str, float] | None] | None = None,
                  after_train_mode: Callable[[nn.Module], None] | None = None,
-                 stop_event: threading.Event | None = None):
+                 stop_event: threading.Event | None = None, net: nn.Module | None = None):
+        """``model`` is what runs forward (a DistributedDataParallel wrapper under DDP); ``net`` the plain
+        module whose state is checkpointed, so a checkpoint loads in a single process."""
         self.cfg, self.device, self.classes = cfg, device, classes
+        self.net = net if net is not None else model
         self.cuda = device.type == "cuda"
         self.amp = cfg.amp and self.cuda
         self.channels_last = cfg.channels_last and self.cuda
@@ -180,6 +184,8 @@ class Trainer:
     @staticmethod
     def _seed_epoch(loader, epoch: int) -> None:
         """Shuffling and worker augmentation of an epoch depend only on (seed, epoch): resumable."""
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler
+            loader.sampler.set_epoch(epoch)
         if getattr(loader, "generator", None) is not None:
             loader.generator.manual_seed(getattr(loader, "seed", 0) * 100_003 + epoch)
 
@@ -194,7 +200,8 @@ class Trainer:
         steps = self._limit(loader)
         loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step host sync
         seen = 0
-        progress = _Progress(self.cfg.progress, steps, f"epoch {epoch} train", self.cfg.log_every_steps)
+        progress = _Progress(self.cfg.progress if distributed.is_main() else "none", steps, f"epoch {epoch} train",
+                             self.cfg.log_every_steps)
         start = time.perf_counter()
         self._seed_epoch(loader, epoch)
         for i, batch in enumerate(loader, start=1):
@@ -223,6 +230,8 @@ class Trainer:
             progress.step(i, lambda: float(loss_sum) / seen)
         progress.close()
         seconds = time.perf_counter() - start
+        loss_sum, seen_all = distributed.sum_all(loss_sum, torch.tensor(float(seen), device=self.device))
+        seen = int(seen_all)
         return {"train/loss": float(loss_sum) / max(seen, 1), "time/train_s": seconds,
                 "throughput/img_s": seen / max(seconds, 1e-9)}
 
@@ -247,7 +256,13 @@ class Trainer:
             loss_sum += self.loss_fn(logits, y) * len(x)
             probs.append(torch.sigmoid(logits))
             targets.append(y)
-        p, t = torch.cat(probs).cpu(), torch.cat(targets).cpu()
+        p = torch.cat(probs).cpu() if probs else torch.zeros(0, len(self.classes))
+        t = torch.cat(targets).cpu() if targets else torch.zeros(0, len(self.classes))
+        if distributed.active():  # every rank holds a disjoint share of the validation images
+            parts = distributed.gather((p, t, float(loss_sum), names))
+            p, t = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
+            names = [n for q in parts for n in q[3]]
+            return p, t, sum(q[2] for q in parts) / max(len(p), 1), names
         return p, t, float(loss_sum) / max(len(p), 1), names
 
     # -------------------------------------------------------------- loop
@@ -256,7 +271,7 @@ class Trainer:
         if self.checkpoint_dir is None:
             return
         state = {
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -276,7 +291,7 @@ class Trainer:
 
     def _restore(self, last: dict, best: dict | None, result: FitResult) -> tuple[int, int]:
         """Load a last.pt (and best.pt) state: returns (first epoch to run, epochs since best)."""
-        self.model.load_state_dict(last["model"])
+        self.net.load_state_dict(last["model"])
         self.optimizer.load_state_dict(last["optimizer"])
         if self.scheduler is not None and last.get("scheduler") is not None:
             self.scheduler.load_state_dict(last["scheduler"])

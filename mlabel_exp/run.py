@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from . import distributed
 from .config import CONF_DIR, Config, ConfigError, project_root, register, resolve_path, validate
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,8 @@ def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str,
     """Run name (model + overrides) and the tags that place a run in its sweep (or the given ``group``)."""
     hc = _hydra_cfg()
     overrides = list(hc.overrides.task) if hc is not None else []
-    if group:
-        overrides += [o for o in group.pop("overrides", "").split() if o]
+    group = dict(group or {})
+    overrides += [o for o in group.pop("overrides", "").split() if o]
     shown = [o for o in overrides if not o.startswith(("model=", "tracking.", "hydra"))]
     name = cfg.tracking.run_name or " ".join([cfg.model.name, *shown])
     tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}
@@ -67,7 +69,7 @@ def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str,
             tags["sweep_id"] = sweep_id_of(hc.sweep.dir)
             tags["sweep_dir"] = hc.sweep.dir
             tags["job_num"] = str(hc.job.num)
-    return name, {**tags, **(group or {})}
+    return name, {**tags, **group}
 
 
 @contextmanager
@@ -144,9 +146,16 @@ def _loaders(cfg: Config, index, split, workers: int, pin: bool):
                                  crop_scale_min=aug.crop_scale_min, hflip=aug.hflip)
     eval_tf = D.build_transform(m.input_size, m.mean, m.std)
     batch = cfg.trainer.batch_size
-    train = D.make_loader(D.MultiLabelImages.from_index(index, split["train"], train_tf, bad), batch, shuffle=True,
-                          num_workers=workers, seed=cfg.seed, pin_memory=pin)
-    val = D.make_loader(D.MultiLabelImages.from_index(index, split["val"], eval_tf, bad), batch, shuffle=False,
+    train_set = D.MultiLabelImages.from_index(index, split["train"], train_tf, bad)
+    sampler = None
+    if distributed.active():  # each rank its share of every epoch; validation split without padding
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
+    val_rows = split["val"][distributed.rank()::distributed.world_size()]
+    train = D.make_loader(train_set, batch, shuffle=True, num_workers=workers, seed=cfg.seed, pin_memory=pin,
+                          sampler=sampler)
+    val = D.make_loader(D.MultiLabelImages.from_index(index, val_rows, eval_tf, bad), batch, shuffle=False,
                         num_workers=workers, pin_memory=pin)
     return train, val
 
@@ -171,6 +180,28 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     validate(cfg)  # every setting checked before any data is read
     cfg, resume = _resume_point(cfg)
     typed = validate(cfg)
+    if typed.trainer.devices > 1 and not distributed.launched_by_torchrun():
+        if on_epoch is not None:
+            raise ConfigError("trainer.devices > 1 cannot run inside a search; use trainer.devices=1")
+        # N fresh processes on this machine; the Hydra context (output folder, run name, sweep tags) goes along
+        pinned = OmegaConf.to_container(cfg, resolve=True)
+        pinned["trainer"]["output_dir"] = str(output_dir(typed))
+        return distributed.spawn(_train_process, typed.trainer.devices, pinned, run_identity(typed, group), resume)
+    return _train(cfg, typed, resume, on_epoch, run_identity(typed, group))
+
+
+def _train_process(container: dict, identity, resume) -> float:
+    """One rank of a ``trainer.devices=N`` run (a spawned process: no Hydra context of its own)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
+    if os.environ.get("RANK") == "0":  # rank 0 reports progress; the others stay quiet
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        return _train(cfg, validate(cfg), resume, None, identity)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
     import numpy as np
     import torch
 
@@ -184,7 +215,12 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     m, t = typed.model, typed.trainer
     if m.input_size < models.min_input_size(m.name, m.aux_logits):  # before any data is read
         models.build_model(m.name, 1, aux_logits=m.aux_logits, input_size=m.input_size)  # raises, naming the fix
-    tracker = tracking.open_tracker(typed.tracking)  # an unwritable store fails here, before training
+    device = engine.select_device(t.device)
+    if distributed.launched_by_torchrun():
+        device = distributed.setup(device.type)
+    main_rank = distributed.is_main()
+    # an unwritable store fails here, before training; only rank 0 records anything
+    tracker = tracking.open_tracker(typed.tracking) if main_rank else tracking.NullTracker()
     out = output_dir(typed)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -194,10 +230,10 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
 
     index = D.index_from_config(typed.data)
     split = D.split_from_config(index, typed.data)
-    D.save_split(out / "split.json", index, split, seed=typed.data.split_seed)
+    if main_rank:
+        D.save_split(out / "split.json", index, split, seed=typed.data.split_seed)
     classes = index.classes
 
-    device = engine.select_device(t.device)
     model = models.build_model(m.name, len(classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
                                aux_logits=m.aux_logits, input_size=m.input_size)
     final_trainable = list(m.trainable) if not isinstance(m.trainable, str) else m.trainable
@@ -213,17 +249,22 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
         return {"trainable_params": float(n_trainable)}
 
     optimizer = _optimizer(typed, model)
+    net = model
+    if distributed.active():
+        net = model.to(device)
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     workers = D.default_workers(typed.data.num_workers)
     train_loader, val_loader = _loaders(typed, index, split, workers, pin=device.type == "cuda")
 
-    run_name, tags = run_identity(typed, dict(group) if group else None)
+    run_name, tags = identity
     weights_used = models.weights_description(m.name, m.weights)
     params = {k: v for k, v in tracking.flatten(OmegaConf.to_container(cfg, resolve=True)).items()
               if not k.startswith(("presets.", "search."))}
     params.update({"dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay,
                    "model.weights_used": weights_used, "device": str(device), "data.root_resolved": str(index.root),
                    "data.num_images": len(index), "data.num_train": len(split["train"]),
-                   "data.num_val": len(split["val"]), "data.num_workers_used": workers})
+                   "data.num_val": len(split["val"]), "data.num_workers_used": workers,
+                   "world_size": distributed.world_size()})
     if resume:
         tracker.attach(resume["run_id"])
     else:
@@ -238,7 +279,7 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     trainer = engine.Trainer(
         model, optimizer, t, device=device, classes=classes, aux_weight=m.aux_weight, loss_fn=loss_fn,
         reporter=_EpochHook(tracker, on_epoch) if on_epoch else tracker,
-        checkpoint_dir=out / "checkpoints",
+        checkpoint_dir=out / "checkpoints" if main_rank else None, net=net,
         checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name,
                           "weights_used": weights_used},
         before_epoch=before_epoch, after_train_mode=models.keep_frozen_bn_in_eval, stop_event=threading.Event())
@@ -246,7 +287,8 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
         with stop_on_signals(trainer.stop_event):
             result = trainer.fit(train_loader, val_loader, resume=resume and resume["last"],
                                  resume_best=resume and resume["best"])
-        _log_results(tracker, typed, out, classes, index, split, result)
+        if main_rank:
+            _log_results(tracker, typed, out, classes, index, split, result)
     except engine.TrialPruned:
         tracker.set_tags({"pruned": "true"})
         tracker.end("KILLED")
@@ -267,7 +309,8 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
     tracker.log_metrics({"best/val_mAP": result.best_score, "best/epoch": result.best_epoch}, step=result.best_epoch)
     tracker.end("FINISHED")
-    log.info("best val/mAP %.4f at epoch %d (run %s)", result.best_score, result.best_epoch, tracker.run_id)
+    if main_rank:
+        log.info("best val/mAP %.4f at epoch %d (run %s)", result.best_score, result.best_epoch, tracker.run_id)
     return float(result.best_score)
 
 

@@ -1,0 +1,28 @@
+"""Data-parallel training: 2 gloo processes on CPU make one MLflow run over every validation image once."""
+
+import pytest
+import torch
+
+from mlabel_exp.models import build_model
+from mlabel_exp.run import train
+from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
+
+
+@pytest.mark.slow
+def test_two_process_run_counts_each_validation_image_once(tmp_path):
+    best = train(compose_cfg(*tiny_overrides(tmp_path, "trainer.devices=2", "data.synthetic.num_images=90",
+                                             "tracking.log_model=false", "trainer.max_steps_per_epoch=0",
+                                             "trainer.batch_size=8", f"trainer.output_dir={tmp_path / 'out'}")))
+    client, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 1  # rank 0 alone records
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    assert run.data.metrics["best/val_mAP"] == pytest.approx(best)
+    import pandas as pd
+
+    val = pd.read_csv(tmp_path / "out" / "predictions" / "val.csv")
+    n_val = int(run.data.params["data.num_val"])
+    assert len(val) == n_val == val["file"].nunique() == 18  # 90 images, 20% val: all of them, once
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "best.pt", weights_only=True)
+    model = build_model("smallcnn", 14)
+    model.load_state_dict(ckpt["model"])  # no "module." prefix: loads in a single process
