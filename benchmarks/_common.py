@@ -54,6 +54,53 @@ def machine_line() -> str:
             f"(1 / 5 min) at start; other processes may share the CPU")
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUIET_SHARE = 0.2  # others' share of all cores below which the machine counts as quiet
+waited_s = 0.0     # total time spent in wait_for_quiet, for the report
+
+
+def system_busy_s() -> float:
+    """CPU seconds all processes have spent running (every core), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return (sum(v[:8]) - idle) / CLK_TCK  # user nice system idle iowait irq softirq steal
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of one process (its threads included), 0 if it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def others_share(busy_s: float, own_s: float, wall_s: float) -> float:
+    """Share of all cores used by other processes over a window, from the machine's and our CPU time."""
+    return max(0.0, busy_s - own_s) / (wall_s * len(os.sched_getaffinity(0)))
+
+
+def wait_for_quiet(max_wait: float = 20.0, window: float = 1.0) -> float:
+    """Wait (at most ``max_wait`` s) for a window in which other processes use < QUIET_SHARE of the cores;
+    returns their share in the last window. Timed runs then start on a quiet machine, if there is one."""
+    global waited_s
+    start = time.perf_counter()
+    while True:
+        b0, o0 = system_busy_s(), proc_cpu_s(os.getpid())
+        time.sleep(window)
+        share = others_share(system_busy_s() - b0, proc_cpu_s(os.getpid()) - o0, window)
+        if share < QUIET_SHARE or time.perf_counter() - start >= max_wait:
+            waited_s += time.perf_counter() - start
+            return share
+
+
+def quiet_line() -> str:
+    return (f"waited {waited_s:.0f} s in all for quiet moments (other processes < {QUIET_SHARE:.0%} of the cores "
+            f"for 1 s, at most 20 s per measurement)")
+
+
 def best_and_median(times: list[float]) -> str:
     return f"best {min(times):.3f} s, median {statistics.median(times):.3f} s of {len(times)}"
 

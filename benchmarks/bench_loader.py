@@ -7,7 +7,9 @@ warm-up batches (worker start-up and the first decodes excluded) and covers a fi
 batches (80 at 224 px, 240 at 64 px); the consumer does nothing, so this is the loader's own
 capacity. Each pipeline is timed in three rounds, alternating with the other, and the best round is
 kept. The per-image cost of decode + transform in one process (no DataLoader) is printed alongside,
-to separate the pipelines' own work from the DataLoader's (worker IPC, collation).
+to separate the pipelines' own work from the DataLoader's (worker IPC, collation). Another process
+may be using the CPU: each measurement waits (at most 20 s) for a quiet moment and reports the share
+of the cores other processes took while it ran.
 
     .venv/bin/python benchmarks/bench_loader.py [--sizes 224 64]
 """
@@ -15,6 +17,7 @@ to separate the pipelines' own work from the DataLoader's (worker IPC, collation
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import _common
@@ -29,17 +32,22 @@ def timed_batches(size: int) -> int:
     return 80 if size >= 128 else 240
 
 
-def images_per_s(loader, warmup: int, batches: int) -> float:
+def images_per_s(loader, warmup: int, batches: int) -> tuple[float, float]:
+    """(images/s over the timed batches, share of the cores other processes used meanwhile)."""
+    _common.wait_for_quiet()
     it = iter(loader)
     for _ in range(warmup):
         next(it)
+    pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
+    busy, own = _common.system_busy_s(), sum(map(_common.proc_cpu_s, pids))
     start, seen = time.perf_counter(), 0
     for _ in range(batches):
         batch = next(it)
         seen += len(batch["image"] if isinstance(batch, dict) else batch[0])
     seconds = time.perf_counter() - start
+    others = _common.others_share(_common.system_busy_s() - busy, sum(map(_common.proc_cpu_s, pids)) - own, seconds)
     del it  # stops the workers
-    return seen / seconds
+    return seen / seconds, others
 
 
 def per_image_us(index, samples, root, size: int, n: int = 400) -> tuple[float, float]:
@@ -50,6 +58,7 @@ def per_image_us(index, samples, root, size: int, n: int = 400) -> tuple[float, 
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
+    _common.wait_for_quiet()
     ours = D.MultiLabelImages.from_index(index, range(n), D.build_transform(size, train=True, hflip=True))
     original = _common.OriginalDataset(root / "images", samples[:n], size)
     out = []
@@ -65,7 +74,7 @@ def per_image_us(index, samples, root, size: int, n: int = 400) -> tuple[float, 
     return out[0], out[1]
 
 
-def resnet50_train_rate(steps: int = 4, warmup: int = 2, batch: int = 16, size: int = 224) -> float:
+def resnet50_train_rate(steps: int = 4, warmup: int = 2, batch: int = 16, size: int = 224) -> tuple[float, float]:
     """Forward + backward + AdamW step on in-memory random tensors: the model's own training speed."""
     import torch
     import torchvision
@@ -83,12 +92,19 @@ def resnet50_train_rate(steps: int = 4, warmup: int = 2, batch: int = 16, size: 
         loss.backward()
         opt.step()
 
+    _common.wait_for_quiet()
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    busy, own, start = _common.system_busy_s(), _common.proc_cpu_s(os.getpid()), time.perf_counter()
     for _ in range(steps):
         step()
-    return steps * batch / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    others = _common.others_share(_common.system_busy_s() - busy, _common.proc_cpu_s(os.getpid()) - own, seconds)
+    return steps * batch / seconds, others
+
+
+def fmt_runs(runs: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{rate:.0f} @ {others:.0%}" for rate, others in runs)
 
 
 def main() -> None:
@@ -132,14 +148,16 @@ def main() -> None:
         for _ in range(ROUNDS):
             for name, make in (("ours", ours), ("original", original)):
                 runs[name].append(images_per_s(make(size), WARMUP_BATCHES, timed_batches(size)))
-        rates[size] = {k: max(v) for k, v in runs.items()}
-        print(f"{size} px, {timed_batches(size)} batches: ours {rates[size]['ours']:.0f} img/s (runs {', '.join(f'{r:.0f}' for r in runs['ours'])}), "
-              f"original {rates[size]['original']:.0f} img/s (runs {', '.join(f'{r:.0f}' for r in runs['original'])}); "
-              f"ours/original {rates[size]['ours'] / rates[size]['original']:.2f}x")
+        rates[size] = {k: max(v)[0] for k, v in runs.items()}
+        print(f"{size} px, {timed_batches(size)} batches: ours {rates[size]['ours']:.0f} img/s, original "
+              f"{rates[size]['original']:.0f} img/s; ours/original {rates[size]['ours'] / rates[size]['original']:.2f}x "
+              f"(runs, img/s @ others' CPU share: ours {fmt_runs(runs['ours'])}; original {fmt_runs(runs['original'])})")
 
-    model_rate = resnet50_train_rate()
+    model_rate, others = resnet50_train_rate()
     print(f"resnet50 training (forward+backward+AdamW, batch 16 at 224 px, random tensors, "
-          f"{torch.get_num_threads()} threads): {model_rate:.1f} img/s")
+          f"{torch.get_num_threads()} threads, 4 steps after 2): {model_rate:.1f} img/s "
+          f"(others used {others:.0%} of the cores meanwhile)")
+    print(_common.quiet_line())
     if 224 in rates:
         loader = rates[224]["ours"]
         # Loader workers and the model share the same cores: per image, their CPU times add up.

@@ -12,7 +12,8 @@ the timed runs (its one-time creation is reported apart). Each variant runs twic
 the best run is kept (3 runs for the bare loop and train(cfg), 2 with tracking.log_model=false); one
 more, instrumented, run (imports done beforehand) says where the time goes. Wall time is the figure;
 CPU time (main process + DataLoader workers) is printed too, as it suffers less when other processes
-share the machine.
+share the machine; each run waits (at most 20 s) for a quiet moment, and reports the share of the
+cores other processes took while it ran. No new round starts after 3 minutes.
 
     .venv/bin/python benchmarks/bench_overhead.py [--num-images 4000]
 """
@@ -33,6 +34,7 @@ import _common
 
 ROUNDS = {"bare": 3, "ours": 3, "ours_nomodel": 2}
 RESULT = "RESULT "
+DEADLINE_S = 180.0  # no new round after this, so that the script stays under 5 minutes
 
 
 # ---------------------------------------------------------------- children (one measurement each)
@@ -173,16 +175,25 @@ def child_profiled(args, tmp: Path) -> dict:
 # ---------------------------------------------------------------- parent
 
 def measure(mode: str, args, tmp: Path) -> dict:
+    """One child's result, plus the share of the cores other processes used while it ran."""
+    _common.wait_for_quiet()
     cmd = [sys.executable, __file__, "--child", mode, "--num-images", str(args.num_images), "--tmp", str(tmp)]
+    busy, own, start = _common.system_busy_s(), cpu_of_children(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_common.REPO)
+    others = _common.others_share(_common.system_busy_s() - busy, cpu_of_children() - own, time.perf_counter() - start)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
         sys.exit(f"child {mode} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT):])
+    return {**json.loads(lines[-1][len(RESULT):]), "others": others}
+
+
+def cpu_of_children() -> float:
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
 
 
 def fmt_runs(rs: list[dict]) -> str:
-    return ", ".join(f"{r['total']:.2f}" for r in rs)
+    return ", ".join(f"{r['total']:.2f} s @ {r['others']:.0%}" for r in rs)
 
 
 def print_tree(tree: list, total: float) -> None:
@@ -221,7 +232,11 @@ def main() -> None:
         tmp = Path(tmp)
         store = measure("store", args, tmp)
         runs: dict[str, list[dict]] = {"bare": [], "ours": [], "ours_nomodel": []}
+        started = time.perf_counter()
         for k in range(max(ROUNDS.values())):
+            if k and time.perf_counter() - started > DEADLINE_S:
+                print(f"(stopped after {k} rounds: {DEADLINE_S:.0f} s budget used; the machine is busy)")
+                break
             for mode in runs:
                 if k < ROUNDS[mode]:
                     runs[mode].append(measure(mode, args, tmp))
@@ -231,7 +246,8 @@ def main() -> None:
     cpu = {mode: min(r["cpu"] for r in rs) for mode, rs in runs.items()}
     bare = min(runs["bare"], key=lambda r: r["total"])
     print(f"data: {args.num_images} synthetic images ({bare['train_images']} train / {bare['val_images']} val), "
-          f"smallcnn at 64 px, batch 32, 1 epoch; best of {ROUNDS['bare']} runs (wall and CPU minima taken apart)")
+          f"smallcnn at 64 px, batch 32, 1 epoch; best of up to {ROUNDS['bare']} runs (wall and CPU minima taken "
+          f"apart; 'runs' list wall time @ the share of the cores other processes used meanwhile)")
     print(f"bare loop: {best['bare']:.2f} s, CPU {cpu['bare']:.1f} s (train {bare['train']:.2f} s, validation "
           f"loss pass {bare['val']:.2f} s; runs {fmt_runs(runs['bare'])})")
     for mode, name in (("ours", "train(cfg)"), ("ours_nomodel", "train(cfg) tracking.log_model=false")):
@@ -260,6 +276,7 @@ def main() -> None:
         est = (fixed + epochs * per_epoch) / (epochs * best["bare"])
         print(f"  estimate for {epochs:>2} epoch(s) of this size: +{100 * est:.0f}% over the bare loop")
     ratio = best["ours"] / best["bare"]
+    print(_common.quiet_line())
     print(f"target <= 1.05x: {'met' if ratio <= 1.05 else 'NOT met'}")
     print(f"ratio train(cfg)/bare: {ratio:.2f}x ({best['ours']:.2f} s vs {best['bare']:.2f} s, 1 epoch, "
           f"{args.num_images} images; {best['ours_nomodel'] / best['bare']:.2f}x with tracking.log_model=false; "

@@ -14,17 +14,16 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, project_root, register, resolve_path, validate
+from .config import CONF_DIR, project_root, register, validate
 
 log = logging.getLogger(__name__)
 
 
 def storage_uri(storage: str | None) -> str:
-    if not storage:
-        return f"sqlite:///{project_root() / 'mlruns' / 'optuna.db'}"
-    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
-        return f"sqlite:///{resolve_path(storage[len('sqlite:///'):])}"
-    return storage
+    """The study's storage: next to the MLflow database unless ``search.storage`` says otherwise."""
+    from .tracking import resolve_sqlite
+
+    return resolve_sqlite(storage) if storage else f"sqlite:///{project_root() / 'mlruns' / 'optuna.db'}"
 
 
 def suggest(trial, key: str, spec: dict):

@@ -30,13 +30,16 @@ def default_uri() -> str:
     return f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
 
 
-def resolve_uri(uri: str | None) -> str:
-    """The tracking URI; a relative sqlite path resolves against the project root, not the job folder."""
-    if not uri:
-        return default_uri()
+def resolve_sqlite(uri: str) -> str:
+    """A relative ``sqlite:///path`` resolves against the project root, not the job folder."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{project_root() / uri[len('sqlite:///'):]}"
     return uri
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI: the default SQLite store, or ``uri`` with a relative SQLite path resolved."""
+    return resolve_sqlite(uri) if uri else default_uri()
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -1,6 +1,5 @@
 """A smoke training job against a real `mlflow server` on 127.0.0.1 (SQLite backend, served artifacts)."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -9,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from mlabel_exp.distributed import free_port
 from mlabel_exp.run import train
 from tests.conftest import artifact_paths, compose_cfg, tiny_overrides
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
