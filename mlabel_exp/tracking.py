@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, project_root
+from .config import PACKAGE_DIR, ConfigError, project_root
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
                               timeout=5, check=True).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -226,8 +226,6 @@ class Tracker:
         import torchvision
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
-
-        from .config import PACKAGE_DIR
 
         signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
                                    outputs=Schema([ColSpec("double", c) for c in classes]))

@@ -22,6 +22,12 @@ def write_tree(root: Path, image_ids, annotations: dict[str, str | bytes], size:
     return root
 
 
+@pytest.fixture(autouse=True)
+def project_root_in_tmp(tmp_path, monkeypatch):
+    """Runs started in-process write their default outputs/ under the test's tmp folder, not the checkout."""
+    monkeypatch.setenv("MLABEL_EXP_ROOT", str(tmp_path / "project"))
+
+
 @pytest.fixture
 def tree(tmp_path):
     return lambda ids, ann, **kw: write_tree(tmp_path / "data", ids, ann, **kw)
