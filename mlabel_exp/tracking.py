@@ -232,44 +232,11 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id):
             mlflow.pyfunc.log_model(
-                name="model", python_model=_pyfunc_model(), artifacts={"checkpoint": str(checkpoint)},
+                name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"), artifacts={"checkpoint": str(checkpoint)},
                 signature=signature, code_paths=[str(PACKAGE_DIR)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"torchvision=={torchvision.__version__.split('+')[0]}",
                                   "pillow", "numpy", "pandas", "omegaconf"])
-
-
-def _pyfunc_model():
-    """The pyfunc wrapper, defined on demand so that importing this module never imports mlflow."""
-    import mlflow.pyfunc
-
-    class MultiLabelClassifier(mlflow.pyfunc.PythonModel):
-        def load_context(self, context):
-            from mlabel_exp.predict import load_checkpoint, model_from_checkpoint
-
-            ckpt = load_checkpoint(Path(context.artifacts["checkpoint"]))
-            self.classes = list(ckpt["classes"])
-            self.model, self.transform = model_from_checkpoint(ckpt)
-
-        def predict(self, context, model_input, params=None):
-            import io
-
-            import pandas as pd
-            import torch
-            from PIL import Image
-
-            from mlabel_exp.data import to_rgb
-
-            images = []
-            for blob in model_input["image"]:
-                with Image.open(io.BytesIO(blob)) as im:
-                    im.load()
-                    images.append(self.transform(to_rgb(im)))
-            with torch.inference_mode():
-                probs = torch.sigmoid(self.model(torch.stack(images)).float()).numpy()
-            return pd.DataFrame(probs.astype("float64"), columns=self.classes)
-
-    return MultiLabelClassifier()
 
 
 def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> None:
