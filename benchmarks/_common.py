@@ -56,6 +56,7 @@ def machine_line() -> str:
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 QUIET_SHARE = 0.2  # others' share of all cores below which the machine counts as quiet
+WAIT_BUDGET_S = 60.0  # most time one script spends waiting for quiet, so that it stays under 5 minutes
 waited_s = 0.0     # total time spent in wait_for_quiet, for the report
 
 
@@ -83,10 +84,12 @@ def others_share(busy_s: float, own_s: float, wall_s: float) -> float:
 
 
 def wait_for_quiet(max_wait: float = 20.0, window: float = 1.0) -> float:
-    """Wait (at most ``max_wait`` s) for a window in which other processes use < QUIET_SHARE of the cores;
-    returns their share in the last window. Timed runs then start on a quiet machine, if there is one."""
+    """Wait (at most ``max_wait`` s, and WAIT_BUDGET_S per script) for a window in which other processes use
+    < QUIET_SHARE of the cores; returns their share in the last window. Timed runs then start on a quiet
+    machine, if there is one."""
     global waited_s
     start = time.perf_counter()
+    max_wait = min(max_wait, WAIT_BUDGET_S - waited_s)
     while True:
         b0, o0 = system_busy_s(), proc_cpu_s(os.getpid())
         time.sleep(window)
@@ -98,7 +101,7 @@ def wait_for_quiet(max_wait: float = 20.0, window: float = 1.0) -> float:
 
 def quiet_line() -> str:
     return (f"waited {waited_s:.0f} s in all for quiet moments (other processes < {QUIET_SHARE:.0%} of the cores "
-            f"for 1 s, at most 20 s per measurement)")
+            f"for 1 s; at most 20 s per measurement, {WAIT_BUDGET_S:.0f} s per script)")
 
 
 def best_and_median(times: list[float]) -> str:
