@@ -172,3 +172,14 @@ class OriginalDataset:
         name, label = self.samples[i]
         image = Image.open(os.path.join(self.image_dir, name)).convert("RGB")
         return self.transform(image), torch.tensor(label, dtype=torch.float32)
+
+
+def child_process_args(doc: str, default_images: int):
+    """Arguments of a script that re-runs itself as measured children (``--child MODE --tmp DIR``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--num-images", type=int, default=default_images)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--tmp", help=argparse.SUPPRESS)
+    return p.parse_args()

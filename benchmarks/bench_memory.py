@@ -15,7 +15,6 @@ the peak is code.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -153,11 +152,7 @@ def measure(mode: str, args, tmp: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-images", type=int, default=20000)
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--tmp", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = _common.child_process_args(__doc__, 20000)
     if args.child:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         fn = {"index": child_index, "imports": child_imports, "epoch": child_epoch}[args.child]

@@ -20,7 +20,6 @@ new round starts after 3 minutes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import resource
@@ -202,11 +201,7 @@ def print_tree(tree: list, total: float) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-images", type=int, default=4000)
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--tmp", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = _common.child_process_args(__doc__, 4000)
 
     if args.child:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)  # as the CLI logs: INFO, to a stream
