@@ -163,7 +163,7 @@ class Tracker:
         store the file lock makes creation one-at-a-time; on a server two jobs may both create one,
         so each then keeps the oldest parent and deletes its own extra.
         """
-        query = f"tags.`{KIND_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'"
+        query = _sweep_parent_query(sweep_id)
 
         def parents():
             runs = self.client.search_runs([self.experiment_id], query, max_results=10)
@@ -239,10 +239,15 @@ class Tracker:
                                   "pillow", "numpy", "pandas", "omegaconf"])
 
 
+def _sweep_parent_query(sweep_id: str) -> str:
+    """MLflow filter for the parent run of one sweep."""
+    return f"tags.`{KIND_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'"
+
+
 def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> None:
     """Close a sweep's parent run (from the process that launched the sweep)."""
     tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
-    query = f"tags.`{KIND_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'"
+    query = _sweep_parent_query(sweep_id)
     for run in tracker.client.search_runs([tracker.experiment_id], query, max_results=10):
         tracker.client.set_tag(run.info.run_id, "summary", summary[:5000])
         tracker.client.set_terminated(run.info.run_id, status)
@@ -251,11 +256,10 @@ def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> 
 def download_artifact(uri: str | None, run_id: str, path: str, dst: Path) -> Path:
     """One artifact of a run, copied locally; the error names the run and the artifact."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     dst.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(MlflowClient(resolve_uri(uri)).download_artifacts(run_id, path, str(dst)))
+        return Path(_reader(uri).download_artifacts(run_id, path, str(dst)))
     except mlflow.exceptions.MlflowException as e:
         raise ConfigError(f"run={run_id!r}: cannot read artifact {path!r} from {resolve_uri(uri)} ({e.message}); "
                           "check the run id (MLflow UI) and tracking.uri, or pass checkpoint=<path>") from None
@@ -263,9 +267,7 @@ def download_artifact(uri: str | None, run_id: str, path: str, dst: Path) -> Pat
 
 def log_files(uri: str | None, run_id: str, paths: list[Path], artifact_path: str) -> None:
     """Attach files to an existing run (e.g. predictions made after training)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(resolve_uri(uri))
+    client = _reader(uri)
     for p in paths:
         client.log_artifact(run_id, str(p), artifact_path)
 
