@@ -84,7 +84,9 @@ class DataConfig:
     split_seed: int = 0
     split_file: Optional[str] = None     # reuse this split (JSON of file names); written there if absent
     num_workers: int = -1                # DataLoader workers; -1 = one per CPU core, at most 8
-    cache_dir: str = "~/.cache/mlabel_exp"
+    cache_dir: str = "~/.cache/mlabel_exp"   # synthetic data sets and decoded-image caches
+    decoded_cache: str = "auto"          # images decoded once into a memory-mapped array: auto (when it pays) | on | off
+    decoded_cache_size: int = 0          # side in px of the cached images; 0 = model.input_size (resized once)
     verify_images: bool = False          # decode every image when auditing (finds truncated files)
     on_bad_image: str = "skip"           # unreadable image during training: skip (counted, listed on the run) | error
     on_bad_annotation: str = "error"     # malformed annotation line: error (file:line) | skip (reported on the run)
@@ -103,6 +105,9 @@ class DataConfig:
         _check(self.on_bad_image in ("skip", "error"), "data.on_bad_image", self.on_bad_image, "skip or error")
         _check(self.on_bad_annotation in ("skip", "error"), "data.on_bad_annotation", self.on_bad_annotation,
                "skip or error")
+        _check(self.decoded_cache in ("auto", "on", "off"), "data.decoded_cache", self.decoded_cache, "auto, on or off")
+        _check(self.decoded_cache_size >= 0, "data.decoded_cache_size", self.decoded_cache_size,
+               "0 (the model's input size) or a side in pixels")
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
 
 
@@ -180,6 +185,8 @@ class TrainerConfig:
     device: str = "auto"                 # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     devices: int = 1                     # > 1: data-parallel (DDP) processes on this machine; batch_size is per process
     amp: bool = True                     # mixed precision, on CUDA only
+    amp_dtype: str = "auto"              # auto (bfloat16 where the GPU has it, else float16) | bfloat16 | float16
+    compile: bool = False                # torch.compile the model (first steps slower while it compiles)
     channels_last: bool = True           # on CUDA only
     unfreeze_at_epoch: int = 0           # > 0: only the head trains for this many epochs, then model.trainable
     early_stopping_patience: int = 0     # epochs without val mAP improvement before stopping; 0 = never
@@ -192,6 +199,8 @@ class TrainerConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self):
+        _check(self.amp_dtype in ("auto", "bfloat16", "float16"), "trainer.amp_dtype", self.amp_dtype,
+               "auto, bfloat16 or float16")
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
         _check(self.devices >= 1, "trainer.devices", self.devices, "an integer >= 1")

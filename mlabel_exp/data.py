@@ -8,6 +8,8 @@ file and line it comes from.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -175,6 +177,18 @@ def load_split(path: str | Path, index: DatasetIndex) -> dict[str, np.ndarray]:
     return split
 
 
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on ``path`` across processes (sweep jobs, DDP ranks) on one file system."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,11 +226,13 @@ def load_image(path: str | Path) -> Image.Image:
             return to_rgb(im)
 
 
-def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    train: bool = False, random_resized_crop: bool = False, crop_scale_min: float = 0.6,
-                    hflip: bool = False):
-    """PIL image -> normalised float tensor at the model's input size (torchvision transforms v2)."""
-    import torch
+def image_steps(input_size: int, train: bool = False, random_resized_crop: bool = False,
+                crop_scale_min: float = 0.6):
+    """The per-image part of the pipeline, run in DataLoader workers: PIL image -> uint8 tensor at the input size.
+
+    Everything else (scaling to float, the random flip, normalising) runs on whole batches on the training
+    device (``BatchTransform``): workers send a quarter of the bytes and the GPU does the arithmetic.
+    """
     from torchvision.transforms import v2
 
     steps = [v2.PILToTensor()]
@@ -224,10 +240,55 @@ def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std:
         steps.append(v2.RandomResizedCrop(input_size, scale=(crop_scale_min, 1.0), antialias=True))
     else:
         steps.append(v2.Resize((input_size, input_size), antialias=True))
+    return v2.Compose(steps)
+
+
+def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    train: bool = False, random_resized_crop: bool = False, crop_scale_min: float = 0.6,
+                    hflip: bool = False):
+    """PIL image -> normalised float tensor in one process (predict, the pyfunc model); training splits this
+    into ``image_steps`` and ``BatchTransform``, with the same result."""
+    import torch
+    from torchvision.transforms import v2
+
+    steps = [image_steps(input_size, train, random_resized_crop, crop_scale_min)]
     if train and hflip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
+
+
+class BatchTransform:
+    """uint8 image batches -> normalised float32 batches, on the device they train on.
+
+    A batch stored at another size (a decoded cache kept smaller) is resized here. In training each image
+    is flipped with probability 1/2, drawn from a generator seeded by (seed, epoch, rank): the flips of an
+    epoch do not depend on workers or on where a resumed run restarted.
+    """
+
+    def __init__(self, input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 hflip: bool = False, seed: int = 0):
+        self.input_size, self.mean, self.std, self.hflip, self.seed = input_size, list(mean), list(std), hflip, seed
+        self.epoch_seed = seed
+        self._generator = None
+
+    def set_epoch(self, epoch: int, rank: int = 0) -> None:
+        self.epoch_seed = (self.seed * 100_003 + epoch) * 1_009 + rank
+        self._generator = None
+
+    def __call__(self, x, train: bool = False):
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        x = F.to_dtype(x, torch.float32, scale=True)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.resize(x, [self.input_size, self.input_size], antialias=True)
+        if train and self.hflip:
+            if self._generator is None or self._generator.device != x.device:
+                self._generator = torch.Generator(x.device).manual_seed(self.epoch_seed)
+            flip = torch.rand(len(x), generator=self._generator, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return F.normalize(x, self.mean, self.std)
 
 
 @dataclass
@@ -279,15 +340,79 @@ class MultiLabelImages:
         return cls(index.paths(rows), index.labels[rows], transform, on_bad_image)
 
 
-def collate(items: list) -> dict:
-    """Batch the readable items; ``bad`` lists (name, error) of the others. ``image`` is None when none is readable."""
+class CachedImages:
+    """A Dataset over rows of a decoded-image cache: a batch is one gather from the memory-mapped array.
+
+    ``__getitems__`` (which the DataLoader calls with a whole batch of indices) returns the batch itself;
+    rows that failed to decode are left out and reported in ``bad``, as ``collate`` does for files.
+    ``crop`` (a RandomResizedCrop) runs per image; without it the cache's pixels go out as they are.
+    """
+
+    def __init__(self, cache, rows: Sequence[int], labels: np.ndarray | None, names: Sequence[str], crop=None):
+        self.cache, self.rows, self.names, self.crop = cache, np.asarray(rows, dtype=np.int64), list(names), crop
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        import torch
+
+        bad = [(self.names[i], self.cache.bad[self.rows[i]]) for i in indices if self.rows[i] in self.cache.bad]
+        if bad:
+            indices = [i for i in indices if self.rows[i] not in self.cache.bad]
+        batch = {"name": [self.names[i] for i in indices], "bad": bad}
+        if not indices:
+            return {**batch, "image": None}
+        images = torch.from_numpy(np.asarray(self.cache.array[self.rows[indices]]))  # one copy out of the page cache
+        if self.crop is not None:
+            images = torch.stack([self.crop(im) for im in images])
+        batch["image"] = images
+        if self.labels is not None:
+            batch["target"] = torch.from_numpy(self.labels[indices])
+        return batch
+
+    @classmethod
+    def from_index(cls, cache, index: DatasetIndex, rows: Sequence[int], crop=None):
+        rows = np.asarray(rows, dtype=np.int64)
+        return cls(cache, rows, index.labels[rows], [index.files[r] for r in rows], crop)
+
+
+def collate(items) -> dict:
+    """Batch the readable items; ``bad`` lists (name, error) of the others. ``image`` is None when none is readable.
+    A batch already made by a dataset's ``__getitems__`` (CachedImages) passes through."""
     from torch.utils.data import default_collate
 
+    if isinstance(items, dict):
+        return items
     good = [it for it in items if not isinstance(it, BadSample)]
     bad = [(it.name, it.error) for it in items if isinstance(it, BadSample)]
     batch = default_collate(good) if good else {"image": None, "name": []}
     batch["bad"] = bad
     return batch
+
+
+class EpochShuffle:
+    """A random order that depends only on (seed, epoch), set by ``set_epoch``: the same whether the DataLoader's
+    workers persist across epochs or a resumed run starts afresh."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 # ---------------------------------------------------------------- from config
@@ -327,28 +452,35 @@ def split_from_config(index: DatasetIndex, data_cfg) -> dict[str, np.ndarray]:
     return split
 
 
-def default_workers(requested: int) -> int:
-    """-1 means one DataLoader worker per CPU core available to this process, at most 8."""
+def default_workers(requested: int, cached: bool = False, cuda: bool = False) -> int:
+    """-1 (auto): decoding JPEGs, one DataLoader worker per CPU core available to this process, at most 8;
+    reading a decoded cache, none on CPU (a gather from memory costs less than sending it between processes)
+    and 4 on CUDA (gathering overlaps the GPU's work; on an H200, 2 workers left resnet50 at 0.88x, 4 at 0.97x)."""
     if requested >= 0:
         return requested
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    if cached:
+        return min(4, cores) if cuda else 0
     return max(1, min(8, cores))
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0,
-                pin_memory: bool = False, sampler=None):
-    """A DataLoader of ``collate`` batches. The engine reseeds ``loader.generator`` with (seed, epoch) before
-    each epoch, so shuffling and worker augmentation depend only on them: a resumed run sees the same data
-    order. Workers are therefore not persistent (they are reseeded per epoch)."""
+                pin_memory: bool = False, sampler=None, persistent: bool = False):
+    """A DataLoader of ``collate`` batches. Shuffling is an ``EpochShuffle`` (or the given sampler), which the engine
+    moves to each epoch with ``set_epoch``; the engine also reseeds ``loader.generator`` with (seed, epoch), which
+    seeds the workers' random augmentation. ``persistent`` keeps the workers between epochs: only for workers that
+    draw no random numbers (else their seeds would depend on where a resumed run started)."""
     import torch
     from torch.utils.data import DataLoader
 
+    if sampler is None and shuffle:
+        sampler = EpochShuffle(len(dataset), seed)
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                        num_workers=num_workers, generator=generator, pin_memory=pin_memory, collate_fn=collate,
-                        drop_last=False)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
+                        pin_memory=pin_memory, collate_fn=collate, drop_last=False,
+                        persistent_workers=persistent and num_workers > 0)
     loader.seed = seed
     return loader

@@ -60,12 +60,22 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def amp_dtype(name: str) -> torch.dtype:
+    """trainer.amp_dtype: bfloat16 where the GPU supports it (no loss scaling needed), else float16."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, name)
+
+
 def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,
-                    momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999),
+                    fused: bool = False) -> torch.optim.Optimizer:
+    """``fused`` (CUDA parameters only): Adam/AdamW update every parameter in one kernel, not a few per tensor."""
+    extra = {"fused": True} if fused else {}
     if name == "adam":
-        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **extra)
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **extra)
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
                                nesterov=nesterov and momentum > 0)
@@ -146,15 +156,21 @@ class Trainer:
                  checkpoint_dir: Path | None = None, checkpoint_extra: dict | None = None,
                  before_epoch: Callable[[int], dict[str, float] | None] | None = None,
                  after_train_mode: Callable[[nn.Module], None] | None = None,
-                 stop_event: threading.Event | None = None, net: nn.Module | None = None):
+                 stop_event: threading.Event | None = None, net: nn.Module | None = None,
+                 batch_transform: Callable | None = None):
         """``model`` is what runs forward (a DistributedDataParallel wrapper under DDP); ``net`` the plain
-        module whose state is checkpointed, so a checkpoint loads in a single process."""
+        module whose state is checkpointed, so a checkpoint loads in a single process. ``batch_transform(x, train)``
+        turns the loader's uint8 images into the model's input on the device (data.BatchTransform)."""
         self.cfg, self.device, self.classes = cfg, device, classes
         self.net = net if net is not None else model
         self.cuda = device.type == "cuda"
         self.amp = cfg.amp and self.cuda
+        self.amp_dtype = amp_dtype(cfg.amp_dtype) if self.amp else torch.float32
         self.channels_last = cfg.channels_last and self.cuda
         self.model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        if cfg.compile:  # the checkpointed ``net`` stays the plain module: its state dict keys do not change
+            self.model = torch.compile(self.model)
+        self.batch_transform = batch_transform
         self.optimizer = optimizer
         self.loss_fn = loss_fn or nn.BCEWithLogitsLoss()
         self.aux_weight = aux_weight
@@ -164,13 +180,16 @@ class Trainer:
         self.before_epoch = before_epoch
         self.after_train_mode = after_train_mode
         self.stop_event = stop_event or threading.Event()
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        # bfloat16 needs no loss scaling (and so no per-step check of the gradients on the host)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.scheduler = None
         self.bad_images: dict[str, str] = {}  # file name -> error, over the whole run
 
     # -------------------------------------------------------------- steps
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor, train: bool):
         x = x.to(self.device, non_blocking=True)
+        if self.batch_transform is not None:
+            x = self.batch_transform(x, train)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
@@ -181,13 +200,14 @@ class Trainer:
                 log.warning("skipping unreadable image %s (%s)", name, error)
                 self.bad_images[name] = error
 
-    @staticmethod
-    def _seed_epoch(loader, epoch: int) -> None:
-        """Shuffling and worker augmentation of an epoch depend only on (seed, epoch): resumable."""
-        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler
+    def _seed_epoch(self, loader, epoch: int) -> None:
+        """Shuffling, worker augmentation and batch flips of an epoch depend only on (seed, epoch): resumable."""
+        if hasattr(loader.sampler, "set_epoch"):  # EpochShuffle, DistributedSampler
             loader.sampler.set_epoch(epoch)
         if getattr(loader, "generator", None) is not None:
             loader.generator.manual_seed(getattr(loader, "seed", 0) * 100_003 + epoch)
+        if hasattr(self.batch_transform, "set_epoch"):
+            self.batch_transform.set_epoch(epoch, distributed.rank())
 
     def _limit(self, loader) -> int:
         n = len(loader)
@@ -213,8 +233,8 @@ class Trainer:
             self._note_bad(batch)
             if batch["image"] is None:
                 continue
-            x, y = self._to_device(batch["image"], batch["target"])
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            x, y = self._to_device(batch["image"], batch["target"], train=True)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 main, aux = _split_outputs(self.model(x))
                 loss = self.loss_fn(main, y)
                 if aux is not None:
@@ -249,8 +269,8 @@ class Trainer:
             if batch["image"] is None:
                 continue
             names += batch["name"]
-            x, y = self._to_device(batch["image"], batch["target"])
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            x, y = self._to_device(batch["image"], batch["target"], train=False)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 logits, _ = _split_outputs(self.model(x))
             logits = logits.float()
             loss_sum += self.loss_fn(logits, y) * len(x)

@@ -8,7 +8,6 @@ One MLflow run per Hydra job, named after the model and the overrides.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -53,13 +52,10 @@ def _store_lock(uri: str):
     if db is None:
         yield
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / ".mlflow-db.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    from .data import file_lock
+
+    with file_lock(db.parent / ".mlflow-db.lock"):
+        yield
 
 
 def check_writable(uri: str) -> None:
