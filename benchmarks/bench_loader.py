@@ -153,7 +153,8 @@ def main() -> None:
     workers = D.default_workers(-1)
     print(f"data: {len(index)} images of 128 px; {workers} workers, batch {BATCH}, shuffled; "
           f"{WARMUP_BATCHES} warm-up + a fixed number of timed batches per run, best of {ROUNDS} alternating "
-          f"rounds; ours applies the training transform (resize + random hflip), the original has no flip")
+          f"rounds; ours ends with BatchTransform (float, random flip, normalise) in this process, the original "
+          f"resizes, scales and normalises in its workers (no flip)")
 
     def ours_decoding(size):
         tf = D.image_steps(size, train=True)
