@@ -94,6 +94,8 @@ def open_or_build(index: DatasetIndex, size: int, cache_dir: str | Path, *, thre
                 raise DataError(msg)
             log.warning("%s; training without it", msg)
             return None
+        for stale in folder.glob(f".{key}.tmp-*.npy"):  # left by a build that was killed (we hold the lock)
+            stale.unlink(missing_ok=True)
         log.info("decoding %d images once into %s (%.2f GiB, %d px)", len(index), final, need / 2**30, size)
         tmp = folder / f".{key}.tmp-{os.getpid()}.npy"
         try:
@@ -114,6 +116,9 @@ def _opened(final: Path, meta_path: Path, size: int) -> DecodedCache:
 def _build(tmp: Path, paths: list[Path], size: int, threads: int) -> dict[int, str]:
     """Decode every image into a fresh array; Pillow and torch release the GIL, so threads decode in parallel."""
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+    if hasattr(os, "posix_fallocate"):  # reserve the blocks now: a full disk is an OSError here, not a SIGBUS later
+        with open(tmp, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, tmp.stat().st_size)
 
     def fill(rows: range) -> dict[int, str]:
         bad = {}

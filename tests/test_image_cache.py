@@ -61,7 +61,12 @@ def test_flips_are_a_function_of_seed_and_epoch():
 
 def test_cache_is_reused_and_rebuilt_when_an_image_changes(data_copy, tmp_path, monkeypatch):
     index = build_index(data_copy)
+    stale = tmp_path / "cache" / "decoded" / f".{image_cache.fingerprint(index, 32)}.tmp-99999.npy"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by a killed build")
     first = image_cache.open_or_build(index, 32, tmp_path / "cache")
+    left = {p.name for p in first.path.parent.iterdir() if not p.name.endswith(".lock")}
+    assert not stale.exists() and left == {first.path.name, first.path.with_suffix(".json").name}
     monkeypatch.setattr(image_cache, "_build", lambda *a: pytest.fail("rebuilt an unchanged cache"))
     assert image_cache.open_or_build(index, 32, tmp_path / "cache").path == first.path
     monkeypatch.undo()
