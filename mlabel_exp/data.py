@@ -270,7 +270,7 @@ class BatchTransform:
                  hflip: bool = False, seed: int = 0):
         self.input_size, self.mean, self.std, self.hflip, self.seed = input_size, list(mean), list(std), hflip, seed
         self.epoch_seed = seed
-        self._generator = None
+        self._generator, self._generator_device = None, None
         self._affine = {}  # device -> (scale, shift) with x / 255 normalised = x * scale + shift
 
     def set_epoch(self, epoch: int, rank: int = 0) -> None:
@@ -284,8 +284,8 @@ class BatchTransform:
         from torchvision.transforms.v2 import functional as F
 
         if train and self.hflip:
-            if self._generator is None or self._generator.device != x.device:
-                self._generator = torch.Generator(x.device).manual_seed(self.epoch_seed)
+            if self._generator is None or self._generator_device != x.device:  # once per epoch and device
+                self._generator, self._generator_device = torch.Generator(x.device).manual_seed(self.epoch_seed), x.device
             flip = torch.rand(len(x), generator=self._generator, device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         x = x.to(torch.float32, copy=True)  # our own copy: the in-place steps below allocate nothing more

@@ -57,6 +57,9 @@ def test_flips_are_a_function_of_seed_and_epoch():
     flipped = [i for i in range(len(x)) if not torch.equal(a[i], plain[i])]
     assert all(torch.equal(a[i], plain[i].flip(-1)) for i in flipped)
     assert 32 < len(flipped) < 96  # about half of 128
+    t.set_epoch(5)
+    masks = [[not torch.equal(o, p) for o, p in zip(t(x[:64], train=True), plain[:64])] for _ in range(2)]
+    assert masks[0] != masks[1]  # the next batch of the epoch draws new flips
 
 
 def test_cache_is_reused_and_rebuilt_when_an_image_changes(data_copy, tmp_path, monkeypatch):
