@@ -180,6 +180,7 @@ def child_process_args(doc: str, default_images: int):
 
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--num-images", type=int, default=default_images)
+    p.add_argument("--epochs", type=int, default=1, help="epochs per measured run (bench_overhead)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     return p.parse_args()
