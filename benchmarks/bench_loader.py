@@ -5,8 +5,9 @@ The pipelines read the same 20,000 images in shuffled order, with batch size 32,
 input size, and end at the same thing: normalised float batches. Ours is the training default: batches
 gathered from the decoded-image cache (built first, its build time printed; default_workers(-1,
 cached=True) workers, none on CPU) and finished by BatchTransform (float, random flip, normalise) in
-this process, as the trainer does on its device. "Decoding" is ours with the cache off (also every
-cache's first epoch): JPEG decode + resize to uint8 in default_workers(-1) workers, then BatchTransform.
+this process, as the trainer does on its device. "Decoding" is ours with the cache off (as in a
+one-epoch run, where it does not pay): JPEG decode + resize to uint8 in default_workers(-1) workers,
+then BatchTransform.
 The original decodes, resizes with PIL and normalises in the same number of workers. Each timing starts
 after warm-up batches (worker start-up and the first decodes excluded) and covers a fixed number of
 batches (80 at 224 px, 240 at 64 px); the consumer does nothing else. Each pipeline is timed in three
@@ -193,7 +194,7 @@ def main() -> None:
                       for _ in range(2))
         r = rates[size]
         print(f"{size} px, {timed_batches(size)} batches: ours (decoded cache, the training default) {r['ours']:.0f} img/s, "
-              f"ours decoding every epoch (cache off; the cache's first epoch) {r['ours_decoding']:.0f} img/s, "
+              f"ours decoding every epoch (cache off, as in one-epoch runs) {r['ours_decoding']:.0f} img/s, "
               f"original {r['original']:.0f} img/s; ours/original {r['ours'] / r['original']:.2f}x, decoding "
               f"{r['ours_decoding'] / r['original']:.2f}x (runs, img/s @ others' CPU share: ours {fmt_runs(runs['ours'])}; "
               f"decoding {fmt_runs(runs['ours_decoding'])}; original {fmt_runs(runs['original'])})")
