@@ -162,7 +162,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     import torch
 
     from . import tracking
-    from .data import MultiLabelImages, default_workers, make_loader
+    from .data import BatchTransform, MultiLabelImages, default_workers, image_steps, make_loader
     from .engine import select_device
 
     if cfg.run:
@@ -181,11 +181,14 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
             log.warning("%s holds no tuned thresholds: using 0.5 for every class", ckpt_path)
     else:
         thresholds = np.full(len(classes), float(cfg.threshold))
-    model, transform = model_from_checkpoint(ckpt)
+    model, _ = model_from_checkpoint(ckpt)
     device = select_device(cfg.device)
     model.to(device)
     paths = list_inputs(cfg.input)
-    loader = make_loader(MultiLabelImages(paths, None, transform, on_bad_image="skip"), cfg.batch_size, shuffle=False,
+    m = ckpt["config"]["model"]  # the training run's validation pipeline: uint8 from the workers, finished on the device
+    finish = BatchTransform(m["input_size"], m["mean"], m["std"])
+    loader = make_loader(MultiLabelImages(paths, None, image_steps(m["input_size"]), on_bad_image="skip"),
+                         cfg.batch_size, shuffle=False, pin_memory=device.type == "cuda",
                          num_workers=min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size)))
     from tqdm.auto import tqdm
 
@@ -194,7 +197,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
         for batch in tqdm(loader, desc="predict", unit="batch", disable=None):
             skipped.update(dict(batch["bad"]))
             if batch["image"] is not None:
-                probs.append(torch.sigmoid(model(batch["image"].to(device)).float()).cpu())
+                probs.append(torch.sigmoid(model(finish(batch["image"].to(device, non_blocking=True))).float()).cpu())
                 files += batch["name"]
     for name, err in skipped.items():
         log.warning("skipped %s: %s", name, err)

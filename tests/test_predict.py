@@ -74,6 +74,21 @@ def test_predict_from_a_checkpoint_with_a_glob_and_a_fixed_threshold(trained, ne
     assert list(labels) == expected
 
 
+def test_predict_reproduces_the_runs_validation_probabilities(trained, tmp_path):
+    """Predicting the validation images with best.pt gives what training logged for them (same pipeline)."""
+    tmp, _, _, images = trained
+    logged = pd.read_csv(tmp / "out" / "predictions" / "val.csv")
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for name in logged["file"]:
+        (folder / name).write_bytes((images / name).read_bytes())
+    result = predict(_cfg(tmp, checkpoint=str(tmp / "out" / "checkpoints" / "best.pt"), input=str(folder)),
+                     tmp_path / "o")
+    got = pd.DataFrame(result.probs, columns=result.classes, index=result.files).loc[list(logged["file"])]
+    assert len(got) == len(logged) >= 4
+    np.testing.assert_allclose(got.to_numpy(), logged[result.classes].to_numpy(), atol=1e-5)
+
+
 def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path):
     import mlflow
 
