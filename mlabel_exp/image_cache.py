@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, DatasetIndex, file_lock, load_image, write_atomic
+from .data import DataError, DatasetIndex, file_lock, image_steps, load_image, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,6 @@ def fingerprint(index: DatasetIndex, size: int) -> str:
 
 def nbytes(n_images: int, size: int) -> int:
     return n_images * 3 * size * size
-
-
-def decode_resized(path: Path, size: int) -> np.ndarray:
-    """One image as a 3 x size x size uint8 array: exactly the resize the per-epoch pipeline does (v2.Resize on uint8)."""
-    from torchvision.transforms.v2 import functional as F
-
-    return F.resize(F.pil_to_tensor(load_image(path)), [size, size], antialias=True).numpy()
 
 
 @dataclass
@@ -116,6 +109,7 @@ def _opened(final: Path, meta_path: Path, size: int) -> DecodedCache:
 def _build(tmp: Path, paths: list[Path], size: int, threads: int) -> dict[int, str]:
     """Decode every image into a fresh array; Pillow and torch release the GIL, so threads decode in parallel."""
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+    steps = image_steps(size)  # exactly what the per-epoch pipeline's workers make (stateless: shared by threads)
     if hasattr(os, "posix_fallocate"):  # reserve the blocks now: a full disk is an OSError here, not a SIGBUS later
         with open(tmp, "r+b") as fh:
             os.posix_fallocate(fh.fileno(), 0, tmp.stat().st_size)
@@ -124,7 +118,7 @@ def _build(tmp: Path, paths: list[Path], size: int, threads: int) -> dict[int, s
         bad = {}
         for r in rows:
             try:
-                array[r] = decode_resized(paths[r], size)
+                array[r] = steps(load_image(paths[r])).numpy()
             except Exception as e:  # noted and zero-filled; training skips and reports the image
                 bad[r] = f"{type(e).__name__}: {e}"
         return bad
