@@ -303,6 +303,7 @@ class Trainer:
             "history": result.history,
             "bad_images": self.bad_images,
             "classes": self.classes,
+            "amp_dtype": str(self.amp_dtype).removeprefix("torch."),  # what validation ran in: predict replays it
             **self.checkpoint_extra,
         }
         if name == "best":  # the validation outputs of the best epoch, for thresholds after a resume

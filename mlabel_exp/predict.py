@@ -193,11 +193,15 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from tqdm.auto import tqdm
 
     files, probs, skipped = [], [], {}
-    with torch.inference_mode():
+    # On CUDA, the autocast dtype the run validated in: the tuned thresholds were fitted to those probabilities.
+    amp = getattr(torch, ckpt.get("amp_dtype", "float32"))
+    autocast = torch.autocast(device.type, dtype=amp, enabled=device.type == "cuda" and amp != torch.float32)
+    with torch.inference_mode(), autocast:
         for batch in tqdm(loader, desc="predict", unit="batch", disable=None):
             skipped.update(dict(batch["bad"]))
             if batch["image"] is not None:
-                probs.append(torch.sigmoid(model(finish(batch["image"].to(device, non_blocking=True))).float()).cpu())
+                logits = model(finish(batch["image"].to(device, non_blocking=True))).float()
+                probs.append(torch.sigmoid(logits).cpu())  # as in training: sigmoid of float32 logits
                 files += batch["name"]
     for name, err in skipped.items():
         log.warning("skipped %s: %s", name, err)

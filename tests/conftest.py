@@ -63,10 +63,15 @@ def compose_cfg(*overrides):
 
 
 def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
-    """A seconds-long CPU run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp``."""
-    return ["trainer=smoke", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
+    """A seconds-long run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp``.
+
+    Pinned to the CPU, also on a GPU host: tests compare runs bit for bit (same seed twice, resume against an
+    uninterrupted run, cache on/off), which CUDA kernels do not promise. CUDA runs are tested where a GPU is
+    (tests/test_accelerated.py). No pyfunc model is logged unless a test asks (``tracking.log_model=true``).
+    """
+    return ["trainer=smoke", "trainer.device=cpu", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
             "model.input_size=32", "data.num_workers=0", f"data.cache_dir={tmp / 'cache'}",
-            f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", *extra]
+            f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "tracking.log_model=false", *extra]
 
 
 def mlflow_runs(tmp: Path, experiment: str = "mlabel-exp"):

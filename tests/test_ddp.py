@@ -11,7 +11,7 @@ from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 @pytest.mark.slow
 def test_two_process_run_counts_each_validation_image_once(tmp_path):
     best = train(compose_cfg(*tiny_overrides(tmp_path, "trainer.devices=2", "data.synthetic.num_images=90",
-                                             "tracking.log_model=false", "trainer.max_steps_per_epoch=0",
+                                             "trainer.max_steps_per_epoch=0",
                                              "trainer.batch_size=8", f"trainer.output_dir={tmp_path / 'out'}")))
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1  # rank 0 alone records

@@ -159,8 +159,7 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path):
     scores = []
     for mode in ("on", "off"):
         cfg = compose_cfg(*tiny_overrides(tmp_path, f"data.decoded_cache={mode}", "trainer.epochs=3",
-                                          f"trainer.output_dir={tmp_path / mode}", "trainer.checkpoint=false",
-                                          "tracking.log_model=false"))
+                                          f"trainer.output_dir={tmp_path / mode}", "trainer.checkpoint=false"))
         scores.append(train(cfg))
     client, runs = mlflow_runs(tmp_path)
     by_mode = {r.data.params["data.decoded_cache_used"]: r for r in runs}

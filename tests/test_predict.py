@@ -7,17 +7,20 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mlabel_exp.config import ConfigError
 from mlabel_exp.predict import PredictConfig, predict
 from mlabel_exp.run import train
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
-    train(compose_cfg(*tiny_overrides(tmp, f"trainer.output_dir={tmp / 'out'}")))
+    train(compose_cfg(*tiny_overrides(tmp, f"trainer.output_dir={tmp / 'out'}", "tracking.log_model=true")))
     client, (run,) = mlflow_runs(tmp)
     images = sorted((tmp / "cache").rglob("images"))[0]
     return tmp, client, run.info.run_id, images
@@ -74,26 +77,45 @@ def test_predict_from_a_checkpoint_with_a_glob_and_a_fixed_threshold(trained, ne
     assert list(labels) == expected
 
 
-def test_predict_reproduces_the_runs_validation_probabilities(trained, tmp_path):
-    """Predicting the validation images with best.pt gives what training logged for them (same pipeline)."""
-    tmp, _, _, images = trained
-    logged = pd.read_csv(tmp / "out" / "predictions" / "val.csv")
+def _predict_the_validation_images(out, images, tmp_path, device):
+    """(logged validation probabilities, predict's probabilities for the same files) of the run in ``out``."""
+    logged = pd.read_csv(out / "predictions" / "val.csv")
     folder = tmp_path / "val"
     folder.mkdir()
     for name in logged["file"]:
         (folder / name).write_bytes((images / name).read_bytes())
-    result = predict(_cfg(tmp, checkpoint=str(tmp / "out" / "checkpoints" / "best.pt"), input=str(folder)),
-                     tmp_path / "o")
+    result = predict(_cfg(out.parent, checkpoint=str(out / "checkpoints" / "best.pt"), input=str(folder),
+                          device=device), tmp_path / "o")
     got = pd.DataFrame(result.probs, columns=result.classes, index=result.files).loc[list(logged["file"])]
     assert len(got) == len(logged) >= 4
-    np.testing.assert_allclose(got.to_numpy(), logged[result.classes].to_numpy(), atol=1e-5)
+    return logged[result.classes].to_numpy(), got.to_numpy()
+
+
+def test_predict_reproduces_the_runs_validation_probabilities(trained, tmp_path):
+    """Predicting the validation images with best.pt gives what training logged for them (same pipeline). Both in
+    float32 on the CPU; only the batch composition differs, which changes no arithmetic of an eval-mode model."""
+    tmp, _, _, images = trained
+    logged, got = _predict_the_validation_images(tmp / "out", images, tmp_path, "cpu")
+    np.testing.assert_allclose(got, logged, atol=1e-5)
+
+
+@cuda_only
+def test_predict_on_cuda_reproduces_a_cuda_runs_validation_probabilities(tmp_path):
+    """A run trained on CUDA validated under bf16 autocast; predict replays that dtype (the thresholds were tuned on
+    those probabilities). Tolerance from the arithmetic: batch sizes differ, so cuDNN may pick other kernels whose
+    float32 accumulations round differently before the cast to bfloat16; that moves a logit by at most a couple of
+    bfloat16 ulps (2 * 2**-8 relative, logits here |z| < 8), and the sigmoid's slope is at most 1/4."""
+    train(compose_cfg(*tiny_overrides(tmp_path, "trainer.device=cuda", f"trainer.output_dir={tmp_path / 'out'}")))
+    images = sorted((tmp_path / "cache").rglob("images"))[0]
+    logged, got = _predict_the_validation_images(tmp_path / "out", images, tmp_path, "cuda")
+    np.testing.assert_allclose(got, logged, atol=0.25 * 8 * 2 * 2**-8)
 
 
 def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path):
     import mlflow
 
     tmp, _, run_id, _ = trained
-    result = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False), tmp_path / "o")
+    result = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False, device="cpu"), tmp_path / "o")
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     frame = model.predict(pd.DataFrame({"image": [(new_images / f).read_bytes() for f in result.files]}))

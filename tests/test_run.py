@@ -156,7 +156,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path):
 def test_run_figures_are_real_images(tmp_path):
     from PIL import Image
 
-    train(compose_cfg(*tiny_overrides(tmp_path, "tracking.log_model=false")))
+    train(compose_cfg(*tiny_overrides(tmp_path)))
     client, (run,) = mlflow_runs(tmp_path)
     for name in ("curves.png", "per_class_ap.png", "pr_curves.png"):
         with Image.open(client.download_artifacts(run.info.run_id, name, str(tmp_path))) as im:
