@@ -94,6 +94,9 @@ class InMemory:
     def __iter__(self):
         return iter([self.batch] * self.n)
 
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
 
 def trainer_rate(device, index, loader, size: int, batch: int, max_steps: int, fused: bool) -> tuple[float, int]:
     """Images/s of engine.Trainer.train_epoch over ``loader``, second epoch (the first warms up cudnn and workers)."""

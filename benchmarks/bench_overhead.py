@@ -149,26 +149,26 @@ class Tree:
 def child_profiled(args, tmp: Path) -> dict:
     """train(cfg) with its heavy imports done beforehand (timed) and its steps timed."""
     imports = {}
-    for mod in ("mlflow", "mlabel_exp.engine", "mlabel_exp.tracking", "mlabel_exp.plots", "mlabel_exp.predict",
+    for mod in ("mlflow", "mlabel_exp.engine", "mlabel_exp.tracking", "mlabel_exp.plots", "mlabel_exp.report",
                 "matplotlib.pyplot", "iterstrat.ml_stratifiers", "pandas", "mlflow.pyfunc"):
         start = time.perf_counter()
         __import__(mod)
         imports[mod] = time.perf_counter() - start
 
     from mlabel_exp import data as D
-    from mlabel_exp import engine, metrics, models, plots, predict, run, tracking
+    from mlabel_exp import engine, metrics, models, plots, report, run, tracking
     from tests.conftest import compose_cfg
 
     t = Tree()
     T = tracking.Tracker
     for owner, attr in [(tracking, "open_tracker"), (D, "index_from_config"), (D, "split_from_config"),
-                        (D, "save_split"), (models, "build_model"), (T, "start"), (run, "_log_inputs"),
+                        (D, "save_split"), (models, "build_model"), (T, "start"), (report, "start"),
                         (engine.Trainer, "fit"), (engine.Trainer, "train_epoch"), (engine.Trainer, "predict"),
                         (metrics, "compute"), (engine.Trainer, "_checkpoint"), (T, "log_metrics"),
-                        (run, "_log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
+                        (report, "log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
                         (T, "log_figure"), (metrics, "tune_thresholds"), (metrics, "per_class_table"),
-                        (predict, "write_predictions"), (T, "log_artifact"), (T, "log_text"), (T, "log_model"),
-                        (engine, "save_atomic"), (run, "_log_data_problems"), (T, "set_tags"), (T, "end")]:
+                        (report, "write_predictions"), (T, "log_artifact"), (T, "log_text"), (T, "log_model"),
+                        (engine, "save_atomic"), (report, "log_data_problems"), (T, "set_tags"), (T, "end")]:
         t.wrap(owner, attr, attr)
     cfg = compose_cfg(*overrides(args, tmp))
     start = time.perf_counter()

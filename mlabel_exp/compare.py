@@ -234,7 +234,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
             filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True) -> Comparison:
     """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: a sweep_id or 'latest';
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run."""
-    from .data import write_atomic
+    from .fsutil import write_atomic
 
     uri = tracking.resolve_uri(tracking_uri)
     where = describe(experiment, uri, sweep, filter_string)

@@ -9,13 +9,12 @@ message names the setting.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
-
-from .synthetic import SyntheticSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR.parent / "conf"
@@ -44,6 +43,29 @@ def _check(ok: bool, setting: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{setting}={value!r} is invalid: expected {expected}")
 
 
+def one_of(choices: tuple[str, ...]) -> str:
+    """'a, b or c': how a message names the choices of a setting."""
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+
+
+def _choice(setting: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, setting, value, one_of(choices))
+
+
+# Every choice a setting offers, declared once: the schema checks against these and the builders read them.
+DATA_SOURCES = ("synthetic", "folder")
+ON_BAD = ("skip", "error")
+DECODED_CACHE_MODES = ("auto", "on", "off")
+TRAINABLE_MODES = ("head", "partial", "all")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "step", "onecycle")
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+LOSSES = ("bce", "focal", "asl")
+POS_WEIGHTS = ("none", "balanced", "sqrt")
+
+
 def _fraction(setting: str, value: float, *, upper_open: bool = True) -> None:
     _check(0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0, setting, value,
            "a number in [0, 1)" if upper_open else "a number in [0, 1]")
@@ -62,8 +84,15 @@ class AugmentConfig:
 
 
 @dataclass
-class SyntheticConfig(SyntheticSpec):
-    """The generator's own parameters (synthetic.SyntheticSpec), range-checked."""
+class SyntheticConfig:
+    """The embedded data set's generator parameters (synthetic.py draws from them; its cache is keyed by them)."""
+
+    num_images: int = 4000
+    image_size: int = 128
+    seed: int = 0
+    unlabeled_fraction: float = 0.4
+    grayscale_fraction: float = 0.03
+    max_objects: int = 4
 
     def __post_init__(self):
         _check(self.num_images >= 1, "data.synthetic.num_images", self.num_images, "an integer >= 1")
@@ -94,7 +123,7 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
-        _check(self.name in ("synthetic", "folder"), "data.name", self.name, "'synthetic' or 'folder'")
+        _choice("data.name", self.name, DATA_SOURCES)
         if self.name == "folder":
             _check(bool(self.root), "data.root", self.root,
                    "the path of a folder holding images/ and annotations/ (data=folder data.root=PATH)")
@@ -102,10 +131,9 @@ class DataConfig:
         _fraction("data.test_fraction", self.test_fraction)
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",
                self.val_fraction + self.test_fraction, "a sum below 1 (something must be left to train on)")
-        _check(self.on_bad_image in ("skip", "error"), "data.on_bad_image", self.on_bad_image, "skip or error")
-        _check(self.on_bad_annotation in ("skip", "error"), "data.on_bad_annotation", self.on_bad_annotation,
-               "skip or error")
-        _check(self.decoded_cache in ("auto", "on", "off"), "data.decoded_cache", self.decoded_cache, "auto, on or off")
+        _choice("data.on_bad_image", self.on_bad_image, ON_BAD)
+        _choice("data.on_bad_annotation", self.on_bad_annotation, ON_BAD)
+        _choice("data.decoded_cache", self.decoded_cache, DECODED_CACHE_MODES)
         _check(self.decoded_cache_size >= 0, "data.decoded_cache_size", self.decoded_cache_size,
                "0 (the model's input size) or a side in pixels")
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
@@ -113,7 +141,6 @@ class DataConfig:
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-TRAINABLE_MODES = ("head", "partial", "all")
 
 
 @dataclass
@@ -141,7 +168,7 @@ class ModelConfig:
         t = self.trainable
         ok = (isinstance(t, str) and t in TRAINABLE_MODES) or (
             isinstance(t, (list, tuple)) and len(t) > 0 and all(isinstance(v, str) and v for v in t))
-        _check(ok, "model.trainable", t, f"one of {', '.join(TRAINABLE_MODES)} or a list of module-name patterns")
+        _check(ok, "model.trainable", t, f"{one_of(TRAINABLE_MODES)}, or a list of module-name patterns such as ['layer4']")
 
 
 @dataclass
@@ -154,7 +181,7 @@ class OptimizerConfig:
     backbone_lr_scale: float = 1.0       # backbone lr = lr * this; the new head keeps lr
 
     def __post_init__(self):
-        _check(self.name in ("adam", "adamw", "sgd"), "optimizer.name", self.name, "adam, adamw or sgd")
+        _choice("optimizer.name", self.name, OPTIMIZERS)
         _check(self.lr > 0, "optimizer.lr", self.lr, "a number > 0")
         _check(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "a number in [0, 1)")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas,
@@ -171,8 +198,7 @@ class SchedulerConfig:
     min_lr_scale: float = 0.01           # cosine: final lr = lr * this
 
     def __post_init__(self):
-        _check(self.name in ("none", "cosine", "step", "onecycle"), "trainer.scheduler.name", self.name,
-               "none, cosine, step or onecycle")
+        _choice("trainer.scheduler.name", self.name, SCHEDULERS)
         _check(self.warmup_epochs >= 0, "trainer.scheduler.warmup_epochs", self.warmup_epochs, "an integer >= 0")
         _check(self.step_size >= 1, "trainer.scheduler.step_size", self.step_size, "an integer >= 1")
         _check(0 < self.gamma <= 1, "trainer.scheduler.gamma", self.gamma, "a number in (0, 1]")
@@ -199,8 +225,7 @@ class TrainerConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self):
-        _check(self.amp_dtype in ("auto", "bfloat16", "float16"), "trainer.amp_dtype", self.amp_dtype,
-               "auto, bfloat16 or float16")
+        _choice("trainer.amp_dtype", self.amp_dtype, AMP_DTYPES)
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
         _check(self.devices >= 1, "trainer.devices", self.devices, "an integer >= 1")
@@ -210,10 +235,8 @@ class TrainerConfig:
         _check(self.early_stopping_patience >= 0, "trainer.early_stopping_patience",
                self.early_stopping_patience, "an integer >= 0")
         _check(self.max_steps_per_epoch >= 0, "trainer.max_steps_per_epoch", self.max_steps_per_epoch, "an integer >= 0")
-        _check(self.progress in ("auto", "bar", "log", "none"), "trainer.progress", self.progress,
-               "auto, bar, log or none")
-        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
-               self.device, "auto, cpu, cuda, cuda:N or mps")
+        _choice("trainer.progress", self.progress, PROGRESS_MODES)
+        _choice("trainer.device", re.sub(r"^cuda:[0-9]+$", "cuda:N", self.device), DEVICES)
 
 
 @dataclass
@@ -228,9 +251,8 @@ class LossConfig:
     asl_clip: float = 0.05
 
     def __post_init__(self):
-        _check(self.name in ("bce", "focal", "asl"), "loss.name", self.name, "bce, focal or asl")
-        _check(self.pos_weight in ("none", "balanced", "sqrt"), "loss.pos_weight", self.pos_weight,
-               "none, balanced or sqrt")
+        _choice("loss.name", self.name, LOSSES)
+        _choice("loss.pos_weight", self.pos_weight, POS_WEIGHTS)
         _check(self.pos_weight_max >= 1, "loss.pos_weight_max", self.pos_weight_max, "a number >= 1")
         _check(0 <= self.focal_alpha <= 1, "loss.focal_alpha", self.focal_alpha, "a number in [0, 1]")
         for k in ("focal_gamma", "asl_gamma_neg", "asl_gamma_pos"):
@@ -288,7 +310,6 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     presets: PresetsConfig = field(default_factory=PresetsConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
@@ -323,10 +344,19 @@ def _regularisation(setting: str, value: Any, presets: dict, model_value: float)
     return float(value)
 
 
-def register() -> None:
+@dataclass
+class SearchJobConfig(Config):
+    """python -m mlabel_exp.search: a training run's config plus the study's settings (conf/search.yaml)."""
+
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+def register(schema: type = Config) -> None:
+    """The typed schema that conf/config.yaml starts from: a training run's, or the search command's (a training
+    config plus ``search``)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    ConfigStore.instance().store(name="config_schema", node=schema)
 
 
 def validate(cfg: DictConfig) -> Config:

@@ -8,8 +8,6 @@ file and line it comes from.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -25,6 +23,7 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 from .config import IMAGENET_MEAN, IMAGENET_STD
+from .fsutil import epoch_seed, write_atomic
 
 
 class DataError(ValueError):
@@ -177,26 +176,6 @@ def load_split(path: str | Path, index: DatasetIndex) -> dict[str, np.ndarray]:
     return split
 
 
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock on ``path`` across processes (sweep jobs, DDP ranks) on one file system."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------- images and transforms
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -246,16 +225,11 @@ def image_steps(input_size: int, train: bool = False, random_resized_crop: bool 
 def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                     train: bool = False, random_resized_crop: bool = False, crop_scale_min: float = 0.6,
                     hflip: bool = False):
-    """PIL image -> normalised float tensor in one process (predict, the pyfunc model); training splits this
-    into ``image_steps`` and ``BatchTransform``, with the same result."""
-    import torch
-    from torchvision.transforms import v2
-
-    steps = [image_steps(input_size, train, random_resized_crop, crop_scale_min)]
-    if train and hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    """PIL image -> normalised float tensor, one image at a time: the two steps training runs (``image_steps`` in
+    the workers, ``BatchTransform`` on the device) applied to a batch of one, so there is one definition of each."""
+    steps = image_steps(input_size, train, random_resized_crop, crop_scale_min)
+    finish = BatchTransform(input_size, mean, std, hflip=hflip)
+    return lambda image: finish(steps(image)[None], train=train)[0]
 
 
 class BatchTransform:
@@ -274,7 +248,7 @@ class BatchTransform:
         self._affine = {}  # device -> (scale, shift) with x / 255 normalised = x * scale + shift
 
     def set_epoch(self, epoch: int, rank: int = 0) -> None:
-        self.epoch_seed = (self.seed * 100_003 + epoch) * 1_009 + rank
+        self.epoch_seed = epoch_seed(self.seed, epoch, rank)
         self._generator = None
 
     def __call__(self, x, train: bool = False):
@@ -418,7 +392,7 @@ class EpochShuffle:
     def __iter__(self):
         import torch
 
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
@@ -427,11 +401,11 @@ class EpochShuffle:
 def resolve_data_root(data_cfg) -> Path:
     """The data root a ``data`` config points at, generating the synthetic set on first use."""
     from .config import resolve_path
-    from .synthetic import SyntheticSpec, ensure_generated, generate
+    from .synthetic import ensure_generated, generate
 
     if data_cfg.name == "folder":
         return resolve_path(data_cfg.root)
-    spec = SyntheticSpec(**{k: getattr(data_cfg.synthetic, k) for k in SyntheticSpec.__dataclass_fields__})
+    spec = data_cfg.synthetic
     if data_cfg.root:
         root = resolve_path(data_cfg.root)
         if not (root / "annotations").is_dir():
@@ -476,18 +450,21 @@ def default_workers(requested: int, cached: bool = False, cuda: bool = False) ->
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, seed: int = 0,
                 pin_memory: bool = False, sampler=None, persistent: bool = False):
-    """A DataLoader of ``collate`` batches. Shuffling is an ``EpochShuffle`` (or the given sampler), which the engine
-    moves to each epoch with ``set_epoch``; the engine also reseeds ``loader.generator`` with (seed, epoch), which
-    seeds the workers' random augmentation. ``persistent`` keeps the workers between epochs: only for workers that
-    draw no random numbers (else their seeds would depend on where a resumed run started)."""
+    """A DataLoader of ``collate`` batches whose ``set_epoch(epoch)`` makes the epoch's order and worker randomness a
+    function of (seed, epoch): shuffling is an ``EpochShuffle`` (or the given sampler, e.g. DistributedSampler).
+    ``persistent`` keeps the workers between epochs: only for workers that draw no random numbers (else their seeds
+    would depend on where a resumed run started)."""
     import torch
     from torch.utils.data import DataLoader
 
+    class EpochLoader(DataLoader):
+        def set_epoch(self, epoch: int) -> None:
+            if hasattr(self.sampler, "set_epoch"):  # EpochShuffle, DistributedSampler; not the sequential sampler
+                self.sampler.set_epoch(epoch)
+            self.generator.manual_seed(epoch_seed(seed, epoch))  # seeds the workers' random augmentation
+
     if sampler is None and shuffle:
         sampler = EpochShuffle(len(dataset), seed)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
-                        pin_memory=pin_memory, collate_fn=collate, drop_last=False,
-                        persistent_workers=persistent and num_workers > 0)
-    loader.seed = seed
-    return loader
+    return EpochLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                       generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory, collate_fn=collate,
+                       drop_last=False, persistent_workers=persistent and num_workers > 0)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, DatasetIndex, file_lock, image_steps, load_image, write_atomic
+from .data import DataError, DatasetIndex, image_steps, load_image
+from .fsutil import file_lock, write_atomic
 
 log = logging.getLogger(__name__)
 

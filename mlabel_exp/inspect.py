@@ -1,7 +1,7 @@
 """Data audit: ``python -m mlabel_exp.inspect [data=folder data.root=PATH]``.
 
-Class counts, unlabeled images, label cardinality, grayscale images, image sizes, class
-co-occurrence and every problem found. ``audit()`` returns the tables so a run can log them.
+Class counts, unlabeled images, label cardinality, grayscale images, image sizes, class co-occurrence and
+every problem found, printed before any training (a run logs its own index problems and skipped images).
 """
 
 from __future__ import annotations

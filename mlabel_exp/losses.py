@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import LOSSES, one_of
+
 
 def pos_weight(labels: np.ndarray, mode: str, max_weight: float) -> torch.Tensor | None:
     """Per-class weight of positives from training labels: negatives/positives ('balanced') or its
@@ -59,4 +61,4 @@ def build_loss(cfg, train_labels: np.ndarray) -> nn.Module:
         return FocalLoss(cfg.focal_alpha, cfg.focal_gamma)
     if cfg.name == "asl":
         return AsymmetricLoss(cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
-    raise ValueError(f"loss.name={cfg.name!r}: expected bce, focal or asl")
+    raise ValueError(f"loss.name={cfg.name!r}: expected {one_of(LOSSES)}")

@@ -24,6 +24,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .config import TRAINABLE_MODES, one_of
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,6 @@ REGISTRY: dict[str, Backbone] = {
                           aux_classifier="AuxLogits.fc", min_size_aux=299),
 }
 
-TRAINABLE_CHOICES = ("all", "head", "partial")
 
 
 class SmallCNN(nn.Module):
@@ -106,7 +107,7 @@ def min_input_size(name: str, aux_logits: bool = True) -> int:
     return b.min_size_aux if (aux_logits and b.min_size_aux) else b.min_size
 
 
-def _check_input_size(name: str, input_size: int, aux_logits: bool) -> None:
+def check_input_size(name: str, input_size: int, aux_logits: bool) -> None:
     need = min_input_size(name, aux_logits)
     if input_size >= need:
         return
@@ -242,19 +243,15 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, drop
 
     ``weights``: None (random init), a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...), or the path of
     a state dict, either ImageNet-shaped for the original architecture or one of this model with its head.
+    Settings are range-checked by the config schema; only what the config cannot know is checked here.
     """
     b = backbone(name)
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     if not (isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool) and num_classes >= 1):
         raise ModelError(f"num_classes={num_classes!r}: expected an integer >= 1 (the data set has no classes?)")
-    if not 0.0 <= dropout < 1.0:
-        raise ModelError(f"model.dropout={dropout!r} is invalid: expected a number in [0, 1)")
-    if hidden < 0:
-        raise ModelError(f"model.hidden={hidden!r} is invalid: expected an integer >= 0")
     has_aux = b.aux_classifier is not None
     if input_size is not None:
-        _check_input_size(name, input_size, aux_logits and has_aux)
-
+        check_input_size(name, input_size, aux_logits and has_aux)
     member = path = file_state = None
     if weights is not None:
         if _is_path(weights):
@@ -262,31 +259,8 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, drop
             file_state = _read_state_dict(path)
         else:
             member = _weights_enum_member(name, weights)
-
     # 1. The original architecture (ImageNet classifier, aux head on), pretrained weights loaded into it.
-    if b.arch is None:
-        model = SmallCNN()
-    else:
-        kwargs = dict(b.build_kwargs)
-        if weights is not None and "init_weights" in kwargs:
-            kwargs["init_weights"] = False  # overwritten anyway
-        model = torchvision.models.get_model(b.arch, weights=None, **kwargs)
-    loaded, original_problems = False, []
-    if member is not None:
-        try:
-            model.load_state_dict(_download_state_dict(member))
-        except RuntimeError as e:  # a wrong file placed under the expected name
-            cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(member.url))
-            raise ModelError(f"{cached} does not hold the weights {member} ({str(e)[:300]}); delete it "
-                             f"or replace it with {member.url}") from e
-        loaded = True
-    elif file_state is not None and b.arch is not None:
-        original_problems = _mismatches(file_state, model)
-        if not original_problems:  # ImageNet-shaped: load now, the head is replaced below
-            model.load_state_dict(file_state)
-            loaded = True
-            log.info("%s: loaded %s into the original %s architecture", name, path, b.arch)
-
+    model, loaded, original_problems = _original(name, b, member, file_state, path)
     # 2. The new head(s).
     _replace(model, b.classifier, _make_head(_in_features(model, b.classifier), num_classes, dropout, hidden))
     if b.dropout_in:
@@ -302,22 +276,53 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, drop
             model.aux_logits = False
             if file_state is not None and not loaded:  # a checkpoint trained with the aux head still fits
                 file_state = {k: v for k, v in file_state.items() if not k.startswith(aux_module + ".")}
-
     # 3. A state dict of this very model (new head included).
     if file_state is not None and not loaded:
         problems = _mismatches(file_state, model)
         if problems:
-            if original_problems and len(original_problems) < len(problems):
-                problems, against = original_problems, f"the original {b.arch} architecture"
-            else:
-                against = f"{name} with {num_classes} classes (model.hidden={hidden}" + (
-                    f", model.aux_logits={str(aux_logits).lower()})" if has_aux else ")")
-            shown = "; ".join(problems[:6]) + (f"; ... ({len(problems) - 1} in all)" if len(problems) > 6 else "")
-            raise ModelError(f"model.weights={str(path)!r} does not fit {against}: {shown}. Use a state dict "
-                             f"saved from the same model.name, class count and model.hidden, or model.weights=null")
+            against = f"{name} with {num_classes} classes (model.hidden={hidden}" + (
+                f", model.aux_logits={str(aux_logits).lower()})" if has_aux else ")")
+            _does_not_fit(path, original_problems, problems, f"the original {b.arch} architecture", against)
         model.load_state_dict(file_state)
         log.info("%s: loaded %s (this model, head included)", name, path)
     return model
+
+
+def _original(name: str, b: Backbone, member, file_state, path) -> tuple[nn.Module, bool, list[str]]:
+    """The original architecture with the pretrained weights (``member``) or an ImageNet-shaped state dict loaded;
+    returns (model, loaded, why ``file_state`` does not fit it)."""
+    if b.arch is None:
+        model = SmallCNN()
+    else:
+        kwargs = dict(b.build_kwargs)
+        if (member is not None or file_state is not None) and "init_weights" in kwargs:
+            kwargs["init_weights"] = False  # overwritten anyway
+        model = torchvision.models.get_model(b.arch, weights=None, **kwargs)
+    if member is not None:
+        try:
+            model.load_state_dict(_download_state_dict(member))
+        except RuntimeError as e:  # a wrong file placed under the expected name
+            cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(member.url))
+            raise ModelError(f"{cached} does not hold the weights {member} ({str(e)[:300]}); delete it "
+                             f"or replace it with {member.url}") from e
+        return model, True, []
+    if file_state is not None and b.arch is not None:
+        problems = _mismatches(file_state, model)
+        if not problems:  # ImageNet-shaped: load now, the head is replaced afterwards
+            model.load_state_dict(file_state)
+            log.info("%s: loaded %s into the original %s architecture", name, path, b.arch)
+            return model, True, []
+        return model, False, problems
+    return model, False, []
+
+
+def _does_not_fit(path, original_problems: list[str], problems: list[str], original: str, against: str):
+    """The error for a state dict that fits neither the original architecture nor this model: the closer one."""
+    if original_problems and len(original_problems) < len(problems):
+        problems, against = original_problems, original
+    shown = "; ".join(problems[:6]) + (f"; ... ({len(problems) - 1} in all)" if len(problems) > 6 else "")
+    raise ModelError(f"model.weights={str(path)!r} does not fit {against}: {shown}. Use a state dict "
+                     f"saved from the same model.name, class count and model.hidden, or model.weights=null")
 
 
 # ---------------------------------------------------------------- training which parameters
@@ -345,8 +350,8 @@ def set_trainable(model: nn.Module, name: str, trainable: Any) -> int:
     """
     b = backbone(name)
     if isinstance(trainable, str):
-        if trainable not in TRAINABLE_CHOICES:
-            raise ModelError(f"model.trainable={trainable!r} is invalid: choose one of {', '.join(TRAINABLE_CHOICES)} "
+        if trainable not in TRAINABLE_MODES:
+            raise ModelError(f"model.trainable={trainable!r} is invalid: expected {one_of(TRAINABLE_MODES)}, "
                              "or a list of module-name patterns such as ['layer4']")
         patterns = {"all": None, "head": [], "partial": list(b.partial)}[trainable]
     else:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from .config import CONF_DIR, ConfigError, TrackingConfig, resolve_path
+from .fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,57 +50,6 @@ class PredictConfig:
             raise ConfigError(f"threshold={self.threshold!r} is invalid: expected a number in (0, 1)")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
-
-
-# ------------------------------------------------------------------ outputs (shared with run.py)
-
-def label_names(row, classes) -> list[str]:
-    return [c for c, on in zip(classes, row) if on]
-
-
-def write_predictions(folder: Path, stem: str, files: list[str], probs, classes: list[str], thresholds=0.5,
-                      targets=None) -> list[Path]:
-    """``<stem>.csv`` and ``<stem>.json`` keyed by file: a probability per class and the labels at ``thresholds``
-    (one number or one per class); with ``targets`` also the true labels."""
-    import numpy as np
-    import pandas as pd
-
-    from .data import write_atomic
-
-    p = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)
-    t = np.asarray(thresholds, dtype=np.float64)
-    predicted = p >= t
-    frame = pd.DataFrame(p, columns=classes)
-    frame.insert(0, "file", files)
-    frame["labels"] = [" ".join(label_names(row, classes)) for row in predicted]
-    records = {f: {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, row)},
-                   "labels": label_names(hit, classes)} for f, row, hit in zip(files, p, predicted)}
-    if targets is not None:
-        true = np.asarray(targets) > 0.5
-        frame["true_labels"] = [" ".join(label_names(row, classes)) for row in true]
-        for f, row in zip(files, true):
-            records[f]["true_labels"] = label_names(row, classes)
-    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    write_atomic(csv_path, frame.to_csv(index=False, float_format="%.6f"))
-    payload = {"classes": classes, "thresholds": dict(zip(classes, np.broadcast_to(t, len(classes)).tolist())),
-               "predictions": records}
-    write_atomic(json_path, json.dumps(payload, indent=1))
-    return [csv_path, json_path]
-
-
-def write_submission(path: Path, files: list[str], probs, classes: list[str], thresholds=0.5) -> Path:
-    """One row per image, 0/1 columns in alphabetical class order."""
-    import numpy as np
-    import pandas as pd
-
-    from .data import write_atomic
-
-    order = sorted(range(len(classes)), key=lambda i: classes[i])
-    hits = (np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)).astype(int)[:, order]
-    frame = pd.DataFrame(hits, columns=[classes[i] for i in order])
-    frame.insert(0, "image", files)
-    write_atomic(path, frame.to_csv(index=False))
-    return path
 
 
 # ------------------------------------------------------------------ inputs
@@ -133,87 +83,47 @@ class PredictResult:
     outputs: list[Path]
 
 
-def load_checkpoint(path: Path) -> dict:
-    import torch
+def _load(cfg: PredictConfig) -> tuple[dict, str]:
+    """The checkpoint (and where it came from): the run's best.pt from MLflow, or a file."""
+    from .predictor import load_checkpoint
 
-    if not path.is_file():
-        raise ConfigError(f"checkpoint={str(path)!r}: no such file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-    for key in ("model", "classes", "config"):
-        if key not in ckpt:
-            raise ConfigError(f"{path} is not a mlabel-exp checkpoint: it has no {key!r} entry")
-    return ckpt
+    if not cfg.run:
+        path = resolve_path(cfg.checkpoint)
+        return load_checkpoint(path), str(path)
+    import tempfile
 
+    from . import tracking
 
-def model_from_checkpoint(ckpt: dict):
-    """The trained model (eval mode) and its eval transform, rebuilt from the checkpoint's own config."""
-    from .data import build_transform
-    from .models import build_model
-
-    m = ckpt["config"]["model"]
-    model = build_model(m["name"], len(ckpt["classes"]), hidden=m.get("hidden", 0),
-                        aux_logits=m.get("aux_logits", True), input_size=m["input_size"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), build_transform(m["input_size"], m["mean"], m["std"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tracking.download_artifact(cfg.tracking.uri, cfg.run, "checkpoints/best.pt", Path(tmp))
+        return load_checkpoint(path), f"runs:/{cfg.run}/checkpoints/best.pt"
 
 
 def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     import numpy as np
-    import torch
 
-    from . import tracking
-    from .data import BatchTransform, MultiLabelImages, default_workers, image_steps, make_loader
+    from . import report, tracking
+    from .data import default_workers
     from .engine import select_device
+    from .predictor import Predictor
 
-    if cfg.run:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = load_checkpoint(tracking.download_artifact(cfg.tracking.uri, cfg.run, "checkpoints/best.pt", Path(tmp)))
-        ckpt_path = f"runs:/{cfg.run}/checkpoints/best.pt"
-    else:
-        ckpt_path = resolve_path(cfg.checkpoint)
-        ckpt = load_checkpoint(ckpt_path)
-    classes = list(ckpt["classes"])
-    if cfg.threshold == "tuned":
-        thresholds = np.asarray(ckpt.get("thresholds", {}).get("per_class", [0.5] * len(classes)))
-        if "thresholds" not in ckpt:
-            log.warning("%s holds no tuned thresholds: using 0.5 for every class", ckpt_path)
-    else:
-        thresholds = np.full(len(classes), float(cfg.threshold))
-    model, _ = model_from_checkpoint(ckpt)
-    device = select_device(cfg.device)
-    model.to(device)
     paths = list_inputs(cfg.input)
-    m = ckpt["config"]["model"]  # the training run's validation pipeline: uint8 from the workers, finished on the device
-    finish = BatchTransform(m["input_size"], m["mean"], m["std"])
-    loader = make_loader(MultiLabelImages(paths, None, image_steps(m["input_size"]), on_bad_image="skip"),
-                         cfg.batch_size, shuffle=False, pin_memory=device.type == "cuda",
-                         num_workers=min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size)))
-    from tqdm.auto import tqdm
-
-    files, probs, skipped = [], [], {}
-    # On CUDA, the autocast dtype the run validated in: the tuned thresholds were fitted to those probabilities.
-    amp = getattr(torch, ckpt.get("amp_dtype", "float32"))
-    autocast = torch.autocast(device.type, dtype=amp, enabled=device.type == "cuda" and amp != torch.float32)
-    with torch.inference_mode(), autocast:
-        for batch in tqdm(loader, desc="predict", unit="batch", disable=None):
-            skipped.update(dict(batch["bad"]))
-            if batch["image"] is not None:
-                logits = model(finish(batch["image"].to(device, non_blocking=True))).float()
-                probs.append(torch.sigmoid(logits).cpu())  # as in training: sigmoid of float32 logits
-                files += batch["name"]
+    ckpt, source = _load(cfg)
+    predictor = Predictor.from_checkpoint(ckpt, select_device(cfg.device))
+    if cfg.threshold != "tuned":
+        predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold))
+    elif not ckpt.get("thresholds"):
+        log.warning("%s holds no tuned thresholds: using 0.5 for every class", source)
+    workers = min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size))
+    files, p, skipped = predictor.predict_files(paths, cfg.batch_size, workers)
     for name, err in skipped.items():
         log.warning("skipped %s: %s", name, err)
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, len(classes)), dtype=np.float32)
-    outputs = write_predictions(out_dir, "predictions", files, p, classes, thresholds)
-    outputs.append(write_submission(out_dir / "submission.csv", files, p, classes, thresholds))
+    classes, thresholds = predictor.classes, predictor.thresholds
+    outputs = report.write_predictions(out_dir, "predictions", files, p, classes, thresholds)
+    outputs.append(report.write_submission(out_dir / "submission.csv", files, p, classes, thresholds))
     summary = {"input": cfg.input, "images": len(files), "skipped": len(skipped), "skipped_files": skipped,
-               "checkpoint": str(ckpt_path), "run": cfg.run}
-    from .data import write_atomic
-
-    write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
-    outputs.append(out_dir / "summary.json")
+               "checkpoint": source, "run": cfg.run}
+    outputs.append(write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1)))
     if cfg.run and cfg.log_to_run:
         tracking.log_files(cfg.tracking.uri, cfg.run, outputs, f"predictions/{Path(cfg.input.rstrip('/*')).name or 'input'}")
     print(f"predicted {len(files)} image(s), skipped {len(skipped)} unreadable file(s); outputs in {out_dir}")
@@ -223,7 +133,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
 def _main(cfg) -> None:
     from omegaconf import OmegaConf
 
-    from .run import output_dir_of_job
+    from .job import output_dir_of_job
 
     typed: PredictConfig = OmegaConf.to_object(cfg)
     out = resolve_path(typed.out) if typed.out else output_dir_of_job()

@@ -15,15 +15,13 @@ from mlflow.pyfunc import PythonModel
 
 class MultiLabelClassifier(PythonModel):
     def load_context(self, context):
-        from mlabel_exp.predict import load_checkpoint, model_from_checkpoint
+        from mlabel_exp.predictor import Predictor, load_checkpoint
 
         ckpt = load_checkpoint(Path(context.artifacts["checkpoint"]))  # torch.load(weights_only=True)
-        self.classes = list(ckpt["classes"])
-        self.model, self.transform = model_from_checkpoint(ckpt)
+        self.predictor = Predictor.from_checkpoint(ckpt)  # the same preprocessing and model as predict, on the CPU
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
-        import torch
         from PIL import Image
 
         from mlabel_exp.data import to_rgb
@@ -32,10 +30,9 @@ class MultiLabelClassifier(PythonModel):
         for blob in model_input["image"]:
             with Image.open(io.BytesIO(blob)) as im:
                 im.load()
-                images.append(self.transform(to_rgb(im)))
-        with torch.inference_mode():
-            probs = torch.sigmoid(self.model(torch.stack(images)).float()).numpy()
-        return pd.DataFrame(probs.astype("float64"), columns=self.classes)
+                images.append(to_rgb(im))
+        probs = self.predictor.predict_images(images)
+        return pd.DataFrame(probs.astype("float64"), columns=self.predictor.classes)
 
 
 mlflow.models.set_model(MultiLabelClassifier())

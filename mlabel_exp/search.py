@@ -14,7 +14,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, project_root, register, validate
+from .config import CONF_DIR, Config, SearchJobConfig, project_root, register, validate
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,13 @@ def storage_uri(storage: str | None) -> str:
     from .tracking import resolve_sqlite
 
     return resolve_sqlite(storage) if storage else f"sqlite:///{project_root() / 'mlruns' / 'optuna.db'}"
+
+
+def training_config(cfg: DictConfig) -> DictConfig:
+    """The training part of a search config (everything but ``search``), typed as a training run's config."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("search", None)
+    return OmegaConf.merge(OmegaConf.structured(Config), container)
 
 
 def suggest(trial, key: str, spec: dict):
@@ -42,6 +49,7 @@ def search(cfg: DictConfig):
     from .run import train
 
     s = validate(cfg).search
+    run_cfg = training_config(cfg)
     if not s.space:
         from .config import ConfigError
 
@@ -62,7 +70,7 @@ def search(cfg: DictConfig):
     log.info("study %r at %s: %d trial(s) finished, %d to run", s.study, storage, s.n_trials - remaining, max(remaining, 0))
 
     def objective(trial) -> float:
-        trial_cfg = copy.deepcopy(cfg)
+        trial_cfg = copy.deepcopy(run_cfg)
         chosen = {key: suggest(trial, key, spec) for key, spec in s.space.items()}
         for key, value in chosen.items():
             OmegaConf.update(trial_cfg, key, value, merge=False)
@@ -101,8 +109,8 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     import hydra
 
-    register()
-    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_main)()
+    register(SearchJobConfig)
+    hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")(_main)()
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .config import SyntheticConfig as SyntheticSpec  # the parameters, range-checked, are the config schema
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,10 @@ PREVALENCE: dict[str, float] = {
 }
 
 
-@dataclass
-class SyntheticSpec:
-    num_images: int = 4000
-    image_size: int = 128
-    seed: int = 0
-    unlabeled_fraction: float = 0.4
-    grayscale_fraction: float = 0.03
-    max_objects: int = 4
-
-    def key(self) -> str:
-        """Cache folder name: every parameter that changes the files, and the generator version."""
-        return (f"n{self.num_images}_px{self.image_size}_seed{self.seed}_u{self.unlabeled_fraction:g}"
-                f"_g{self.grayscale_fraction:g}_m{self.max_objects}_v{GENERATOR_VERSION}")
+def cache_key(spec: SyntheticSpec) -> str:
+    """Cache folder name: every parameter that changes the files, and the generator version."""
+    return (f"n{spec.num_images}_px{spec.image_size}_seed{spec.seed}_u{spec.unlabeled_fraction:g}"
+            f"_g{spec.grayscale_fraction:g}_m{spec.max_objects}_v{GENERATOR_VERSION}")
 
 
 def _polygon(n: int, radius: float, centre: float, angle: float, inner: float | None = None):
@@ -200,11 +192,11 @@ def ensure_generated(cache_dir: str | Path, spec: SyntheticSpec) -> Path:
     Generation goes to a private temporary folder renamed into place at the end, so concurrent jobs
     never see a half-written data set and an interrupted generation leaves nothing behind.
     """
-    final = Path(cache_dir).expanduser() / "synthetic" / spec.key()
+    final = Path(cache_dir).expanduser() / "synthetic" / cache_key(spec)
     if (final / "annotations").is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{spec.key()}.tmp-{os.getpid()}"
+    tmp = final.parent / f".{cache_key(spec)}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("Generating synthetic data set (%d images of %d px) into %s",
              spec.num_images, spec.image_size, final)

@@ -52,7 +52,7 @@ def _store_lock(uri: str):
     if db is None:
         yield
         return
-    from .data import file_lock
+    from .fsutil import file_lock
 
     with file_lock(db.parent / ".mlflow-db.lock"):
         yield
@@ -185,11 +185,6 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()])
-
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
@@ -268,13 +263,22 @@ def log_files(uri: str | None, run_id: str, paths: list[Path], artifact_path: st
         client.log_artifact(run_id, str(p), artifact_path)
 
 
+def _nothing(self, *args, **kwargs) -> None:
+    return None
+
+
 class NullTracker:
-    """Stands in when ``tracking.enabled=false``: the same interface, nothing recorded."""
+    """Stands in when ``tracking.enabled=false`` and on DDP ranks but 0: Tracker's recording methods, recording
+    nothing. Explicit names, so that a misspelt call fails here as it would on a real Tracker."""
 
     run_id = None
+    start = attach = sweep_parent = log_metrics = set_tags = log_artifact = log_artifacts = log_text = _nothing
+    end = log_model = _nothing
 
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+    def log_figure(self, figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
 
 
 def open_tracker(cfg) -> Tracker | NullTracker:

@@ -51,15 +51,18 @@ def brute_force_labels(root: Path, classes: list[str], ids: np.ndarray) -> np.nd
     return out
 
 
-def compose_cfg(*overrides):
-    """The composed run config, exactly as `python -m mlabel_exp.run <overrides>` would see it."""
+def compose_cfg(*overrides, command: str = "run"):
+    """The composed config, exactly as `python -m mlabel_exp.<command> <overrides>` would see it (run or search)."""
     from hydra import compose, initialize_config_dir
 
-    from mlabel_exp.config import CONF_DIR, register
+    from mlabel_exp.config import CONF_DIR, Config, SearchJobConfig, register
 
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    register(SearchJobConfig if command == "search" else Config)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="search" if command == "search" else "config", overrides=list(overrides))
+    finally:
+        register()
 
 
 def tiny_overrides(tmp: Path, *extra: str) -> list[str]:

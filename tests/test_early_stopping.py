@@ -1,5 +1,5 @@
 """The Trainer's epoch bookkeeping on CPU, without MLflow or Hydra: early stopping (patience, best epoch,
-``stopped_early``), best-checkpoint selection, and the patience counter across a resume.
+``stopped_early``), best-checkpoint selection, its state round trip, and the patience counter across a resume.
 
 The validation score of each epoch is scripted (``metrics.compute`` is replaced), so the expected best
 epoch and stopping epoch follow from the script alone.
@@ -9,35 +9,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from mlabel_exp import engine
 from mlabel_exp.config import TrainerConfig
+from mlabel_exp.data import make_loader
 
 N_CLASSES = 3
 
 
-def _loader(n: int = 8, seed: int = 0) -> DataLoader:
+def _loader(n: int = 8, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     items = [{"image": torch.rand(4, generator=g), "target": (torch.rand(N_CLASSES, generator=g) > 0.5).float(),
               "name": f"im{i}.jpg"} for i in range(n)]
-
-    def collate(batch):
-        out = torch.utils.data.default_collate(batch)
-        out["bad"] = []
-        return out
-
-    return DataLoader(items, batch_size=4, shuffle=False, collate_fn=collate)
+    return make_loader(items, 4, shuffle=False, num_workers=0)
 
 
-class _Recorder:
-    """A reporter that keeps a copy of the weights as each epoch ends (before its checkpoint is written)."""
+class _Recorder(engine.Callbacks):
+    """Keeps a copy of the weights as each epoch ends (before its checkpoint is written)."""
 
     def __init__(self, net):
         self.net, self.weights = net, {}
 
-    def log_metrics(self, metrics, step):
-        self.weights[step] = {k: v.clone() for k, v in self.net.state_dict().items()}
+    def on_epoch_end(self, epoch, metrics):
+        self.weights[epoch] = {k: v.clone() for k, v in self.net.state_dict().items()}
 
 
 def _trainer(tmp_path, epochs: int, patience: int):
@@ -46,7 +40,7 @@ def _trainer(tmp_path, epochs: int, patience: int):
     cfg = TrainerConfig(epochs=epochs, early_stopping_patience=patience, progress="none", device="cpu")
     recorder = _Recorder(net)
     t = engine.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg, device=torch.device("cpu"),
-                       classes=[f"c{i}" for i in range(N_CLASSES)], reporter=recorder, checkpoint_dir=tmp_path)
+                       classes=[f"c{i}" for i in range(N_CLASSES)], callbacks=recorder, checkpoint_dir=tmp_path)
     return t, recorder
 
 
@@ -115,3 +109,32 @@ def test_a_resumed_run_keeps_its_patience_counter_and_best_epoch(tmp_path, scrip
     assert result.stopped_early and [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert (result.best_epoch, result.best_score) == (1, 0.5)
     assert _load(tmp_path / "cut" / "best.pt")["epoch"] == 1
+
+
+def test_state_dict_round_trips_into_a_fresh_trainer(tmp_path, scripted):
+    scripted(0.5, 0.7, 0.6)
+    t, _ = _trainer(tmp_path / "a", epochs=3, patience=5)
+    t.fit(_loader(), _loader(seed=1))
+    state = t.state_dict()
+    fresh, _ = _trainer(tmp_path / "b", epochs=3, patience=5)
+    fresh.scheduler = None
+    fresh.load_state_dict(state)
+    again = fresh.state_dict()
+    assert {k: again[k] for k in ("epoch", "best_epoch", "best_score", "since_best", "history", "bad_images")} == \
+        {"epoch": 3, "best_epoch": 2, "best_score": 0.7, "since_best": 1, "history": t.result.history, "bad_images": {}}
+    for k, v in state["model"].items():
+        assert torch.equal(again["model"][k], v), k
+    assert torch.equal(again["rng"], state["rng"])
+    assert again["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
+
+
+def test_best_checkpoint_holds_the_thresholds_tuned_on_its_epoch(tmp_path, scripted):
+    from mlabel_exp.metrics import tune_thresholds
+
+    scripted(0.5, 0.7, 0.6)
+    t, _ = _trainer(tmp_path, epochs=3, patience=0)
+    result = t.fit(_loader(), _loader(seed=1))
+    best = _load(result.checkpoints["best"])
+    assert best["epoch"] == 2 and best["thresholds"] == result.thresholds
+    assert best["thresholds"] == tune_thresholds(best["val"]["probs"], best["val"]["targets"])
+    assert best["classes"] == ["c0", "c1", "c2"] and "thresholds" not in _load(result.checkpoints["last"])

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from mlabel_exp.config import SchedulerConfig
-from mlabel_exp.engine import build_optimizer, build_scheduler, save_atomic, select_device
+from mlabel_exp.builders import build_optimizer, build_scheduler
+from mlabel_exp.engine import select_device
+from mlabel_exp.fsutil import save_atomic
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):

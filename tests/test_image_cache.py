@@ -31,11 +31,17 @@ def test_cache_holds_exactly_what_the_per_epoch_pipeline_makes(data_copy, tmp_pa
         assert np.array_equal(cache.array[r], steps(load_image(index.paths([r])[0])).numpy())
 
 
-def test_batch_transform_matches_the_one_process_transform(synthetic_root):
+def test_batch_transform_matches_torchvisions_own_transforms(synthetic_root):
+    """An independent reference: torchvision's resize, scale-to-float and normalise, one image at a time."""
+    from torchvision.transforms import v2
+
     index = build_index(synthetic_root)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     images = [load_image(p) for p in index.paths(range(6))]
-    expected = torch.stack([build_transform(48, mean, std)(im) for im in images])
+    reference = v2.Compose([v2.PILToTensor(), v2.Resize((48, 48), antialias=True), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(list(mean), list(std))])
+    expected = torch.stack([reference(im) for im in images])
+    assert torch.allclose(torch.stack([build_transform(48, mean, std)(im) for im in images]), expected, atol=1e-6)
     uint8 = torch.stack([image_steps(48)(im) for im in images])
     got = BatchTransform(48, mean, std, hflip=True)(uint8, train=False)  # no flips outside training
     assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-6)
@@ -99,13 +105,13 @@ def test_unreadable_image_is_skipped_and_reported_or_an_error(data_copy, tmp_pat
     assert [name for name, _ in batch["bad"]] == [bad.name]
     assert torch.equal(batch["target"], torch.from_numpy(index.labels[[0, 1, 3]]).float())
 
-    from mlabel_exp.run import _decoded_cache
+    from mlabel_exp.builders import decoded_cache
     from mlabel_exp.config import validate
 
     cfg = validate(compose_cfg(*tiny_overrides(tmp_path), "data=folder", f"data.root={data_copy}", "data.decoded_cache=on",
                                "data.decoded_cache_size=16", "data.on_bad_image=error"))
     with pytest.raises(DataError, match=rf"{bad.name}.*data.on_bad_image=skip"):
-        _decoded_cache(cfg, index)
+        decoded_cache(cfg, index)
 
 
 def test_no_room_on_disk(data_copy, tmp_path, monkeypatch, caplog):

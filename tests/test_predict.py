@@ -124,7 +124,7 @@ def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path
 
 
 def test_bad_predict_settings_are_named(trained, tmp_path):
-    tmp, _, run_id, _ = trained
+    tmp, _, run_id, images = trained
     with pytest.raises(ConfigError, match="exactly one of run="):
         _cfg(tmp, input="x")
     with pytest.raises(ConfigError, match="threshold"):
@@ -132,7 +132,7 @@ def test_bad_predict_settings_are_named(trained, tmp_path):
     with pytest.raises(ConfigError, match="no files found"):
         predict(_cfg(tmp, run=run_id, input=str(tmp_path / "empty*")), tmp_path / "o")
     with pytest.raises(ConfigError, match="cannot read artifact"):
-        predict(_cfg(tmp, run="0123456789abcdef", input=str(tmp_path)), tmp_path / "o")
+        predict(_cfg(tmp, run="0123456789abcdef", input=str(images)), tmp_path / "o")
 
 
 @pytest.mark.slow
@@ -146,3 +146,32 @@ def test_predict_command(trained, new_images, tmp_path):
     logs = done.stdout + done.stderr
     assert "skipped broken.jpg" in logs and "skipped notes.jpg" in logs
     assert len(pd.read_csv(tmp_path / "cli" / "predictions.csv")) == 4
+
+
+def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_thresholds(trained):
+    """The checkpoint alone is enough: its recorded preprocessing, its tuned thresholds, and the same probabilities
+    whether images come one batch in memory (the pyfunc model) or through DataLoader workers (predict)."""
+    from mlabel_exp.data import load_image
+    from mlabel_exp.predictor import Predictor, load_checkpoint
+
+    tmp, _, _, images = trained
+    ckpt = load_checkpoint(tmp / "out" / "checkpoints" / "best.pt")
+    predictor = Predictor.from_checkpoint(ckpt)
+    assert predictor.preprocessing == {"decode_size": 32, "input_size": 32, "mean": ckpt["config"]["model"]["mean"],
+                                       "std": ckpt["config"]["model"]["std"]}
+    saved = json.loads((tmp / "out" / "thresholds.json").read_text())
+    assert predictor.thresholds.tolist() == pytest.approx(saved["per_class"]) and predictor.classes == saved["classes"]
+    paths = [images / f"im{i}.jpg" for i in (1, 2, 3)]
+    files, probs, skipped = predictor.predict_files(paths, batch_size=2, num_workers=0)
+    in_memory = predictor.predict_images([load_image(p) for p in paths])
+    assert files == ["im1.jpg", "im2.jpg", "im3.jpg"] and not skipped
+    np.testing.assert_allclose(in_memory, probs, atol=1e-6)
+
+
+def test_a_corrupt_checkpoint_is_named(tmp_path):
+    from mlabel_exp.predictor import load_checkpoint
+
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(ConfigError, match=r"best\.pt cannot be read as a checkpoint.*corrupt"):
+        load_checkpoint(bad)

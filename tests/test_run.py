@@ -91,7 +91,7 @@ def test_stop_request_marks_the_run_killed_and_exits_non_zero(tmp_path, monkeypa
 
     def stop_in_epoch_2(self, loader, epoch):
         if epoch == 2:
-            self.stop_event.set()
+            self.callbacks.stop.set()  # as SIGINT would
         return real(self, loader, epoch)
 
     monkeypatch.setattr(engine.Trainer, "train_epoch", stop_in_epoch_2)

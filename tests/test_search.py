@@ -15,7 +15,8 @@ from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 def _cfg(tmp_path, n_trials):
     return compose_cfg(*tiny_overrides(tmp_path, "trainer.epochs=3", f"search.n_trials={n_trials}",
                                        f"search.storage=sqlite:///{tmp_path / 'optuna.db'}",
-                                       "search.pruner_startup_trials=1", "search.pruner_warmup_epochs=0"))
+                                       "search.pruner_startup_trials=1", "search.pruner_warmup_epochs=0"),
+                       command="search")
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""Config -> training objects: the decoded-image cache decision, data loaders, optimizer and LR schedule.
+
+The one place where settings become objects, so that ``run.train`` only wires them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from . import distributed
+from .config import OPTIMIZERS, Config, SchedulerConfig, one_of, resolve_path
+
+log = logging.getLogger(__name__)
+
+
+def decoded_cache(cfg: Config, index):
+    """The decoded-image cache for this run (data.decoded_cache), or None: images are then decoded every epoch."""
+    from . import image_cache
+    from .data import DataError, default_workers
+
+    d = cfg.data
+    size = d.decoded_cache_size or cfg.model.input_size
+    if d.decoded_cache == "off":
+        return None
+    if d.decoded_cache == "auto":
+        pays, why = image_cache.pays_off(len(index), size, cfg.trainer.epochs, d.cache_dir)
+        log.info("data.decoded_cache=auto: %s (%s)", "on" if pays else "off", why)
+        if not pays:
+            return None
+    cache = image_cache.open_or_build(index, size, resolve_path(d.cache_dir), threads=default_workers(-1),
+                                      required=d.decoded_cache == "on")
+    if cache is not None and cache.bad and d.on_bad_image == "error":
+        row, error = next(iter(sorted(cache.bad.items())))
+        raise DataError(f"{index.paths([row])[0]}: unreadable image ({error}); replace or remove the file, or set "
+                        f"data.on_bad_image=skip ({len(cache.bad)} unreadable image(s) in all)")
+    return cache
+
+
+def loaders(cfg: Config, index, split, cuda: bool):
+    """Train loader (shuffled by seed and epoch) and validation loader (in split order) of uint8 images, the
+    BatchTransform that finishes them on the device, the worker count and the cache (or None)."""
+    from . import data as D
+
+    m, d, aug = cfg.model, cfg.data, cfg.data.augment
+    cache = decoded_cache(cfg, index)
+    crop = aug.random_resized_crop
+    workers = D.default_workers(d.num_workers, cached=cache is not None, cuda=cuda)
+    val_rows = split["val"][distributed.rank()::distributed.world_size()]  # each image once, no padding
+    if cache is not None:
+        from torchvision.transforms import v2
+
+        crop_tf = v2.RandomResizedCrop(m.input_size, scale=(aug.crop_scale_min, 1.0), antialias=True) if crop else None
+        train_set = D.CachedImages.from_index(cache, index, split["train"], crop_tf)
+        val_set = D.CachedImages.from_index(cache, index, val_rows)
+    else:
+        train_tf = D.image_steps(m.input_size, train=True, random_resized_crop=crop, crop_scale_min=aug.crop_scale_min)
+        train_set = D.MultiLabelImages.from_index(index, split["train"], train_tf, d.on_bad_image)
+        val_set = D.MultiLabelImages.from_index(index, val_rows, D.image_steps(m.input_size), d.on_bad_image)
+    sampler = None
+    if distributed.active():  # each rank its share of every epoch
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
+    batch = cfg.trainer.batch_size
+    train = D.make_loader(train_set, batch, shuffle=True, num_workers=workers, seed=cfg.seed, pin_memory=cuda,
+                          sampler=sampler, persistent=not crop)  # a random crop draws in the workers: reseeded per epoch
+    val = D.make_loader(val_set, batch, shuffle=False, num_workers=workers, pin_memory=cuda, persistent=True)
+    return train, val, D.BatchTransform(m.input_size, m.mean, m.std, hflip=aug.hflip, seed=cfg.seed), workers, cache
+
+
+def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,
+                    momentum: float = 0.9, nesterov: bool = False, betas=(0.9, 0.999), fused: bool = False):
+    """``fused`` (CUDA parameters only): Adam/AdamW update every parameter in one kernel, not a few per tensor."""
+    import torch
+
+    extra = {"fused": True} if fused else {}
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **extra)
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **extra)
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                               nesterov=nesterov and momentum > 0)
+    raise ValueError(f"optimizer.name={name!r}: expected {one_of(OPTIMIZERS)}")
+
+
+def optimizer(cfg: Config, model, cuda: bool = False):
+    """All parameters in two groups (new head at optimizer.lr, backbone scaled), frozen ones included so
+    that unfreezing later needs no new optimizer (parameters without gradients are skipped). On CUDA (the model
+    already there) Adam/AdamW run fused: +6% images/s for resnet50 on an H200 (benchmarks/bench_gpu.py)."""
+    from . import models
+
+    o = cfg.optimizer
+    head = models.head_parameter_names(model, cfg.model.name)
+    groups = [{"params": [p for n, p in model.named_parameters() if n in head], "lr": o.lr},
+              {"params": [p for n, p in model.named_parameters() if n not in head], "lr": o.lr * o.backbone_lr_scale}]
+    return build_optimizer(o.name, [g for g in groups if g["params"]], o.lr, cfg.weight_decay,
+                           o.momentum, o.nesterov, o.betas, fused=cuda)
+
+
+def build_scheduler(cfg: SchedulerConfig, optimizer, epochs: int, steps_per_epoch: int):
+    """A per-step LR schedule: none, cosine or step, with optional linear warm-up; or one-cycle."""
+    import torch
+
+    total = max(1, epochs * steps_per_epoch)
+    if cfg.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        if cfg.name == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return cfg.min_lr_scale + (1 - cfg.min_lr_scale) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if cfg.name == "step":
+            return cfg.gamma ** (step // steps_per_epoch // cfg.step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class RunCallbacks:
+    """The engine's Callbacks (engine.Callbacks) for a training run: the unfreezing schedule, reporting each epoch
+    to the tracker and then to ``on_epoch`` (a search prunes there), and stopping on a StopRequest."""
+
+    def __init__(self, cfg: Config, model, tracker, stop, on_epoch=None):
+        from . import models
+
+        m, t = cfg.model, cfg.trainer
+        self.model, self.tracker, self.stop, self.on_epoch = model, tracker, stop, on_epoch
+        self.name, self.unfreeze_at = m.name, t.unfreeze_at_epoch
+        self.final = m.trainable if isinstance(m.trainable, str) else list(m.trainable)
+        self.trainable = models.set_trainable(model, m.name, "head" if self.unfreeze_at else self.final)
+        self.frozen_count = self.trainable
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        from . import models
+
+        if self.unfreeze_at and epoch > self.unfreeze_at and self.trainable == self.frozen_count:  # also on resume
+            self.trainable = models.set_trainable(self.model, self.name, self.final)
+            log.info("epoch %d: unfreezing model.trainable=%s (%d trainable parameters)", epoch, self.final,
+                     self.trainable)
+        return {"trainable_params": float(self.trainable)}
+
+    def on_train_mode(self, model) -> None:
+        from .models import keep_frozen_bn_in_eval
+
+        keep_frozen_bn_in_eval(model)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(metrics, step=epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, metrics)
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()

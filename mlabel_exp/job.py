@@ -1,0 +1,141 @@
+"""The Hydra job a run lives in: its output folder, its name and sweep, stop requests, and the end of a sweep.
+
+Everything here reads Hydra's runtime state (when there is one) so that the training code does not have to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from .config import Config, project_root, resolve_path
+
+log = logging.getLogger(__name__)
+
+FAILED_JOBS_FILE = "failed_jobs.jsonl"
+
+
+def hydra_config():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def sweep_dir() -> Path | None:
+    """The folder of the ``-m`` sweep this job belongs to; None outside a sweep."""
+    from hydra.types import RunMode
+
+    hc = hydra_config()
+    return Path(hc.sweep.dir) if hc is not None and hc.mode == RunMode.MULTIRUN else None
+
+
+def output_dir_of_job() -> Path:
+    """Hydra's job folder, or a fresh outputs/<time> folder when called without Hydra."""
+    hc = hydra_config()
+    if hc is not None:
+        return Path(hc.runtime.output_dir)
+    return project_root() / "outputs" / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def output_dir(cfg: Config) -> Path:
+    """trainer.output_dir, else the job's folder."""
+    return resolve_path(cfg.trainer.output_dir) if cfg.trainer.output_dir else output_dir_of_job()
+
+
+def sweep_id_of(folder: str | Path) -> str:
+    """A sweep's id: its output folder, which Hydra makes unique per `-m` invocation."""
+    return str(Path(folder).resolve()).replace("/", "_").strip("_")
+
+
+def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """Run name (model + overrides) and the tags that place a run in its sweep (or the given ``group``)."""
+    hc = hydra_config()
+    overrides = list(hc.overrides.task) if hc is not None else []
+    group = dict(group or {})
+    overrides += [o for o in group.pop("overrides", "").split() if o]
+    shown = [o for o in overrides if not o.startswith(("model=", "tracking.", "hydra"))]
+    name = cfg.tracking.run_name or " ".join([cfg.model.name, *shown])
+    tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}
+    sweep = sweep_dir()
+    if sweep is not None:
+        tags.update(sweep_id=sweep_id_of(sweep), sweep_dir=str(sweep), job_num=str(hc.job.num))
+    return name, {**tags, **group}
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM (or by code): training stops at the next step boundary. ``signum`` says which signal
+    asked, for the exit status (128 + signal)."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.signum: int = signal.SIGINT
+
+    def set(self, signum: int = signal.SIGINT) -> None:
+        self.signum = signum
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+@contextmanager
+def stop_on_signals(stop: StopRequest):
+    """SIGINT/SIGTERM ask training to stop at the next step boundary; a second Ctrl-C aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set(signum)
+        log.warning("%s received: stopping at the next step and writing a checkpoint "
+                    "(Ctrl-C again to abort now)", signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def record_failed_job(error: BaseException) -> None:
+    """One line per failed sweep job in the sweep folder, for SweepSummary (appends of one line do not interleave)."""
+    hc, folder = hydra_config(), sweep_dir()
+    log.exception("job %s (%s) failed; the sweep continues", hc.job.num, " ".join(hc.overrides.task))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / FAILED_JOBS_FILE, "a") as fh:
+        fh.write(json.dumps({"job": hc.job.num, "overrides": " ".join(hc.overrides.task),
+                             "error": f"{type(error).__name__}: {error}"[:500]}) + "\n")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a sweep, name the failed jobs and exit non-zero if there were any."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE
+        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
+        summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
+        if config.tracking.enabled:
+            from . import tracking
+
+            try:
+                tracking.end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+                                          "FAILED" if failed else "FINISHED", summary)
+            except Exception as e:  # the jobs' own runs are complete either way
+                log.warning("could not close the sweep's parent run: %s", e)
+        if failed:
+            log.error(summary)
+            raise SystemExit(1)

@@ -1,0 +1,119 @@
+"""The one inference path: a model, the run's preprocessing, its thresholds, a device and an autocast dtype.
+
+Validation during training, the predict command and the MLflow pyfunc model all turn images into
+probabilities through ``Predictor.logits``, so the three cannot drift apart. A checkpoint records the
+preprocessing it was trained with; ``Predictor.from_checkpoint`` replays it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import BatchTransform, image_steps
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A mlabel-exp checkpoint, loaded without unpickling code; a missing, corrupt or foreign file is named."""
+    from .config import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"checkpoint={str(path)!r}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); it may be "
+                          "truncated or corrupt: use another checkpoint (best.pt or last.pt of the run)") from e
+    for key in ("model", "classes", "config"):
+        if key not in ckpt:
+            raise ConfigError(f"{path} is not a mlabel-exp checkpoint: it has no {key!r} entry")
+    return ckpt
+
+
+def preprocessing_of(model_cfg, decode_size: int | None = None) -> dict:
+    """What a checkpoint records of the input pipeline: the size images are decoded to (a decoded cache may keep
+    them smaller), then the model's input size and normalisation, applied on whole batches."""
+    return {"decode_size": int(decode_size or model_cfg.input_size), "input_size": int(model_cfg.input_size),
+            "mean": [float(v) for v in model_cfg.mean], "std": [float(v) for v in model_cfg.std]}
+
+
+def split_outputs(out):
+    """(main logits, aux logits or None): inception returns both in train mode."""
+    if isinstance(out, tuple):
+        return out[0], (out[1] if len(out) > 1 else None)
+    return out, None
+
+
+class Predictor:
+    """uint8 image batches -> float32 logits / probabilities, exactly as the run validated."""
+
+    def __init__(self, model: torch.nn.Module, preprocessing: dict, classes: list[str], *,
+                 thresholds: Sequence[float] | None = None, device: torch.device = torch.device("cpu"),
+                 amp_dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 transform: BatchTransform | None = None):
+        """``transform``: the training run's own BatchTransform (it also flips in training); else one is made
+        from ``preprocessing``."""
+        p = preprocessing
+        self.model, self.preprocessing, self.classes, self.device = model, p, list(classes), device
+        self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float64)
+        self.transform = transform or BatchTransform(p["input_size"], p["mean"], p["std"])
+        self.image_steps = image_steps(p["decode_size"]) if p else None  # per image, in DataLoader workers
+        self.autocast = amp_dtype != torch.float32 and device.type == "cuda"
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, device: torch.device = torch.device("cpu")) -> "Predictor":
+        """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds; on CUDA the
+        autocast dtype the run validated in (the thresholds were tuned on those probabilities)."""
+        from .models import build_model
+
+        m = ckpt["config"]["model"]
+        model = build_model(m["name"], len(ckpt["classes"]), hidden=m.get("hidden", 0),
+                            aux_logits=m.get("aux_logits", True), input_size=m["input_size"])
+        model.load_state_dict(ckpt["model"])
+        preprocessing = ckpt.get("preprocessing") or {"decode_size": m["input_size"], "input_size": m["input_size"],
+                                                       "mean": m["mean"], "std": m["std"]}
+        thresholds = (ckpt.get("thresholds") or {}).get("per_class")
+        return cls(model.eval().to(device), preprocessing, ckpt["classes"], thresholds=thresholds, device=device,
+                   amp_dtype=getattr(torch, ckpt.get("amp_dtype", "float32")))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 logits (on the device) of a uint8 batch from ``image_steps``; the model's mode is the caller's."""
+        x = self.transform(images.to(self.device, non_blocking=True), train=False)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
+            main, _ = split_outputs(self.model(x))
+        return main.float()
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(images)).cpu()
+
+    def predict_images(self, images) -> np.ndarray:
+        """Probabilities (N x classes) of decoded RGB PIL images, one batch."""
+        return self.probabilities(torch.stack([self.image_steps(im) for im in images])).numpy()
+
+    def predict_files(self, paths: list[Path], batch_size: int, num_workers: int):
+        """(file names, probabilities, {unreadable file: error}) of image files, decoded in DataLoader workers."""
+        from tqdm.auto import tqdm
+
+        from .data import MultiLabelImages, make_loader
+
+        dataset = MultiLabelImages(paths, None, self.image_steps, on_bad_image="skip")
+        loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers,
+                             pin_memory=self.device.type == "cuda")
+        files, probs, skipped = [], [], {}
+        for batch in tqdm(loader, desc="predict", unit="batch", disable=None):
+            skipped.update(dict(batch["bad"]))
+            if batch["image"] is not None:
+                probs.append(self.probabilities(batch["image"]))
+                files += batch["name"]
+        p = torch.cat(probs).numpy() if probs else np.zeros((0, len(self.classes)), dtype=np.float32)
+        return files, p, skipped

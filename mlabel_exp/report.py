@@ -1,0 +1,153 @@
+"""What a run records: its settings and inputs at the start, its results, figures, predictions and data problems
+at the end, and the prediction files (also written by the predict command). Calls tracking and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import Config
+from .fsutil import write_atomic
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ start of a run
+
+def run_params(cfg: DictConfig, typed: Config, facts: dict) -> dict:
+    """Every setting of the composed config, the regularisation values in effect and ``facts`` of this run."""
+    from .tracking import flatten
+
+    params = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items() if not k.startswith("presets.")}
+    return {**params, "dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay, **facts}
+
+
+def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, tags: dict, resume_id: str | None):
+    """Continue the resumed run, or start one (a child of its sweep's parent) with what defines it."""
+    if resume_id:
+        tracker.attach(resume_id)
+        return
+    run_name, run_tags = identity
+    if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
+        run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"])
+    tracker.start(run_name, {**run_tags, **tags, "output_dir": str(out)}, params)
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")  # at the start: a killed run has it too
+    tracker.log_text(json.dumps(classes, indent=1), "classes.json")
+    tracker.log_artifact(out / "split.json")
+    if (out / ".hydra").is_dir():
+        tracker.log_artifacts(out / ".hydra", "hydra")
+
+
+# ------------------------------------------------------------------ end of a run
+
+def log_results(tracker, cfg: Config, out: Path, classes: list[str], result) -> None:
+    """Curves, tuned thresholds, per-class table and figures, validation predictions, the best checkpoint and model."""
+    from . import plots
+
+    fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}")
+    fig.savefig(out / "curves.png", dpi=100)
+    tracker.log_figure(fig, "curves.png")
+    if result.best_probs is None:
+        return
+    tuned = _log_thresholds(tracker, cfg, out, classes, result)
+    for path in write_predictions(out / "predictions", "val", result.best_names, result.best_probs, classes,
+                                  tuned.numpy(), targets=result.best_targets):
+        tracker.log_artifact(path, "predictions")
+    best = result.checkpoints.get("best")
+    if best is not None:
+        if cfg.tracking.log_checkpoint:
+            tracker.log_artifact(best, "checkpoints")
+        if cfg.tracking.log_model:
+            tracker.log_model(best, classes, cfg.model.input_size)
+
+
+def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result):
+    """thresholds.json (tuned on the best epoch, also in best.pt), metrics at them, the per-class table and figures."""
+    import torch
+
+    from . import metrics as M
+    from . import plots
+
+    probs, targets, thresholds = result.best_probs, result.best_targets, result.thresholds
+    tuned = torch.tensor(thresholds["per_class"])
+    write_atomic(out / "thresholds.json", json.dumps({"classes": classes, **thresholds}, indent=1))
+    tracker.log_artifact(out / "thresholds.json")
+    scores = M.compute(probs, targets, tuned, classes)
+    tracker.log_metrics({f"tuned/{k}": v for k, v in scores.items() if k != "mAP"}
+                        | {"tuned/global_threshold": thresholds["global"]}, step=result.best_epoch)
+    table = M.per_class_table(probs, targets, classes, tuned)
+    table.insert(4, "F1@0.5", M.per_class_table(probs, targets, classes)["F1"])
+    write_atomic(out / "per_class.csv", table.to_csv(index=False, float_format="%.4f"))
+    tracker.log_artifact(out / "per_class.csv")
+    tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
+                       "per_class_ap.png")
+    tracker.log_figure(plots.pr_curves(probs, targets, classes), "pr_curves.png")
+    return tuned
+
+
+def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:
+    """Counts of used and skipped images as metrics; the index problems and the skipped files as artifacts."""
+    tracker.log_metrics({"data/skipped_images": len(bad_images), "data/used_images": len(index) - len(bad_images),
+                         "data/index_problems": len(index.problems)}, step=0)
+    if bad_images or index.problems:
+        write_atomic(out / "data_problems.json", json.dumps(
+            {"index_problems": index.problems, "skipped_images": bad_images}, indent=1))
+        tracker.log_artifact(out / "data_problems.json")
+        log.warning("%d image(s) skipped as unreadable, %d index problem(s): see data_problems.json",
+                    len(bad_images), len(index.problems))
+
+
+def finish(tracker, result) -> None:
+    tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
+    tracker.log_metrics({"best/val_mAP": result.best_score, "best/epoch": result.best_epoch}, step=result.best_epoch)
+    tracker.end("FINISHED")
+
+
+# ------------------------------------------------------------------ prediction files
+
+def label_names(row, classes) -> list[str]:
+    return [c for c, on in zip(classes, row) if on]
+
+
+def write_predictions(folder: Path, stem: str, files: list[str], probs, classes: list[str], thresholds=0.5,
+                      targets=None) -> list[Path]:
+    """``<stem>.csv`` and ``<stem>.json`` keyed by file: a probability per class and the labels at ``thresholds``
+    (one number or one per class); with ``targets`` also the true labels."""
+    import numpy as np
+    import pandas as pd
+
+    p = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)
+    t = np.asarray(thresholds, dtype=np.float64)
+    predicted = p >= t
+    frame = pd.DataFrame(p, columns=classes)
+    frame.insert(0, "file", files)
+    frame["labels"] = [" ".join(label_names(row, classes)) for row in predicted]
+    records = {f: {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, row)},
+                   "labels": label_names(hit, classes)} for f, row, hit in zip(files, p, predicted)}
+    if targets is not None:
+        true = np.asarray(targets) > 0.5
+        frame["true_labels"] = [" ".join(label_names(row, classes)) for row in true]
+        for f, row in zip(files, true):
+            records[f]["true_labels"] = label_names(row, classes)
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    write_atomic(csv_path, frame.to_csv(index=False, float_format="%.6f"))
+    payload = {"classes": classes, "thresholds": dict(zip(classes, np.broadcast_to(t, len(classes)).tolist())),
+               "predictions": records}
+    write_atomic(json_path, json.dumps(payload, indent=1))
+    return [csv_path, json_path]
+
+
+def write_submission(path: Path, files: list[str], probs, classes: list[str], thresholds=0.5) -> Path:
+    """One row per image, 0/1 columns in alphabetical class order (the original course's format)."""
+    import numpy as np
+    import pandas as pd
+
+    order = sorted(range(len(classes)), key=lambda i: classes[i])
+    hits = (np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)).astype(int)[:, order]
+    frame = pd.DataFrame(hits, columns=[classes[i] for i in order])
+    frame.insert(0, "image", files)
+    write_atomic(path, frame.to_csv(index=False))
+    return path
