@@ -100,6 +100,7 @@ class SyntheticConfig:
         _fraction("data.synthetic.unlabeled_fraction", self.unlabeled_fraction)
         _fraction("data.synthetic.grayscale_fraction", self.grayscale_fraction, upper_open=False)
         _check(self.max_objects >= 1, "data.synthetic.max_objects", self.max_objects, "an integer >= 1")
+        _check(self.seed >= 0, "data.synthetic.seed", self.seed, "an integer >= 0")
 
 
 @dataclass
@@ -137,6 +138,7 @@ class DataConfig:
         _check(self.decoded_cache_size >= 0, "data.decoded_cache_size", self.decoded_cache_size,
                "0 (the model's input size) or a side in pixels")
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
+        _check(self.split_seed >= 0, "data.split_seed", self.split_seed, "an integer >= 0")
 
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -316,6 +318,7 @@ class Config:
     resume: Optional[str] = None         # an MLflow run id, or "latest" (the newest unfinished run): continue it
 
     def __post_init__(self):
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         # Resolved to floats here: the composed config keeps what the user typed (e.g. "heavy").
         self.dropout = _regularisation("dropout", self.dropout, self.presets.dropout, self.model.dropout)
         _fraction("dropout", self.dropout)
@@ -359,8 +362,31 @@ def register(schema: type = Config) -> None:
     ConfigStore.instance().store(name="config_schema", node=schema)
 
 
-def validate(cfg: DictConfig) -> Config:
-    """Typed, range-checked view of a composed config; raises ConfigError naming the setting."""
+def _unknown_keys(node, schema: type, prefix: str = "") -> list[str]:
+    """Keys of ``node`` that ``schema`` (a dataclass) does not have, each with the closest valid name."""
+    import dataclasses
+    import difflib
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    problems = []
+    for key in node.keys():
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
+            problems.append(f"{prefix}{key} is not a setting ({hint})")
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+            problems += _unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return problems
+
+
+def validate(cfg: DictConfig, schema: type = Config) -> Config:
+    """Typed, range-checked view of a composed config; raises ConfigError naming the setting (and, for a misspelt
+    key, the closest valid one)."""
+    unknown = _unknown_keys(cfg, SearchJobConfig if "search" in cfg else schema)
+    if unknown:
+        raise ConfigError("; ".join(unknown))
     try:
         return OmegaConf.to_object(cfg)  # builds the dataclasses, which runs every __post_init__
     except ConfigError:

@@ -161,18 +161,27 @@ def save_split(path: str | Path, index: DatasetIndex, split: dict[str, np.ndarra
     write_atomic(Path(path), json.dumps(payload, indent=1))
 
 
-def load_split(path: str | Path, index: DatasetIndex) -> dict[str, np.ndarray]:
+def load_split(path: str | Path, index: DatasetIndex, exact: bool = False) -> dict[str, np.ndarray]:
+    """The split saved at ``path``, as rows of ``index``. Files of the split missing from the data set are an error;
+    with ``exact`` (a resumed run), so are images of the data set that the split does not hold."""
     payload = json.loads(Path(path).read_text())
     row_of = {f: r for r, f in enumerate(index.files)}
-    split = {}
+    fix = ("a resumed run must see the data it started with: restore the data root, or start a new run" if exact
+           else "delete the split file or point data.split_file elsewhere")
+    split, listed = {}, set()
     for part, files in payload.items():
         if part == "meta":
             continue
         unknown = [f for f in files if f not in row_of]
         if unknown:
             raise DataError(f"split file {path}: {len(unknown)} file(s) of {part!r} are not in the data set "
-                            f"(e.g. {unknown[:3]}); delete the split file or point data.split_file elsewhere")
+                            f"{index.root} any more (e.g. {unknown[:3]}); {fix}")
         split[part] = np.array(sorted(row_of[f] for f in files), dtype=np.int64)
+        listed.update(files)
+    added = [f for f in index.files if f not in listed]
+    if exact and added:
+        raise DataError(f"split file {path}: {len(added)} image(s) were added to {index.root} since the run started "
+                        f"(e.g. {added[:3]}; {len(listed)} in the split); {fix}")
     return split
 
 
@@ -184,12 +193,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16"):
-            arr = arr / 257.0
-        elif img.mode == "F" and arr.size and arr.max() <= 1.0:
+        if img.mode != "F":  # by the bit depth, never by the image's own maximum: one value, one grey everywhere
+            arr = arr / 257.0  # 16-bit samples (Pillow opens 16-bit PNG and TIFF as I;16 or I) to 8 bits
+        elif arr.size and arr.max() <= 1.0:
             arr = arr * 255.0
-        elif arr.size and arr.max() > 255:
-            arr = arr / 257.0
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
@@ -419,18 +426,30 @@ def index_from_config(data_cfg) -> DatasetIndex:
                        skip_bad_lines=data_cfg.on_bad_annotation == "skip")
 
 
-def split_from_config(index: DatasetIndex, data_cfg) -> dict[str, np.ndarray]:
-    """The configured split: read from ``data.split_file`` when it exists, else computed (and saved there)."""
+def split_from_config(index: DatasetIndex, data_cfg, exact: bool = False) -> dict[str, np.ndarray]:
+    """The configured split: read from ``data.split_file`` when it exists (``exact``: it must cover the data set),
+    else computed (and saved there)."""
     from .config import resolve_path
 
     path = resolve_path(data_cfg.split_file) if data_cfg.split_file else None
     if path is not None and path.exists():
-        return load_split(path, index)
+        return load_split(path, index, exact)
     split = make_split(index.labels, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.split_seed)
     if path is not None:
         save_split(path, index, split, seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction,
                    test_fraction=data_cfg.test_fraction)
     return split
+
+
+def check_validation_images(index: DatasetIndex, split: dict, cache=None) -> None:
+    """Before training: a validation set with no image (or, known from the decoded cache, no readable image) would
+    give no score at all."""
+    rows = split["val"]
+    unreadable = sum(int(r) in cache.bad for r in rows) if cache is not None else 0
+    if len(rows) == unreadable:
+        why = f"all {len(rows)} validation images are unreadable" if len(rows) else "the validation split is empty"
+        raise DataError(f"{index.root}: {why}, so no epoch could be scored; add readable images or raise "
+                        f"data.val_fraction (now {len(rows)} of {len(index)} images)")
 
 
 def default_workers(requested: int, cached: bool = False, cuda: bool = False) -> int:

@@ -270,12 +270,17 @@ class Trainer:
             targets.append(y)
         p = torch.cat(probs).cpu() if probs else torch.zeros(0, len(self.classes))
         t = torch.cat(targets).cpu() if targets else torch.zeros(0, len(self.classes))
+        loss = float(loss_sum)
         if distributed.active():  # every rank holds a disjoint share of the validation images
-            parts = distributed.gather((p, t, float(loss_sum), names))
+            parts = distributed.gather((p, t, loss, names))
             p, t = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
-            names = [n for q in parts for n in q[3]]
-            return p, t, sum(q[2] for q in parts) / max(len(p), 1), names
-        return p, t, float(loss_sum) / max(len(p), 1), names
+            names, loss = [n for q in parts for n in q[3]], sum(q[2] for q in parts)
+        if len(p) == 0:
+            from .data import DataError
+
+            raise DataError(f"no readable image among the {len(self.bad_images)} unreadable validation/test images "
+                            f"(e.g. {sorted(self.bad_images)[:3]}): replace them, or raise data.val_fraction")
+        return p, t, loss / len(p), names
 
     # -------------------------------------------------------------- loop
     def _end_epoch(self, epoch: int, row: dict[str, float], probs, targets, names) -> bool:

@@ -49,6 +49,40 @@ def file_lock(path: Path):
         yield
 
 
+class Busy(Exception):
+    """Another live process holds the lock."""
+
+
+@contextmanager
+def exclusive(path: Path):
+    """Hold the lock on ``path`` while the block runs, or raise Busy at once if a live process holds it. The OS
+    releases it when its holder dies, so a held lock means a live holder."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise Busy(str(path)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_held(path: Path) -> bool:
+    """True while a live process holds the lock on ``path`` (see ``exclusive``)."""
+    if not Path(path).exists():
+        return False
+    try:
+        with exclusive(path):
+            return False
+    except Busy:
+        return True
+
+
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """The one seed of (run seed, epoch, rank): shuffling, worker augmentation and flips of an epoch depend on
     nothing else, so a resumed run draws what an uninterrupted one would."""

@@ -31,11 +31,13 @@ DISK_MARGIN = 1 << 30  # free disk left over after a cache is written, bytes
 
 
 def fingerprint(index: DatasetIndex, size: int) -> str:
-    """A key that changes when any image file (name, size, modification time) or the decode size changes."""
-    h = hashlib.sha256(f"v{VERSION} size={size} n={len(index)}\n".encode())
+    """A key that tells different files apart and changes when any of them changes: the resolved data root, and per
+    image its name, size, modification and change times and inode (a copy that keeps names, sizes and times, as
+    ``cp -p`` or ``rsync -a`` make, still has other inodes and change times), plus the decode size."""
+    h = hashlib.sha256(f"v{VERSION} size={size} n={len(index)} root={Path(index.root).resolve()}\n".encode())
     for path in index.paths():
         st = path.stat()
-        h.update(f"{path.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+        h.update(f"{path.name} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_dev}:{st.st_ino}\n".encode())
     return h.hexdigest()[:24]
 
 
@@ -78,7 +80,9 @@ def open_or_build(index: DatasetIndex, size: int, cache_dir: str | Path, *, thre
                         "to a writable folder, or data.decoded_cache=off") from e
     with file_lock(folder / f".{key}.lock"):
         if final.is_file() and meta_path.is_file():
-            return _opened(final, meta_path, size)
+            if json.loads(meta_path.read_text()).get("root") == str(Path(index.root).resolve()):
+                return _opened(final, meta_path, size)
+            log.warning("decoded cache %s was built from another data root: rebuilding it", final)
         need, free = nbytes(len(index), size), shutil.disk_usage(folder).free
         if need + DISK_MARGIN > free:
             msg = (f"the decoded-image cache needs {need / 2**30:.2f} GiB (+1 GiB margin) in {folder}, which has "
@@ -97,7 +101,7 @@ def open_or_build(index: DatasetIndex, size: int, cache_dir: str | Path, *, thre
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        write_atomic(meta_path, json.dumps({"version": VERSION, "size": size, "root": str(index.root),
+        write_atomic(meta_path, json.dumps({"version": VERSION, "size": size, "root": str(Path(index.root).resolve()),
                                             "images": len(index), "bad": {str(r): e for r, e in bad.items()}}))
         return _opened(final, meta_path, size)
 

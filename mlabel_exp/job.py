@@ -16,17 +16,25 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .config import Config, project_root, resolve_path
+from .config import Config, ConfigError, project_root, resolve_path
+from .fsutil import Busy, exclusive
 
 log = logging.getLogger(__name__)
 
 FAILED_JOBS_FILE = "failed_jobs.jsonl"
+RUN_LOCK = ".run.lock"  # held by a training process in its output folder for as long as it runs
 
 
 def hydra_config():
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def task_overrides() -> list[str]:
+    """What the user typed on the command line (``key=value`` overrides); none without Hydra."""
+    hc = hydra_config()
+    return list(hc.overrides.task) if hc is not None else []
 
 
 def sweep_dir() -> Path | None:
@@ -50,6 +58,29 @@ def output_dir(cfg: Config) -> Path:
     return resolve_path(cfg.trainer.output_dir) if cfg.trainer.output_dir else output_dir_of_job()
 
 
+@contextmanager
+def output_folder(cfg: Config):
+    """The run's output folder, created and held (RUN_LOCK) while it runs: two live processes never write
+    one folder, and a live run is never resumed (resume.why_not). DDP ranks share their rank 0's folder and lock."""
+    from . import distributed
+
+    out = output_dir(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output folder {out} ({e.strerror}): set trainer.output_dir "
+                          "(or hydra.run.dir) to a writable location") from e
+    if not distributed.is_main():
+        yield out
+        return
+    try:
+        with exclusive(out / RUN_LOCK):
+            yield out
+    except Busy:
+        raise ConfigError(f"{out} is in use by another live run (it holds {out / RUN_LOCK}): give this run its own "
+                          "trainer.output_dir, or wait for that run to end") from None
+
+
 def sweep_id_of(folder: str | Path) -> str:
     """A sweep's id: its output folder, which Hydra makes unique per `-m` invocation."""
     return str(Path(folder).resolve()).replace("/", "_").strip("_")
@@ -58,7 +89,7 @@ def sweep_id_of(folder: str | Path) -> str:
 def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """Run name (model + overrides) and the tags that place a run in its sweep (or the given ``group``)."""
     hc = hydra_config()
-    overrides = list(hc.overrides.task) if hc is not None else []
+    overrides = task_overrides()
     group = dict(group or {})
     overrides += [o for o in group.pop("overrides", "").split() if o]
     shown = [o for o in overrides if not o.startswith(("model=", "tracking.", "hydra"))]

@@ -1,8 +1,8 @@
 """Validation metrics for multi-label outputs, on torchmetrics; the one place metric names are defined.
 
 Metrics are computed once per epoch from every validation probability and target (never averaged
-per batch). A class with no positive in validation has no defined AP: it is left out of mAP with a
-warning, and reported as 0 in per-class tables, so nothing NaN reaches the logs. Label-wise accuracy
+per batch). A class with no positive in validation has no defined AP, recall or F1: it is left out of mAP and of every
+macro average (precision, recall, F1, CP/CR/CF1) with a warning, so all averages cover the same classes. Label-wise accuracy
 is kept for comparison with the original project, but predicting "nothing" already scores ~93% on
 the real data: mAP and the F1 family are the numbers to read.
 """
@@ -66,10 +66,11 @@ def compute(probs: torch.Tensor, targets: torch.Tensor, thresholds: float | torc
     preds = binarize(probs, thresholds)  # int predictions: torchmetrics takes them as decisions
     kw = dict(num_labels=c)
     out = {"mAP": float(ap[defined].mean()) if bool(defined.any()) else 0.0}
-    for avg in ("micro", "macro"):
-        out[f"f1_{avg}"] = float(multilabel_f1_score(preds, targets, average=avg, **kw))
-        out[f"precision_{avg}"] = float(multilabel_precision(preds, targets, average=avg, **kw))
-        out[f"recall_{avg}"] = float(multilabel_recall(preds, targets, average=avg, **kw))
+    for name, fn in (("f1", multilabel_f1_score), ("precision", multilabel_precision), ("recall", multilabel_recall)):
+        out[f"{name}_micro"] = float(fn(preds, targets, average="micro", **kw))
+        # macro figures average over the classes mAP averages over: a class without positives has no recall/F1
+        per_class = fn(preds, targets, average="none", **kw)
+        out[f"{name}_macro"] = float(per_class[defined].mean()) if bool(defined.any()) else 0.0
     cp, cr = out["precision_macro"], out["recall_macro"]
     out.update({
         "CP": cp, "CR": cr, "CF1": 2 * cp * cr / (cp + cr) if cp + cr > 0 else 0.0,

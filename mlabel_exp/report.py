@@ -25,6 +25,19 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict) -> dict:
     return {**params, "dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay, **facts}
 
 
+def run_facts(index, split, *, weights: str, device, workers: int, cache) -> dict:
+    """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score."""
+    from . import distributed
+
+    without = [c for c, n in zip(index.classes, index.labels[split["val"]].sum(0)) if n == 0]
+    return {"model.weights_used": weights, "device": str(device), "data.root_resolved": str(index.root),
+            "data.num_images": len(index), "data.num_train": len(split["train"]), "data.num_val": len(split["val"]),
+            "data.num_test": len(split.get("test", ())), "data.num_workers_used": workers,
+            "data.decoded_cache_used": cache is not None, "world_size": distributed.world_size(),
+            # left out of mAP and of every macro average (no validation positive)
+            "metrics.classes_left_out": f"{len(without)}: {', '.join(without)}" if without else "0"}
+
+
 def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, tags: dict, resume_id: str | None):
     """Continue the resumed run, or start one (a child of its sweep's parent) with what defines it."""
     if resume_id:

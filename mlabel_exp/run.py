@@ -33,7 +33,7 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     typed = validate(cfg)  # every setting checked before any data is read
     resume = None
     if typed.resume:  # the interrupted run's own config, checked again
-        cfg, resume = resume_point(cfg)
+        cfg, resume = resume_point(cfg, job.task_overrides())
         typed = validate(cfg)
     if typed.trainer.devices > 1 and not distributed.launched_by_torchrun():
         if on_epoch is not None:
@@ -57,7 +57,7 @@ def _train_process(container: dict, identity, resume) -> float:
 
 
 def _prepare(typed: Config):
-    """Seeds, threads, the input-size check (before any data is read), the device, the tracker and output folder."""
+    """Seeds, threads, the input-size check (before any data is read), the device and the tracker."""
     import numpy as np
     import torch
 
@@ -73,27 +73,29 @@ def _prepare(typed: Config):
         device = distributed.setup(device.type)
     # an unwritable store fails here, before training; only rank 0 records anything
     tracker = tracking.open_tracker(typed.tracking) if distributed.is_main() else tracking.NullTracker()
-    out = job.output_dir(typed)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the output folder {out} ({e.strerror}): set trainer.output_dir "
-                          "(or hydra.run.dir) to a writable location") from e
-    return device, tracker, out
+    return device, tracker
 
 
 def _train(cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
+    device, tracker = _prepare(typed)
+    with job.output_folder(typed) as out:
+        return _train_in(out, device, tracker, cfg, typed, resume, on_epoch, identity)
+
+
+def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
     import torch
 
     from . import builders, engine, losses, models, report
     from . import data as D
     from .predictor import preprocessing_of
+    from .resume import check_classes
 
-    device, tracker, out = _prepare(typed)
     m, main_rank = typed.model, distributed.is_main()
     index = D.index_from_config(typed.data)
-    split = D.split_from_config(index, typed.data)
-    if main_rank:
+    split = D.split_from_config(index, typed.data, exact=resume is not None)
+    if resume:
+        check_classes(index.classes, resume["last"]["classes"])
+    elif main_rank:
         D.save_split(out / "split.json", index, split, seed=typed.data.split_seed)
     net = models.build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
                              aux_logits=m.aux_logits, input_size=m.input_size)
@@ -104,11 +106,9 @@ def _train(cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
     model = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
     train_loader, val_loader, batch_transform, workers, cache = builders.loaders(typed, index, split, device.type == "cuda")
+    D.check_validation_images(index, split, cache)
     weights = models.weights_description(m.name, m.weights)
-    facts = {"model.weights_used": weights, "device": str(device), "data.root_resolved": str(index.root),
-             "data.num_images": len(index), "data.num_train": len(split["train"]), "data.num_val": len(split["val"]),
-             "data.num_workers_used": workers, "data.decoded_cache_used": cache is not None,
-             "world_size": distributed.world_size()}
+    facts = report.run_facts(index, split, weights=weights, device=device, workers=workers, cache=cache)
     report.start(tracker, cfg, identity, out, index.classes, report.run_params(cfg, typed, facts), {"weights": weights},
                  resume and resume["run_id"])
     log.info("training %s on %s: %d train / %d val images, %d classes, %d trainable parameters; outputs in %s",

@@ -133,15 +133,21 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         log.info("MLflow run %s resumed at %s", run_id, self.uri)
 
-    def find_resumable(self, run_id: str) -> tuple[str, dict[str, str]]:
-        """(run id, tags) of ``run_id``, or of the newest unfinished run when it is 'latest'."""
+    def find_resumable(self, run_id: str, why_not=lambda tags, latest: None) -> tuple[str, dict[str, str]]:
+        """(run id, tags) of ``run_id``, or of the newest unfinished run when it is 'latest'; ``why_not(tags, latest)``
+        names a reason to pass a run over (None: usable)."""
         if run_id == "latest":
             runs = self.client.search_runs([self.experiment_id], "attributes.status != 'FINISHED'",
-                                           order_by=["attributes.start_time DESC"], max_results=20)
-            runs = [r for r in runs if KIND_TAG not in r.data.tags]
-            if not runs:
-                raise ConfigError(f"resume=latest: no unfinished run in experiment {self.experiment_id} at {self.uri}")
-            return runs[0].info.run_id, runs[0].data.tags
+                                           order_by=["attributes.start_time DESC"], max_results=50)
+            passed_over = []
+            for r in runs:
+                reason = why_not(r.data.tags, True) if KIND_TAG not in r.data.tags else "not a training run"
+                if reason is None:
+                    return r.info.run_id, r.data.tags
+                if KIND_TAG not in r.data.tags:
+                    passed_over.append(f"{r.info.run_id} ({reason})")
+            raise ConfigError(f"resume=latest: no resumable run in experiment {self.experiment_id} at {self.uri}"
+                              + (f"; passed over: {'; '.join(passed_over[:5])}" if passed_over else ""))
         import mlflow
 
         try:
@@ -150,6 +156,9 @@ class Tracker:
             raise ConfigError(f"resume={run_id!r}: no such run at {self.uri} (check tracking.uri)") from None
         if run.info.status == "FINISHED":
             raise ConfigError(f"resume={run_id!r}: that run already FINISHED; start a new run instead")
+        reason = why_not(run.data.tags, False)
+        if reason is not None:
+            raise ConfigError(f"resume={run_id!r}: {reason}")
         return run_id, run.data.tags
 
     def sweep_parent(self, sweep_id: str, sweep_dir: str) -> str:

@@ -26,14 +26,15 @@ def sklearn_reference(p, y, thr):
     has_pos = y.sum(0) > 0
     ap = [skm.average_precision_score(y[:, c], p[:, c]) for c in range(y.shape[1]) if has_pos[c]]
     kw = dict(zero_division=0)
-    cp = skm.precision_score(y, pred, average="macro", **kw)
-    cr = skm.recall_score(y, pred, average="macro", **kw)
+    macro = dict(average="macro", labels=np.flatnonzero(has_pos), **kw)  # the classes mAP is defined on
+    cp = skm.precision_score(y, pred, **macro)
+    cr = skm.recall_score(y, pred, **macro)
     op = skm.precision_score(y, pred, average="micro", **kw)
     orr = skm.recall_score(y, pred, average="micro", **kw)
     return {
         "mAP": float(np.mean(ap)),
         "f1_micro": skm.f1_score(y, pred, average="micro", **kw),
-        "f1_macro": skm.f1_score(y, pred, average="macro", **kw),
+        "f1_macro": skm.f1_score(y, pred, **macro),
         "precision_micro": op, "precision_macro": cp, "recall_micro": orr, "recall_macro": cr,
         "CP": cp, "CR": cr, "CF1": 2 * cp * cr / (cp + cr) if cp + cr else 0.0,
         "OP": op, "OR": orr, "OF1": 2 * op * orr / (op + orr) if op + orr else 0.0,
@@ -125,3 +126,14 @@ def test_tuned_thresholds_on_a_constructed_case():
     assert out["per_class"][0] == pytest.approx(0.30)
     assert out["fallback_to_global"] == [1] and out["per_class"][1] == out["global"]
     assert per_class_table(p, y, ["a", "b"], torch.tensor(out["per_class"]))["F1"][0] == 1.0
+
+
+def test_macro_averages_leave_out_classes_without_positives_like_map():
+    """A perfect predictor on 2 classes, one with no positive: every average says perfect (was macro-F1 0.5)."""
+    y = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]])
+    p = torch.tensor([[0.9, 0.1], [0.2, 0.1], [0.8, 0.2], [0.1, 0.3]])
+    ours = compute(p, y)
+    assert ours["mAP"] == ours["f1_macro"] == ours["precision_macro"] == ours["recall_macro"] == ours["CF1"] == 1.0
+    ref = sklearn_reference(p, y, 0.5)
+    for k in EPOCH_METRICS:
+        assert ours[k] == pytest.approx(ref[k], abs=1e-6), k

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mlabel_exp.run import train
+from mlabel_exp.config import ConfigError
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
 
@@ -58,3 +59,88 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     full_run = next(r for r in runs if r.info.status == "FINISHED")
     assert run.data.metrics["val/mAP"] == full_run.data.metrics["val/mAP"]
+
+
+# ------------------------------------------------------------------ a resume continues the same experiment or refuses
+
+def _interrupted(tmp_path, monkeypatch, *extra, out="cut"):
+    """A run stopped during epoch 2 (as by SIGINT): KILLED, last.pt after epoch 1. Returns its data root and run id."""
+    from mlabel_exp import engine
+    from mlabel_exp.synthetic import SyntheticSpec, generate
+
+    root = tmp_path / "data"
+    if not root.exists():
+        generate(root, SyntheticSpec(num_images=60, image_size=32, seed=1))
+    real = engine.Trainer.train_epoch
+
+    def stop_in_epoch_2(self, loader, epoch):
+        if epoch == 2:
+            self.callbacks.stop.set()
+        return real(self, loader, epoch)
+
+    monkeypatch.setattr(engine.Trainer, "train_epoch", stop_in_epoch_2)
+    with pytest.raises(SystemExit):
+        train(compose_cfg(*_folder(tmp_path, root, f"trainer.output_dir={tmp_path / out}", *extra)))
+    monkeypatch.undo()
+    client, runs = mlflow_runs(tmp_path)
+    return root, max(runs, key=lambda r: r.info.start_time).info.run_id
+
+
+def _folder(tmp_path, root, *extra):
+    return tiny_overrides(tmp_path, "data=folder", f"data.root={root}", *extra)
+
+
+def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_split(tmp_path, monkeypatch):
+    from mlabel_exp.data import DataError
+
+    root, run_id = _interrupted(tmp_path, monkeypatch)
+    split_file = tmp_path / "cut" / "split.json"
+    before = split_file.read_text()
+    for i in (61, 62, 63):
+        (root / "images" / f"im{i}.jpg").write_bytes((root / "images" / "im1.jpg").read_bytes())
+    with pytest.raises(DataError, match=r"3 image\(s\) were added .*restore the data root, or start a new run"):
+        train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
+    for i in (61, 62, 63):
+        (root / "images" / f"im{i}.jpg").unlink()
+    (root / "images" / "im5.jpg").unlink()
+    with pytest.raises(DataError, match=r"1 file\(s\) of '(train|val)' are not in the data set .* any more"):
+        train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
+    assert split_file.read_text() == before  # the run's own split is never rewritten
+
+
+def test_resume_refuses_other_classes_naming_the_difference(tmp_path, monkeypatch):
+    root, run_id = _interrupted(tmp_path, monkeypatch)
+    (root / "annotations" / "circle.txt").rename(root / "annotations" / "disc.txt")  # same count, other names
+    with pytest.raises(ConfigError, match=r"added \['disc'\]; missing \['circle'\]"):
+        train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
+
+
+def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_tracking_settings(tmp_path, monkeypatch):
+    from mlabel_exp.resume import check_overrides, resume_point
+
+    root, run_id = _interrupted(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError, match=r"would change it: optimizer\.lr=0\.5, model=resnet18\. A resume may set "
+                                          r"only trainer\.epochs"):
+        check_overrides([f"resume={run_id}", "trainer.epochs=3", "optimizer.lr=0.5", "model=resnet18"])
+    cfg = compose_cfg(*_folder(tmp_path, root, f"resume={run_id}", "trainer.epochs=4", "tracking.log_model=true"))
+    resumed, state = resume_point(cfg, [f"resume={run_id}", "trainer.epochs=4", "hydra.run.dir=x"])
+    assert resumed.trainer.epochs == 4 and state["last"]["epoch"] == 1
+    assert resumed.tracking.log_model is False  # the run's own (tiny runs log no model), not the new command's
+    assert resumed.optimizer.lr == cfg.optimizer.lr and resumed.trainer.output_dir == str(tmp_path / "cut")
+
+
+def test_resume_latest_passes_over_pruned_trials_and_live_runs_and_an_explicit_live_run_is_refused(tmp_path, monkeypatch):
+    from mlabel_exp.fsutil import exclusive
+    from mlabel_exp.resume import resume_point
+
+    root, older = _interrupted(tmp_path, monkeypatch, out="older")
+    _, pruned = _interrupted(tmp_path, monkeypatch, out="pruned")
+    _, live = _interrupted(tmp_path, monkeypatch, out="live")
+    client, _ = mlflow_runs(tmp_path)
+    client.set_tag(pruned, "pruned", "true")
+    cfg = compose_cfg(*_folder(tmp_path, root, "resume=latest"))
+    with exclusive(tmp_path / "live" / ".run.lock"):  # as the live process holds it
+        assert resume_point(cfg)[1]["run_id"] == older
+        with pytest.raises(ConfigError, match=r"still running \(a live process holds .*live/\.run\.lock\)"):
+            resume_point(compose_cfg(*_folder(tmp_path, root, f"resume={live}")))
+    assert resume_point(cfg)[1]["run_id"] == live  # its process is gone: the newest unfinished run again
