@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from . import distributed
 from .config import OPTIMIZERS, Config, SchedulerConfig, one_of, resolve_path
@@ -37,26 +41,41 @@ def decoded_cache(cfg: Config, index):
     return cache
 
 
-def loaders(cfg: Config, index, split, cuda: bool):
-    """Train loader (shuffled by seed and epoch) and validation loader (in split order) of uint8 images, the
-    BatchTransform that finishes them on the device, the worker count and the cache (or None)."""
+@dataclass
+class Loaders:
+    train: Any
+    val: Any
+    test: Any | None            # None without a test split (data.test_fraction=0)
+    transform: Any              # data.BatchTransform: uint8 batches -> the model's input, on the device
+    workers: int
+    cache: Any | None           # the decoded-image cache, or None
+
+
+def loaders(cfg: Config, index, split, cuda: bool) -> Loaders:
+    """Train loader (shuffled by seed and epoch), validation and test loaders (in split order; each rank its share)
+    of uint8 images, the BatchTransform that finishes them on the device; with the decoded cache, batches are
+    gathered from it."""
     from . import data as D
 
     m, d, aug = cfg.model, cfg.data, cfg.data.augment
     cache = decoded_cache(cfg, index)
     crop = aug.random_resized_crop
     workers = D.default_workers(d.num_workers, cached=cache is not None, cuda=cuda)
-    val_rows = split["val"][distributed.rank()::distributed.world_size()]  # each image once, no padding
+
+    def evaluation_set(rows):
+        rows = rows[distributed.rank()::distributed.world_size()]  # each image once, no padding
+        if cache is not None:
+            return D.CachedImages.from_index(cache, index, rows)
+        return D.MultiLabelImages.from_index(index, rows, D.image_steps(m.input_size), d.on_bad_image)
+
     if cache is not None:
         from torchvision.transforms import v2
 
         crop_tf = v2.RandomResizedCrop(m.input_size, scale=(aug.crop_scale_min, 1.0), antialias=True) if crop else None
         train_set = D.CachedImages.from_index(cache, index, split["train"], crop_tf)
-        val_set = D.CachedImages.from_index(cache, index, val_rows)
     else:
         train_tf = D.image_steps(m.input_size, train=True, random_resized_crop=crop, crop_scale_min=aug.crop_scale_min)
         train_set = D.MultiLabelImages.from_index(index, split["train"], train_tf, d.on_bad_image)
-        val_set = D.MultiLabelImages.from_index(index, val_rows, D.image_steps(m.input_size), d.on_bad_image)
     sampler = None
     if distributed.active():  # each rank its share of every epoch
         from torch.utils.data.distributed import DistributedSampler
@@ -65,8 +84,11 @@ def loaders(cfg: Config, index, split, cuda: bool):
     batch = cfg.trainer.batch_size
     train = D.make_loader(train_set, batch, shuffle=True, num_workers=workers, seed=cfg.seed, pin_memory=cuda,
                           sampler=sampler, persistent=not crop)  # a random crop draws in the workers: reseeded per epoch
-    val = D.make_loader(val_set, batch, shuffle=False, num_workers=workers, pin_memory=cuda, persistent=True)
-    return train, val, D.BatchTransform(m.input_size, m.mean, m.std, hflip=aug.hflip, seed=cfg.seed), workers, cache
+    val, test = (D.make_loader(evaluation_set(rows), batch, shuffle=False, num_workers=workers, pin_memory=cuda,
+                               persistent=part == "val") if len(rows) else None
+                 for part, rows in (("val", split["val"]), ("test", split.get("test", np.zeros(0, np.int64)))))
+    transform = D.BatchTransform(m.input_size, m.mean, m.std, hflip=aug.hflip, seed=cfg.seed)
+    return Loaders(train, val, test, transform, workers, cache)
 
 
 def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,

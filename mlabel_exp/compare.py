@@ -31,6 +31,7 @@ KIND = "comparison"
 CURVES = ("train/loss", "val/loss", "val/mAP")
 REGULARISATION = ("dropout_value", "weight_decay_value")
 SETTINGS = ("model", *REGULARISATION, "optimizer", "lr", "trainable")  # what a sweep varies
+TEST_COLUMNS = ["test_mAP", "test_f1_micro", "test_f1_macro"]  # shown when a compared run has a test split
 COLUMNS = ["run_id", "run_name", *SETTINGS, "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
            "train_time_s", "epochs"]
 
@@ -105,6 +106,7 @@ def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
         "optimizer": p.get("optimizer.name"), "lr": _float(p.get("optimizer.lr")), "trainable": p.get("model.trainable"),
         "best_epoch": m.get("best/epoch"), "best_val_mAP": m.get("best/val_mAP", float("nan")),
         "tuned_f1_micro": m.get("tuned/f1_micro", float("nan")), "tuned_f1_macro": m.get("tuned/f1_macro", float("nan")),
+        **{c: m.get(c.replace("test_", "test/"), float("nan")) for c in TEST_COLUMNS},
         "train_time_s": sum(v for _, v in histories.get("time/epoch_s", [])), "epochs": len(epochs),
     }
 
@@ -112,7 +114,8 @@ def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
 def build_table(rows: list[dict]) -> pd.DataFrame:
     import pandas as pd
 
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    with_test = any(pd.notna(r[c]) for r in rows for c in TEST_COLUMNS)  # a compared run was scored on a test split
+    table = pd.DataFrame(rows, columns=COLUMNS[:-2] + TEST_COLUMNS * with_test + COLUMNS[-2:])
     table["best_epoch"] = table["best_epoch"].astype("Int64")
     table["epochs"] = table["epochs"].astype("Int64")
     return table.sort_values("best_val_mAP", ascending=False, na_position="last", kind="stable").reset_index(drop=True)

@@ -282,6 +282,15 @@ class Trainer:
                             f"(e.g. {sorted(self.bad_images)[:3]}): replace them, or raise data.val_fraction")
         return p, t, loss / len(p), names
 
+    def evaluate_best(self, loader) -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
+        """``predict`` over ``loader`` (the test split) with the best epoch's weights from best.pt."""
+        best = self.result.checkpoints.get("best")
+        if best is not None:
+            self.net.load_state_dict(torch.load(best, map_location=self.device, weights_only=True)["model"])
+        else:
+            log.warning("no best.pt (trainer.checkpoint=false): the test split is scored with the last epoch's weights")
+        return self.predict(loader)
+
     # -------------------------------------------------------------- loop
     def _end_epoch(self, epoch: int, row: dict[str, float], probs, targets, names) -> bool:
         """Record epoch ``epoch``: best score, patience, checkpoints, report. Returns True when early stopping ends the run."""

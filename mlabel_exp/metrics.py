@@ -54,8 +54,9 @@ def binarize(probs: torch.Tensor, thresholds: float | torch.Tensor = 0.5) -> tor
 
 
 def compute(probs: torch.Tensor, targets: torch.Tensor, thresholds: float | torch.Tensor = 0.5,
-            classes: list[str] | None = None) -> dict[str, float]:
-    """Every metric of EPOCH_METRICS from N x C probabilities and 0/1 targets."""
+            classes: list[str] | None = None, preds: torch.Tensor | None = None) -> dict[str, float]:
+    """Every metric of EPOCH_METRICS from N x C probabilities and 0/1 targets; the decisions are ``probs >=
+    thresholds``, or ``preds`` when given (decisions made elsewhere, e.g. out of fold)."""
     probs, targets = probs.float().cpu(), targets.int().cpu()
     c = probs.shape[1]
     ap = per_class_ap(probs, targets)
@@ -63,7 +64,7 @@ def compute(probs: torch.Tensor, targets: torch.Tensor, thresholds: float | torc
     if not bool(defined.all()):
         names = [classes[i] if classes else str(i) for i in torch.nonzero(~defined).flatten().tolist()]
         log.warning("no positive validation image for class(es) %s: left out of mAP", ", ".join(names))
-    preds = binarize(probs, thresholds)  # int predictions: torchmetrics takes them as decisions
+    preds = binarize(probs, thresholds) if preds is None else preds.int().cpu()  # int: torchmetrics takes decisions
     kw = dict(num_labels=c)
     out = {"mAP": float(ap[defined].mean()) if bool(defined.any()) else 0.0}
     for name, fn in (("f1", multilabel_f1_score), ("precision", multilabel_precision), ("recall", multilabel_recall)):
@@ -142,3 +143,20 @@ def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor,
             per_class.append(best_f1_threshold(probs[:, c], targets[:, c])[0])
     return {"global": global_t, "per_class": per_class, "fallback_to_global": fallback,
             "min_positives": min_positives}
+
+
+def cross_fitted(probs: torch.Tensor, targets: torch.Tensor, folds: int = 5, seed: int = 0,
+                 classes: list[str] | None = None) -> dict[str, float]:
+    """Metrics at tuned thresholds, measured honestly on the images they were tuned on: each of ``folds`` folds is
+    decided at thresholds tuned on the other folds (cross-fitting), then all decisions are scored together. Tuning
+    and scoring on the same images would report the thresholds' fit to their own noise."""
+    n = len(probs)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    preds = torch.zeros_like(targets, dtype=torch.int)
+    for k in range(min(folds, n)):
+        held = order[k::folds]
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[held] = False
+        tuned = tune_thresholds(probs[rest], targets[rest])
+        preds[held] = binarize(probs[held].float(), torch.tensor(tuned["per_class"]))
+    return compute(probs, targets, classes=classes, preds=preds)

@@ -56,8 +56,9 @@ def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, 
 
 # ------------------------------------------------------------------ end of a run
 
-def log_results(tracker, cfg: Config, out: Path, classes: list[str], result) -> None:
-    """Curves, tuned thresholds, per-class table and figures, validation predictions, the best checkpoint and model."""
+def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None) -> None:
+    """Curves, tuned thresholds, per-class table and figures, validation (and test) predictions and metrics, the best
+    checkpoint and model. ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights."""
     from . import plots
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}")
@@ -69,12 +70,27 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result) -> 
     for path in write_predictions(out / "predictions", "val", result.best_names, result.best_probs, classes,
                                   tuned.numpy(), targets=result.best_targets):
         tracker.log_artifact(path, "predictions")
+    if test is not None:
+        _log_test(tracker, out, classes, test, tuned, result.best_epoch)
     best = result.checkpoints.get("best")
     if best is not None:
         if cfg.tracking.log_checkpoint:
             tracker.log_artifact(best, "checkpoints")
         if cfg.tracking.log_model:
             tracker.log_model(best, classes, cfg.model.input_size)
+
+
+def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> None:
+    """The held-out estimate: the test split, never seen in training or tuning, at the thresholds tuned on validation."""
+    from . import metrics as M
+
+    probs, targets, loss, names = test
+    scores = M.compute(probs, targets, tuned, classes)
+    tracker.log_metrics({"test/loss": loss, **{f"test/{k}": v for k, v in scores.items()}}, step=step)
+    log.info("test split (%d images, best epoch's weights, tuned thresholds): mAP %.4f, F1 micro %.4f, macro %.4f",
+             len(probs), scores["mAP"], scores["f1_micro"], scores["f1_macro"])
+    for path in write_predictions(out / "predictions", "test", names, probs, classes, tuned.numpy(), targets=targets):
+        tracker.log_artifact(path, "predictions")
 
 
 def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result):
@@ -88,10 +104,12 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     tuned = torch.tensor(thresholds["per_class"])
     write_atomic(out / "thresholds.json", json.dumps({"classes": classes, **thresholds}, indent=1))
     tracker.log_artifact(out / "thresholds.json")
-    scores = M.compute(probs, targets, tuned, classes)
+    # tuned/*: out-of-fold on validation (thresholds tuned on the other folds); in-sample figures would be optimistic
+    scores = M.cross_fitted(probs, targets, classes=classes)
     tracker.log_metrics({f"tuned/{k}": v for k, v in scores.items() if k != "mAP"}
                         | {"tuned/global_threshold": thresholds["global"]}, step=result.best_epoch)
-    table = M.per_class_table(probs, targets, classes, tuned)
+    table = M.per_class_table(probs, targets, classes, tuned)  # in-sample at the tuned thresholds: say so
+    table = table.rename(columns={c: f"{c} (in-sample)" for c in ("F1", "precision", "recall")})
     table.insert(4, "F1@0.5", M.per_class_table(probs, targets, classes)["F1"])
     write_atomic(out / "per_class.csv", table.to_csv(index=False, float_format="%.4f"))
     tracker.log_artifact(out / "per_class.csv")

@@ -105,25 +105,26 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
     model = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
-    train_loader, val_loader, batch_transform, workers, cache = builders.loaders(typed, index, split, device.type == "cuda")
-    D.check_validation_images(index, split, cache)
+    loaders = builders.loaders(typed, index, split, device.type == "cuda")
+    D.check_validation_images(index, split, loaders.cache)
     weights = models.weights_description(m.name, m.weights)
-    facts = report.run_facts(index, split, weights=weights, device=device, workers=workers, cache=cache)
+    facts = report.run_facts(index, split, weights=weights, device=device, workers=loaders.workers, cache=loaders.cache)
     report.start(tracker, cfg, identity, out, index.classes, report.run_params(cfg, typed, facts), {"weights": weights},
                  resume and resume["run_id"])
     log.info("training %s on %s: %d train / %d val images, %d classes, %d trainable parameters; outputs in %s",
              m.name, device, len(split["train"]), len(split["val"]), len(index.classes), callbacks.trainable, out)
     trainer = engine.Trainer(
         model, optimizer, typed.trainer, device=device, classes=index.classes, aux_weight=m.aux_weight,
-        loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=batch_transform,
+        loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=loaders.transform,
         callbacks=callbacks, checkpoint_dir=out / "checkpoints" if main_rank else None, net=net,
         metadata={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name, "weights_used": weights,
-                  "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if cache is not None else None)})
+                  "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if loaders.cache else None)})
     with _run_status(tracker, stop):
-        result = trainer.fit(train_loader, val_loader, resume=resume and resume["last"],
+        result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
                              resume_best=resume and resume["best"])
+        test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
         if main_rank:
-            report.log_results(tracker, typed, out, index.classes, result)
+            report.log_results(tracker, typed, out, index.classes, result, test)
     report.log_data_problems(tracker, out, index, trainer.bad_images)
     report.finish(tracker, result)
     if main_rank:

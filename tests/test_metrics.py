@@ -137,3 +137,31 @@ def test_macro_averages_leave_out_classes_without_positives_like_map():
     ref = sklearn_reference(p, y, 0.5)
     for k in EPOCH_METRICS:
         assert ours[k] == pytest.approx(ref[k], abs=1e-6), k
+
+
+def test_cross_fitted_metrics_score_each_fold_at_thresholds_tuned_on_the_others():
+    from mlabel_exp.metrics import cross_fitted
+
+    p, y = random_case(7, n=200)
+    ours = cross_fitted(p, y, folds=4, seed=3)
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(3)).numpy()
+    pred = np.zeros(y.shape, dtype=int)
+    for k in range(4):  # brute force: the folds, the tuning and the decisions written out
+        held = order[k::4]
+        rest = np.setdiff1d(np.arange(200), held)
+        thr = np.array(tune_thresholds(p[rest], y[rest])["per_class"])
+        pred[held] = p.numpy()[held] >= thr
+    assert ours["f1_micro"] == pytest.approx(skm.f1_score(y.numpy(), pred, average="micro"), abs=1e-6)
+    assert ours["f1_macro"] == pytest.approx(skm.f1_score(y.numpy(), pred, average="macro"), abs=1e-6)
+    assert ours["mAP"] == pytest.approx(compute(p, y)["mAP"])  # threshold-free: unchanged
+
+
+def test_tuning_and_scoring_on_the_same_images_is_optimistic_where_cross_fitting_is_not():
+    """Pure noise scores carry no information: thresholds tuned on them fit their own noise."""
+    from mlabel_exp.metrics import cross_fitted
+
+    rng = np.random.default_rng(0)
+    y = torch.tensor((rng.random((400, 5)) < 0.2).astype(int))
+    p = torch.tensor(rng.random((400, 5)), dtype=torch.float32)
+    in_sample = compute(p, y, torch.tensor(tune_thresholds(p, y)["per_class"]))["f1_macro"]
+    assert cross_fitted(p, y)["f1_macro"] < in_sample

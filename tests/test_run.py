@@ -197,3 +197,37 @@ def test_run_finishes_on_corrupt_images_and_annotation_lines_and_reports_them(tm
     assert set(report["skipped_images"]) == {"im3.jpg", "im4.jpg", "im5.jpg"}
     assert any("circle.txt" in p and "'twelve'" in p for p in report["index_problems"])
     assert "data_problems.json" in artifact_paths(client, run.info.run_id)
+
+
+def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thresholds(tmp_path):
+    import json
+
+    import numpy as np
+
+    from mlabel_exp.compare import compare
+    from mlabel_exp.metrics import compute
+
+    out = tmp_path / "out"
+    train(compose_cfg(*tiny_overrides(tmp_path, "data.test_fraction=0.25", "trainer.max_steps_per_epoch=0",
+                                      f"trainer.output_dir={out}")))
+    client, (run,) = mlflow_runs(tmp_path)
+    split = json.loads((out / "split.json").read_text())
+    test = pd.read_csv(out / "predictions" / "test.csv")
+    assert sorted(test["file"]) == sorted(split["test"]) and not set(split["test"]) & set(split["train"] + split["val"])
+    # the reference: best.pt's own predictions of the test images (not the 6-decimal CSV), at thresholds.json
+    from mlabel_exp.predictor import Predictor, load_checkpoint
+
+    tuned = json.loads((out / "thresholds.json").read_text())
+    classes, thresholds = tuned["classes"], torch.tensor(tuned["per_class"])
+    images = sorted((tmp_path / "cache").rglob("images"))[0]
+    files, probs, _ = Predictor.from_checkpoint(load_checkpoint(out / "checkpoints" / "best.pt")).predict_files(
+        [images / f for f in test["file"]], batch_size=16, num_workers=0)
+    truth = torch.tensor(np.stack([[c in str(t).split() for c in classes] for t in test["true_labels"]]).astype(int))
+    expected = compute(torch.tensor(probs), truth, thresholds, classes)
+    for key in ("mAP", "f1_micro", "f1_macro"):
+        assert run.data.metrics[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6), key
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert client.get_metric_history(run.info.run_id, "test/mAP")[0].step == best["epoch"]
+    table = compare("mlabel-exp", tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+                    out_dir=tmp_path / "cmp", log_to_mlflow=False).table
+    assert table.loc[0, "test_mAP"] == pytest.approx(run.data.metrics["test/mAP"])
