@@ -56,6 +56,13 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(re.escape(before) + r"([0-9]+)" + re.escape(after) + r"\Z")
 
 
+_ASCII_NUMBER = re.compile(r"[0-9]+")
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def _read_annotation(path: Path, problems: list[str] | None = None) -> list[int]:
     """Image numbers in one annotation file: blank lines, spaces, CRLF and a BOM are accepted.
 
@@ -67,7 +74,8 @@ def _read_annotation(path: Path, problems: list[str] | None = None) -> list[int]
         token = line.strip()
         if not token:
             continue
-        if not token.isdigit() or int(token) == 0:
+        if not _ASCII_NUMBER.fullmatch(token) or int(token) == 0:  # ASCII digits only: not '²', not '٣'
+
             msg = f"{path}:{lineno}: {token[:40]!r} is not a positive image number"
             if problems is None:
                 raise DataError(msg + "; each line of an annotation file must hold one image number such as 123 "
@@ -91,15 +99,16 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
     if missing:
         raise DataError(f"data root {root} has no {' and no '.join(missing)}; expected the layout "
                         "<root>/images/im1.jpg ... and <root>/annotations/<class>.txt (one image number a line)")
-    regex = _pattern_regex(image_pattern)
-    file_of: dict[int, str] = {}
-    with os.scandir(images_dir) as entries:
-        for entry in entries:
-            m = regex.match(entry.name)
-            if m and entry.is_file():
-                file_of[int(m.group(1))] = entry.name
-
-    ann_files = sorted(p for p in ann_dir.iterdir() if p.suffix == ".txt" and p.is_file())
+    problems: list[str] = []
+    file_of = _image_files(images_dir, image_pattern, problems)
+    ann_files, ignored = [], []
+    for p in sorted(ann_dir.iterdir()):
+        if p.name.startswith("."):  # editor and OS files (.DS_Store, .hidden.txt) are no classes
+            continue
+        (ann_files if p.suffix == ".txt" and p.is_file() else ignored).append(p.name)
+    ann_files = [ann_dir / name for name in ann_files]
+    if ignored:
+        problems.append(f"{len(ignored)} file(s) in {ann_dir} are not <class>.txt and were ignored ({_some(ignored)})")
     if not ann_files:
         raise DataError(f"{ann_dir} holds no <class>.txt annotation file")
     classes = [p.stem for p in ann_files]
@@ -108,7 +117,6 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
         raise DataError(f"no usable images: nothing in {images_dir} matches data.image_pattern={image_pattern!r}")
     row_of = {int(i): r for r, i in enumerate(ids)}
     labels = np.zeros((len(ids), len(classes)), dtype=np.uint8)
-    problems: list[str] = []
     missing_ids: list[tuple[str, int]] = []
     for c, path in enumerate(ann_files):
         class_ids = _read_annotation(path, problems if skip_bad_lines else None)
@@ -129,6 +137,31 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
     for p in problems:
         log.warning(p)
     return DatasetIndex(root, classes, ids, [file_of[int(i)] for i in ids], labels, problems)
+
+
+def _image_files(images_dir: Path, image_pattern: str, problems: list[str]) -> dict[int, str]:
+    """Image number -> file name. Files that do not match the pattern, and numbers written twice (im7.jpg and
+    im007.jpg), are reported in ``problems``; of two files with one number the first name in sorted order is used."""
+    regex = _pattern_regex(image_pattern)
+    file_of: dict[int, str] = {}
+    unmatched, collisions = [], []
+    with os.scandir(images_dir) as entries:
+        names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
+    for name in names:
+        m = regex.match(name)
+        if m is None:
+            unmatched.append(name)
+        elif int(m.group(1)) in file_of:
+            collisions.append(f"{name} (number {int(m.group(1))}, as {file_of[int(m.group(1))]})")
+        else:
+            file_of[int(m.group(1))] = name
+    if unmatched:
+        problems.append(f"{len(unmatched)} file(s) in {images_dir} do not match data.image_pattern={image_pattern!r} "
+                        f"and were ignored ({_some(unmatched)})")
+    if collisions:
+        problems.append(f"{len(collisions)} file(s) in {images_dir} repeat an image number and were ignored "
+                        f"({_some(collisions)})")
+    return file_of
 
 
 # ---------------------------------------------------------------- split
@@ -295,10 +328,13 @@ class MultiLabelImages:
     ``collate``) or a DataError naming it (``on_bad_image="error"``), so an epoch never dies halfway.
     """
 
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray | None, transform, on_bad_image: str = "skip"):
+    def __init__(self, paths: Sequence[Path], labels: np.ndarray | None, transform, on_bad_image: str = "skip",
+                 names: Sequence[str] | None = None):
+        """``names``: how items are named (default: the file name); predict names them by their path below the input."""
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} label rows")
         self.paths = list(paths)
+        self.names = list(names) if names is not None else [p.name for p in self.paths]
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
         self.transform = transform
         self.on_bad_image = on_bad_image
@@ -316,8 +352,8 @@ class MultiLabelImages:
             if self.on_bad_image == "error":
                 raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e}); replace or remove the file, "
                                 "or set data.on_bad_image=skip") from e
-            return BadSample(path.name, f"{type(e).__name__}: {e}")
-        item = {"image": image, "name": path.name}
+            return BadSample(self.names[i], f"{type(e).__name__}: {e}")
+        item = {"image": image, "name": self.names[i]}
         if self.labels is not None:
             item["target"] = torch.from_numpy(self.labels[i])
         return item

@@ -54,21 +54,27 @@ class PredictConfig:
 
 # ------------------------------------------------------------------ inputs
 
-def _natural_key(path: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def list_inputs(spec: str) -> list[Path]:
-    """Files of a folder (not recursive) or of a glob, in natural order (im2 before im10)."""
+def list_inputs(spec: str) -> tuple[list[Path], list[str]]:
+    """Files of a folder (not recursive) or of a glob, in natural order (im2 before im10), and their names in the
+    outputs: the path below the folder, or below the glob's last folder without a wildcard ('g/*/x.jpg' gives
+    'a/x.jpg' and 'b/x.jpg', two rows, not two 'x.jpg')."""
     folder = resolve_path(spec)
     if folder.is_dir():
-        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        base, files = folder, [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     else:
-        pattern = spec if Path(spec).expanduser().is_absolute() else str(resolve_path(".") / spec)
-        files = [Path(p) for p in glob.glob(str(Path(pattern).expanduser())) if Path(p).is_file()]
+        pattern = Path(spec if Path(spec).expanduser().is_absolute() else str(resolve_path(".") / spec)).expanduser()
+        files = [Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file()]
+        fixed = [part for part in pattern.parts[:-1]]
+        cut = next((i for i, part in enumerate(fixed) if glob.has_magic(part)), len(fixed))
+        base = Path(*fixed[:cut]) if cut else Path(pattern.anchor or ".")
     if not files:
         raise ConfigError(f"input={spec!r}: no files found (give a folder of images or a glob such as 'images/*.jpg')")
-    return sorted(files, key=_natural_key)
+    named = sorted(((p, p.relative_to(base).as_posix()) for p in files), key=lambda pn: _natural_key(pn[1]))
+    return [p for p, _ in named], [n for _, n in named]
 
 
 # ------------------------------------------------------------------ the job
@@ -107,7 +113,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from .engine import select_device
     from .predictor import Predictor
 
-    paths = list_inputs(cfg.input)
+    paths, names = list_inputs(cfg.input)
     ckpt, source = _load(cfg)
     predictor = Predictor.from_checkpoint(ckpt, select_device(cfg.device))
     if cfg.threshold != "tuned":
@@ -115,7 +121,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     elif not ckpt.get("thresholds"):
         log.warning("%s holds no tuned thresholds: using 0.5 for every class", source)
     workers = min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size))
-    files, p, skipped = predictor.predict_files(paths, cfg.batch_size, workers)
+    files, p, skipped = predictor.predict_files(paths, cfg.batch_size, workers, names)
     for name, err in skipped.items():
         log.warning("skipped %s: %s", name, err)
     classes, thresholds = predictor.classes, predictor.thresholds

@@ -100,13 +100,14 @@ class Predictor:
         """Probabilities (N x classes) of decoded RGB PIL images, one batch."""
         return self.probabilities(torch.stack([self.image_steps(im) for im in images])).numpy()
 
-    def predict_files(self, paths: list[Path], batch_size: int, num_workers: int):
-        """(file names, probabilities, {unreadable file: error}) of image files, decoded in DataLoader workers."""
+    def predict_files(self, paths: list[Path], batch_size: int, num_workers: int, names: list[str] | None = None):
+        """(names, probabilities, {unreadable file: error}) of image files, decoded in DataLoader workers; ``names``
+        name the files in the outputs (default: their file names)."""
         from tqdm.auto import tqdm
 
         from .data import MultiLabelImages, make_loader
 
-        dataset = MultiLabelImages(paths, None, self.image_steps, on_bad_image="skip")
+        dataset = MultiLabelImages(paths, None, self.image_steps, on_bad_image="skip", names=names)
         loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers,
                              pin_memory=self.device.type == "cuda")
         files, probs, skipped = [], [], {}

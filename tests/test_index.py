@@ -103,3 +103,22 @@ def test_class_order_and_labels_stable_across_hash_seeds(synthetic_root):
         outs.add(subprocess.run([sys.executable, "-c", code, str(synthetic_root)], env=env,
                                 capture_output=True, text=True, check=True).stdout)
     assert len(outs) == 1
+
+
+def test_index_reports_what_it_leaves_out_and_reads_only_ascii_numbers(tree):
+    root = tree([1, 2, 7], {"dog.txt": "1\n7\n", ".hidden.txt": "2\n", "Dog.TXT": "2\n"})
+    images = root / "images"
+    (images / "im007.jpg").write_bytes((images / "im7.jpg").read_bytes())   # the number 7 twice
+    (images / "im61.JPG").write_bytes(b"x")                                  # not the pattern's case
+    (images / "im62.jpeg").write_bytes(b"x")
+    (images / ".DS_Store").write_bytes(b"x")
+    index = build_index(root)
+    assert index.classes == ["dog"] and index.files == ["im1.jpg", "im2.jpg", "im007.jpg"]  # first in name order
+    text = " | ".join(index.problems)
+    assert "2 file(s) in" in text and "do not match data.image_pattern='im{id}.jpg'" in text and "im61.JPG" in text
+    assert "1 file(s) in" in text and "repeat an image number" in text and "im7.jpg (number 7, as im007.jpg)" in text
+    assert "Dog.TXT" in text and ".hidden" not in text and ".DS_Store" not in text
+    for bad, shown in (("²\n", "'²'"), ("٣\n", "'٣'")):
+        (root / "annotations" / "dog.txt").write_text("1\n" + bad, encoding="utf-8")
+        with pytest.raises(DataError, match=rf"dog\.txt:2: {shown} is not a positive image number"):
+            build_index(root)

@@ -175,3 +175,24 @@ def test_a_corrupt_checkpoint_is_named(tmp_path):
     bad.write_bytes(b"PK\x03\x04 half a zip")
     with pytest.raises(ConfigError, match=r"best\.pt cannot be read as a checkpoint.*corrupt"):
         load_checkpoint(bad)
+
+
+def test_predict_names_files_by_their_path_below_the_input(trained, tmp_path):
+    tmp, _, _, images = trained
+    for sub, i in (("a", 3), ("b", 4)):  # two different images, both called x.jpg
+        (tmp_path / "g" / sub).mkdir(parents=True)
+        (tmp_path / "g" / sub / "x.jpg").write_bytes((images / f"im{i}.jpg").read_bytes())
+    result = predict(_cfg(tmp, checkpoint=str(tmp / "out" / "checkpoints" / "best.pt"),
+                          input=str(tmp_path / "g" / "*" / "x.jpg"), device="cpu"), tmp_path / "o")
+    assert result.files == ["a/x.jpg", "b/x.jpg"]
+    assert set(json.loads((tmp_path / "o" / "predictions.json").read_text())["predictions"]) == {"a/x.jpg", "b/x.jpg"}
+    assert not np.allclose(result.probs[0], result.probs[1])
+
+
+def test_predict_replays_a_smaller_decoded_cache_size(tmp_path):
+    """Trained from a decoded cache kept at 16 px and resized to 32 on the device: predict resizes the same twice."""
+    train(compose_cfg(*tiny_overrides(tmp_path, "data.decoded_cache=on", "data.decoded_cache_size=16",
+                                      f"trainer.output_dir={tmp_path / 'out'}")))
+    images = sorted((tmp_path / "cache").rglob("images"))[0]
+    logged, got = _predict_the_validation_images(tmp_path / "out", images, tmp_path, "cpu")
+    np.testing.assert_allclose(got, logged, atol=1e-5)
