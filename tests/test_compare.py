@@ -175,13 +175,11 @@ def test_help_does_not_import_torch_or_mlflow():
     assert not {"torch", "mlflow", "pandas", "matplotlib"} & imported
 
 
-@pytest.mark.slow
-def test_cli_prints_the_table_and_writes_the_files(store, tmp_path):
-    cmd = [sys.executable, "-m", "mlabel_exp.compare", "--experiment", "mlabel-exp", "--tracking-uri", store.uri,
-           "--out", str(tmp_path / "cli")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("|")]
+def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, capsys, caplog):
+    code = main(["--experiment", "mlabel-exp", "--tracking-uri", store.uri, "--out", str(tmp_path / "cli")])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    rows = [line for line in out.out.splitlines() if line.startswith("|")]
     assert rows[0].startswith("| run_id | run_name | model |") and len(rows) == 2 + 3
     assert {"comparison.csv", "comparison.md", *FIGURES} <= {p.name for p in (tmp_path / "cli").iterdir()}
-    assert "MLflow run:" in done.stdout and "skipped 2 run(s)" in done.stderr
+    assert "MLflow run:" in out.out and "skipped 2 run(s)" in out.err + caplog.text

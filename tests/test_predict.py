@@ -1,7 +1,6 @@
 """Predictions on new images from a trained run, and the run's MLflow pyfunc model."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -135,15 +134,18 @@ def test_bad_predict_settings_are_named(trained, tmp_path):
         predict(_cfg(tmp, run="0123456789abcdef", input=str(images)), tmp_path / "o")
 
 
-@pytest.mark.slow
-def test_predict_command(trained, new_images, tmp_path):
+def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, caplog):
+    """The command line through Hydra, in this process (a subprocess would prove nothing more here)."""
+    from mlabel_exp.predict import main
+
     tmp, _, run_id, _ = trained
-    done = subprocess.run([sys.executable, "-m", "mlabel_exp.predict", f"run={run_id}", f"input={new_images}",
-                           f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", f"out={tmp_path / 'cli'}"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "predicted 4 image(s), skipped 2 unreadable file(s)" in done.stdout
-    logs = done.stdout + done.stderr
+    monkeypatch.setattr(sys, "argv", ["predict", f"run={run_id}", f"input={new_images}",
+                                      f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", f"out={tmp_path / 'cli'}",
+                                      f"hydra.run.dir={tmp_path / 'job'}"])
+    main()
+    out = capsys.readouterr()
+    assert "predicted 4 image(s), skipped 2 unreadable file(s)" in out.out
+    logs = out.out + out.err + caplog.text
     assert "skipped broken.jpg" in logs and "skipped notes.jpg" in logs
     assert len(pd.read_csv(tmp_path / "cli" / "predictions.csv")) == 4
 
