@@ -20,7 +20,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR.parent / "conf"
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem with the settings or the data, not a bug: the commands print its message alone and exit with 2."""
+
+
+class ConfigError(UserError):
     """A setting with a bad value; the message names the setting and what it accepts."""
 
 
@@ -362,22 +366,51 @@ def register(schema: type = Config) -> None:
     ConfigStore.instance().store(name="config_schema", node=schema)
 
 
+def _not_a_setting(key: str, names: list[str], prefix: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
+    return f"{prefix}{key} is not a setting ({hint})"
+
+
 def _unknown_keys(node, schema: type, prefix: str = "") -> list[str]:
     """Keys of ``node`` that ``schema`` (a dataclass) does not have, each with the closest valid name."""
     import dataclasses
-    import difflib
     import typing
 
     hints = typing.get_type_hints(schema)
-    names = [f.name for f in dataclasses.fields(schema)]
     problems = []
     for key in node.keys():
         if key not in hints:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys: {', '.join(names)}"
-            problems.append(f"{prefix}{key} is not a setting ({hint})")
+            problems.append(_not_a_setting(str(key), list(hints), prefix))
         elif dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
             problems += _unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return problems
+
+
+def override_problems(args: list[str], schema: type) -> list[str]:
+    """Command-line ``key=value`` overrides whose key the schema lacks, with the closest valid name: checked before
+    Hydra, whose own message would suggest adding the misspelt key with '+'. Config groups (model=..., hydra/...)
+    and additions (+key=...) are left to Hydra and ``validate``."""
+    import dataclasses
+    import typing
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    problems = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")) or "/" in key or key in groups:
+            continue
+        node, prefix = schema, ""
+        for part in key.split("."):
+            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else None
+            if hints is None:  # below a free-form setting (presets, search.space): anything goes
+                break
+            if part not in hints:
+                problems.append(_not_a_setting(part, list(hints), prefix))
+                break
+            node, prefix = hints[part], f"{prefix}{part}."
     return problems
 
 

@@ -22,11 +22,11 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-from .config import IMAGENET_MEAN, IMAGENET_STD
+from .config import IMAGENET_MEAN, IMAGENET_STD, UserError
 from .fsutil import epoch_seed, write_atomic
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data set that cannot be used as given; the message names the file and the fix."""
 
 
@@ -447,7 +447,11 @@ def resolve_data_root(data_cfg) -> Path:
     from .synthetic import ensure_generated, generate
 
     if data_cfg.name == "folder":
-        return resolve_path(data_cfg.root)
+        root = resolve_path(data_cfg.root)
+        if not root.is_dir():
+            raise DataError(f"data.root={data_cfg.root!r}: {root} does not exist; set data.root to the folder that "
+                            "holds images/ and annotations/")
+        return root
     spec = data_cfg.synthetic
     if data_cfg.root:
         root = resolve_path(data_cfg.root)

@@ -85,12 +85,11 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
-
-    from .config import CONF_DIR, register
+    from .config import register
+    from .job import command
 
     register()
-    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_main)()
+    command(_main, "config")()
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ Everything here reads Hydra's runtime state (when there is one) so that the trai
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .config import Config, ConfigError, project_root, resolve_path
+from .config import CONF_DIR, Config, ConfigError, UserError, override_problems, project_root, resolve_path
 from .fsutil import Busy, exclusive
 
 log = logging.getLogger(__name__)
@@ -170,3 +172,30 @@ class SweepSummary(Callback):
         if failed:
             log.error(summary)
             raise SystemExit(1)
+
+
+def user_error(e: UserError) -> SystemExit:
+    """A settings or data problem: its message alone on stderr (no traceback: that is for bugs), exit status 2."""
+    print(f"error: {e}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def command(task, config_name: str, schema: type = Config):
+    """``main()`` of a Hydra command: misspelt override keys and UserErrors become one line and exit status 2.
+    In a sweep a job's error is the task's to handle (run.py records it and the sweep goes on)."""
+    import hydra
+
+    @functools.wraps(task)
+    def reporting(cfg):
+        try:
+            return task(cfg)
+        except UserError as e:
+            raise user_error(e) from None
+
+    def main() -> None:
+        problems = override_problems(sys.argv[1:], schema)
+        if problems:
+            raise user_error(ConfigError("; ".join(problems)))
+        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(reporting)()
+
+    return main

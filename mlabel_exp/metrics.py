@@ -25,6 +25,9 @@ from torchmetrics.functional.classification import (
 )
 
 log = logging.getLogger(__name__)
+# torchmetrics warns once per class without positives, from every curve and AP it computes; ``compute`` says it once
+# per run in its own words (and the run records the classes), so torchmetrics' repetition is noise. The one place.
+warnings.filterwarnings("ignore", message=".*No positive samples (found )?in target.*")
 
 #: The objective (val/mAP) and every metric ``compute`` returns, in log order.
 OBJECTIVE = "mAP"
@@ -41,9 +44,7 @@ MIN_POSITIVES_PER_CLASS_THRESHOLD = 5
 def per_class_ap(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """AP of each class; NaN where the class has no positive (AP is undefined there)."""
     targets = targets.int()
-    with warnings.catch_warnings():  # torchmetrics warns per class without positives; compute() says it once
-        warnings.filterwarnings("ignore", message=".*No positive samples.*")
-        ap = multilabel_average_precision(probs, targets, num_labels=probs.shape[1], average="none")
+    ap = multilabel_average_precision(probs, targets, num_labels=probs.shape[1], average="none")
     return torch.where(targets.sum(0) > 0, ap, torch.full_like(ap, float("nan")))
 
 
@@ -54,14 +55,15 @@ def binarize(probs: torch.Tensor, thresholds: float | torch.Tensor = 0.5) -> tor
 
 
 def compute(probs: torch.Tensor, targets: torch.Tensor, thresholds: float | torch.Tensor = 0.5,
-            classes: list[str] | None = None, preds: torch.Tensor | None = None) -> dict[str, float]:
+            classes: list[str] | None = None, preds: torch.Tensor | None = None, quiet: bool = False) -> dict[str, float]:
     """Every metric of EPOCH_METRICS from N x C probabilities and 0/1 targets; the decisions are ``probs >=
-    thresholds``, or ``preds`` when given (decisions made elsewhere, e.g. out of fold)."""
+    thresholds``, or ``preds`` when given (decisions made elsewhere, e.g. out of fold). ``quiet``: the classes without
+    positives were named already (every epoch validates the same images)."""
     probs, targets = probs.float().cpu(), targets.int().cpu()
     c = probs.shape[1]
     ap = per_class_ap(probs, targets)
     defined = ~torch.isnan(ap)
-    if not bool(defined.all()):
+    if not bool(defined.all()) and not quiet:
         names = [classes[i] if classes else str(i) for i in torch.nonzero(~defined).flatten().tolist()]
         log.warning("no positive validation image for class(es) %s: left out of mAP", ", ".join(names))
     preds = binarize(probs, thresholds) if preds is None else preds.int().cpu()  # int: torchmetrics takes decisions
@@ -159,4 +161,4 @@ def cross_fitted(probs: torch.Tensor, targets: torch.Tensor, folds: int = 5, see
         rest[held] = False
         tuned = tune_thresholds(probs[rest], targets[rest])
         preds[held] = binarize(probs[held].float(), torch.tensor(tuned["per_class"]))
-    return compute(probs, targets, classes=classes, preds=preds)
+    return compute(probs, targets, classes=classes, preds=preds, quiet=True)

@@ -24,12 +24,12 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import TRAINABLE_MODES, one_of
+from .config import TRAINABLE_MODES, UserError, one_of
 
 log = logging.getLogger(__name__)
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """Bad model settings or weights; the message names the setting or file and the fix."""
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from .config import CONF_DIR, ConfigError, TrackingConfig, resolve_path
+from .config import ConfigError, TrackingConfig, resolve_path
 from .fsutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -148,11 +148,12 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
     from hydra.core.config_store import ConfigStore
 
+    from .job import command
+
     ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
-    hydra.main(config_path=str(CONF_DIR), config_name="predict", version_base="1.3")(_main)()
+    command(_main, "predict", PredictConfig)()
 
 
 if __name__ == "__main__":

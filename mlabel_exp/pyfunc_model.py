@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
@@ -20,8 +21,7 @@ class MultiLabelClassifier(PythonModel):
         ckpt = load_checkpoint(Path(context.artifacts["checkpoint"]))  # torch.load(weights_only=True)
         self.predictor = Predictor.from_checkpoint(ckpt)  # the same preprocessing and model as predict, on the CPU
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from PIL import Image
 
         from mlabel_exp.data import to_rgb

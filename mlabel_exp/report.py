@@ -38,6 +38,17 @@ def run_facts(index, split, *, weights: str, device, workers: int, cache) -> dic
             "metrics.classes_left_out": f"{len(without)}: {', '.join(without)}" if without else "0"}
 
 
+def images_used(split, trainer_cfg) -> str:
+    """'N train / M val images', saying so when trainer.max_steps_per_epoch uses only some of them."""
+    n_train, n_val = len(split["train"]), len(split["val"])
+    steps = trainer_cfg.max_steps_per_epoch
+    if not steps:
+        return f"{n_train} train / {n_val} val images"
+    cap = steps * trainer_cfg.batch_size
+    return (f"{min(n_train, cap)} of {n_train} train / {min(n_val, cap)} of {n_val} val images an epoch "
+            f"(trainer.max_steps_per_epoch={steps})")
+
+
 def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, tags: dict, resume_id: str | None):
     """Continue the resumed run, or start one (a child of its sweep's parent) with what defines it."""
     if resume_id:
@@ -56,31 +67,34 @@ def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, 
 
 # ------------------------------------------------------------------ end of a run
 
-def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None) -> None:
+def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None) -> dict[str, dict]:
     """Curves, tuned thresholds, per-class table and figures, validation (and test) predictions and metrics, the best
-    checkpoint and model. ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights."""
+    checkpoint and model. ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights.
+    Returns the held-out figures (test split, out-of-fold tuned F1) for the closing lines."""
     from . import plots
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}")
     fig.savefig(out / "curves.png", dpi=100)
     tracker.log_figure(fig, "curves.png")
     if result.best_probs is None:
-        return
-    tuned = _log_thresholds(tracker, cfg, out, classes, result)
+        return {}
+    tuned, scores = _log_thresholds(tracker, cfg, out, classes, result)
+    held_out = {"tuned": {"F1 micro": scores["f1_micro"], "F1 macro": scores["f1_macro"]}}
     for path in write_predictions(out / "predictions", "val", result.best_names, result.best_probs, classes,
                                   tuned.numpy(), targets=result.best_targets):
         tracker.log_artifact(path, "predictions")
     if test is not None:
-        _log_test(tracker, out, classes, test, tuned, result.best_epoch)
+        held_out["test"] = _log_test(tracker, out, classes, test, tuned, result.best_epoch)
     best = result.checkpoints.get("best")
     if best is not None:
         if cfg.tracking.log_checkpoint:
             tracker.log_artifact(best, "checkpoints")
         if cfg.tracking.log_model:
             tracker.log_model(best, classes, cfg.model.input_size)
+    return held_out
 
 
-def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> None:
+def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> dict[str, float]:
     """The held-out estimate: the test split, never seen in training or tuning, at the thresholds tuned on validation."""
     from . import metrics as M
 
@@ -91,6 +105,7 @@ def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) ->
              len(probs), scores["mAP"], scores["f1_micro"], scores["f1_macro"])
     for path in write_predictions(out / "predictions", "test", names, probs, classes, tuned.numpy(), targets=targets):
         tracker.log_artifact(path, "predictions")
+    return {"mAP": scores["mAP"], "F1 micro": scores["f1_micro"], "F1 macro": scores["f1_macro"]}
 
 
 def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result):
@@ -105,7 +120,7 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     write_atomic(out / "thresholds.json", json.dumps({"classes": classes, **thresholds}, indent=1))
     tracker.log_artifact(out / "thresholds.json")
     # tuned/*: out-of-fold on validation (thresholds tuned on the other folds); in-sample figures would be optimistic
-    scores = M.cross_fitted(probs, targets, classes=classes)
+    scores = M.cross_fitted(probs, targets, classes=classes)  # quiet: validation's classes were named already
     tracker.log_metrics({f"tuned/{k}": v for k, v in scores.items() if k != "mAP"}
                         | {"tuned/global_threshold": thresholds["global"]}, step=result.best_epoch)
     table = M.per_class_table(probs, targets, classes, tuned)  # in-sample at the tuned thresholds: say so
@@ -116,7 +131,7 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
                        "per_class_ap.png")
     tracker.log_figure(plots.pr_curves(probs, targets, classes), "pr_curves.png")
-    return tuned
+    return tuned, scores
 
 
 def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:
@@ -127,14 +142,35 @@ def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> 
         write_atomic(out / "data_problems.json", json.dumps(
             {"index_problems": index.problems, "skipped_images": bad_images}, indent=1))
         tracker.log_artifact(out / "data_problems.json")
-        log.warning("%d image(s) skipped as unreadable, %d index problem(s): see data_problems.json",
-                    len(bad_images), len(index.problems))
+        found = [f"{n} {what}" for n, what in ((len(bad_images), "unreadable image(s) skipped"),
+                                                (len(index.problems), "data problem(s)")) if n]
+        log.warning("%s: see data_problems.json", ", ".join(found))
 
 
 def finish(tracker, result) -> None:
     tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
     tracker.log_metrics({"best/val_mAP": result.best_score, "best/epoch": result.best_epoch}, step=result.best_epoch)
     tracker.end("FINISHED")
+
+
+def closing_block(tracker, out: Path, result, held_out: dict[str, dict[str, float]]) -> str:
+    """What a person reads last: the best and held-out figures, where the files are, how to look at the run."""
+    from .tracking import run_url, ui_command
+
+    epochs = len(result.history)
+    stop = " (early stop)" if result.stopped_early else ""
+    lines = [f"best val mAP {result.best_score:.4f} at epoch {result.best_epoch} of {epochs}{stop}"]
+    where = {"test": "test:     {} (the test split, best weights, thresholds tuned on validation)",
+             "tuned": "tuned:    {} (validation, thresholds tuned out of fold)"}
+    for part, scores in held_out.items():
+        lines.append(where[part].format(", ".join(f"{k} {v:.4f}" for k, v in scores.items())))
+    lines.append(f"outputs:  {out}")
+    if tracker.run_id is not None:
+        if not tracker.uri.startswith(("http://", "https://")):
+            lines.append(f"look:     {ui_command(tracker.uri)}")
+        lines.append(f"run:      {run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}")
+    rule = "-" * 72
+    return "\n".join([rule, *lines, rule])
 
 
 # ------------------------------------------------------------------ prediction files

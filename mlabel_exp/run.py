@@ -13,11 +13,10 @@ import os
 import traceback
 from contextlib import contextmanager
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, job
-from .config import CONF_DIR, Config, ConfigError, register, validate
+from .config import Config, ConfigError, register, validate
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,7 @@ def _prepare(typed: Config):
     import numpy as np
     import torch
 
+    from . import data as D
     from . import engine, models, tracking
 
     torch.manual_seed(typed.seed)
@@ -68,6 +68,8 @@ def _prepare(typed: Config):
     if typed.trainer.num_threads:
         torch.set_num_threads(typed.trainer.num_threads)
     models.check_input_size(typed.model.name, typed.model.input_size, typed.model.aux_logits)
+    if typed.data.name == "folder":  # a wrong data root fails before the store is opened
+        D.resolve_data_root(typed.data)
     device = engine.select_device(typed.trainer.device)
     if distributed.launched_by_torchrun():
         device = distributed.setup(device.type)
@@ -111,8 +113,8 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     facts = report.run_facts(index, split, weights=weights, device=device, workers=loaders.workers, cache=loaders.cache)
     report.start(tracker, cfg, identity, out, index.classes, report.run_params(cfg, typed, facts), {"weights": weights},
                  resume and resume["run_id"])
-    log.info("training %s on %s: %d train / %d val images, %d classes, %d trainable parameters; outputs in %s",
-             m.name, device, len(split["train"]), len(split["val"]), len(index.classes), callbacks.trainable, out)
+    log.info("training %s on %s: %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
+             report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
     trainer = engine.Trainer(
         model, optimizer, typed.trainer, device=device, classes=index.classes, aux_weight=m.aux_weight,
         loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=loaders.transform,
@@ -123,12 +125,11 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
                              resume_best=resume and resume["best"])
         test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
-        if main_rank:
-            report.log_results(tracker, typed, out, index.classes, result, test)
+        held_out = report.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
     report.log_data_problems(tracker, out, index, trainer.bad_images)
     report.finish(tracker, result)
     if main_rank:
-        log.info("best val/mAP %.4f at epoch %d (run %s)", result.best_score, result.best_epoch, tracker.run_id)
+        print(report.closing_block(tracker, out, result, held_out), flush=True)
     return float(result.best_score)
 
 
@@ -157,8 +158,7 @@ def _run_status(tracker, stop: job.StopRequest):
         raise
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def _job(cfg: DictConfig) -> float:
     """One Hydra job. In a sweep a failing job is recorded and the sweep goes on (see job.SweepSummary)."""
     try:
         return train(cfg)
@@ -170,6 +170,7 @@ def main(cfg: DictConfig) -> float:
 
 
 register()
+main = job.command(_job, "config")
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, Config, SearchJobConfig, project_root, register, validate
+from .config import Config, SearchJobConfig, project_root, register, validate
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,10 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    import hydra
+    from .job import command
 
     register(SearchJobConfig)
-    hydra.main(config_path=str(CONF_DIR), config_name="search", version_base="1.3")(_main)()
+    command(_main, "search", SearchJobConfig)()
 
 
 if __name__ == "__main__":

@@ -14,15 +14,36 @@ import os
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .config import PACKAGE_DIR, ConfigError, project_root
 
 log = logging.getLogger(__name__)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's param value limit is 6000 characters
 KIND_TAG = "mlabel.kind"  # set on runs that are not training runs: "sweep" (parents), "comparison"
+# The MLflow 3 UI opens an experiment on its GenAI view unless the URL asks for the model-training one (3.17 reads
+# the view from the URL or the browser's last choice, not from the experiment); the experiment tag below is what its
+# own "experiment type" selector writes, kept for UIs that read it.
+UI_VIEW = "workflowType=machine_learning"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_command(uri: str) -> str:
+    """How to look at a local store (one web worker starts in seconds on 2 busy cores; the default 4 take a minute)."""
+    return f"mlflow ui --backend-store-uri {uri} --workers 1 --port 5000"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page of a run (or of the experiment's runs table), on the model-training view."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    page = f"experiments/{experiment_id}/runs/{run_id}" if run_id else f"experiments/{experiment_id}/runs"
+    return f"{base}/#/{page}?{UI_VIEW}"
 
 
 def default_uri() -> str:
@@ -108,11 +129,14 @@ class Tracker:
                 if artifact_location is None and _sqlite_path(self.uri) is not None:
                     artifact_location = (_sqlite_path(self.uri).parent / "artifacts").as_uri()
                 try:
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location)
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location, EXPERIMENT_KIND)
                 except mlflow.exceptions.MlflowException:  # created meanwhile by a job on another node
                     self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
             else:
                 self.experiment_id = exp.experiment_id
+                if not set(EXPERIMENT_KIND) <= set(exp.tags):
+                    for k, v in EXPERIMENT_KIND.items():
+                        self.client.set_experiment_tag(self.experiment_id, k, v)
 
     def start(self, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
         from mlflow.entities import Param, RunTag
@@ -230,7 +254,11 @@ class Tracker:
         signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
                                    outputs=Schema([ColSpec("double", c) for c in classes]))
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with mlflow.start_run(run_id=self.run_id), _quiet_downloads(), warnings.catch_warnings():
+            # The signature is given explicitly (bytes in, one probability per class out), so MLflow's advice to add
+            # type hints or an input example (to infer one) does not apply: that is noise, and only that is silenced.
+            for noise in ("Add type hints to the `predict` method", "input example was not provided"):
+                warnings.filterwarnings("ignore", message=f".*{noise}.*")
             mlflow.pyfunc.log_model(
                 name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"), artifacts={"checkpoint": str(checkpoint)},
                 signature=signature, code_paths=[str(PACKAGE_DIR)],

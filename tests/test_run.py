@@ -1,5 +1,6 @@
 """The main job through train(cfg) and the compose API, read back through MlflowClient."""
 
+import os
 import subprocess
 import sys
 
@@ -231,3 +232,36 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
     table = compare("mlabel-exp", tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                     out_dir=tmp_path / "cmp", log_to_mlflow=False).table
     assert table.loc[0, "test_mAP"] == pytest.approx(run.data.metrics["test/mAP"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["optimizer.lr=-1"], "error: optimizer.lr=-1.0 is invalid: expected a number > 0"),
+    (["trainer.epoch=3"], "error: trainer.epoch is not a setting (did you mean trainer.epochs?)"),
+    (["data=folder", "data.root=/no/such/folder"], "error: data.root='/no/such/folder': /no/such/folder does not exist"),
+])
+def test_a_settings_error_is_one_line_and_exit_status_2(args, message, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mlabel_exp.run", *args], capture_output=True, text=True,
+                          env={**os.environ, "MLABEL_EXP_ROOT": str(tmp_path)}, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr
+    assert not (tmp_path / "mlruns").exists()  # nothing was opened or written
+
+
+@pytest.mark.slow
+def test_a_smoke_run_logs_no_third_party_warning_and_ends_by_saying_where_to_look(tmp_path):
+    """The real command, as a person runs it: a pyfunc model is logged, the log holds no warning from a library,
+    and the last lines name the best figure, the output folder, the UI command and the run's page."""
+    done = subprocess.run([sys.executable, "-m", "mlabel_exp.run", *tiny_overrides(tmp_path, "tracking.log_model=true",
+                                                                                   f"trainer.output_dir={tmp_path / 'out'}")],
+                          capture_output=True, text=True, env={**os.environ, "MLABEL_EXP_ROOT": str(tmp_path)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = done.stdout + done.stderr
+    assert "Warning" not in logs and "site-packages" not in logs and "Downloading artifacts" not in logs, logs[-3000:]
+    assert "8 of 64 train / 8 of 16 val images an epoch (trainer.max_steps_per_epoch=2)" in logs
+    client, (run,) = mlflow_runs(tmp_path)
+    lines = done.stdout.strip().splitlines()
+    tail = lines[len(lines) - 1 - lines[::-1].index(lines[-1], 1):]  # the closing block, between its two rules
+    assert tail[1].startswith(f"best val mAP {run.data.metrics['best/val_mAP']:.4f} at epoch")
+    assert f"outputs:  {tmp_path / 'out'}" in tail and "--workers 1" in " ".join(tail)
+    assert tail[-2] == (f"run:      http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+                        "?workflowType=machine_learning")
