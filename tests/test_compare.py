@@ -176,6 +176,7 @@ def test_help_does_not_import_torch_or_mlflow():
 
 
 def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
     code = main(["--experiment", "mlabel-exp", "--tracking-uri", store.uri, "--out", str(tmp_path / "cli")])
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]
