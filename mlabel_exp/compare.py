@@ -214,10 +214,15 @@ def default_out_dir() -> Path:
     return project_root() / "outputs" / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def comparisons_experiment(experiment: str) -> str:
+    return f"{experiment}-comparisons"
+
+
 def log_comparison(uri: str, experiment: str, table: pd.DataFrame, files: list[Path], sweep: str | None,
                    filter_string: str | None) -> str:
-    """A new run in the same experiment, tagged mlabel.kind=comparison, holding the table and figures."""
-    tracker = tracking.Tracker(uri, experiment)
+    """A new run, tagged mlabel.kind=comparison, holding the table and figures, in the experiment's own comparisons
+    experiment (``<experiment>-comparisons``): kept out of the training runs' table in the UI."""
+    tracker = tracking.Tracker(uri, comparisons_experiment(experiment))
     name = f"comparison of {len(table)} runs" + (f" (sweep {sweep})" if sweep else "")
     tags = {KIND_TAG: KIND, **({"mlabel.compared_sweep": sweep} if sweep else {})}
     params = {"experiment": experiment, "sweep": sweep or "", "filter": filter_string or "",

@@ -88,14 +88,29 @@ def sweep_id_of(folder: str | Path) -> str:
     return str(Path(folder).resolve()).replace("/", "_").strip("_")
 
 
+def swept(folder: Path | None = None) -> list[str]:
+    """The overrides a ``-m`` sweep varies, as typed (``model=resnet50,vgg16,inception``), from the multirun.yaml
+    Hydra writes into the sweep folder; [] outside a sweep."""
+    from omegaconf import OmegaConf
+
+    path = (folder or sweep_dir() or Path("/nonexistent")) / "multirun.yaml"
+    if not path.is_file():
+        return []
+    overrides = OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=[])
+    return [o for o in overrides if "," in o or "(" in o.split("=", 1)[-1]]
+
+
 def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
-    """Run name (model + overrides) and the tags that place a run in its sweep (or the given ``group``)."""
+    """Run name and the tags that place a run in its sweep (or the given ``group``). In a sweep the name starts with
+    the values this job takes of what the sweep varies (``dropout=heavy``): the part that tells runs apart."""
     hc = hydra_config()
     overrides = task_overrides()
     group = dict(group or {})
     overrides += [o for o in group.pop("overrides", "").split() if o]
-    shown = [o for o in overrides if not o.startswith(("model=", "tracking.", "hydra"))]
-    name = cfg.tracking.run_name or " ".join([cfg.model.name, *shown])
+    varied = {o.split("=", 1)[0] for o in swept()}
+    first = [o for o in overrides if o.split("=", 1)[0] in varied]
+    shown = [o for o in overrides if o not in first and not o.startswith(("model=", "tracking.", "hydra"))]
+    name = cfg.tracking.run_name or " ".join([*first, cfg.model.name, *shown])
     tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}
     sweep = sweep_dir()
     if sweep is not None:
@@ -165,13 +180,21 @@ class SweepSummary(Callback):
             from . import tracking
 
             try:
-                tracking.end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
-                                          "FAILED" if failed else "FINISHED", summary)
+                children = tracking.end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+                                                     "FAILED" if failed else "FINISHED", summary)
+                print(sweep_table(children, config.hydra.sweep.dir), flush=True)
             except Exception as e:  # the jobs' own runs are complete either way
                 log.warning("could not close the sweep's parent run: %s", e)
         if failed:
             log.error(summary)
             raise SystemExit(1)
+
+
+def sweep_table(children: list[dict], folder: str) -> str:
+    """The end of a sweep: its runs best first (settings, best val mAP, status) and the command that compares them."""
+    rows = [f"  {c['metrics'].get('best/val_mAP', float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
+    return "\n".join([f"sweep {folder}: {len(children)} run(s), best val mAP first", *rows,
+                      "compare them: python -m mlabel_exp.compare --sweep latest"])
 
 
 def user_error(e: UserError) -> SystemExit:

@@ -56,7 +56,10 @@ def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, 
         return
     run_name, run_tags = identity
     if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
-        run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"])
+        from .job import swept
+
+        name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
+        run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"], name)
     tracker.start(run_name, {**run_tags, **tags, "output_dir": str(out)}, params)
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")  # at the start: a killed run has it too
     tracker.log_text(json.dumps(classes, indent=1), "classes.json")
@@ -147,8 +150,14 @@ def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> 
         log.warning("%s: see data_problems.json", ", ".join(found))
 
 
-def finish(tracker, result) -> None:
-    tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early})
+def finish(tracker, result, held_out: dict[str, dict[str, float]]) -> None:
+    """The run's summary figures and its description (MLflow shows ``mlflow.note.content`` on the run page)."""
+    stop = ", early stop" if result.stopped_early else ""
+    note = [f"**best val mAP {result.best_score:.4f}** at epoch {result.best_epoch} of {len(result.history)}{stop}"]
+    note += [f"**{part}**: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) for part, scores in held_out.items()]
+    tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                      "mlflow.note.content": "  \n".join(note) + "  \n(test: the held-out split at thresholds tuned on "
+                      "validation; tuned: validation, thresholds tuned out of fold)"})
     tracker.log_metrics({"best/val_mAP": result.best_score, "best/epoch": result.best_epoch}, step=result.best_epoch)
     tracker.end("FINISHED")
 

@@ -127,7 +127,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
         held_out = report.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
     report.log_data_problems(tracker, out, index, trainer.bad_images)
-    report.finish(tracker, result)
+    report.finish(tracker, result, held_out)
     if main_rank:
         print(report.closing_block(tracker, out, result, held_out), flush=True)
     return float(result.best_score)

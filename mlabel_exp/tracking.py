@@ -185,7 +185,7 @@ class Tracker:
             raise ConfigError(f"resume={run_id!r}: {reason}")
         return run_id, run.data.tags
 
-    def sweep_parent(self, sweep_id: str, sweep_dir: str) -> str:
+    def sweep_parent(self, sweep_id: str, sweep_dir: str, name: str | None = None) -> str:
         """The parent run of a Hydra sweep, created by whichever job asks first.
 
         Jobs of one sweep run in other processes (joblib) or on other nodes (SLURM). On a local SQLite
@@ -202,7 +202,7 @@ class Tracker:
             found = parents()
             if found:
                 return found[0].info.run_id
-            name = f"sweep {Path(sweep_dir).name or sweep_id}"
+            name = name or f"sweep {Path(sweep_dir).name or sweep_id}"
             mine = self.client.create_run(self.experiment_id, run_name=name, tags={
                 KIND_TAG: "sweep", "sweep_id": sweep_id, "sweep_dir": sweep_dir, "mlflow.runName": name})
         first = parents()[0].info.run_id
@@ -272,13 +272,30 @@ def _sweep_parent_query(sweep_id: str) -> str:
     return f"tags.`{KIND_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'"
 
 
-def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> None:
-    """Close a sweep's parent run (from the process that launched the sweep)."""
+def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> list[dict[str, Any]]:
+    """Close a sweep's parent run (from the process that launched the sweep) with the winner on it: the best child's
+    val mAP as a metric, its id and settings as tags and in the run description. Returns the children, best first."""
     tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
-    query = _sweep_parent_query(sweep_id)
-    for run in tracker.client.search_runs([tracker.experiment_id], query, max_results=10):
-        tracker.client.set_tag(run.info.run_id, "summary", summary[:5000])
-        tracker.client.set_terminated(run.info.run_id, status)
+    children: list[dict[str, Any]] = []
+    for run in tracker.client.search_runs([tracker.experiment_id], _sweep_parent_query(sweep_id), max_results=10):
+        parent = run.info.run_id
+        found = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'",
+                                           max_results=1000)
+        children = sorted((_run_record(r) for r in found),
+                          key=lambda r: -r["metrics"].get("best/val_mAP", float("-inf")))
+        best = next((c for c in children if "best/val_mAP" in c["metrics"]), None)
+        tags = {"summary": summary[:5000]}
+        if best is not None:
+            settings = best["tags"].get("overrides", "")
+            tracker.client.log_metric(parent, "best/val_mAP", best["metrics"]["best/val_mAP"])
+            tags |= {"best_run_id": best["run_id"], "best_run_name": best["name"], "best_settings": settings,
+                     "mlflow.note.content": f"**Best of {len(children)} runs**: {best['name']} "
+                                            f"(val mAP {best['metrics']['best/val_mAP']:.4f}; {settings}; "
+                                            f"run {best['run_id']})\n\n{summary[:2000]}"}
+        for k, v in tags.items():
+            tracker.client.set_tag(parent, k, v)
+        tracker.client.set_terminated(parent, status)
+    return children
 
 
 def download_artifact(uri: str | None, run_id: str, path: str, dst: Path) -> Path:

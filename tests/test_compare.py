@@ -114,7 +114,9 @@ def test_figures_are_real_images(compared):
 
 def test_comparison_is_logged_to_its_own_run(store, compared):
     run = store.client.get_run(compared.run_id)
-    assert run.info.status == "FINISHED" and run.info.experiment_id == store.client.get_run(store.ids["a"]).info.experiment_id
+    training = store.client.get_run(store.ids["a"]).info.experiment_id
+    assert run.info.status == "FINISHED" and run.info.experiment_id != training  # not among the training runs
+    assert store.client.get_experiment(run.info.experiment_id).name == "mlabel-exp-comparisons"
     assert run.data.tags["mlabel.kind"] == "comparison"
     assert run.data.params["num_runs"] == "3" and set(run.data.params["run_ids"].split(",")) == set(store.ids.values())
     assert {"comparison.csv", "comparison.md", *FIGURES} <= artifact_paths(store.client, compared.run_id)
