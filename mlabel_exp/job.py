@@ -110,7 +110,8 @@ def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str,
     varied = {o.split("=", 1)[0] for o in swept()}
     first = [o for o in overrides if o.split("=", 1)[0] in varied]
     shown = [o for o in overrides if o not in first and not o.startswith(("model=", "tracking.", "hydra"))]
-    name = cfg.tracking.run_name or " ".join([*first, cfg.model.name, *shown])
+    model = [] if "model" in varied else [cfg.model.name]
+    name = cfg.tracking.run_name or " ".join([*first, *model, *shown])
     tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}
     sweep = sweep_dir()
     if sweep is not None:

@@ -39,6 +39,13 @@ def test_three_architectures_side_by_side(tmp_path):
                 "per_class.csv", "config.yaml", "hydra/config.yaml"} <= files
     sizes = {r.data.tags["model"]: r.data.params["model.input_size"] for r in runs}
     assert sizes == {"resnet50": "224", "vgg16": "224", "inception": "299"}
+    # the parent is named by what the sweep varies and carries the winner; children are named by their values first
+    assert parent.info.run_name == "model=resnet50,vgg16,inception"
+    assert sorted(r.info.run_name.split()[0] for r in runs) == ["model=inception", "model=resnet50", "model=vgg16"]
+    top = max(r.data.metrics["best/val_mAP"] for r in runs)
+    winners = {r.info.run_id for r in runs if r.data.metrics["best/val_mAP"] == top}  # untrained models may tie
+    assert parent.data.metrics["best/val_mAP"] == top and parent.data.tags["best_run_id"] in winners
+    assert "Best of 3 runs" in parent.data.tags["mlflow.note.content"]
 
 
 @pytest.mark.slow
