@@ -148,8 +148,11 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def labels(table: pd.DataFrame) -> list[str]:
-    """Run names for legends, with a short run id where a name repeats."""
-    names = table["run_name"].fillna("").astype(str).tolist()
+    """Run names for legends, without the words every name shares (what tells runs apart, not what they share),
+    with a short run id where a name repeats."""
+    words = [str(n).split() for n in table["run_name"].fillna("")]
+    common = set.intersection(*(set(w) for w in words)) if len(words) > 1 else set()
+    names = [" ".join(w for w in ws if w not in common) or " ".join(ws) for ws in words]
     return [f"{n} ({i[:6]})" if names.count(n) > 1 or not n else n for n, i in zip(names, table["run_id"])]
 
 
@@ -187,6 +190,9 @@ def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_
     from . import plots
 
     names = labels(table)
+    lengths = table["epochs"].dropna()
+    if lengths.nunique() > 1:  # a 2-epoch smoke run beside a 28-epoch run says so
+        title += f"  (runs differ in length: {int(lengths.min())}-{int(lengths.max())} epochs)"
     figures = {"model_comparison.png": _save(
         plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title),
         out_dir / "model_comparison.png")}
@@ -201,7 +207,8 @@ def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_
     if not swept:
         notes.append("regularisation.png skipped: dropout_value and weight_decay_value are the same in every run")
     else:
-        figures["regularisation.png"] = _save(plots.regularisation(table, swept, varying),
+        groups = varying + (["epochs"] if table["epochs"].nunique(dropna=True) > 1 else [])
+        figures["regularisation.png"] = _save(plots.regularisation(table, swept, groups),
                                               out_dir / "regularisation.png")
         if constant:
             notes.append(f"regularisation.png: no panel for {constant[0]} (the same in every run)")
@@ -267,7 +274,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if log_to_mlflow:
         files = [out_dir / "comparison.csv", out_dir / "comparison.md", *figures.values()]
         run_id = log_comparison(uri, experiment, table, files, sweep, filter_string)
-        log.info("comparison logged to MLflow run %s in experiment %s", run_id, experiment)
+        log.info("comparison logged to MLflow run %s in experiment %s", run_id, comparisons_experiment(experiment))
     return Comparison(table, figures, out_dir, run_id, notes)
 
 

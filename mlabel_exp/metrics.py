@@ -96,7 +96,7 @@ def per_class_table(probs: torch.Tensor, targets: torch.Tensor, classes: list[st
     return pd.DataFrame({
         "class": classes,
         "support": targets.sum(0).tolist(),
-        "AP": torch.nan_to_num(per_class_ap(probs, targets), nan=0.0).tolist(),
+        "AP": per_class_ap(probs, targets).tolist(),  # NaN (empty in the CSV) where a class has no positive
         "threshold": torch.as_tensor(thresholds, dtype=torch.float32).expand(len(classes)).tolist(),
         "F1": multilabel_f1_score(preds, targets, **kw).tolist(),
         "precision": multilabel_precision(preds, targets, **kw).tolist(),

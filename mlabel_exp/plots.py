@@ -12,13 +12,22 @@ def _figure(*args, **kwargs):
     return plt.subplots(*args, **kwargs)
 
 
-def curves(history: list[dict], title: str = ""):
-    """Loss (train vs val) and val mAP per epoch, side by side."""
+def _integer_epochs(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+LOSS_NAMES = {"bce": "BCE loss", "focal": "focal loss", "asl": "asymmetric loss (ASL)"}
+
+
+def curves(history: list[dict], title: str = "", loss: str = "bce"):
+    """Loss (train vs val) and val mAP per epoch, side by side; ``loss``: the loss.name the run used."""
     fig, (ax_loss, ax_map) = _figure(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     ax_loss.plot(epochs, [h["train/loss"] for h in history], "o-", label="train")
     ax_loss.plot(epochs, [h["val/loss"] for h in history], "o-", label="val")
-    ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel=LOSS_NAMES.get(loss, loss), title="loss")
     ax_loss.legend()
     ax_map.plot(epochs, [h["val/mAP"] for h in history], "o-", color="C2", label="val mAP")
     ax_map.plot(epochs, [h["val/f1_micro"] for h in history], "s--", color="C3", label="val F1 micro @0.5")
@@ -26,6 +35,7 @@ def curves(history: list[dict], title: str = ""):
     ax_map.legend()
     for ax in (ax_loss, ax_map):
         ax.grid(alpha=0.3)
+        _integer_epochs(ax)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -33,10 +43,15 @@ def curves(history: list[dict], title: str = ""):
 
 
 def per_class_bars(table, title: str = "per-class AP"):
-    """Horizontal bars of per-class AP, with each class's validation support in the label."""
+    """Horizontal bars of per-class AP, with each class's validation support in the label; a class without a
+    validation positive has no AP and is marked n/a (not drawn as a failure at 0)."""
     fig, ax = _figure(figsize=(7, 0.35 * len(table) + 1.2))
     labels = [f"{c} ({s})" for c, s in zip(table["class"], table["support"])]
-    ax.barh(labels, table["AP"], color="C0")
+    ap = table["AP"].astype(float)
+    ax.barh(labels, ap.fillna(0), color="C0")
+    for y, value in enumerate(ap):
+        if value != value:  # NaN
+            ax.text(0.01, y, "n/a (no positive)", va="center", fontsize=8, color="0.4")
     ax.set(xlim=(0, 1), xlabel="average precision", title=title)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
@@ -63,7 +78,9 @@ def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: 
     fig, axes = _figure(1, 3, figsize=(15, height))
     handles = []
     for i, (label, history) in enumerate(histories.items()):
-        style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4], marker="o", markersize=3)
+        # a marker shape of its own and some transparency: a run identical to another still shows under it
+        style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4], alpha=0.85,
+                     marker="osD^v<>ph*"[i % 10], markersize=4 + 1.5 * (i % 3), markerfacecolor="none")
         for ax, (key, _, _) in zip(axes, _CURVE_PANELS):
             points = history.get(key) or []
             if points:
@@ -73,6 +90,11 @@ def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: 
         ax.set(xlabel="epoch", ylabel=ylabel, title=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    for ax in axes[:2]:  # losses: one diverged run (a loss of 8,000) must not flatten every other run to a line
+        values = [v for line in ax.get_lines() for v in line.get_ydata() if v == v and v > 0]
+        if values and max(values) / min(values) > 100:
+            ax.set_yscale("log")
+            ax.set_title(f"{ax.get_title()} (log scale)")
     axes[2].set_ylim(0, 1)
     fig.legend(handles, list(histories), loc="lower center", ncol=min(3, max(1, len(histories))),
                fontsize="small", frameon=False)
@@ -94,8 +116,8 @@ def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)"):
     ax.set_yticks(range(n_runs), [str(r) for r in ap.index])
     if n_runs * n_classes <= 600:
         for (r, c), v in np.ndenumerate(ap.to_numpy(dtype=float)):
-            if v == v:  # not NaN
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 else "black")
+            text, colour = (f"{v:.2f}", "white" if v < 0.5 else "black") if v == v else ("n/a", "0.4")  # NaN: no AP
+            ax.text(c, r, text, ha="center", va="center", fontsize=7, color=colour)
     fig.colorbar(image, ax=ax, label="AP")
     ax.set_title(title)
     fig.tight_layout()
@@ -112,11 +134,13 @@ def regularisation(table, x_columns: list[str], group_columns: list[str], score:
             key = key if isinstance(key, tuple) else (key,)
             label = ", ".join(f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(by, key))
             g = group.sort_values(x)
-            ax.plot(g[x], g[score], "o-", color=f"C{i % 10}", label=label or "all runs")
+            # points; a line only joins runs that differ in this setting alone (the same model, trainer, length)
+            ax.plot(g[x], g[score], "o-" if len(g) > 1 else "o", color=f"C{i % 10}", label=label or "all runs")
         positive = table[x][table[x] > 0]
         if len(positive) and positive.max() / positive.min() >= 10:
             ax.set_xscale("symlog", linthresh=float(positive.min()))
-        ax.set(xlabel=x, ylabel=score.replace("_", " "), title=f"{score.replace('_', ' ')} against {x}")
+        ax.set(xlabel=x, ylabel=score.replace("_", " "), title=f"{score.replace('_', ' ')} against {x}",
+               ylim=(0, 1))  # the whole scale: a 0.48-0.55 axis would make a small gap look large
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -124,19 +148,26 @@ def regularisation(table, x_columns: list[str], group_columns: list[str], score:
 
 
 def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall (val, best epoch)"):
-    """One precision-recall curve per class (classes without a validation positive are left out)."""
+    """One precision-recall step curve per class, with its AP and support in the legend, in distinct colours;
+    classes without a validation positive have no curve (and say so in the legend's title)."""
+    import matplotlib
+
+    from .metrics import per_class_ap
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
-    fig, ax = _figure(figsize=(7, 6))
+    fig, ax = _figure(figsize=(8, 6.5))
     targets = targets.int()
     precision, recall, _ = multilabel_precision_recall_curve(probs.float(), targets, num_labels=len(classes))
-    for c, name in enumerate(classes):
-        if int(targets[:, c].sum()) == 0:
-            continue
-        ax.plot(recall[c].numpy(), precision[c].numpy(), label=f"{name} ({int(targets[:, c].sum())})",
-                color=f"C{c % 10}", linestyle="-" if c < 10 else "--")
+    ap = per_class_ap(probs.float(), targets)
+    colours = matplotlib.colormaps["tab20"]
+    without = [name for c, name in enumerate(classes) if int(targets[:, c].sum()) == 0]
+    order = sorted((c for c in range(len(classes)) if classes[c] not in without), key=lambda c: -float(ap[c]))
+    for i, c in enumerate(order):
+        ax.step(recall[c].numpy(), precision[c].numpy(), where="post", color=colours(i % 20), linewidth=1.4,
+                label=f"{classes[c]}  AP {float(ap[c]):.2f}  ({int(targets[:, c].sum())})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    legend_title = "class, AP (positives)" + (f"; no positive: {', '.join(without)}" if without else "")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title=legend_title, title_fontsize=7)
     fig.tight_layout()
     return fig

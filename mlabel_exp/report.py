@@ -17,11 +17,39 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------ start of a run
 
-def run_params(cfg: DictConfig, typed: Config, facts: dict) -> dict:
-    """Every setting of the composed config, the regularisation values in effect and ``facts`` of this run."""
+def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) -> dict:
+    """The settings in effect, once each, and ``facts`` of this run. Left out: settings that do not apply (the focal
+    loss's gamma with BCE, a step schedule's gamma with none, inception's aux head elsewhere, AMP on the CPU, ...),
+    the regularisation as typed (a preset name or 'model') and the model's recommendation, both replaced by the
+    value in effect (``dropout_value``, ``weight_decay_value``), and where things are written (tracking, output)."""
+    from .models import backbone
     from .tracking import flatten
 
-    params = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items() if not k.startswith("presets.")}
+    t, d, o = typed.trainer, typed.data, typed.optimizer
+    loss_keys = {"bce": ("pos_weight", "pos_weight_max") if typed.loss.pos_weight != "none" else ("pos_weight",),
+                 "focal": ("focal_alpha", "focal_gamma"), "asl": ("asl_gamma_neg", "asl_gamma_pos", "asl_clip")}
+    schedule_keys = {"step": ("step_size", "gamma", "warmup_epochs"), "cosine": ("min_lr_scale", "warmup_epochs"),
+                     "none": ("warmup_epochs",), "onecycle": ()}[t.scheduler.name]
+    applies = {
+        "loss.": lambda k: k in ("name", *loss_keys[typed.loss.name]),
+        "trainer.scheduler.": lambda k: k == "name" or k in schedule_keys,
+        "optimizer.": lambda k: k not in ("momentum", "nesterov", "betas") or
+        (k in ("momentum", "nesterov")) == (o.name == "sgd"),
+        "model.": lambda k: k not in ("dropout", "weight_decay") and
+        (k not in ("aux_logits", "aux_weight") or backbone(typed.model.name).aux_classifier is not None),
+        "data.synthetic.": lambda k: d.name == "synthetic",
+        "data.augment.": lambda k: k != "crop_scale_min" or d.augment.random_resized_crop,
+        "trainer.": lambda k: k not in ("amp", "amp_dtype", "channels_last") or cuda,
+    }
+    skipped = ("presets.", "tracking.", "resume", "dropout", "weight_decay", "trainer.output_dir", "trainer.progress",
+               "trainer.log_every_steps", "data.cache_dir", "data.verify_images")
+    params = {}
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
+        if key.startswith(skipped):
+            continue
+        prefix = max((p for p in applies if key.startswith(p)), key=len, default=None)
+        if prefix is None or applies[prefix](key[len(prefix):]):
+            params[key] = value
     return {**params, "dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay, **facts}
 
 
@@ -76,11 +104,12 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
     Returns the held-out figures (test split, out-of-fold tuned F1) for the closing lines."""
     from . import plots
 
-    fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}")
+    fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}", loss=cfg.loss.name)
     fig.savefig(out / "curves.png", dpi=100)
     tracker.log_figure(fig, "curves.png")
     if result.best_probs is None:
         return {}
+    (out / "summary.json").unlink(missing_ok=True)  # this run's single figures only (a resumed run rewrites them)
     tuned, scores = _log_thresholds(tracker, cfg, out, classes, result)
     held_out = {"tuned": {"F1 micro": scores["f1_micro"], "F1 macro": scores["f1_macro"]}}
     for path in write_predictions(out / "predictions", "val", result.best_names, result.best_probs, classes,
@@ -103,12 +132,27 @@ def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) ->
 
     probs, targets, loss, names = test
     scores = M.compute(probs, targets, tuned, classes)
-    tracker.log_metrics({"test/loss": loss, **{f"test/{k}": v for k, v in scores.items()}}, step=step)
+    _log_summary(tracker, out, "test", scores, step, loss=loss)
     log.info("test split (%d images, best epoch's weights, tuned thresholds): mAP %.4f, F1 micro %.4f, macro %.4f",
              len(probs), scores["mAP"], scores["f1_micro"], scores["f1_macro"])
     for path in write_predictions(out / "predictions", "test", names, probs, classes, tuned.numpy(), targets=targets):
         tracker.log_artifact(path, "predictions")
     return {"mAP": scores["mAP"], "F1 micro": scores["f1_micro"], "F1 macro": scores["f1_macro"]}
+
+
+SUMMARY_METRICS = ("mAP", "f1_micro", "f1_macro")  # of a single figure set, the few logged as metrics
+
+
+def _log_summary(tracker, out: Path, part: str, scores: dict[str, float], step: int, **extra: float) -> None:
+    """A set of single figures (tuned, test): a few as metrics, all of them in summary.json (a table on the run),
+    so that the run's charts show the per-epoch curves rather than a page of one-point charts."""
+    shown = {f"{part}/{k}": scores[k] for k in SUMMARY_METRICS if not (part == "tuned" and k == "mAP")}
+    tracker.log_metrics(shown | {f"{part}/{k}": v for k, v in extra.items()}, step=step)
+    path = out / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary[part] = {**scores, **extra}
+    write_atomic(path, json.dumps(summary, indent=1))
+    tracker.log_artifact(path)
 
 
 def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result):
@@ -124,8 +168,7 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     tracker.log_artifact(out / "thresholds.json")
     # tuned/*: out-of-fold on validation (thresholds tuned on the other folds); in-sample figures would be optimistic
     scores = M.cross_fitted(probs, targets, classes=classes)  # quiet: validation's classes were named already
-    tracker.log_metrics({f"tuned/{k}": v for k, v in scores.items() if k != "mAP"}
-                        | {"tuned/global_threshold": thresholds["global"]}, step=result.best_epoch)
+    _log_summary(tracker, out, "tuned", scores, result.best_epoch, global_threshold=thresholds["global"])
     table = M.per_class_table(probs, targets, classes, tuned)  # in-sample at the tuned thresholds: say so
     table = table.rename(columns={c: f"{c} (in-sample)" for c in ("F1", "precision", "recall")})
     table.insert(4, "F1@0.5", M.per_class_table(probs, targets, classes)["F1"])
@@ -133,7 +176,8 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     tracker.log_artifact(out / "per_class.csv")
     tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
                        "per_class_ap.png")
-    tracker.log_figure(plots.pr_curves(probs, targets, classes), "pr_curves.png")
+    tracker.log_figure(plots.pr_curves(probs, targets, classes, f"{cfg.model.name}: precision-recall (val, best epoch)"),
+                       "pr_curves.png")
     return tuned, scores
 
 

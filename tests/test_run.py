@@ -29,6 +29,10 @@ def test_train_logs_a_complete_run(tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP")] == [1, 2]
     assert run.data.params["model.name"] == "smallcnn" and run.data.params["dropout_value"] == "0.0"
     assert run.data.params["model.weights_used"] == "random init"
+    # the settings in effect, once each: no second or third dropout, nothing that does not apply to this run
+    for absent in ("dropout", "model.dropout", "weight_decay", "model.weight_decay", "loss.focal_gamma", "loss.asl_clip",
+                   "model.aux_logits", "trainer.scheduler.gamma", "optimizer.momentum", "trainer.amp", "presets.dropout.heavy"):
+        assert absent not in run.data.params, absent
     assert run.data.tags["model"] == "smallcnn" and len(run.data.tags["mlflow.source.git.commit"]) == 40
     files = artifact_paths(client, run.info.run_id)
     assert {"config.yaml", "classes.json", "split.json", "curves.png", "per_class.csv", "per_class_ap.png", "pr_curves.png", "thresholds.json",
