@@ -68,7 +68,8 @@ def select(runs: list[dict], sweep: str | None, where: str) -> tuple[list[dict],
         if sweep is None:
             raise ConfigError(f"sweep='latest': no run has a sweep_id tag ({where}); only multirun jobs "
                               "(python -m mlabel_exp.run -m ...) have one: leave --sweep out to compare every run")
-        log.info("latest sweep: %s", sweep)
+        folder = next(r["tags"].get("sweep_dir", sweep) for r in runs if r["tags"].get("sweep_id") == sweep)
+        log.info("latest sweep: %s", folder)
     if sweep:
         runs = [r for r in runs if r["tags"].get("sweep_id") == sweep]
     finished = [r for r in runs if r["status"] == "FINISHED"]
@@ -78,6 +79,23 @@ def select(runs: list[dict], sweep: str | None, where: str) -> tuple[list[dict],
         counts = ", ".join(f"{s}: {sum(r['status'] == s for r in runs)}" for s in statuses)
         notes.append(f"skipped {len(runs) - len(finished)} run(s) that did not finish ({counts})")
     return finished, sweep, notes
+
+
+def filter_hint(filter_string: str, runs: list[dict]) -> str:
+    """For params.X / tags.X / metrics.X in a filter that no run has: the closest keys the runs do have."""
+    import difflib
+    import re
+
+    known = {kind: sorted({k for r in runs for k in r[kind]}) for kind in ("params", "tags", "metrics")}
+    hints = []
+    for kind, key in re.findall(r"\b(params|tags|metrics)\.`?([A-Za-z0-9_./-]+?)`?\s*(?:=|!=|<|>|LIKE|ILIKE)",
+                                filter_string):
+        if key not in known[kind]:
+            close = difflib.get_close_matches(key, known[kind], n=2, cutoff=0.3)
+            close += [f"tags.{t}" for t in difflib.get_close_matches(key, known["tags"], n=1, cutoff=0.6)
+                      if kind != "tags"]
+            hints.append(f"no run has {kind}.{key}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    return "; " + "; ".join(hints) if hints else ""
 
 
 def no_runs_error(all_runs: list[dict], skipped: list[str], where: str) -> ConfigError:
@@ -256,7 +274,10 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     all_runs = tracking.list_runs(uri, experiment, filter_string)
     runs, sweep, notes = select(all_runs, sweep, where)
     if not runs:
-        raise no_runs_error([r for r in all_runs if r["tags"].get(KIND_TAG) != KIND], notes, where)
+        error = no_runs_error([r for r in all_runs if r["tags"].get(KIND_TAG) != KIND], notes, where)
+        if filter_string:  # a misspelt key finds nothing without a word: name the keys the runs do have
+            error = ConfigError(f"{error}{filter_hint(filter_string, tracking.list_runs(uri, experiment))}")
+        raise error
     histories = {r["run_id"]: {k: tracking.metric_history(uri, r["run_id"], k) for k in (*CURVES, "time/epoch_s")}
                  for r in runs}
     table = build_table([run_row(r, histories[r["run_id"]]) for r in runs])
@@ -265,7 +286,8 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}")
-    title = f"{experiment}" + (f", sweep {sweep}" if sweep else "") + f": {len(table)} runs"
+    sweep_name = runs[0]["tags"].get("sweep_dir", sweep) if sweep else None  # its folder, not the mangled id
+    title = f"{experiment}" + (f", sweep {sweep_name}" if sweep else "") + f": {len(table)} runs"
     figures, figure_notes = make_figures(uri, table, histories, out_dir, title)
     notes += figure_notes
     for note in notes:
@@ -274,7 +296,6 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if log_to_mlflow:
         files = [out_dir / "comparison.csv", out_dir / "comparison.md", *figures.values()]
         run_id = log_comparison(uri, experiment, table, files, sweep, filter_string)
-        log.info("comparison logged to MLflow run %s in experiment %s", run_id, comparisons_experiment(experiment))
     return Comparison(table, figures, out_dir, run_id, notes)
 
 
@@ -311,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {path}")
     print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")
     if result.run_id:
-        print(f"MLflow run: {result.run_id}")
+        print(f"MLflow run: {result.run_id} (experiment {comparisons_experiment(args.experiment)})")
     return 0
 
 

@@ -23,6 +23,7 @@ from .config import ConfigError, TrackingConfig, resolve_path
 from .fsutil import write_atomic
 
 log = logging.getLogger(__name__)
+SHOWN = 20  # images whose labels predict prints
 
 
 @dataclass
@@ -130,9 +131,15 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     summary = {"input": cfg.input, "images": len(files), "skipped": len(skipped), "skipped_files": skipped,
                "checkpoint": source, "run": cfg.run}
     outputs.append(write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1)))
-    if cfg.run and cfg.log_to_run:
-        tracking.log_files(cfg.tracking.uri, cfg.run, outputs, f"predictions/{Path(cfg.input.rstrip('/*')).name or 'input'}")
+    for name, hits in list(zip(files, p >= thresholds))[:SHOWN]:  # a handful: the labels at a glance
+        print(f"  {name}: {', '.join(report.label_names(hits, classes)) or '(no label)'}")
+    if len(files) > SHOWN:
+        print(f"  ... {len(files) - SHOWN} more in predictions.csv")
     print(f"predicted {len(files)} image(s), skipped {len(skipped)} unreadable file(s); outputs in {out_dir}")
+    if cfg.run and cfg.log_to_run:
+        where = f"predictions/{Path(cfg.input.rstrip('/*')).name or 'input'}"
+        tracking.log_files(cfg.tracking.uri, cfg.run, outputs, where)
+        print(f"outputs logged to run {cfg.run} under {where}/")
     return PredictResult(files, p, classes, thresholds, skipped, outputs)
 
 

@@ -164,6 +164,11 @@ def test_bad_filter_and_missing_store_are_clear_errors(store, tmp_path):
     assert not nowhere.exists()  # reading never creates an empty store
 
 
+def test_a_filter_on_a_key_no_run_has_names_the_keys_they_do_have(store, tmp_path):
+    with pytest.raises(ConfigError, match=r"no run has params\.model \(did you mean .*model\.name.*tags\.model\?\)"):
+        compare(tracking_uri=store.uri, filter_string="params.model = 'resnet18'", out_dir=tmp_path)
+
+
 def test_cli_error_is_one_line_and_exit_code_2(store, tmp_path, capsys):
     assert main(["--experiment", "nope", "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: experiment='nope' not found")

@@ -145,6 +145,7 @@ def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, cap
     main()
     out = capsys.readouterr()
     assert "predicted 4 image(s), skipped 2 unreadable file(s)" in out.out
+    assert out.out.count("  im") == 4 and f"outputs logged to run {run_id} under predictions/" in out.out
     logs = out.out + out.err + caplog.text
     assert "skipped broken.jpg" in logs and "skipped notes.jpg" in logs
     assert len(pd.read_csv(tmp_path / "cli" / "predictions.csv")) == 4
