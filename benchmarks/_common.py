@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # for tests.conftest.compose_cfg
     sys.path.insert(0, str(REPO))
 
-#: Synthetic data sets are generated once and reused, keyed by their parameters (SyntheticSpec.key()).
+#: Synthetic data sets are generated once and reused, keyed by their parameters (synthetic.cache_key).
 CACHE = Path(os.environ.get("MLABEL_BENCH_CACHE", "/tmp/mlabel_bench"))
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -26,10 +26,10 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 def dataset(num_images: int, image_size: int = 128) -> Path:
     """The cached synthetic data root (images/ + annotations/), generated on first use."""
-    from mlabel_exp.synthetic import SyntheticSpec, ensure_generated
+    from mlabel_exp.synthetic import SyntheticSpec, cache_key, ensure_generated
 
     spec = SyntheticSpec(num_images=num_images, image_size=image_size, seed=0)
-    final = CACHE / "synthetic" / spec.key()
+    final = CACHE / "synthetic" / cache_key(spec)
     if not (final / "annotations").is_dir():
         print(f"generating {num_images} synthetic images of {image_size} px into {final} (once) ...", flush=True)
         start = time.perf_counter()

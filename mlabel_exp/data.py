@@ -56,9 +56,6 @@ def _pattern_regex(pattern: str) -> re.Pattern:
     return re.compile(re.escape(before) + r"([0-9]+)" + re.escape(after) + r"\Z")
 
 
-_ASCII_NUMBER = re.compile(r"[0-9]+")
-
-
 def _some(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
@@ -74,7 +71,7 @@ def _read_annotation(path: Path, problems: list[str] | None = None) -> list[int]
         token = line.strip()
         if not token:
             continue
-        if not _ASCII_NUMBER.fullmatch(token) or int(token) == 0:  # ASCII digits only: not '²', not '٣'
+        if not (token.isascii() and token.isdigit()) or int(token) == 0:  # ASCII digits only: not '²', not '٣'
 
             msg = f"{path}:{lineno}: {token[:40]!r} is not a positive image number"
             if problems is None:
@@ -146,15 +143,22 @@ def _image_files(images_dir: Path, image_pattern: str, problems: list[str]) -> d
     file_of: dict[int, str] = {}
     unmatched, collisions = [], []
     with os.scandir(images_dir) as entries:
-        names = sorted(e.name for e in entries if e.is_file() and not e.name.startswith("."))
-    for name in names:
-        m = regex.match(name)
-        if m is None:
-            unmatched.append(name)
-        elif int(m.group(1)) in file_of:
-            collisions.append(f"{name} (number {int(m.group(1))}, as {file_of[int(m.group(1))]})")
-        else:
-            file_of[int(m.group(1))] = name
+        for entry in entries:  # directory order: a collision keeps the first name in sorted order, whatever the order
+            name = entry.name
+            m = regex.match(name)
+            if m is None:
+                if not name.startswith(".") and entry.is_file():
+                    unmatched.append(name)
+                continue
+            if not entry.is_file():
+                continue
+            number = int(m.group(1))
+            kept = file_of.setdefault(number, name)
+            if kept != name:
+                file_of[number], other = min(kept, name), max(kept, name)
+                collisions.append((other, number))
+    unmatched.sort()
+    collisions = [f"{name} (number {n}, as {file_of[n]})" for name, n in sorted(collisions)]
     if unmatched:
         problems.append(f"{len(unmatched)} file(s) in {images_dir} do not match data.image_pattern={image_pattern!r} "
                         f"and were ignored ({_some(unmatched)})")
