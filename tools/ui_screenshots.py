@@ -1,5 +1,5 @@
-"""Screenshots of the MLflow UI as a person sees it: a run page, the experiment's runs table (a sweep parent with
-its winner) and a compare-runs view, taken in headless Chromium against a real `mlflow ui` on 127.0.0.1.
+"""Screenshots of the MLflow UI as a person sees it: a run page and its metric charts, the experiment's runs table
+(a sweep parent with its winner) and a compare-runs view, taken in headless Chromium against a real `mlflow ui` on 127.0.0.1.
 
     .venv/bin/python tools/ui_screenshots.py [--out ui-screenshots]
 
@@ -86,6 +86,8 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         try:
             shoot(chromium, run_url(base, exp, single), out / "run_page.png", tmp / "profile")
+            metrics = run_url(base, exp, single).replace(f"/runs/{single}?", f"/runs/{single}/model-metrics?")
+            shoot(chromium, metrics, out / "run_metrics.png", tmp / "profile")
             shoot(chromium, run_url(base, exp), out / "runs_table.png", tmp / "profile")
             compare = (f"{base}/#/compare-runs?runs={json.dumps(children)}&experiments={json.dumps([exp])}"
                        f"&{UI_VIEW}")
