@@ -111,8 +111,8 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     D.check_validation_images(index, split, loaders.cache)
     weights = models.weights_description(m.name, m.weights)
     facts = report.run_facts(index, split, weights=weights, device=device, workers=loaders.workers, cache=loaders.cache)
-    report.start(tracker, cfg, identity, out, index.classes, report.run_params(cfg, typed, facts, device.type == "cuda"), {"weights": weights},
-                 resume and resume["run_id"])
+    params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
+    report.start(tracker, cfg, identity, out, index.classes, params, {"weights": weights}, resume and resume["run_id"])
     log.info("training %s on %s: %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
              report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
     trainer = engine.Trainer(
