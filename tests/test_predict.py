@@ -168,7 +168,9 @@ def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_th
     files, probs, skipped = predictor.predict_files(paths, batch_size=2, num_workers=0)
     in_memory = predictor.predict_images([load_image(p) for p in paths])
     assert files == ["im1.jpg", "im2.jpg", "im3.jpg"] and not skipped
-    np.testing.assert_allclose(in_memory, probs, atol=1e-6)
+    # other batch compositions may take other CPU kernels: float32 rounding of a few ulps of each logit, scaled by
+    # the sigmoid's slope (<= 1/4), far below 1e-5; the same bound as the validation reproduction above
+    np.testing.assert_allclose(in_memory, probs, atol=1e-5)
 
 
 def test_a_corrupt_checkpoint_is_named(tmp_path):
