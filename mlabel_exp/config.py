@@ -332,6 +332,13 @@ class Config:
         _check(self.trainer.unfreeze_at_epoch < self.trainer.epochs or self.trainer.unfreeze_at_epoch == 0,
                "trainer.unfreeze_at_epoch", self.trainer.unfreeze_at_epoch,
                f"0 or fewer than trainer.epochs={self.trainer.epochs}")
+        frozen = [s for s, on in ((f"model.trainable={self.model.trainable}", self.model.trainable != "all"),
+                                  (f"trainer.unfreeze_at_epoch={self.trainer.unfreeze_at_epoch}",
+                                   self.trainer.unfreeze_at_epoch > 0)) if on]
+        if self.model.weights is None and frozen:  # frozen random layers are random features, never trained
+            raise ConfigError(f"model.weights=null (random init) with {' and '.join(frozen)} would freeze random "
+                              f"layers: use pretrained weights (model.weights=DEFAULT or a state dict), or train "
+                              f"everything from scratch with model.trainable=all trainer.unfreeze_at_epoch=0")
 
 
 def _regularisation(setting: str, value: Any, presets: dict, model_value: float) -> float:

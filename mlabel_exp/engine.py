@@ -107,6 +107,49 @@ class _Progress:
             self.bar.close()
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class _RunEstimate:
+    """Said once, after the first steps of a run of a minute or more: about how long an epoch and the rest of the run
+    take, with the faster
+    options when a CPU run would take over an hour. The first step is left out (one-off allocations and warm-up);
+    a validation batch is counted as a third of a training step (a forward pass, no backward)."""
+
+    LONG_CPU_RUN_S = 3600
+
+    def __init__(self, device: torch.device, train_steps: int, val_steps: int, epochs_left: int,
+                 min_steps: int = 3, min_seconds: float = 5.0):
+        self.device, self.train_steps, self.val_steps, self.epochs_left = device, train_steps, val_steps, epochs_left
+        self.min_steps, self.min_seconds = min_steps, min_seconds
+        self.since = None
+        self.done = epochs_left < 1 or train_steps < 2
+
+    def step(self, i: int) -> None:
+        if self.done:
+            return
+        now = time.perf_counter()
+        if self.since is None:
+            self.since = now
+            return
+        timed = i - 1
+        if (timed < self.min_steps or now - self.since < self.min_seconds) and i < self.train_steps:
+            return
+        self.done = True
+        per_step = (now - self.since) / timed
+        epoch = per_step * (self.train_steps + self.val_steps / 3)
+        run = epoch * self.epochs_left
+        if run < 60:  # a short run needs no forecast
+            return
+        log.info("estimated %s per epoch, %s for the %d epoch(s) to go (early stopping may end it sooner)",
+                 _duration(epoch), _duration(run), self.epochs_left)
+        if self.device.type == "cpu" and run > self.LONG_CPU_RUN_S:
+            log.warning("this CPU run would take about %s: a GPU (trainer.device=cuda), a smaller model.input_size or "
+                        "model (model=resnet18, model=smallcnn) is faster; trainer=smoke checks the set-up in seconds",
+                        _duration(run))
+
+
 class Trainer:
     """Runs ``fit``; one instance per training run."""
 
@@ -143,6 +186,7 @@ class Trainer:
         self.epoch = 0           # the last finished epoch
         self.since_best = 0      # epochs without improvement (early-stopping patience)
         self.bad_images: dict[str, str] = {}  # file name -> error, over the whole run
+        self.estimate: _RunEstimate | None = None  # set by fit: the time estimate said after the first steps
 
     # -------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -242,6 +286,8 @@ class Trainer:
             loss_sum += self._step(batch) * len(batch["image"])
             seen += len(batch["image"])
             progress.step(i, lambda: float(loss_sum) / seen)
+            if self.estimate is not None and distributed.is_main():
+                self.estimate.step(i)
         progress.close()
         seconds = time.perf_counter() - start
         loss_sum, seen_all = distributed.sum_all(loss_sum, torch.tensor(float(seen), device=self.device))
@@ -327,6 +373,8 @@ class Trainer:
             self.load_state_dict(resume, resume_best)
             log.info("resuming after epoch %d (best val/mAP %.4f at epoch %d)", self.epoch, self.result.best_score,
                      self.result.best_epoch)
+        self.estimate = _RunEstimate(self.device, self._limit(train_loader), self._limit(val_loader),
+                                     self.cfg.epochs - self.epoch)
         epoch = self.epoch
         try:
             for epoch in range(self.epoch + 1, self.cfg.epochs + 1):

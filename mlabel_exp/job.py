@@ -162,7 +162,10 @@ def stop_on_signals(stop: StopRequest):
 def record_failed_job(error: BaseException) -> None:
     """One line per failed sweep job in the sweep folder, for SweepSummary (appends of one line do not interleave)."""
     hc, folder = hydra_config(), sweep_dir()
-    log.exception("job %s (%s) failed; the sweep continues", hc.job.num, " ".join(hc.overrides.task))
+    if isinstance(error, UserError):  # explained in its message: a traceback is for bugs
+        log.error("job %s (%s) failed: %s; the sweep continues", hc.job.num, " ".join(hc.overrides.task), error)
+    else:
+        log.exception("job %s (%s) failed; the sweep continues", hc.job.num, " ".join(hc.overrides.task))
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / FAILED_JOBS_FILE, "a") as fh:
         fh.write(json.dumps({"job": hc.job.num, "overrides": " ".join(hc.overrides.task),
@@ -193,6 +196,8 @@ class SweepSummary(Callback):
 
 def sweep_table(children: list[dict], folder: str) -> str:
     """The end of a sweep: its runs best first (settings, best val mAP, status) and the command that compares them."""
+    if not children:
+        return f"sweep {folder}: no run was started"
     rows = [f"  {c['metrics'].get('best/val_mAP', float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
     return "\n".join([f"sweep {folder}: {len(children)} run(s), best val mAP first", *rows,
                       "compare them: python -m mlabel_exp.compare --sweep latest"])

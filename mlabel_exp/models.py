@@ -168,19 +168,52 @@ def weights_description(name: str, weights: str | None) -> str:
     return str(_weights_enum_member(name, weights))
 
 
+def hub_file(member) -> Path:
+    """Where torch hub keeps the weights ``member``: <TORCH_HOME>/hub/checkpoints/<the URL's file name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(member.url)
+
+
+def _unavailable(member, error: Exception) -> WeightsUnavailable:
+    file = hub_file(member)
+    state = (f"{file} exists but cannot be read; replace it with {member.url}" if file.exists() else
+             f"download {member.url} on a machine with internet and place {file.name} in {file.parent}{os.sep}")
+    return WeightsUnavailable(f"pretrained weights {member} are unavailable ({type(error).__name__}: {error}): {state}; "
+                              "or train from random init with model.weights=null model.trainable=all")
+
+
+def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None:
+    """Checked before any data is read: a weights file exists, or the named pretrained weights are in the torch hub
+    cache, downloaded now with torch hub's progress bar when absent. Offline, the error names the file and folder
+    within seconds (the address is tried with ``timeout`` first: a blocked network does not hang the run)."""
+    import urllib.request
+
+    weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    if weights is None:
+        return
+    if _is_path(weights):
+        _weights_file(weights)
+        return
+    member = _weights_enum_member(name, weights)
+    file = hub_file(member)
+    if file.is_file():
+        return
+    try:
+        urllib.request.urlopen(urllib.request.Request(member.url, method="HEAD"), timeout=timeout).close()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        digest = torch.hub.HASH_REGEX.search(file.name)
+        log.info("downloading %s to %s", member.url, file)
+        torch.hub.download_url_to_file(member.url, str(file), digest and digest.group(1), progress=True)
+    except OSError as e:  # URLError, timeouts and a full disk are OSErrors
+        raise _unavailable(member, e) from e
+
+
 def _download_state_dict(member) -> dict[str, torch.Tensor]:
     """The enum's state dict from the torch hub cache, downloading it if absent."""
-    file_name = os.path.basename(member.url)
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     try:
         # Torchvision's own call: the hash in the file name is checked on download only, not for a cached file.
-        return member.get_state_dict(progress=False, check_hash=True, weights_only=True)
+        return member.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # URLError is an OSError
-        cached = os.path.join(folder, file_name)
-        state = (f"{cached} exists but cannot be read; replace it" if os.path.exists(cached) else
-                 f"download {member.url} on a machine with internet and place {file_name} in {folder}{os.sep}")
-        raise WeightsUnavailable(f"pretrained weights {member} are unavailable ({type(e).__name__}: {e}): {state}, "
-                                 "or set model.weights=null (random init) / a local path to a state dict") from e
+        raise _unavailable(member, e) from e
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -302,8 +335,7 @@ def _original(name: str, b: Backbone, member, file_state, path) -> tuple[nn.Modu
         try:
             model.load_state_dict(_download_state_dict(member))
         except RuntimeError as e:  # a wrong file placed under the expected name
-            cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(member.url))
-            raise ModelError(f"{cached} does not hold the weights {member} ({str(e)[:300]}); delete it "
+            raise ModelError(f"{hub_file(member)} does not hold the weights {member} ({str(e)[:300]}); delete it "
                              f"or replace it with {member.url}") from e
         return model, True, []
     if file_state is not None and b.arch is not None:

@@ -275,6 +275,9 @@ def _sweep_parent_query(sweep_id: str) -> str:
 def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> list[dict[str, Any]]:
     """Close a sweep's parent run (from the process that launched the sweep) with the winner on it: the best child's
     val mAP as a metric, its id and settings as tags and in the run description. Returns the children, best first."""
+    db = _sqlite_path(resolve_uri(tracking_cfg.uri))
+    if db is not None and not db.exists():  # no job got as far as starting a run: no store to create now
+        return []
     tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
     children: list[dict[str, Any]] = []
     for run in tracker.client.search_runs([tracker.experiment_id], _sweep_parent_query(sweep_id), max_results=10):

@@ -90,3 +90,59 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
     for f in client.list_artifacts(run_id, path):
         out |= artifact_paths(client, run_id, f.path) if f.is_dir else {f.path}
     return out
+
+
+@pytest.fixture(scope="session")
+def _stand_in_hub(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("torch_home")
+
+
+@pytest.fixture
+def imagenet_weights(_stand_in_hub, monkeypatch):
+    """TORCH_HOME holding stand-ins for torchvision's DEFAULT ImageNet weights: state dicts of torchvision's own
+    architectures (random values, seed 0) under the exact hub-cache file names. ``place(*models)`` writes the ones
+    asked for, once a session; returns {model: file}."""
+    import torch
+    import torchvision
+
+    from mlabel_exp.fsutil import save_atomic
+    from mlabel_exp.models import REGISTRY, hub_file
+
+    monkeypatch.setenv("TORCH_HOME", str(_stand_in_hub))
+
+    def place(*models: str) -> dict[str, Path]:
+        files = {}
+        for name in models:
+            arch = REGISTRY[name].arch
+            file = files[name] = hub_file(torchvision.models.get_model_weights(arch).DEFAULT)
+            if not file.exists():
+                torch.manual_seed(0)
+                kwargs = {"aux_logits": True, "init_weights": False} if arch == "inception_v3" else {}
+                file.parent.mkdir(parents=True, exist_ok=True)
+                save_atomic(torchvision.models.get_model(arch, weights=None, **kwargs).state_dict(), file)
+        return files
+
+    return place
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """An empty TORCH_HOME and every download failing as it does offline (in this process and in the processes it
+    starts: an https proxy on a closed port refuses every connection at once)."""
+    import urllib.error
+    import urllib.request
+
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return tmp_path / "torch" / "hub" / "checkpoints"

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.error
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from mlabel_exp.models import (REGISTRY, Backbone, ModelError, WeightsUnavailable, build_model, head_parameter_names,
-                               keep_frozen_bn_in_eval, min_input_size, set_trainable, weights_description)
+from mlabel_exp.models import (REGISTRY, Backbone, ModelError, WeightsUnavailable, build_model, fetch_weights,
+                               head_parameter_names, keep_frozen_bn_in_eval, min_input_size, set_trainable,
+                               weights_description)
 
 N = 14
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of ResNet18_Weights.IMAGENET1K_V1.url
@@ -30,18 +30,6 @@ def trainable_names(model: nn.Module) -> set[str]:
 def inception():
     torch.manual_seed(0)
     return build_model("inception", N, dropout=0.4, hidden=32)
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """TORCH_HOME in tmp and every download failing as it does without a network."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def no_network(url, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
 # ---------------------------------------------------------------- shapes and heads
@@ -279,29 +267,54 @@ def test_missing_or_unreadable_weights_file_is_named(tmp_path):
 
 # ---------------------------------------------------------------- weights by name (torch hub cache, offline)
 
-def test_weights_name_offline_says_which_file_to_place_where(offline):
+def test_weights_name_offline_says_which_file_to_place_where(no_network):
     with pytest.raises(WeightsUnavailable) as e:
         build_model("resnet18", N, weights="DEFAULT")
     msg = str(e.value)
     assert RESNET18_FILE in msg
-    assert str(offline) + os.sep in msg
+    assert str(no_network) + os.sep in msg
     assert "model.weights=null" in msg
     assert isinstance(e.value, ModelError)
 
 
-def test_weights_name_loads_from_the_hub_cache_without_network(offline):
+def test_weights_name_loads_from_the_hub_cache_without_network(no_network):
     # load_state_dict_from_url checks the sha256 prefix in the file name only when it downloads (check_hash=True);
     # a file already in <TORCH_HOME>/hub/checkpoints/ is used as it is, so this stand-in is loaded unverified.
     stand_in = torchvision.models.resnet18(weights=None)
     with torch.no_grad():
         stand_in.conv1.weight.fill_(0.123)
-    offline.mkdir(parents=True)
-    torch.save(stand_in.state_dict(), offline / RESNET18_FILE)
+    no_network.mkdir(parents=True)
+    torch.save(stand_in.state_dict(), no_network / RESNET18_FILE)
 
     model = build_model("resnet18", N, weights="IMAGENET1K_V1")
     assert torch.equal(model.conv1.weight, torch.full_like(model.conv1.weight, 0.123))
     assert model.fc[-1].out_features == N
     assert weights_description("resnet18", "DEFAULT") == "ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_fetch_weights_offline_names_the_file_the_folder_and_the_alternative(no_network):
+    with pytest.raises(WeightsUnavailable) as e:
+        fetch_weights("resnet50", "DEFAULT")
+    msg = str(e.value)
+    assert "resnet50-11ad3fa6.pth" in msg and f"{no_network}{os.sep}" in msg  # ResNet50_Weights.IMAGENET1K_V2
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in msg
+    assert "model.weights=null model.trainable=all" in msg
+    fetch_weights("resnet50", None)  # random init needs no file
+    with pytest.raises(ModelError, match="no such file"):
+        fetch_weights("resnet50", str(no_network / "mine.pth"))
+
+
+def test_fetch_weights_uses_a_placed_file_without_the_network(imagenet_weights, monkeypatch):
+    files = imagenet_weights("resnet50")
+
+    def no_call(*args, **kwargs):
+        raise AssertionError("the network was used although the file is in the cache")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_call)
+    fetch_weights("resnet50", "DEFAULT")
+    model = build_model("resnet50", N, weights="DEFAULT")
+    placed = torch.load(files["resnet50"], weights_only=True)
+    assert torch.equal(model.layer4[2].conv3.weight, placed["layer4.2.conv3.weight"])
 
 
 def test_unknown_weights_name_lists_the_valid_ones():

@@ -10,6 +10,7 @@ import torch
 
 from mlabel_exp import engine
 from mlabel_exp.config import ConfigError, project_root, validate
+from mlabel_exp.models import ModelError
 from mlabel_exp.run import train
 from mlabel_exp.tracking import default_uri, resolve_uri
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
@@ -70,13 +71,47 @@ def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path):
         assert torch.equal(v, results[1]["model"][k]), k
 
 
-def test_unfreeze_schedule_trains_the_head_first(tmp_path):
-    train(compose_cfg(*tiny_overrides(tmp_path, "model=resnet18", "model.input_size=32", "trainer.epochs=3",
-                                      "trainer.unfreeze_at_epoch=1", "model.trainable=all")))
+def test_unfreeze_schedule_trains_the_head_first(tmp_path, imagenet_weights):
+    imagenet_weights("resnet18")
+    train(compose_cfg(*tiny_overrides(tmp_path, "model=resnet18", "model.weights=DEFAULT", "model.input_size=32",
+                                      "trainer.epochs=3", "trainer.unfreeze_at_epoch=1", "model.trainable=all")))
     client, (run,) = mlflow_runs(tmp_path)
     counts = [m.value for m in client.get_metric_history(run.info.run_id, "trainable_params")]
     assert counts[0] == 512 * 14 + 14  # only resnet18's new fc
     assert counts[1] == counts[2] > 11_000_000
+
+
+def test_transfer_models_default_to_imagenet_weights_and_the_run_records_them(tmp_path, imagenet_weights):
+    files = imagenet_weights("resnet50")
+    cfg = compose_cfg(*tiny_overrides(tmp_path, "model=resnet50", "model.input_size=32",
+                                      f"trainer.output_dir={tmp_path / 'out'}"))
+    assert cfg.model.weights == "DEFAULT" and cfg.model.trainable == "partial"
+    train(cfg)
+    _, (run,) = mlflow_runs(tmp_path)
+    assert run.data.params["model.weights_used"] == "ResNet50_Weights.IMAGENET1K_V2"
+    placed = torch.load(files["resnet50"], weights_only=True)
+    trained = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(trained["conv1.weight"], placed["conv1.weight"])  # frozen by trainable=partial: as loaded
+    assert not torch.equal(trained["layer4.0.conv1.weight"], placed["layer4.0.conv1.weight"])  # trained
+
+
+def test_offline_a_transfer_model_fails_before_any_data_is_read_naming_the_file(tmp_path, no_network):
+    cfg = compose_cfg(*tiny_overrides(tmp_path, "model=inception", "model.input_size=299"))
+    with pytest.raises(ModelError) as e:
+        train(cfg)
+    assert "inception_v3_google-0cc3c7bd.pth" in str(e.value) and str(no_network) in str(e.value)
+    assert "model.weights=null model.trainable=all" in str(e.value)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "mlruns").exists()  # no data read, no run started
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["model=resnet50", "model.weights=null"], "model.trainable=partial"),
+    (["model.weights=null", "trainer.unfreeze_at_epoch=2"], "trainer.unfreeze_at_epoch=2"),
+])
+def test_random_weights_with_frozen_layers_are_refused_naming_both_settings(overrides, named):
+    with pytest.raises(ConfigError, match=rf"model.weights=null .*{named}.* model.trainable=all"):
+        validate(compose_cfg(*overrides))
+    assert validate(compose_cfg("model=resnet50", "model.weights=null", "model.trainable=all")).model.weights is None
 
 
 def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch):
@@ -120,8 +155,6 @@ def test_bad_settings_fail_before_any_data_is_read(tmp_path, override, setting):
 
 
 def test_unknown_model_lists_the_choices_before_any_data_is_read(tmp_path):
-    from mlabel_exp.models import ModelError
-
     cfg = compose_cfg(*tiny_overrides(tmp_path, "data=folder", f"data.root={tmp_path / 'nowhere'}", "model.name=resnet5"))
     with pytest.raises(ModelError, match="resnet50"):
         train(cfg)

@@ -17,9 +17,22 @@ def run_sweep(tmp_path, *overrides, with_logs: bool = False):
 
 
 @pytest.mark.slow
-def test_three_architectures_side_by_side(tmp_path):
-    # each model at its own input size (224, 224, 299) through the whole job; one step each, only the new heads
-    # train and no checkpoint is written (vgg16's would be 0.5 GB): the composition and the run are what is tested
+def test_three_architectures_offline_fail_at_once_naming_each_weights_file(tmp_path, no_network):
+    cmd = [sys.executable, "-m", "mlabel_exp.run", "-m", *tiny_overrides(tmp_path), "model=resnet50,vgg16,inception",
+           "model.input_size=299", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    for file in ("resnet50-11ad3fa6.pth", "vgg16-397923af.pth", "inception_v3_google-0cc3c7bd.pth"):
+        assert f"place {file} in {no_network}" in done.stdout + done.stderr, file
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cache").exists()  # failed before any data was read
+
+
+@pytest.mark.slow
+def test_three_architectures_side_by_side(tmp_path, imagenet_weights):
+    # each model at its own input size (224, 224, 299) through the whole job, from (stand-in) ImageNet weights in the
+    # hub cache; one step each, only the new heads train and no checkpoint is written (vgg16's would be 0.5 GB)
+    imagenet_weights("resnet50", "vgg16", "inception")
     client, runs = run_sweep(tmp_path, "model=resnet50,vgg16,inception", "trainer.epochs=1",
                              "trainer.max_steps_per_epoch=1", "trainer.batch_size=2", "model.trainable=head",
                              "trainer.checkpoint=false")

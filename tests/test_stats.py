@@ -1,0 +1,122 @@
+"""mlabel_exp.stats against independent references: scikit-learn AP on replicated rows, metrics.compute, a brute-force
+resampling loop, and the textbook t quantile."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from sklearn.metrics import average_precision_score
+
+from mlabel_exp.metrics import compute
+from mlabel_exp.stats import paired_bootstrap, seed_interval, verdict, weighted_map
+
+
+def sklearn_map(scores, targets):
+    """metrics' mAP, from scikit-learn: macro AP over the classes with at least one positive (0 when none has)."""
+    aps = [average_precision_score(targets[:, c], scores[:, c]) for c in range(targets.shape[1]) if targets[:, c].any()]
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def make_case(seed, n=300, c=6, decimals=None, empty_class=None):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, c)) < rng.uniform(0.05, 0.4, c)).astype(int)
+    p = np.clip(y * 0.3 + rng.random((n, c)) * 0.7, 0, 1)
+    if decimals is not None:
+        p = np.round(p, decimals)  # many tied scores
+    if empty_class is not None:
+        y[:, empty_class] = 0
+    return p, y
+
+
+# ------------------------------------------------------------------ mAP
+
+def test_weighted_map_equals_sklearn_on_replicated_rows():
+    p, y = make_case(0, decimals=1, empty_class=2)
+    y[:, 4] = 0
+    y[[5, 17], 4] = 1  # a rare class: the first weighting drops both of its positives
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 4, size=(6, len(y)))  # zeros: images a resample leaves out
+    counts[0, [5, 17]] = 0
+    ours = weighted_map(p, y, counts)
+    for b in range(len(counts)):
+        rows = np.repeat(np.arange(len(y)), counts[b])
+        assert ours[b] == pytest.approx(sklearn_map(p[rows], y[rows]), rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:No positive samples")  # the empty class, on purpose
+def test_unweighted_map_equals_metrics_compute():
+    p, y = make_case(2, decimals=2, empty_class=0)
+    p32 = p.astype(np.float32)
+    expected = compute(torch.from_numpy(p32), torch.from_numpy(y), quiet=True)["mAP"]
+    # torchmetrics sums float32 precisions (each within 2**-24 relative) over <= 300 cuts by pairwise summation:
+    # a few float32 ulps of a value <= 1, far below 1e-6
+    assert weighted_map(p32.astype(np.float64), y)[0] == pytest.approx(expected, abs=1e-6)
+
+
+# ------------------------------------------------------------------ paired bootstrap
+
+def test_bootstrap_interval_matches_brute_force_resampling():
+    p, y = make_case(3, n=200, c=3, decimals=2)
+    y[:, 2] = 0
+    y[[1, 50, 120], 2] = 1  # ~5% of resamples have no positive of this class: it drops out of their mean
+    rng = np.random.default_rng(4)
+    noise = lambda sd: np.clip(p + rng.normal(0, sd, p.shape), 0, 1)  # noqa: E731
+    group_a, group_b = [noise(0.05), noise(0.05)], [noise(0.2), noise(0.2)]
+    confidence, n_ours, n_ref = 0.9, 2000, 300
+
+    def difference(rows):
+        return (np.mean([sklearn_map(s[rows], y[rows]) for s in group_a])
+                - np.mean([sklearn_map(s[rows], y[rows]) for s in group_b]))
+
+    ref = np.array([difference(rng.integers(0, len(y), len(y))) for _ in range(n_ref)])
+    result = paired_bootstrap(y, group_a, group_b, n_resamples=n_ours, confidence=confidence, seed=5)
+
+    assert result.difference == pytest.approx(difference(np.arange(len(y))), rel=1e-12)
+    assert (result.n_images, result.n_resamples) == (200, n_ours)
+    # standard error of a q-percentile of B resamples: sqrt(q(1-q)/B) / density at it (normal with the reference
+    # sd); the two estimates are independent. 4 standard errors.
+    q = (1 - confidence) / 2
+    se = math.sqrt(q * (1 - q)) / norm.pdf(norm.ppf(q)) * ref.std(ddof=1) * math.sqrt(1 / n_ours + 1 / n_ref)
+    assert result.ci_low == pytest.approx(np.quantile(ref, q), abs=4 * se)
+    assert result.ci_high == pytest.approx(np.quantile(ref, 1 - q), abs=4 * se)
+
+
+def test_identical_models_are_not_distinguishable():
+    p, y = make_case(6, n=150, c=4)
+    runs = [p, np.clip(p + 0.1, 0, 1)]
+    result = paired_bootstrap(y, runs, [r.copy() for r in runs], n_resamples=200)
+    assert (result.difference, result.ci_low, result.ci_high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert verdict(False, result.p_value) == "not distinguishable from best"
+
+
+def test_clearly_better_model_is_detected():
+    rng = np.random.default_rng(7)
+    y = (rng.random((400, 5)) < 0.3).astype(int)
+    strong = [y + rng.normal(0, 0.5, y.shape) for _ in range(2)]
+    weak = [y + rng.normal(0, 1.5, y.shape) for _ in range(2)]
+    result = paired_bootstrap(y, weak, strong, n_resamples=500)
+    assert result.difference < 0 and result.ci_high < 0
+    assert result.p_value < 0.05
+    assert verdict(False, result.p_value) == "worse (p<0.05)"
+    assert verdict(True, None) == "best"
+
+
+def test_mismatched_shapes_are_refused():
+    p, y = make_case(8, n=50, c=3)
+    with pytest.raises(ValueError, match=r"\(50, 3\).*\(49, 3\)"):
+        paired_bootstrap(y, [p], [p[:49]])
+
+
+# ------------------------------------------------------------------ across seeds
+
+def test_seed_interval():
+    one = seed_interval([0.8])
+    assert (one.n, one.mean, one.std, one.ci_low, one.ci_high) == (1, 0.8, None, None, None)
+
+    three = seed_interval([0.80, 0.82, 0.84])
+    assert three.mean == pytest.approx(0.82) and three.std == pytest.approx(0.02)
+    standard_error = 0.02 / math.sqrt(3)
+    assert (three.ci_high - three.mean) / standard_error == pytest.approx(4.3027, abs=1e-4)  # t_{0.975, 2 df}
+    assert (three.mean - three.ci_low) / standard_error == pytest.approx(4.3027, abs=1e-4)
