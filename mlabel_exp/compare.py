@@ -24,6 +24,8 @@ from .config import ConfigError, project_root
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .groups import Groups
+
 log = logging.getLogger(__name__)
 
 KIND_TAG = tracking.KIND_TAG
@@ -32,7 +34,7 @@ CURVES = ("train/loss", "val/loss", "val/mAP")
 REGULARISATION = ("dropout_value", "weight_decay_value")
 SETTINGS = ("model", *REGULARISATION, "optimizer", "lr", "trainable")  # what a sweep varies
 TEST_COLUMNS = ["test_mAP", "test_f1_micro", "test_f1_macro"]  # shown when a compared run has a test split
-COLUMNS = ["run_id", "run_name", *SETTINGS, "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
+COLUMNS = ["run_id", "run_name", *SETTINGS, "seed", "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
            "train_time_s", "epochs"]
 
 
@@ -43,6 +45,7 @@ class Comparison:
     out_dir: Path
     run_id: str | None                   # the comparison's own MLflow run (None with log_to_mlflow=False)
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
+    groups: Groups | None = None         # runs grouped by settings across seeds, with intervals and verdicts
 
 
 # ------------------------------------------------------------------ selecting runs
@@ -122,7 +125,8 @@ def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
         "run_id": run["run_id"], "run_name": run["name"], "model": run["tags"].get("model", p.get("model.name")),
         "dropout_value": _float(p.get("dropout_value")), "weight_decay_value": _float(p.get("weight_decay_value")),
         "optimizer": p.get("optimizer.name"), "lr": _float(p.get("optimizer.lr")), "trainable": p.get("model.trainable"),
-        "best_epoch": m.get("best/epoch"), "best_val_mAP": m.get("best/val_mAP", float("nan")),
+        "seed": p.get("seed"),
+        "best_epoch": m.get("val/best_epoch"), "best_val_mAP": m.get("val/best_mAP", float("nan")),
         "tuned_f1_micro": m.get("tuned/f1_micro", float("nan")), "tuned_f1_macro": m.get("tuned/f1_macro", float("nan")),
         **{c: m.get(c.replace("test_", "test/"), float("nan")) for c in TEST_COLUMNS},
         "train_time_s": sum(v for _, v in histories.get("time/epoch_s", [])), "epochs": len(epochs),
@@ -233,6 +237,32 @@ def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_
     return figures, notes
 
 
+# ------------------------------------------------------------------ groups across seeds
+
+def groups_table(found: Groups) -> pd.DataFrame:
+    """The groups for reading: intervals as [low, high], seed values and run ids short."""
+    import pandas as pd
+
+    t = found.table
+
+    def interval(low, high):
+        return "" if low is None or low != low else f"[{low:.4f}, {high:.4f}]"
+
+    return pd.DataFrame({
+        "group": t["group"], "verdict": t["verdict"], "n": t["n"], "mean": t["mean"], "std": t["std"],
+        "95% CI": [interval(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
+        "best - this": t["difference"], "95% CI of difference": [interval(lo, hi) for lo, hi in
+                                                                 zip(t["diff_ci_low"], t["diff_ci_high"])],
+        "p": t["p_value"], "seeds": t["seeds"]})
+
+
+def _write_groups(found: Groups, out_dir: Path) -> None:
+    from .fsutil import write_atomic
+
+    plain = found.table.assign(values=[" ".join(f"{v:.6f}" for v in vs) for vs in found.table["values"]])
+    write_atomic(out_dir / "groups.csv", plain.to_csv(index=False))
+
+
 # ------------------------------------------------------------------ the comparison
 
 def default_out_dir() -> Path:
@@ -244,11 +274,11 @@ def comparisons_experiment(experiment: str) -> str:
 
 
 def log_comparison(uri: str, experiment: str, table: pd.DataFrame, files: list[Path], sweep: str | None,
-                   filter_string: str | None) -> str:
+                   filter_string: str | None, sweep_name: str | None = None) -> str:
     """A new run, tagged mlabel.kind=comparison, holding the table and figures, in the experiment's own comparisons
     experiment (``<experiment>-comparisons``): kept out of the training runs' table in the UI."""
     tracker = tracking.Tracker(uri, comparisons_experiment(experiment))
-    name = f"comparison of {len(table)} runs" + (f" (sweep {sweep})" if sweep else "")
+    name = f"comparison of {len(table)} runs" + (f" (sweep {sweep_name or sweep})" if sweep else "")
     tags = {KIND_TAG: KIND, **({"mlabel.compared_sweep": sweep} if sweep else {})}
     params = {"experiment": experiment, "sweep": sweep or "", "filter": filter_string or "",
               "num_runs": len(table), "run_ids": ",".join(table["run_id"])}
@@ -267,6 +297,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
             filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True) -> Comparison:
     """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: a sweep_id or 'latest';
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run."""
+    from . import groups, plots
     from .fsutil import write_atomic
 
     uri = tracking.resolve_uri(tracking_uri)
@@ -285,18 +316,26 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
-    write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}")
     sweep_name = runs[0]["tags"].get("sweep_dir", sweep) if sweep else None  # its folder, not the mangled id
     title = f"{experiment}" + (f", sweep {sweep_name}" if sweep else "") + f": {len(table)} runs"
     figures, figure_notes = make_figures(uri, table, histories, out_dir, title)
     notes += figure_notes
+    found = groups.compare_groups(uri, runs)
+    notes += found.notes
+    _write_groups(found, out_dir)
+    write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}\n## Groups across seeds "
+                 f"({found.evaluated_on})\n\n{to_markdown(groups_table(found))}")
+    if len(found.table) > 1:
+        figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
+                                              out_dir / "seed_intervals.png")
     for note in notes:
         log.info("%s", note)
     run_id = None
     if log_to_mlflow:
-        files = [out_dir / "comparison.csv", out_dir / "comparison.md", *figures.values()]
-        run_id = log_comparison(uri, experiment, table, files, sweep, filter_string)
-    return Comparison(table, figures, out_dir, run_id, notes)
+        files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *figures.values()]
+        with tracking.quiet_start():
+            run_id = log_comparison(uri, experiment, table, files, sweep, filter_string, sweep_name)
+    return Comparison(table, figures, out_dir, run_id, notes, found)
 
 
 # ------------------------------------------------------------------ command line
@@ -328,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(to_markdown(result.table))
+    if result.groups is not None and len(result.groups.table) > 1:
+        print(f"Groups across seeds ({result.groups.evaluated_on}):")
+        print(to_markdown(groups_table(result.groups)))
     for name, path in result.figures.items():
         print(f"{name}: {path}")
     print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")

@@ -198,7 +198,7 @@ def sweep_table(children: list[dict], folder: str) -> str:
     """The end of a sweep: its runs best first (settings, best val mAP, status) and the command that compares them."""
     if not children:
         return f"sweep {folder}: no run was started"
-    rows = [f"  {c['metrics'].get('best/val_mAP', float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
+    rows = [f"  {c['metrics'].get('val/best_mAP', float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
     return "\n".join([f"sweep {folder}: {len(children)} run(s), best val mAP first", *rows,
                       "compare them: python -m mlabel_exp.compare --sweep latest"])
 

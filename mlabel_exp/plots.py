@@ -171,3 +171,32 @@ def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title=legend_title, title_fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
+    """Each group's mean over seeds with its 95% t-interval, every seed run as a dot, and the verdict beside it; best
+    group on top. ``groups``: groups.COLUMNS rows (a DataFrame), best first."""
+    n = len(groups)
+    fig, ax = _figure(figsize=(10, 1.4 + 0.5 * n))
+    for y, row in enumerate(groups.itertuples(index=False)):
+        y = n - 1 - y  # best on top
+        colour = "C0" if row.verdict in ("best", "") else "C7" if row.verdict.startswith("worse") else "C1"
+        if row.ci_low is not None and row.ci_low == row.ci_low:  # an interval (two or more seeds)
+            ax.plot([row.ci_low, row.ci_high], [y, y], color=colour, lw=3, alpha=0.6, solid_capstyle="butt")
+        ax.plot([row.mean], [y], "D", color=colour, ms=8)
+        ax.plot(row.values, [y] * len(row.values), "o", mfc="none", color="k", ms=5, alpha=0.6)
+        p = f", p={row.p_value:.3f}" if row.p_value is not None and row.p_value == row.p_value else ""
+        ax.annotate(f"  {row.verdict}{p}", (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.set_yticks(range(n), [g for g in reversed(list(groups["group"]))], fontsize=8)
+    ax.set_ylim(-0.7, n - 0.3)
+    lows = [v for v in (*groups["ci_low"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
+    highs = [v for v in (*groups["ci_high"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
+    span = max(highs) - min(lows) if lows else 0
+    pad = max(span * 0.15, 0.01)
+    ax.set_xlim(max(0, min(lows) - pad), min(1, max(highs) + pad))  # the data, not 0-1: dots must stay apart
+    ax.set_xlabel(f"{objective} (diamond: mean over seeds; bar: 95% t-interval; circles: seed runs)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.subplots_adjust(right=0.75)  # room for the verdicts
+    return fig

@@ -182,9 +182,9 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
 
 
 def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:
-    """Counts of used and skipped images as metrics; the index problems and the skipped files as artifacts."""
-    tracker.log_metrics({"data/skipped_images": len(bad_images), "data/used_images": len(index) - len(bad_images),
-                         "data/index_problems": len(index.problems)}, step=0)
+    """Counts of skipped images and index problems as tags (single numbers, not one-point charts); the problems
+    and the skipped files as an artifact."""
+    tracker.set_tags({"data.skipped_images": len(bad_images), "data.index_problems": len(index.problems)})
     if bad_images or index.problems:
         write_atomic(out / "data_problems.json", json.dumps(
             {"index_problems": index.problems, "skipped_images": bad_images}, indent=1))
@@ -202,7 +202,7 @@ def finish(tracker, result, held_out: dict[str, dict[str, float]]) -> None:
     tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                       "mlflow.note.content": "  \n".join(note) + "  \n(test: the held-out split at thresholds tuned on "
                       "validation; tuned: validation, thresholds tuned out of fold)"})
-    tracker.log_metrics({"best/val_mAP": result.best_score, "best/epoch": result.best_epoch}, step=result.best_epoch)
+    tracker.log_metrics({"val/best_mAP": result.best_score, "val/best_epoch": result.best_epoch}, step=result.best_epoch)
     tracker.end("FINISHED")
 
 

@@ -169,33 +169,39 @@ def _bootstrap_rng_keyword() -> str:
 def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b: Sequence[np.ndarray], *,
                      n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95, seed: int = 0,
                      batch: int = RESAMPLE_BATCH) -> PairedDifference:
-    """Difference of mean mAP (A - B) over runs scored on the same N images, with a percentile bootstrap over images.
+    """Difference of mean mAP (A - B) over runs scored on the same N images, with a percentile bootstrap.
 
     Each resample draws one set of image indices and scores every run of both groups on it (paired), so the interval
-    shows how much the difference depends on which images happened to be in the evaluation set.
+    shows how much the difference depends on which images happened to be in the evaluation set. A group of several
+    seed runs also has its runs drawn with replacement in each resample (a two-level bootstrap), so the interval
+    holds the seed noise too: a difference that one lucky seed makes is not called significant.
     """
     targets = np.asarray(targets)
     group_a, group_b = [np.asarray(p) for p in group_a], [np.asarray(p) for p in group_b]
     if not group_a or not group_b:
         raise ValueError(f"each group needs at least one run, got {len(group_a)} and {len(group_b)}")
     _check_shapes(targets, group_a, group_b)
-    n_images = targets.shape[0]
+    n_images, n_a, n_b = targets.shape[0], len(group_a), len(group_b)
     ranked = _RankedRuns(group_a + group_b, targets)
-    n_a = len(group_a)
+    # samples scipy resamples independently: the images (shared by every run: the pairing), and the runs of each
+    # group with more than one (scipy needs two or more observations per sample)
+    samples = [np.arange(n_images)] + [np.arange(n) for n in (n_a, n_b) if n > 1]
 
-    def mean_difference(counts: np.ndarray) -> np.ndarray:
-        per_run = ranked.map(counts)
-        return per_run[:n_a].mean(0) - per_run[n_a:].mean(0)
+    def counts_of(indices: np.ndarray, n: int) -> np.ndarray:
+        """Times each of ``n`` items is drawn in each resample (row) of ``indices``."""
+        offsets = (np.arange(len(indices)) * n)[:, None]
+        return np.bincount((indices + offsets).ravel(), minlength=len(indices) * n).reshape(len(indices), n)
 
-    def statistic(indices: np.ndarray, axis: int = -1) -> np.ndarray:  # scipy passes resamples x N, axis=-1
-        indices = np.atleast_2d(indices)
-        offsets = (np.arange(len(indices)) * n_images)[:, None]
-        counts = np.bincount((indices + offsets).ravel(), minlength=indices.size).reshape(indices.shape)
-        return mean_difference(counts)
+    def statistic(*drawn: np.ndarray, axis: int = -1) -> np.ndarray:  # scipy passes resamples x n per sample
+        drawn = [np.atleast_2d(d) for d in drawn]
+        per_run = ranked.map(counts_of(drawn[0], n_images))  # runs x B
+        rest = iter(drawn[1:])
+        weights = [counts_of(next(rest), n) / n if n > 1 else np.ones((len(drawn[0]), 1)) for n in (n_a, n_b)]
+        return (weights[0].T * per_run[:n_a]).sum(0) - (weights[1].T * per_run[n_a:]).sum(0)
 
-    observed = float(mean_difference(np.ones((1, n_images)))[0])
-    result = scipy_stats.bootstrap(  # one sample of image indices, shared by every run: that is the pairing
-        (np.arange(n_images),), statistic, n_resamples=n_resamples, batch=batch, vectorized=True,
+    observed = float(statistic(*[s[None, :] for s in samples])[0])
+    result = scipy_stats.bootstrap(
+        samples, statistic, n_resamples=n_resamples, batch=batch, vectorized=True, paired=False,
         method="percentile", confidence_level=confidence, **{_bootstrap_rng_keyword(): seed})
     d = result.bootstrap_distribution
     # two-sided p: twice the bootstrap mass on the far side of 0 (+1 smoothing), so p < alpha iff the

@@ -285,15 +285,15 @@ def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> 
         found = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'",
                                            max_results=1000)
         children = sorted((_run_record(r) for r in found),
-                          key=lambda r: -r["metrics"].get("best/val_mAP", float("-inf")))
-        best = next((c for c in children if "best/val_mAP" in c["metrics"]), None)
+                          key=lambda r: -r["metrics"].get("val/best_mAP", float("-inf")))
+        best = next((c for c in children if "val/best_mAP" in c["metrics"]), None)
         tags = {"summary": summary[:5000]}
         if best is not None:
             settings = best["tags"].get("overrides", "")
-            tracker.client.log_metric(parent, "best/val_mAP", best["metrics"]["best/val_mAP"])
+            tracker.client.log_metric(parent, "val/best_mAP", best["metrics"]["val/best_mAP"])
             tags |= {"best_run_id": best["run_id"], "best_run_name": best["name"], "best_settings": settings,
                      "mlflow.note.content": f"**Best of {len(children)} runs**: {best['name']} "
-                                            f"(val mAP {best['metrics']['best/val_mAP']:.4f}; {settings}; "
+                                            f"(val mAP {best['metrics']['val/best_mAP']:.4f}; {settings}; "
                                             f"run {best['run_id']})\n\n{summary[:2000]}"}
         for k, v in tags.items():
             tracker.client.set_tag(parent, k, v)
@@ -336,6 +336,17 @@ class NullTracker:
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+
+@contextlib.contextmanager
+def quiet_start():
+    """No "MLflow run ... started" line: for a command that names its run once, at the end (compare)."""
+    before = log.level
+    log.setLevel(max(before, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 def open_tracker(cfg) -> Tracker | NullTracker:

@@ -20,7 +20,7 @@ from mlabel_exp.run import train
 from mlabel_exp.tracking import Tracker
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 
-FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png"}
+FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png", "seed_intervals.png"}
 RUNS = {"a": ("dropout=0.0", "weight_decay=0"), "b": ("dropout=0.5", "weight_decay=0"),
         "c": ("dropout=0.0", "weight_decay=0.001", "optimizer=sgd")}
 SWEEPS = {"a": "multirun_first", "b": "multirun_first", "c": "multirun_second"}
@@ -63,7 +63,7 @@ def names(result, store):
 def test_table_has_one_row_per_finished_run_best_first_with_the_runs_values(store, compared):
     table = compared.table
     assert list(table.columns) == ["run_id", "run_name", "model", "dropout_value", "weight_decay_value", "optimizer",
-                                   "lr", "trainable", "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
+                                   "lr", "trainable", "seed", "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
                                    "train_time_s", "epochs"] == COLUMNS
     assert sorted(names(compared, store)) == ["a", "b", "c"]
     assert table["best_val_mAP"].is_monotonic_decreasing
@@ -71,10 +71,10 @@ def test_table_has_one_row_per_finished_run_best_first_with_the_runs_values(stor
         run = store.client.get_run(row.run_id)
         m, p = run.data.metrics, run.data.params
         assert row.run_name == run.info.run_name and row.model == "smallcnn"
-        assert row.best_val_mAP == pytest.approx(m["best/val_mAP"]) and row.best_epoch == m["best/epoch"]
+        assert row.best_val_mAP == pytest.approx(m["val/best_mAP"]) and row.best_epoch == m["val/best_epoch"]
         assert row.dropout_value == float(p["dropout_value"]) and row.weight_decay_value == float(p["weight_decay_value"])
         assert row.optimizer == p["optimizer.name"] and row.lr == float(p["optimizer.lr"])
-        assert row.trainable == p["model.trainable"] == "all" and row.epochs == 2
+        assert row.trainable == p["model.trainable"] == "all" and row.epochs == 2 and row.seed == p["seed"] == "0"
         epoch_s = [x.value for x in store.client.get_metric_history(row.run_id, "time/epoch_s")]
         assert len(epoch_s) == 2 and row.train_time_s == pytest.approx(sum(epoch_s))
         for key in ("f1_micro", "f1_macro"):  # optional: NaN for runs logged before tuned thresholds existed
@@ -95,7 +95,8 @@ def test_failed_and_running_runs_are_left_out_and_counted(store, compared):
 def test_csv_and_markdown_tables_are_written(store, compared):
     csv = pd.read_csv(compared.out_dir / "comparison.csv")
     assert list(csv.columns) == COLUMNS and list(csv["run_id"]) == list(compared.table["run_id"])
-    rows = [line for line in (compared.out_dir / "comparison.md").read_text().splitlines() if line.startswith("|")]
+    md = (compared.out_dir / "comparison.md").read_text()
+    rows = [line for line in md.split("## Groups")[0].splitlines() if line.startswith("|")]
     assert len(rows) == 2 + 3
     assert rows[0].split("|")[1:-1] == [f" {c} " for c in COLUMNS] and set(rows[1]) <= set("|-: ")
     for line, run_id in zip(rows[2:], compared.table["run_id"]):
@@ -119,7 +120,18 @@ def test_comparison_is_logged_to_its_own_run(store, compared):
     assert store.client.get_experiment(run.info.experiment_id).name == "mlabel-exp-comparisons"
     assert run.data.tags["mlabel.kind"] == "comparison"
     assert run.data.params["num_runs"] == "3" and set(run.data.params["run_ids"].split(",")) == set(store.ids.values())
-    assert {"comparison.csv", "comparison.md", *FIGURES} <= artifact_paths(store.client, compared.run_id)
+    assert {"comparison.csv", "comparison.md", "groups.csv", *FIGURES} <= artifact_paths(store.client, compared.run_id)
+
+
+def test_runs_are_grouped_by_settings_and_paired_on_their_validation_images(store, compared):
+    # a, b and c differ in their settings: three groups of one seed, scored on the same validation images
+    found = compared.groups
+    assert sorted(found.table["n"]) == [1, 1, 1] and found.table["verdict"].iloc[0] == "best"
+    assert found.evaluated_on.startswith("paired bootstrap over the ") and "validation images" in found.evaluated_on
+    assert list(found.table["mean"]) == sorted(compared.table["best_val_mAP"], reverse=True)
+    saved = pd.read_csv(compared.out_dir / "groups.csv")
+    assert list(saved["group"]) == list(found.table["group"])
+    assert "## Groups across seeds" in (compared.out_dir / "comparison.md").read_text()
 
 
 def test_a_second_comparison_leaves_comparison_runs_out(store, compared, tmp_path):
@@ -132,7 +144,8 @@ def test_filter_string_selects_runs_and_constant_settings_skip_the_regularisatio
     result = compare(tracking_uri=store.uri, filter_string="params.optimizer.name = 'sgd'", out_dir=tmp_path,
                      log_to_mlflow=False)
     assert names(result, store) == ["c"]
-    assert set(result.figures) == FIGURES - {"regularisation.png"} and not (tmp_path / "regularisation.png").exists()
+    assert set(result.figures) == FIGURES - {"regularisation.png", "seed_intervals.png"}  # one run: one group
+    assert not (tmp_path / "regularisation.png").exists()
     assert any("regularisation.png skipped" in n for n in result.notes)
 
 
@@ -187,7 +200,10 @@ def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, capsys, capl
     code = main(["--experiment", "mlabel-exp", "--tracking-uri", store.uri, "--out", str(tmp_path / "cli")])
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]
-    rows = [line for line in out.out.splitlines() if line.startswith("|")]
+    runs, groups = out.out.split("Groups across seeds (paired bootstrap over the ")
+    rows = [line for line in runs.splitlines() if line.startswith("|")]
     assert rows[0].startswith("| run_id | run_name | model |") and len(rows) == 2 + 3
+    rows = [line for line in groups.splitlines() if line.startswith("|")]
+    assert rows[0].startswith("| group | verdict | n | mean |") and len(rows) == 2 + 3 and "| best |" in rows[2]
     assert {"comparison.csv", "comparison.md", *FIGURES} <= {p.name for p in (tmp_path / "cli").iterdir()}
     assert "MLflow run:" in out.out and "skipped 2 run(s)" in out.err + caplog.text

@@ -17,7 +17,7 @@ def test_two_process_run_counts_each_validation_image_once(tmp_path):
     assert len(runs) == 1  # rank 0 alone records
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
-    assert run.data.metrics["best/val_mAP"] == pytest.approx(best)
+    assert run.data.metrics["val/best_mAP"] == pytest.approx(best)
     import pandas as pd
 
     val = pd.read_csv(tmp_path / "out" / "predictions" / "val.csv")

@@ -25,7 +25,7 @@ def test_train_logs_a_complete_run(tmp_path):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert 0.0 <= best <= 1.0 and run.data.metrics["best/val_mAP"] == pytest.approx(best)
+    assert 0.0 <= best <= 1.0 and run.data.metrics["val/best_mAP"] == pytest.approx(best)
     assert EPOCH_METRICS <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP")] == [1, 2]
     assert run.data.params["model.name"] == "smallcnn" and run.data.params["dropout_value"] == "0.0"
@@ -230,7 +230,7 @@ def test_run_finishes_on_corrupt_images_and_annotation_lines_and_reports_them(tm
     train(cfg)
     client, (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["data/skipped_images"] == 3 and run.data.metrics["data/used_images"] == 77
+    assert run.data.tags["data.skipped_images"] == "3" and run.data.tags["data.index_problems"] == "0"
     report = json.loads((tmp_path / "out" / "data_problems.json").read_text())
     assert set(report["skipped_images"]) == {"im3.jpg", "im4.jpg", "im5.jpg"}
     assert any("circle.txt" in p and "'twelve'" in p for p in report["index_problems"])
@@ -298,7 +298,7 @@ def test_a_smoke_run_logs_no_third_party_warning_and_ends_by_saying_where_to_loo
     client, (run,) = mlflow_runs(tmp_path)
     lines = done.stdout.strip().splitlines()
     tail = lines[len(lines) - 1 - lines[::-1].index(lines[-1], 1):]  # the closing block, between its two rules
-    assert tail[1].startswith(f"best val mAP {run.data.metrics['best/val_mAP']:.4f} at epoch")
+    assert tail[1].startswith(f"best val mAP {run.data.metrics['val/best_mAP']:.4f} at epoch")
     assert f"outputs:  {tmp_path / 'out'}" in tail and "--workers 1" in " ".join(tail)
     assert tail[-2] == (f"run:      http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
                         "?workflowType=machine_learning")

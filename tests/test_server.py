@@ -47,7 +47,7 @@ def test_training_against_a_tracking_server(server, tmp_path):
     best = train(compose_cfg(*overrides, f"tracking.uri={server}", "tracking.experiment=team"))
     client = MlflowClient(server)
     (run,) = client.search_runs([client.get_experiment_by_name("team").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.metrics["best/val_mAP"] == pytest.approx(best)
+    assert run.info.status == "FINISHED" and run.data.metrics["val/best_mAP"] == pytest.approx(best)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP")] == [1, 2]
     files = artifact_paths(client, run.info.run_id)
     assert {"curves.png", "predictions/val.csv", "checkpoints/best.pt", "config.yaml"} <= files

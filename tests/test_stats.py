@@ -66,11 +66,13 @@ def test_bootstrap_interval_matches_brute_force_resampling():
     group_a, group_b = [noise(0.05), noise(0.05)], [noise(0.2), noise(0.2)]
     confidence, n_ours, n_ref = 0.9, 2000, 300
 
-    def difference(rows):
-        return (np.mean([sklearn_map(s[rows], y[rows]) for s in group_a])
-                - np.mean([sklearn_map(s[rows], y[rows]) for s in group_b]))
+    def difference(rows, runs_a=(0, 1), runs_b=(0, 1)):
+        return (np.mean([sklearn_map(group_a[r][rows], y[rows]) for r in runs_a])
+                - np.mean([sklearn_map(group_b[r][rows], y[rows]) for r in runs_b]))
 
-    ref = np.array([difference(rng.integers(0, len(y), len(y))) for _ in range(n_ref)])
+    # the reference draws the images, and each group's seed runs, with replacement: the two-level bootstrap by hand
+    ref = np.array([difference(rng.integers(0, len(y), len(y)), rng.integers(0, 2, 2), rng.integers(0, 2, 2))
+                    for _ in range(n_ref)])
     result = paired_bootstrap(y, group_a, group_b, n_resamples=n_ours, confidence=confidence, seed=5)
 
     assert result.difference == pytest.approx(difference(np.arange(len(y))), rel=1e-12)
@@ -85,10 +87,30 @@ def test_bootstrap_interval_matches_brute_force_resampling():
 
 def test_identical_models_are_not_distinguishable():
     p, y = make_case(6, n=150, c=4)
-    runs = [p, np.clip(p + 0.1, 0, 1)]
-    result = paired_bootstrap(y, runs, [r.copy() for r in runs], n_resamples=200)
+    result = paired_bootstrap(y, [p], [p.copy()], n_resamples=200)
     assert (result.difference, result.ci_low, result.ci_high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
     assert verdict(False, result.p_value) == "not distinguishable from best"
+    # two groups of the same two seed runs: the runs drawn differ per group, so the interval is wide, around 0
+    runs = [p, np.clip(p + rng_noise(p, 9), 0, 1)]
+    result = paired_bootstrap(y, runs, [r.copy() for r in runs], n_resamples=500)
+    assert result.difference == pytest.approx(0.0, abs=1e-12)
+    assert result.ci_low < 0 < result.ci_high and result.p_value > 0.5
+
+
+def rng_noise(p, seed):
+    return np.random.default_rng(seed).normal(0, 0.2, p.shape)
+
+
+def test_a_difference_made_by_one_lucky_seed_is_not_significant():
+    """Group A: one strong seed run and two like group B's. Scored on images alone, A's mean is better on almost every
+    image resample; drawing A's seed runs too, a third of the resamples hold no strong run."""
+    rng = np.random.default_rng(11)
+    y = (rng.random((400, 5)) < 0.3).astype(int)
+    mid = lambda: y + rng.normal(0, 1.2, y.shape)  # noqa: E731
+    a, b = [y + rng.normal(0, 0.3, y.shape), mid(), mid()], [mid(), mid(), mid()]
+    result = paired_bootstrap(y, a, b, n_resamples=1000)
+    assert result.difference > 0.05
+    assert result.ci_low < 0.01 and result.p_value > 0.05
 
 
 def test_clearly_better_model_is_detected():
