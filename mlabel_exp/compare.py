@@ -46,6 +46,7 @@ class Comparison:
     run_id: str | None                   # the comparison's own MLflow run (None with log_to_mlflow=False)
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
     groups: Groups | None = None         # runs grouped by settings across seeds, with intervals and verdicts
+    registered: tuple[str, int] | None = None  # (run id, model version) registered by register_best_as
 
 
 # ------------------------------------------------------------------ selecting runs
@@ -293,10 +294,24 @@ def log_comparison(uri: str, experiment: str, table: pd.DataFrame, files: list[P
     return tracker.run_id
 
 
+CHAMPION = "champion"  # the alias --register-best sets on the version it registers
+
+
+def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple[str, int]:
+    """Register the model of the best run of the best group as a new version of ``name``, aliased champion."""
+    from .groups import OBJECTIVE
+
+    members = set(found.table["run_ids"].iloc[0].split())
+    best = max((r for r in runs if r["run_id"] in members), key=lambda r: r["metrics"].get(OBJECTIVE, -1.0))
+    return best["run_id"], tracking.register_model(uri, f"runs:/{best['run_id']}/model", name, CHAMPION)
+
+
 def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, sweep: str | None = None,
-            filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True) -> Comparison:
+            filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True,
+            register_best_as: str | None = None) -> Comparison:
     """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: a sweep_id or 'latest';
-    matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run."""
+    matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run;
+    ``register_best_as``: register the best run's model under that name, aliased champion."""
     from . import groups, plots
     from .fsutil import write_atomic
 
@@ -333,9 +348,10 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     run_id = None
     if log_to_mlflow:
         files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *figures.values()]
-        with tracking.quiet_start():
+        with tracking.quiet_logger():
             run_id = log_comparison(uri, experiment, table, files, sweep, filter_string, sweep_name)
-    return Comparison(table, figures, out_dir, run_id, notes, found)
+    registered = register_best(uri, found, runs, register_best_as) if register_best_as else None
+    return Comparison(table, figures, out_dir, run_id, notes, found, registered)
 
 
 # ------------------------------------------------------------------ command line
@@ -354,6 +370,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MLflow filter string, e.g. \"params.model.name = 'resnet18'\"")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <project root>/outputs/compare/<time>)")
     p.add_argument("--no-log", action="store_true", help="do not log the comparison to MLflow")
+    p.add_argument("--register-best", metavar="NAME", default=None,
+                   help="register the model of the best run (of the best group) as a new version of NAME, with the "
+                        f"alias {CHAMPION}: serve it with mlflow models serve -m models:/NAME@{CHAMPION}")
     return p.parse_args(argv)
 
 
@@ -362,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = compare(args.experiment, tracking_uri=args.tracking_uri, sweep=args.sweep,
-                         filter_string=args.filter_string, out_dir=args.out, log_to_mlflow=not args.no_log)
+                         filter_string=args.filter_string, out_dir=args.out, log_to_mlflow=not args.no_log,
+                         register_best_as=args.register_best)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -375,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")
     if result.run_id:
         print(f"MLflow run: {result.run_id} (experiment {comparisons_experiment(args.experiment)})")
+    if result.registered:
+        run_id, version = result.registered
+        uri = tracking.resolve_uri(args.tracking_uri)
+        print(f"registered: models:/{args.register_best}/{version} (alias @{CHAMPION}) from run {run_id}; serve it:\n"
+              f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{args.register_best}@{CHAMPION} "
+              "--env-manager local --port 5001")
     return 0
 
 

@@ -275,6 +275,13 @@ class TrackingConfig:
     run_name: Optional[str] = None       # default: the model and the overrides
     log_checkpoint: bool = True          # upload best.pt to the run (vgg16's is ~0.5 GB)
     log_model: bool = True               # also log an MLflow pyfunc model (runs:/<id>/model); a copy of best.pt
+    register: Optional[str] = None       # register that model under this name (a new version per run)
+
+    def __post_init__(self):
+        _check(self.register is None or (self.log_model and self.enabled), "tracking.register", self.register,
+               "null unless tracking.log_model=true and tracking.enabled=true (it registers the logged model)")
+        _check(self.register is None or bool(str(self.register).strip()), "tracking.register", self.register,
+               "a model name")
 
 
 @dataclass

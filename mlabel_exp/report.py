@@ -77,8 +77,36 @@ def images_used(split, trainer_cfg) -> str:
             f"(trainer.max_steps_per_epoch={steps})")
 
 
-def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, tags: dict, resume_id: str | None):
-    """Continue the resumed run, or start one (a child of its sweep's parent) with what defines it."""
+def dataset_name(data_cfg) -> str:
+    if data_cfg.name == "synthetic":
+        s = data_cfg.synthetic
+        return f"synthetic ({s.num_images} images, {s.image_size} px, seed {s.seed})"
+    return Path(str(data_cfg.root)).name or str(data_cfg.root)
+
+
+def dataset_digests(index, split) -> dict[str, str]:
+    """Per split, as MLflow dataset contexts (train, validation, test): a digest of its classes, image ids and labels,
+    so that two runs on different data, or on another split of it, show different datasets in the UI."""
+    import hashlib
+
+    import numpy as np
+
+    digests = {}
+    for part, context in (("train", "train"), ("val", "validation"), ("test", "test")):
+        rows = split.get(part)
+        if rows is None or len(rows) == 0:
+            continue
+        h = hashlib.sha256("\n".join(index.classes).encode())
+        h.update(np.asarray(index.ids[rows], dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(index.labels[rows], dtype=np.uint8).tobytes())
+        digests[context] = h.hexdigest()[:10]
+    return digests
+
+
+def start(tracker, cfg: DictConfig, identity, out: Path, index, split, params: dict, tags: dict,
+          resume_id: str | None):
+    """Continue the resumed run, or start one (a child of its sweep's parent) with what defines it: settings, data
+    (MLflow datasets, one per split), config and split files."""
     if resume_id:
         tracker.attach(resume_id)
         return
@@ -89,8 +117,9 @@ def start(tracker, cfg: DictConfig, identity, out: Path, classes, params: dict, 
         name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
         run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"], name)
     tracker.start(run_name, {**run_tags, **tags, "output_dir": str(out)}, params)
+    tracker.log_datasets(dataset_name(cfg.data), index.root, dataset_digests(index, split))
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")  # at the start: a killed run has it too
-    tracker.log_text(json.dumps(classes, indent=1), "classes.json")
+    tracker.log_text(json.dumps(index.classes, indent=1), "classes.json")
     tracker.log_artifact(out / "split.json")
     if (out / ".hydra").is_dir():
         tracker.log_artifacts(out / ".hydra", "hydra")
@@ -122,7 +151,9 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
         if cfg.tracking.log_checkpoint:
             tracker.log_artifact(best, "checkpoints")
         if cfg.tracking.log_model:
-            tracker.log_model(best, classes, cfg.model.input_size)
+            model_uri = tracker.log_model(best, classes, cfg.model.input_size)
+            if cfg.tracking.register:
+                tracker.register(model_uri, cfg.tracking.register)
     return held_out
 
 

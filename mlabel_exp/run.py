@@ -113,7 +113,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     weights = models.weights_description(m.name, m.weights)
     facts = report.run_facts(index, split, weights=weights, device=device, workers=loaders.workers, cache=loaders.cache)
     params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
-    report.start(tracker, cfg, identity, out, index.classes, params, {"weights": weights}, resume and resume["run_id"])
+    report.start(tracker, cfg, identity, out, index, split, params, {"weights": weights}, resume and resume["run_id"])
     log.info("training %s on %s: %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
              report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
     trainer = engine.Trainer(

@@ -8,6 +8,7 @@ One MLflow run per Hydra job, named after the model and the overrides.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -243,8 +244,25 @@ class Tracker:
             self.client.set_terminated(self.run_id, status)
 
 
-    def log_model(self, checkpoint: Path, classes: list[str], input_size: int) -> None:
-        """An MLflow pyfunc model at runs:/<id>/model: a batch of images (bytes) -> per-class probabilities."""
+    def log_datasets(self, name: str, source: Path, digests: dict[str, str]) -> None:
+        """The data the run used, with MLflow's dataset API (the UI's Dataset column): one entry per split (context
+        train / validation / test), each with the digest of its images and labels; ``source`` is the data root."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [DatasetInput(MetaDataset(LocalArtifactDatasetSource(str(source)), name=name, digest=digest)
+                               ._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                  for context, digest in digests.items()]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def register(self, model_uri: str, name: str, alias: str | None = None) -> int:
+        return register_model(self.uri, model_uri, name, alias)
+
+    def log_model(self, checkpoint: Path, classes: list[str], input_size: int) -> str:
+        """An MLflow pyfunc model at runs:/<id>/model: a batch of images (bytes) -> per-class probabilities, the labels
+        at the run's thresholds and a per-row error (pyfunc_model.py). Returns the model's URI."""
         import mlflow
         import torch
         import torchvision
@@ -252,19 +270,43 @@ class Tracker:
         from mlflow.types import ColSpec, Schema
 
         signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
-                                   outputs=Schema([ColSpec("double", c) for c in classes]))
+                                   outputs=Schema([*(ColSpec("double", c) for c in classes), ColSpec("string", "labels"),
+                                                   ColSpec("string", "error")]))
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id), _quiet_downloads(), warnings.catch_warnings():
             # The signature is given explicitly (bytes in, one probability per class out), so MLflow's advice to add
             # type hints or an input example (to infer one) does not apply: that is noise, and only that is silenced.
             for noise in ("Add type hints to the `predict` method", "input example was not provided"):
                 warnings.filterwarnings("ignore", message=f".*{noise}.*")
-            mlflow.pyfunc.log_model(
+            return mlflow.pyfunc.log_model(
                 name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"), artifacts={"checkpoint": str(checkpoint)},
                 signature=signature, code_paths=[str(PACKAGE_DIR)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"torchvision=={torchvision.__version__.split('+')[0]}",
-                                  "pillow", "numpy", "pandas", "omegaconf"])
+                                  "pillow", "numpy", "pandas", "omegaconf"]).model_uri
+
+
+def register_model(uri: str | None, model_uri: str, name: str, alias: str | None = None) -> int:
+    """A new version of the registered model ``name`` from ``model_uri`` (runs:/<id>/model or models:/...) in the
+    store at ``uri``; ``alias`` (e.g. champion) moved to it. Returns the version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints two lines of its own; ours follows
+            version = int(mlflow.register_model(model_uri, name).version)
+    except MlflowException as e:
+        raise ConfigError(f"cannot register {model_uri} as {name!r}: {e.message} (a run logs its model with "
+                          "tracking.log_model=true)") from e
+    if alias:
+        MlflowClient(uri).set_registered_model_alias(name, alias, str(version))
+    log.info("registered model %s version %d%s: models:/%s/%d", name, version,
+             f", alias @{alias}" if alias else "", name, version)
+    return version
 
 
 def _sweep_parent_query(sweep_id: str) -> str:
@@ -330,7 +372,7 @@ class NullTracker:
 
     run_id = None
     start = attach = sweep_parent = log_metrics = set_tags = log_artifact = log_artifacts = log_text = _nothing
-    end = log_model = _nothing
+    end = log_model = log_datasets = register = _nothing
 
     def log_figure(self, figure, artifact_file: str) -> None:
         import matplotlib.pyplot as plt
@@ -339,14 +381,16 @@ class NullTracker:
 
 
 @contextlib.contextmanager
-def quiet_start():
-    """No "MLflow run ... started" line: for a command that names its run once, at the end (compare)."""
-    before = log.level
-    log.setLevel(max(before, logging.WARNING))
+def quiet_logger(name: str = __name__):
+    """No INFO lines from the logger ``name``: this module's "MLflow run ..." for a command that names its run once,
+    at the end (compare)."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        log.setLevel(before)
+        logger.setLevel(before)
 
 
 def open_tracker(cfg) -> Tracker | NullTracker:

@@ -19,7 +19,8 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
-    train(compose_cfg(*tiny_overrides(tmp, f"trainer.output_dir={tmp / 'out'}", "tracking.log_model=true")))
+    train(compose_cfg(*tiny_overrides(tmp, f"trainer.output_dir={tmp / 'out'}", "tracking.log_model=true",
+                                      "tracking.register=tiny-run")))
     client, (run,) = mlflow_runs(tmp)
     images = sorted((tmp / "cache").rglob("images"))[0]
     return tmp, client, run.info.run_id, images
@@ -110,6 +111,10 @@ def test_predict_on_cuda_reproduces_a_cuda_runs_validation_probabilities(tmp_pat
     np.testing.assert_allclose(got, logged, atol=0.25 * 8 * 2 * 2**-8)
 
 
+def labels_at_thresholds(result) -> list[str]:
+    return [" ".join(c for c, p, t in zip(result.classes, row, result.thresholds) if p >= t) for row in result.probs]
+
+
 def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path):
     import mlflow
 
@@ -117,9 +122,70 @@ def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path
     result = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False, device="cpu"), tmp_path / "o")
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    frame = model.predict(pd.DataFrame({"image": [(new_images / f).read_bytes() for f in result.files]}))
-    assert list(frame.columns) == result.classes
-    np.testing.assert_allclose(frame.to_numpy(), result.probs, atol=1e-5)
+    blobs = [(new_images / f).read_bytes() for f in result.files]
+    frame = model.predict(pd.DataFrame({"image": [*blobs[:2], b"not an image", *blobs[2:]]}))
+    assert list(frame.columns) == [*result.classes, "labels", "error"]
+    good = frame.drop(index=2)
+    np.testing.assert_allclose(good[result.classes].to_numpy(dtype=float), result.probs, atol=1e-5)
+    assert list(good["labels"]) == labels_at_thresholds(result) and (good["error"] == "").all()
+    assert frame.loc[2, "error"] == "row 2: not a readable image (UnidentifiedImageError)"
+    assert frame.loc[2, result.classes].isna().all() and frame.loc[2, "labels"] == ""
+
+
+def test_tracking_register_makes_a_version_of_the_runs_model(trained):
+    from mlflow.tracking import MlflowClient
+
+    tmp, _, run_id, _ = trained
+    (version,) = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}").search_model_versions("name='tiny-run'")
+    assert version.run_id == run_id and int(version.version) == 1
+
+
+@pytest.mark.slow
+def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_image(trained, new_images, tmp_path):
+    """compare --register-best, then the real `mlflow models serve` on 127.0.0.1, called as the README's curl does."""
+    import base64
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    from mlabel_exp.compare import compare
+    from mlabel_exp.distributed import free_port
+
+    tmp, _, run_id, _ = trained
+    uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
+    result = compare(tracking_uri=uri, out_dir=tmp_path / "cmp", log_to_mlflow=False, register_best_as="tiny")
+    assert result.registered == (run_id, 1)
+    expected = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False, device="cpu"), tmp_path / "o")
+    port, bin_dir = free_port(), os.path.dirname(sys.executable)
+    server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", "models:/tiny@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(240):  # bounded wait: the server imports torch and loads the model
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-3000:]
+                time.sleep(0.5)
+        rows = [[base64.b64encode((new_images / f).read_bytes()).decode()] for f in expected.files]
+        rows.insert(1, [base64.b64encode(b"corrupt").decode()])
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"]
+        assert server.poll() is None  # still serving
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert len(answer) == len(expected.files) + 1
+    bad = answer.pop(1)
+    assert bad["error"].startswith("row 1: not a readable image") and bad[expected.classes[0]] is None
+    got = np.array([[row[c] for c in expected.classes] for row in answer])
+    np.testing.assert_allclose(got, expected.probs, atol=1e-5)
+    assert [row["labels"] for row in answer] == labels_at_thresholds(expected)
 
 
 def test_bad_predict_settings_are_named(trained, tmp_path):

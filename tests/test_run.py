@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -45,6 +46,26 @@ def test_train_logs_a_complete_run(tmp_path):
     assert list(preds.columns) == ["file", *classes, "labels", "true_labels"]
     assert len(preds) == 8 and preds["file"].str.fullmatch(r"im\d+\.jpg").all()
     assert ((preds[classes] >= 0) & (preds[classes] <= 1)).all().all()
+    # lineage: the data set, one MLflow dataset input per split, each with the digest of its images and labels
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation"}
+    assert {d.name for d in inputs.values()} == {"synthetic (80 images, 32 px, seed 0)"}
+    assert inputs["train"].digest != inputs["validation"].digest
+    assert json.loads(inputs["train"].source)["uri"].endswith("n80_px32_seed0_u0.4_g0.03_m4_v1")
+
+
+def test_dataset_digests_follow_the_images_labels_and_split(synthetic_root):
+    from mlabel_exp import data as D
+    from mlabel_exp.report import dataset_digests
+
+    index = D.build_index(synthetic_root)
+    split = {"train": np.arange(0, 200), "val": np.arange(200, 300)}
+    first = dataset_digests(index, split)
+    assert first == dataset_digests(D.build_index(synthetic_root), split) and set(first) == {"train", "validation"}
+    assert dataset_digests(index, {"train": np.arange(1, 201), "val": split["val"]})["train"] != first["train"]
+    index.labels[0, 0] ^= 1  # one label changed
+    assert dataset_digests(index, split)["train"] != first["train"]
+    assert dataset_digests(index, split)["validation"] == first["validation"]
 
 
 def test_checkpoint_holds_what_is_needed_to_reuse_the_model(tmp_path):
