@@ -61,3 +61,32 @@ def test_device_selection_falls_back_to_cpu_and_honours_a_choice():
     assert select_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         assert select_device("auto").type in ("cpu", "mps")
+
+
+def _estimate_after(monkeypatch, caplog, seconds_per_step: float, device: str = "cpu", **kw):
+    """The estimate's log after its first steps, with a clock that advances ``seconds_per_step`` a step."""
+    from mlabel_exp import engine
+
+    clock = iter(range(0, 10_000))
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock) * seconds_per_step)
+    estimate = engine._RunEstimate(torch.device(device), **kw)
+    caplog.set_level("INFO", logger="mlabel_exp.engine")
+    for i in range(1, kw["train_steps"] + 1):
+        estimate.step(i)
+    return [(r.levelname, r.getMessage()) for r in caplog.records]
+
+
+def test_the_time_estimate_counts_training_and_validation_and_warns_of_a_long_cpu_run(monkeypatch, caplog):
+    # 1.2 s a step: an epoch is 100 steps + 30 validation batches at a third of a step = 132 s; 40 epochs = 88 min
+    said = _estimate_after(monkeypatch, caplog, 1.2, train_steps=100, val_steps=30, epochs_left=40)
+    assert said[0] == ("INFO", "estimated 2.2 min per epoch, 88.0 min for the 40 epoch(s) to go "
+                               "(early stopping may end it sooner)")
+    assert said[1][0] == "WARNING" and "about 88.0 min" in said[1][1] and "trainer=smoke" in said[1][1]
+    assert len(said) == 2  # said once
+
+
+def test_no_estimate_for_a_short_run_nor_a_warning_on_a_gpu(monkeypatch, caplog):
+    assert _estimate_after(monkeypatch, caplog, 0.01, train_steps=100, val_steps=30, epochs_left=2) == []
+    caplog.clear()
+    said = _estimate_after(monkeypatch, caplog, 2.0, device="cuda", train_steps=100, val_steps=30, epochs_left=40)
+    assert [level for level, _ in said] == ["INFO"]

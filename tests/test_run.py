@@ -168,6 +168,7 @@ def test_stop_request_marks_the_run_killed_and_exits_non_zero(tmp_path, monkeypa
     ("dropout=1.0", "dropout"), ("dropout=bogus", "dropout"), ("weight_decay=-1", "weight_decay"),
     ("optimizer.lr=-1", "optimizer.lr"), ("trainer.batch_size=0", "trainer.batch_size"),
     ("model.trainable=bogus", "model.trainable"), ("trainer.epochs=0", "trainer.epochs"),
+    ("tracking.register=best", "tracking.register"),  # tiny_overrides turn tracking.log_model off
 ])
 def test_bad_settings_fail_before_any_data_is_read(tmp_path, override, setting):
     cfg = compose_cfg(*tiny_overrides(tmp_path, "data=folder", f"data.root={tmp_path / 'nowhere'}", override))
