@@ -384,7 +384,7 @@ class Trainer:
                 row = self.train_epoch(train_loader, epoch)
                 probs, targets, val_loss, names = self.predict(val_loader)
                 scores = M.compute(probs, targets, classes=self.classes, quiet=bool(self.result.history))
-                row.update({"val/loss": val_loss, **{f"val/{k}": v for k, v in scores.items()},
+                row.update({"val/loss": val_loss, **{M.logged_name("val", k): v for k, v in scores.items()},
                             "lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
                 if self._end_epoch(epoch, row, probs, targets, names):
                     break

@@ -100,16 +100,23 @@ def swept(folder: Path | None = None) -> list[str]:
     return [o for o in overrides if "," in o or "(" in o.split("=", 1)[-1]]
 
 
+#: Overrides left out of run names (they stay in the ``overrides`` tag): where things run and are written, not what is
+#: trained; so is any value holding a path.
+NOT_IN_RUN_NAMES = ("model=", "tracking.", "hydra", "trainer.device=", "trainer.output_dir=", "trainer.progress=",
+                    "trainer.num_threads=", "data.cache_dir=", "data.num_workers=", "resume=")
+
+
 def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
     """Run name and the tags that place a run in its sweep (or the given ``group``). In a sweep the name starts with
-    the values this job takes of what the sweep varies (``dropout=heavy``): the part that tells runs apart."""
+    the values this job takes of what the sweep varies (``dropout=heavy``): the part that tells runs apart; then the
+    model and what else was set, without settings of where it ran (NOT_IN_RUN_NAMES) or paths."""
     hc = hydra_config()
     overrides = task_overrides()
     group = dict(group or {})
     overrides += [o for o in group.pop("overrides", "").split() if o]
     varied = {o.split("=", 1)[0] for o in swept()}
     first = [o for o in overrides if o.split("=", 1)[0] in varied]
-    shown = [o for o in overrides if o not in first and not o.startswith(("model=", "tracking.", "hydra"))]
+    shown = [o for o in overrides if o not in first and not o.startswith(NOT_IN_RUN_NAMES) and "/" not in o]
     model = [] if "model" in varied else [cfg.model.name]
     name = cfg.tracking.run_name or " ".join([*first, *model, *shown])
     tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}

@@ -37,6 +37,15 @@ EPOCH_METRICS = (
     "CP", "CR", "CF1", "OP", "OR", "OF1",         # the ML-GCN / ASL protocol
     "hamming_loss", "subset_accuracy", "accuracy",  # accuracy: label-wise (the original project's)
 )
+#: Logged as <split>/<name>; the others as <split>/more/<name>, a chart section of their own after the key curves
+#: (MLflow's UI orders a run's chart sections by name and the charts in each by name).
+KEY_METRICS = ("mAP", "f1_micro", "f1_macro")
+
+
+def logged_name(split: str, metric: str) -> str:
+    return f"{split}/{metric}" if metric in KEY_METRICS else f"{split}/more/{metric}"
+
+
 #: Fewer positives than this in validation: a class keeps the global threshold instead of its own.
 MIN_POSITIVES_PER_CLASS_THRESHOLD = 5
 

@@ -45,7 +45,7 @@ def test_three_architectures_side_by_side(tmp_path, imagenet_weights):
     assert len({r.data.tags["sweep_id"] for r in runs}) == 1
     assert sorted(r.data.tags["job_num"] for r in runs) == ["0", "1", "2"]
     for r in runs:
-        assert {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/accuracy"} <= set(r.data.metrics)
+        assert {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/more/accuracy"} <= set(r.data.metrics)
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/mAP")] == [1]
         files = artifact_paths(client, r.info.run_id)
         assert {"curves.png", "predictions/val.csv", "predictions/val.json", "classes.json", "split.json",
@@ -55,6 +55,9 @@ def test_three_architectures_side_by_side(tmp_path, imagenet_weights):
     # the parent is named by what the sweep varies and carries the winner; children are named by their values first
     assert parent.info.run_name == "model=resnet50,vgg16,inception"
     assert sorted(r.info.run_name.split()[0] for r in runs) == ["model=inception", "model=resnet50", "model=vgg16"]
+    # what was trained, not where: no device, cache folder or other path in a run's name (the overrides tag has them)
+    assert all("/" not in r.info.run_name and "trainer.device" not in r.info.run_name for r in runs)
+    assert all("data.cache_dir=" in r.data.tags["overrides"] for r in runs)
     top = max(r.data.metrics["val/best_mAP"] for r in runs)
     winners = {r.info.run_id for r in runs if r.data.metrics["val/best_mAP"] == top}  # untrained models may tie
     assert parent.data.metrics["val/best_mAP"] == top and parent.data.tags["best_run_id"] in winners
