@@ -144,6 +144,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = True
     print(_common.machine_line())
+    print(_common.calibration_line(), flush=True)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}, batch {args.batch}, "
           f"{args.size} px")
     root = _common.dataset(args.num_images)

@@ -51,6 +51,7 @@ def main() -> None:
     from mlabel_exp.data import build_index
 
     print(_common.machine_line())
+    print(_common.calibration_line(), flush=True)
     root = _common.dataset(args.num_images)
     _common.warm_page_cache(root)
     lines = sum(len(p.read_text().split()) for p in (root / "annotations").glob("*.txt"))

@@ -146,6 +146,7 @@ def main() -> None:
     from mlabel_exp import image_cache
 
     print(_common.machine_line())
+    print(_common.calibration_line(), flush=True)
     root = _common.dataset(args.num_images)
     _common.warm_page_cache(root)
     index = D.build_index(root)

@@ -160,6 +160,7 @@ def main() -> None:
         return
 
     print(_common.machine_line())
+    print(_common.calibration_line(), flush=True)
     root = _common.dataset(args.num_images)
     _common.warm_page_cache(root)
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:

@@ -69,6 +69,7 @@ def first_step(args: list[str], env: dict) -> tuple[float, float]:
 
 def main() -> None:
     print(_common.machine_line())
+    print(_common.calibration_line(), flush=True)
     results = {}
     for label, args in (("--help", ["-m", "mlabel_exp.run", "--help"]),
                         ("--cfg job", ["-m", "mlabel_exp.run", "--cfg", "job"]),

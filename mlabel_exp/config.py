@@ -219,7 +219,7 @@ class TrainerConfig:
     amp: bool = True                     # mixed precision, on CUDA only
     amp_dtype: str = "auto"              # auto (bfloat16 where the GPU has it, else float16) | bfloat16 | float16
     compile: bool = False                # torch.compile the model (first steps slower while it compiles)
-    channels_last: bool = True           # on CUDA only
+    channels_last: bool = True           # on CUDA and the CPU (oneDNN); not on MPS
     unfreeze_at_epoch: int = 0           # > 0: only the head trains for this many epochs, then model.trainable
     early_stopping_patience: int = 0     # epochs without val mAP improvement before stopping; 0 = never
     max_steps_per_epoch: int = 0         # > 0: cut each epoch (and validation) short; for smoke runs

@@ -80,13 +80,16 @@ class Predictor:
         preprocessing = ckpt.get("preprocessing") or {"decode_size": m["input_size"], "input_size": m["input_size"],
                                                        "mean": m["mean"], "std": m["std"]}
         thresholds = (ckpt.get("thresholds") or {}).get("per_class")
-        return cls(model.eval().to(device), preprocessing, ckpt["classes"], thresholds=thresholds, device=device,
-                   amp_dtype=getattr(torch, ckpt.get("amp_dtype", "float32")))
+        # the memory layout the run validated in: the same kernels, so the same probabilities
+        channels_last = bool(ckpt.get("channels_last")) and device.type in ("cuda", "cpu")
+        model = model.eval().to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        return cls(model, preprocessing, ckpt["classes"], thresholds=thresholds, device=device,
+                   amp_dtype=getattr(torch, ckpt.get("amp_dtype", "float32")), channels_last=channels_last)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """float32 logits (on the device) of a uint8 batch from ``image_steps``; the model's mode is the caller's."""
         x = self.transform(images.to(self.device, non_blocking=True), train=False)
-        if self.channels_last:
+        if self.channels_last and x.dim() == 4:  # image batches; other inputs keep their layout
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
             main, _ = split_outputs(self.model(x))

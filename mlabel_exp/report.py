@@ -39,7 +39,7 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
         (k not in ("aux_logits", "aux_weight") or backbone(typed.model.name).aux_classifier is not None),
         "data.synthetic.": lambda k: d.name == "synthetic",
         "data.augment.": lambda k: k != "crop_scale_min" or d.augment.random_resized_crop,
-        "trainer.": lambda k: k not in ("amp", "amp_dtype", "channels_last") or cuda,
+        "trainer.": lambda k: k not in ("amp", "amp_dtype") or cuda,
     }
     skipped = ("presets.", "tracking.", "resume", "dropout", "weight_decay", "trainer.output_dir", "trainer.progress",
                "trainer.log_every_steps", "data.cache_dir", "data.verify_images")
