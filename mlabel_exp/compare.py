@@ -120,6 +120,8 @@ def _float(value) -> float:
 
 
 def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
+    from .groups import objective
+
     p, m = run["params"], run["metrics"]
     epochs = histories.get("val/mAP") or histories.get("train/loss") or []
     return {
@@ -127,7 +129,7 @@ def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
         "dropout_value": _float(p.get("dropout_value")), "weight_decay_value": _float(p.get("weight_decay_value")),
         "optimizer": p.get("optimizer.name"), "lr": _float(p.get("optimizer.lr")), "trainable": p.get("model.trainable"),
         "seed": p.get("seed"),
-        "best_epoch": m.get("val/best_epoch"), "best_val_mAP": m.get("val/best_mAP", float("nan")),
+        "best_epoch": m.get("val/best_epoch", m.get("best/epoch")), "best_val_mAP": objective(m),
         "tuned_f1_micro": m.get("tuned/f1_micro", float("nan")), "tuned_f1_macro": m.get("tuned/f1_macro", float("nan")),
         **{c: m.get(c.replace("test_", "test/"), float("nan")) for c in TEST_COLUMNS},
         "train_time_s": sum(v for _, v in histories.get("time/epoch_s", [])), "epochs": len(epochs),
@@ -241,7 +243,8 @@ def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_
 # ------------------------------------------------------------------ groups across seeds
 
 def groups_table(found: Groups) -> pd.DataFrame:
-    """The groups for reading: intervals as [low, high], seed values and run ids short."""
+    """The groups for reading: intervals as [low, high]. mean/std/95% CI: best val mAP over seeds; mAP (paired images)
+    and the difference: on the images the paired test used (found.evaluated_on)."""
     import pandas as pd
 
     t = found.table
@@ -252,7 +255,7 @@ def groups_table(found: Groups) -> pd.DataFrame:
     return pd.DataFrame({
         "group": t["group"], "verdict": t["verdict"], "n": t["n"], "mean": t["mean"], "std": t["std"],
         "95% CI": [interval(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
-        "best - this": t["difference"], "95% CI of difference": [interval(lo, hi) for lo, hi in
+        "mAP (paired images)": t["eval_mAP"], "best - this": t["difference"], "95% CI of difference": [interval(lo, hi) for lo, hi in
                                                                  zip(t["diff_ci_low"], t["diff_ci_high"])],
         "p": t["p_value"], "seeds": t["seeds"]})
 
@@ -299,10 +302,10 @@ CHAMPION = "champion"  # the alias --register-best sets on the version it regist
 
 def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple[str, int]:
     """Register the model of the best run of the best group as a new version of ``name``, aliased champion."""
-    from .groups import OBJECTIVE
+    from .groups import objective
 
     members = set(found.table["run_ids"].iloc[0].split())
-    best = max((r for r in runs if r["run_id"] in members), key=lambda r: r["metrics"].get(OBJECTIVE, -1.0))
+    best = max((r for r in runs if r["run_id"] in members), key=lambda r: objective(r["metrics"]))
     return best["run_id"], tracking.register_model(uri, f"runs:/{best['run_id']}/model", name, CHAMPION)
 
 

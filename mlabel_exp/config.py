@@ -333,6 +333,8 @@ class Config:
         # Resolved to floats here: the composed config keeps what the user typed (e.g. "heavy").
         self.dropout = _regularisation("dropout", self.dropout, self.presets.dropout, self.model.dropout)
         _fraction("dropout", self.dropout)
+        _check(self.tracking.register is None or self.trainer.checkpoint, "tracking.register", self.tracking.register,
+               "null with trainer.checkpoint=false (the registered model is the best checkpoint)")
         self.weight_decay = _regularisation("weight_decay", self.weight_decay, self.presets.weight_decay,
                                             self.model.weight_decay)
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")

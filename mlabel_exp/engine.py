@@ -21,14 +21,9 @@ from . import distributed
 from . import metrics as M
 from .config import TrainerConfig
 from .fsutil import save_atomic
-from .predictor import Predictor, split_outputs
+from .predictor import CHANNELS_LAST_DEVICES, Predictor, split_outputs
 
 log = logging.getLogger(__name__)
-
-
-#: Where channels_last pays: cuDNN, and oneDNN on the CPU (measured on smallcnn at 64 px, 2 cores: training 1.3x,
-#: validation 1.5x the default layout; benchmarks/README.md).
-CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 
 
 class TrainingInterrupted(Exception):
@@ -132,13 +127,15 @@ class _RunEstimate:
         self.done = epochs_left < 1 or train_steps < 2
 
     def step(self, i: int) -> None:
+        """After training step ``i`` of the epoch (steps of skipped batches are not counted)."""
         if self.done:
             return
         now = time.perf_counter()
         if self.since is None:
-            self.since = now
+            self.since, self.timed = now, 0
             return
-        timed = i - 1
+        self.timed += 1
+        timed = self.timed
         if (timed < self.min_steps or now - self.since < self.min_seconds) and i < self.train_steps:
             return
         self.done = True

@@ -20,11 +20,20 @@ from . import stats, tracking
 
 log = logging.getLogger(__name__)
 
-#: Params that are not settings: the seed (what a group repeats over) and facts of the machine a run happened on.
-NOT_SETTINGS = ("seed", "device", "data.num_workers_used", "data.decoded_cache_used", "world_size")
+#: Params that are not settings: the seed (what a group repeats over), and where and how fast a run happened to run
+#: (the device, threads, workers, memory layout, the data root's absolute path on that machine).
+NOT_SETTINGS = ("seed", "device", "world_size", "data.num_workers", "data.num_workers_used", "data.decoded_cache_used",
+                "data.root_resolved", "trainer.device", "trainer.num_threads", "trainer.channels_last", "trainer.amp",
+                "trainer.amp_dtype")
 OBJECTIVE = "val/best_mAP"
-COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "difference", "diff_ci_low", "diff_ci_high",
-           "p_value", "seeds", "values", "run_ids"]
+LEGACY_OBJECTIVE = "best/val_mAP"  # runs logged before the metric names were unified
+COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "eval_mAP", "difference", "diff_ci_low",
+           "diff_ci_high", "p_value", "seeds", "values", "run_ids"]
+
+
+def objective(metrics: dict) -> float:
+    """A run's best val mAP (also from runs logged before the rename); NaN when it has none."""
+    return metrics.get(OBJECTIVE, metrics.get(LEGACY_OBJECTIVE, float("nan")))
 
 
 @dataclass
@@ -49,7 +58,7 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     by_key: dict[tuple, list[dict]] = {}
     for run in runs:
         by_key.setdefault(settings_key(run), []).append(run)
-    members = [sorted(rs, key=lambda r: _float(r["params"].get("seed"))) for rs in by_key.values()]
+    members = [sorted(rs, key=_seed_order) for rs in by_key.values()]
     typed = [set.intersection(*(set(_typed_settings(r)) for r in rs)) for rs in members]
     shared = set.intersection(*typed) if typed else set()
     names = [" ".join(sorted(t - shared)) for t in typed]
@@ -60,11 +69,9 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     return dict(zip(names, members))
 
 
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("inf")
+def _seed_order(run: dict) -> tuple:
+    seed = run["params"].get("seed", "")
+    return (0, int(seed), "") if str(seed).isdigit() else (1, 0, str(seed))
 
 
 def _predictions(uri: str, run_id: str, split: str) -> pd.DataFrame | None:
@@ -93,18 +100,22 @@ def _arrays(frames: list[pd.DataFrame]) -> tuple[np.ndarray, list[np.ndarray]] |
 
 
 def _paired_inputs(uri: str, runs: list[dict]) -> tuple[str, np.ndarray, dict[str, np.ndarray]] | str:
-    """(split, targets, run_id -> probabilities) for a paired test, or why none can be made."""
+    """(split, targets, run_id -> probabilities) for a paired test, or why none can be made: the test split when every
+    run scored the same test images, else validation."""
+    why = []
     for split in ("test", "val"):
         frames = {r["run_id"]: _predictions(uri, r["run_id"], split) for r in runs}
-        if all(f is not None for f in frames.values()):
-            arrays = _arrays(list(frames.values()))
-            if isinstance(arrays, str):
-                return f"{arrays} on the {split} split"
-            targets, probs = arrays
-            return split, targets, dict(zip(frames, probs))
-        if split == "test" and any(f is not None for f in frames.values()):
-            continue  # only some runs have a test split: validation is what they share
-    return "some runs have no predictions/val.csv"
+        missing = [run_id[:8] for run_id, f in frames.items() if f is None]
+        if missing:
+            why.append(f"run(s) {', '.join(missing[:5])} have no predictions/{split}.csv")
+            continue
+        arrays = _arrays(list(frames.values()))
+        if isinstance(arrays, str):
+            why.append(f"{arrays} on the {split} split")
+            continue
+        targets, probs = arrays
+        return split, targets, dict(zip(frames, probs))
+    return "; ".join(why)
 
 
 def _welch_p(best: list[float], other: list[float]) -> float | None:
@@ -117,29 +128,40 @@ def _welch_p(best: list[float], other: list[float]) -> float | None:
 
 def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAULT_RESAMPLES,
                    seed: int = 0) -> Groups:
-    """Per group: n, mean, std and t-interval of the objective over seeds; the best group (highest mean) against each
-    other one: the paired bootstrap difference (best - other), its interval, p-value and the verdict."""
+    """Per group: n, mean, std and t-interval of the best val mAP over seeds. With paired evaluation images, each
+    group's mean mAP on them (``eval_mAP``) ranks the groups, and the best one is tested against each other one by the
+    paired bootstrap (best - other: difference, interval, p-value, verdict), all from the same per-image
+    probabilities. Without, the best val mAP ranks them and Welch's t-test across seeds gives the p-value."""
     groups = group_runs(runs)
-    scores = {name: [r["metrics"].get(OBJECTIVE, float("nan")) for r in members] for name, members in groups.items()}
+    scores = {name: [objective(r["metrics"]) for r in members] for name, members in groups.items()}
     summaries = {name: stats.seed_interval(v) for name, v in scores.items()}
-    order = sorted(groups, key=lambda n: -np.nan_to_num(summaries[n].mean, nan=-np.inf))
-    best = order[0]
     notes = []
     paired = _paired_inputs(uri, runs) if len(groups) > 1 else "one group: nothing to compare"
+    eval_map = {}
     if isinstance(paired, str):
         evaluated_on = f"no paired test: {paired}"
         if len(groups) > 1:
             notes.append(f"{evaluated_on}; verdicts from the across-seed intervals (Welch's t-test, 2+ seeds a group)")
+        rank = {name: summaries[name].mean for name in groups}
     else:
         split, targets, probs = paired
-        evaluated_on = (f"paired bootstrap over the {len(targets)} {'test' if split == 'test' else 'validation'} "
-                        f"images, seed runs drawn too ({n_resamples} resamples)")
+        eval_map = {name: float(np.mean([stats.weighted_map(probs[r["run_id"]], targets)[0] for r in members]))
+                    for name, members in groups.items()}
+        rank = eval_map
+        where = "test" if split == "test" else "validation"
+        evaluated_on = (f"paired bootstrap over the {len(targets)} {where} images, seed runs drawn too "
+                        f"({n_resamples} resamples)")
+        if split == "val":
+            notes.append("paired on validation, the images that also chose each run's best epoch: the differences "
+                         "are slightly optimistic; a test split (data.test_fraction) gives held-out ones")
+    order = sorted(groups, key=lambda n: -np.nan_to_num(rank[n], nan=-np.inf))
+    best = order[0]
     rows = []
     for name in order:
         s, members = summaries[name], groups[name]
         row = {"group": name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high,
-               "seeds": " ".join(str(r["params"].get("seed", "?")) for r in members), "values": scores[name],
-               "run_ids": " ".join(r["run_id"] for r in members)}
+               "eval_mAP": eval_map.get(name), "seeds": " ".join(str(r["params"].get("seed", "?")) for r in members),
+               "values": scores[name], "run_ids": " ".join(r["run_id"] for r in members)}
         p_value = None
         if name != best:
             if isinstance(paired, str):
@@ -151,8 +173,14 @@ def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAU
                 p_value = d.p_value
         row |= {"p_value": p_value, "verdict": stats.verdict(name == best, p_value) if len(groups) > 1 else ""}
         rows.append(row)
+    if len(groups) > 2:
+        notes.append(f"{len(groups) - 1} groups are each tested against the best, without a correction for "
+                     "multiple comparisons: read a p just under 0.05 with care")
     if any(s.n < 2 for s in summaries.values()):
         notes.append("a group with one seed has no across-seed interval" + (
             ", and its paired test measures image noise only, not seed noise" if not isinstance(paired, str) else "")
             + ": repeat it, e.g. -m seed=0,1,2")
+    elif any(s.n < 5 for s in summaries.values()):
+        notes.append("with fewer than 5 seeds a group's seed noise is only roughly known (the bootstrap draws from "
+                     "the few runs there are): more seeds narrow the intervals")
     return Groups(pd.DataFrame(rows, columns=COLUMNS), evaluated_on, notes)

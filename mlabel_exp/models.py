@@ -184,8 +184,13 @@ def _unavailable(member, error: Exception) -> WeightsUnavailable:
 def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None:
     """Checked before any data is read: a weights file exists, or the named pretrained weights are in the torch hub
     cache, downloaded now with torch hub's progress bar when absent. Offline, the error names the file and folder
-    within seconds (the address is tried with ``timeout`` first: a blocked network does not hang the run)."""
+    within seconds (every network wait is bounded by ``timeout``: a blocked network does not hang the run). One
+    process downloads; others (a parallel sweep, DDP ranks) wait for its file."""
+    import http.client
+    import socket
     import urllib.request
+
+    from .fsutil import file_lock
 
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     if weights is None:
@@ -197,14 +202,21 @@ def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None
     file = hub_file(member)
     if file.is_file():
         return
-    try:
-        urllib.request.urlopen(urllib.request.Request(member.url, method="HEAD"), timeout=timeout).close()
-        file.parent.mkdir(parents=True, exist_ok=True)
-        digest = torch.hub.HASH_REGEX.search(file.name)
-        log.info("downloading %s to %s", member.url, file)
-        torch.hub.download_url_to_file(member.url, str(file), digest and digest.group(1), progress=True)
-    except OSError as e:  # URLError, timeouts and a full disk are OSErrors
-        raise _unavailable(member, e) from e
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(file.with_name(file.name + ".lock")):  # parallel jobs and DDP ranks: one download, the rest wait
+        if file.is_file():
+            return
+        before = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)  # a stalled transfer fails too, not only an unreachable host
+        try:
+            urllib.request.urlopen(urllib.request.Request(member.url, method="HEAD")).close()
+            digest = torch.hub.HASH_REGEX.search(file.name)
+            log.info("downloading %s to %s", member.url, file)
+            torch.hub.download_url_to_file(member.url, str(file), digest and digest.group(1), progress=True)
+        except (OSError, RuntimeError, http.client.HTTPException) as e:  # offline, timeout, full disk, bad hash
+            raise _unavailable(member, e) from e
+        finally:
+            socket.setdefaulttimeout(before)
 
 
 def _download_state_dict(member) -> dict[str, torch.Tensor]:

@@ -191,9 +191,11 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
     ax.set_ylim(-0.7, n - 0.3)
     lows = [v for v in (*groups["ci_low"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
     highs = [v for v in (*groups["ci_high"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
-    span = max(highs) - min(lows) if lows else 0
-    pad = max(span * 0.15, 0.01)
-    ax.set_xlim(max(0, min(lows) - pad), min(1, max(highs) + pad))  # the data, not 0-1: dots must stay apart
+    if lows:  # the data, not 0-1: dots must stay apart
+        pad = max((max(highs) - min(lows)) * 0.15, 0.01)
+        ax.set_xlim(max(0, min(lows) - pad), min(1, max(highs) + pad))
+    else:  # no run has the objective
+        ax.set_xlim(0, 1)
     ax.set_xlabel(f"{objective} (diamond: mean over seeds; bar: 95% t-interval; circles: seed runs)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)

@@ -153,8 +153,19 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
         if cfg.tracking.log_model:
             model_uri = tracker.log_model(best, classes, cfg.model.input_size)
             if cfg.tracking.register:
-                tracker.register(model_uri, cfg.tracking.register)
+                _register(tracker, model_uri, cfg.tracking.register)
     return held_out
+
+
+def _register(tracker, model_uri: str, name: str) -> None:
+    """A registry that refuses (a store without one, a bad name) costs the run its registration, not its results."""
+    from .config import UserError
+
+    try:
+        tracker.register(model_uri, name)
+    except UserError as e:
+        log.warning("the model was not registered: %s", e)
+        tracker.set_tags({"registration_error": str(e)[:500]})
 
 
 def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> dict[str, float]:

@@ -68,9 +68,9 @@ def _prepare(typed: Config):
     if typed.trainer.num_threads:
         torch.set_num_threads(typed.trainer.num_threads)
     models.check_input_size(typed.model.name, typed.model.input_size, typed.model.aux_logits)
-    models.fetch_weights(typed.model.name, typed.model.weights)  # offline: fails here, in seconds
-    if typed.data.name == "folder":  # a wrong data root fails before the store is opened
+    if typed.data.name == "folder":  # a wrong data root fails before a download and before the store is opened
         D.resolve_data_root(typed.data)
+    models.fetch_weights(typed.model.name, typed.model.weights)  # offline: fails here, in seconds
     device = engine.select_device(typed.trainer.device)
     if distributed.launched_by_torchrun():
         device = distributed.setup(device.type)

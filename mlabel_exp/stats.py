@@ -215,9 +215,12 @@ def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b
 # ------------------------------------------------------------------ verdicts
 
 def verdict(best: bool, p_value: float | None, alpha: float = 0.05) -> str:
-    """The word for a group next to the best one: worse only when the paired test says so at ``alpha``."""
+    """The word for a group next to the best one (ranked on the data the test used): worse only when the test says
+    so at ``alpha``; no test (one seed each and no shared images) is said as such."""
     if best:
         return "best"
-    if p_value is not None and p_value < alpha:
+    if p_value is None:
+        return "not tested (one seed, no shared images)"
+    if p_value < alpha:
         return f"worse (p<{alpha:g})"
     return "not distinguishable from best"

@@ -61,7 +61,8 @@ def test_a_clearly_worse_group_is_worse_and_an_equal_one_is_not_distinguishable(
 def test_runs_on_different_images_fall_back_to_the_across_seed_test(monkeypatch):
     runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, moved="bad-1")
     found = groups.compare_groups("unused", runs, n_resamples=200)
-    assert found.evaluated_on.startswith("no paired test: the runs were scored on different images")
+    assert found.evaluated_on.startswith("no paired test: run(s) ")  # no test split; validation images differ
+    assert "the runs were scored on different images on the val split" in found.evaluated_on
     assert any("Welch" in note for note in found.notes)
     t = found.table.set_index("group")
     assert pd.isna(t.loc["model=bad", "difference"])
@@ -76,3 +77,19 @@ def test_one_seed_a_group_gives_no_interval_and_says_so(monkeypatch):
     found = groups.compare_groups("unused", runs, n_resamples=200)
     assert found.table["ci_low"].isna().all() and found.table["n"].tolist() == [1, 1]
     assert any("one seed" in note and "image noise only" in note for note in found.notes)
+    unpaired = groups.compare_groups("unused", constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,),
+                                                           moved="bad-0"), n_resamples=200)
+    assert unpaired.table["verdict"].tolist() == ["best", "not tested (one seed, no shared images)"]
+
+
+def test_groups_are_ranked_on_the_images_the_paired_test_used(monkeypatch):
+    """The verdict's direction and the ranking come from the same probabilities: a group whose logged best val mAP is
+    higher but which is worse on the paired images is not called best."""
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0})
+    for run in runs:
+        if run["params"]["model.name"] == "bad":
+            run["metrics"]["val/best_mAP"] = 0.99  # e.g. chosen on other images than the ones the test pairs on
+    found = groups.compare_groups("unused", runs, n_resamples=300)
+    assert found.table["group"].tolist() == ["model=good", "model=bad"]
+    t = found.table.set_index("group")
+    assert t.loc["model=good", "eval_mAP"] > t.loc["model=bad", "eval_mAP"] and t.loc["model=bad", "difference"] > 0

@@ -135,6 +135,19 @@ def test_random_weights_with_frozen_layers_are_refused_naming_both_settings(over
     assert validate(compose_cfg("model=resnet50", "model.weights=null", "model.trainable=all")).model.weights is None
 
 
+def test_a_registry_that_refuses_costs_the_run_its_registration_not_its_results(tmp_path, monkeypatch):
+    from mlabel_exp import tracking
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("cannot register runs:/x/model as 'mine': no registry here")
+
+    monkeypatch.setattr(tracking, "register_model", refuse)
+    train(compose_cfg(*tiny_overrides(tmp_path, "tracking.log_model=true", "tracking.register=mine")))
+    _, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED" and "val/best_mAP" in run.data.metrics
+    assert "no registry here" in run.data.tags["registration_error"]
+
+
 def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch):
     def boom(self, loader, epoch):
         raise RuntimeError("disk on fire")
