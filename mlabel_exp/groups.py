@@ -65,7 +65,9 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
     if len(set(names)) < len(names) or not all(names):
         params = [dict(k) for k in by_key]
         differing = sorted({k for p in params for k in p if len({q.get(k) for q in params}) > 1})
-        names = [" ".join(f"{k}={p.get(k, '')}" for k in differing) or "all runs" for p in params]
+        shared = [k for k in differing if all(k in p for p in params)]  # e.g. optimizer.name, not sgd's momentum
+        keys = shared if len({tuple(p[k] for k in shared) for p in params}) == len(params) else differing
+        names = [" ".join(f"{k}={p.get(k, '-')}" for k in keys) or "all runs" for p in params]
     return dict(zip(names, members))
 
 

@@ -176,6 +176,8 @@ def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall
 def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
     """Each group's mean over seeds with its 95% t-interval, every seed run as a dot, and the verdict beside it; best
     group on top. ``groups``: groups.COLUMNS rows (a DataFrame), best first."""
+    import textwrap
+
     n = len(groups)
     fig, ax = _figure(figsize=(10, 1.4 + 0.5 * n))
     for y, row in enumerate(groups.itertuples(index=False)):
@@ -187,7 +189,8 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
         ax.plot(row.values, [y] * len(row.values), "o", mfc="none", color="k", ms=5, alpha=0.6)
         p = f", p={row.p_value:.3f}" if row.p_value is not None and row.p_value == row.p_value else ""
         ax.annotate(f"  {row.verdict}{p}", (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
-    ax.set_yticks(range(n), [g for g in reversed(list(groups["group"]))], fontsize=8)
+    names = [textwrap.shorten(g, 80, placeholder=" ...") for g in reversed(list(groups["group"]))]
+    ax.set_yticks(range(n), [textwrap.fill(g, 42) for g in names], fontsize=8)  # long names: two lines at most
     ax.set_ylim(-0.7, n - 0.3)
     lows = [v for v in (*groups["ci_low"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
     highs = [v for v in (*groups["ci_high"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
