@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from . import distributed
-from . import metrics as M
 from .config import TrainerConfig
 from .fsutil import save_atomic
 from .predictor import CHANNELS_LAST_DEVICES, Predictor, split_outputs
@@ -350,6 +349,8 @@ class Trainer:
         if improved:
             r.best_epoch, r.best_score = epoch, row["val/mAP"]
             r.best_probs, r.best_targets, r.best_names = probs, targets, names
+            from . import metrics as M
+
             r.thresholds = M.tune_thresholds(probs, targets)
             self.since_best = 0
         else:
@@ -386,6 +387,8 @@ class Trainer:
                 start = time.perf_counter()
                 row = self.train_epoch(train_loader, epoch)
                 probs, targets, val_loss, names = self.predict(val_loader)
+                from . import metrics as M  # imported late: run.py imports it beside the first epoch
+
                 scores = M.compute(probs, targets, classes=self.classes, quiet=bool(self.result.history))
                 row.update({"val/loss": val_loss, **{M.logged_name("val", k): v for k, v in scores.items()},
                             "lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})

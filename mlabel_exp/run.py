@@ -29,6 +29,7 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     """
     from .resume import resume_point
 
+    _import_in_background("mlabel_exp.metrics")
     typed = validate(cfg)  # every setting checked before any data is read
     resume = None
     if typed.resume:  # the interrupted run's own config, checked again
@@ -42,6 +43,26 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
         pinned["trainer"]["output_dir"] = str(job.output_dir(typed))
         return distributed.spawn(_train_process, typed.trainer.devices, pinned, job.run_identity(typed, group), resume)
     return _train(cfg, typed, resume, on_epoch, job.run_identity(typed, group))
+
+
+def _import_in_background(module: str) -> None:
+    """Start importing ``module`` on a thread. The metrics (torchmetrics, which imports scipy.signal: ~1 s) are first
+    used after the first epoch, so their import overlaps the store, the data and the model's GIL-free compute instead
+    of adding to every run's fixed cost. The main thread's own import waits for this one or, if it failed, retries."""
+    import importlib
+    import sys
+    import threading
+
+    if module not in sys.modules:
+        threading.Thread(target=lambda: _quietly(importlib.import_module, module), name=f"import {module}",
+                         daemon=True).start()
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - the main thread imports it again, and reports any error there
+        pass
 
 
 def _train_process(container: dict, identity, resume) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlabel_exp import engine
+from mlabel_exp import engine, metrics
 from mlabel_exp.config import TrainerConfig
 from mlabel_exp.data import make_loader
 
@@ -52,7 +52,7 @@ def scripted(monkeypatch):
     def compute(probs, targets, thresholds=0.5, classes=None, **_):
         return {"mAP": queue.pop(0), "f1_micro": 0.0}
 
-    monkeypatch.setattr(engine.M, "compute", compute)
+    monkeypatch.setattr(metrics, "compute", compute)
 
     def script(*scores: float) -> None:
         queue[:] = scores
