@@ -346,8 +346,6 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if len(found.table) > 1:
         figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
-    for note in notes:
-        log.info("%s", note)
     run_id = None
     if log_to_mlflow:
         files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *figures.values()]
@@ -393,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.groups is not None and len(result.groups.table) > 1:
         print(f"Groups across seeds ({result.groups.evaluated_on}):")
         print(to_markdown(groups_table(result.groups)))
+    for note in result.notes:  # after the tables they qualify
+        print(f"note: {note}")
     for name, path in result.figures.items():
         print(f"{name}: {path}")
     print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")
