@@ -45,17 +45,29 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     return _train(cfg, typed, resume, on_epoch, job.run_identity(typed, group))
 
 
+_importing = None  # the thread of _import_in_background, if one was started
+
+
 def _import_in_background(module: str) -> None:
     """Start importing ``module`` on a thread. The metrics (torchmetrics, which imports scipy.signal: ~1 s) are first
-    used after the first epoch, so their import overlaps the store, the data and the model's GIL-free compute instead
-    of adding to every run's fixed cost. The main thread's own import waits for this one or, if it failed, retries."""
+    used after the first epoch, so their import overlaps validating the settings, opening the store, indexing the data
+    and building the model instead of following them. The main thread's own import waits for this one or, if it
+    failed, retries."""
     import importlib
     import sys
     import threading
 
+    global _importing
     if module not in sys.modules:
-        threading.Thread(target=lambda: _quietly(importlib.import_module, module), name=f"import {module}",
-                         daemon=True).start()
+        _importing = threading.Thread(target=lambda: _quietly(importlib.import_module, module), name=f"import {module}",
+                                      daemon=True)
+        _importing.start()
+
+
+def _imports_done() -> None:
+    """Before DataLoader workers are forked: a fork while another thread holds an import lock can hang the child."""
+    if _importing is not None:
+        _importing.join()
 
 
 def _quietly(fn, *args) -> None:
@@ -129,6 +141,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
     model = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
+    _imports_done()
     loaders = builders.loaders(typed, index, split, device.type == "cuda")
     D.check_validation_images(index, split, loaders.cache)
     weights = models.weights_description(m.name, m.weights)
