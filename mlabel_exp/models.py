@@ -188,7 +188,6 @@ def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None
     process downloads; others (a parallel sweep, DDP ranks) wait for its file."""
     import http.client
     import socket
-    import urllib.request
 
     from .fsutil import file_lock
 
@@ -209,7 +208,6 @@ def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None
         before = socket.getdefaulttimeout()
         socket.setdefaulttimeout(timeout)  # a stalled transfer fails too, not only an unreachable host
         try:
-            urllib.request.urlopen(urllib.request.Request(member.url, method="HEAD")).close()
             digest = torch.hub.HASH_REGEX.search(file.name)
             log.info("downloading %s to %s", member.url, file)
             torch.hub.download_url_to_file(member.url, str(file), digest and digest.group(1), progress=True)

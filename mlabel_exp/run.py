@@ -57,10 +57,15 @@ def _import_in_background(module: str) -> None:
     import sys
     import threading
 
+    def quietly() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the main thread imports it again, and reports any error there
+            pass
+
     global _importing
     if module not in sys.modules:
-        _importing = threading.Thread(target=lambda: _quietly(importlib.import_module, module), name=f"import {module}",
-                                      daemon=True)
+        _importing = threading.Thread(target=quietly, name=f"import {module}", daemon=True)
         _importing.start()
 
 
@@ -68,13 +73,6 @@ def _imports_done() -> None:
     """Before DataLoader workers are forked: a fork while another thread holds an import lock can hang the child."""
     if _importing is not None:
         _importing.join()
-
-
-def _quietly(fn, *args) -> None:
-    try:
-        fn(*args)
-    except Exception:  # noqa: BLE001 - the main thread imports it again, and reports any error there
-        pass
 
 
 def _train_process(container: dict, identity, resume) -> float:
