@@ -216,8 +216,8 @@ class TrainerConfig:
     batch_size: int = 64
     device: str = "auto"                 # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     devices: int = 1                     # > 1: data-parallel (DDP) processes on this machine; batch_size is per process
-    amp: bool = True                     # mixed precision, on CUDA only
-    amp_dtype: str = "auto"              # auto (bfloat16 where the GPU has it, else float16) | bfloat16 | float16
+    amp: bool = True                     # mixed precision where it is native: CUDA; CPUs with bfloat16 instructions
+    amp_dtype: str = "auto"              # CUDA: auto (bfloat16 where the GPU has it, else float16) | bfloat16 | float16
     compile: bool = False                # torch.compile the model (first steps slower while it compiles)
     channels_last: bool = True           # on CUDA and the CPU (oneDNN); not on MPS
     unfreeze_at_epoch: int = 0           # > 0: only the head trains for this many epochs, then model.trainable

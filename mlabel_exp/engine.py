@@ -20,7 +20,7 @@ from torch import nn
 from . import distributed
 from .config import TrainerConfig
 from .fsutil import save_atomic
-from .predictor import CHANNELS_LAST_DEVICES, Predictor, split_outputs
+from .predictor import CHANNELS_LAST_DEVICES, Predictor, autocast_dtype, split_outputs
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,19 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def amp_dtype(name: str) -> torch.dtype:
-    """trainer.amp_dtype: bfloat16 where the GPU supports it (no loss scaling needed), else float16."""
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, name)
+def amp_dtype(name: str, device: torch.device) -> torch.dtype:
+    """What trainer.amp=true trains in on ``device`` (float32: no autocast). CUDA: trainer.amp_dtype, where auto is
+    bfloat16 if the GPU supports it (no loss scaling needed), else float16. CPU: bfloat16 where the CPU computes it
+    natively (predictor.cpu_computes_bf16), else float32. MPS: float32."""
+    if device.type == "cuda" and name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autocast_dtype(device, torch.bfloat16 if name == "auto" else getattr(torch, name))
+
+
+def precision(cfg: TrainerConfig, device: torch.device) -> str:
+    """What a run computes in, as its logs and params say it: 'bfloat16 autocast', 'float16 autocast' or 'float32'."""
+    dtype = amp_dtype(cfg.amp_dtype, device) if cfg.amp else torch.float32
+    return "float32" if dtype == torch.float32 else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
 class _Progress:
@@ -165,9 +173,8 @@ class Trainer:
         classes, preprocessing, ...) goes into every checkpoint as written, with the thresholds in best.pt."""
         self.cfg, self.device, self.classes = cfg, device, classes
         self.net = net if net is not None else model
-        cuda = device.type == "cuda"
-        self.amp = cfg.amp and cuda
-        self.amp_dtype = amp_dtype(cfg.amp_dtype) if self.amp else torch.float32
+        self.amp_dtype = amp_dtype(cfg.amp_dtype, device) if cfg.amp else torch.float32
+        self.amp = self.amp_dtype != torch.float32  # bfloat16 on CPUs that compute it natively, too
         self.channels_last = cfg.channels_last and device.type in CHANNELS_LAST_DEVICES
         self.model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         if cfg.compile:  # the checkpointed ``net`` stays the plain module: its state dict keys do not change
@@ -255,9 +262,10 @@ class Trainer:
         y = batch["target"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             main, aux = split_outputs(self.model(x))
-            loss = self.loss_fn(main, y)
-            if aux is not None:
-                loss = loss + self.aux_weight * self.loss_fn(aux, y)
+        # the loss in float32: focal and ASL losses use sigmoid, log and powers that autocast leaves in half precision
+        loss = self.loss_fn(main.float(), y)
+        if aux is not None:
+            loss = loss + self.aux_weight * self.loss_fn(aux.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -21,10 +21,10 @@ from . import stats, tracking
 log = logging.getLogger(__name__)
 
 #: Params that are not settings: the seed (what a group repeats over), and where and how fast a run happened to run
-#: (the device, threads, workers, memory layout, the data root's absolute path on that machine).
-NOT_SETTINGS = ("seed", "device", "world_size", "data.num_workers", "data.num_workers_used", "data.decoded_cache_used",
-                "data.root_resolved", "trainer.device", "trainer.num_threads", "trainer.channels_last", "trainer.amp",
-                "trainer.amp_dtype")
+#: (the device, threads, workers, memory layout, precision, the data root's absolute path on that machine).
+NOT_SETTINGS = ("seed", "device", "precision", "world_size", "data.num_workers", "data.num_workers_used",
+                "data.decoded_cache_used", "data.root_resolved", "trainer.device", "trainer.num_threads",
+                "trainer.channels_last", "trainer.amp", "trainer.amp_dtype")
 OBJECTIVE = "val/best_mAP"
 LEGACY_OBJECTIVE = "best/val_mAP"  # runs logged before the metric names were unified
 COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "eval_mAP", "difference", "diff_ci_low",

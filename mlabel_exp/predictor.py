@@ -55,6 +55,22 @@ def split_outputs(out):
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN runs bfloat16 convolutions
+    about twice as fast as float32. Elsewhere bfloat16 is emulated, slower than float32, and autocast stays off."""
+    # private in torch 2.x, hence looked up: a torch without them counts as "no"
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
+def autocast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to autocast in on ``device`` for a run that asks for ``dtype`` (float32: none): CUDA as asked; the
+    CPU only bfloat16, and only where it computes it natively; float32 elsewhere (MPS)."""
+    if dtype == torch.float32 or device.type == "cuda":
+        return dtype
+    return torch.bfloat16 if device.type == "cpu" and dtype == torch.bfloat16 and cpu_computes_bf16() else torch.float32
+
+
 class Predictor:
     """uint8 image batches -> float32 logits / probabilities, exactly as the run validated."""
 
@@ -69,13 +85,14 @@ class Predictor:
         self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float64)
         self.transform = transform or BatchTransform(p["input_size"], p["mean"], p["std"])
         self.image_steps = image_steps(p["decode_size"]) if p else None  # per image, in DataLoader workers
-        self.autocast = amp_dtype != torch.float32 and device.type == "cuda"
-        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        self.amp_dtype, self.channels_last = autocast_dtype(device, amp_dtype), channels_last
+        self.autocast = self.amp_dtype != torch.float32
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, device: torch.device = torch.device("cpu")) -> "Predictor":
-        """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds; on CUDA the
-        autocast dtype the run validated in (the thresholds were tuned on those probabilities)."""
+        """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds, in the autocast
+        dtype the run validated in (the thresholds were tuned on those probabilities) where ``device`` computes it
+        natively, else in float32 (a bfloat16 run's model on a CPU without bfloat16 instructions)."""
         from .models import build_model
 
         m = ckpt["config"]["model"]

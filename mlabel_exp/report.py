@@ -39,7 +39,7 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
         (k not in ("aux_logits", "aux_weight") or backbone(typed.model.name).aux_classifier is not None),
         "data.synthetic.": lambda k: d.name == "synthetic",
         "data.augment.": lambda k: k != "crop_scale_min" or d.augment.random_resized_crop,
-        "trainer.": lambda k: k not in ("amp", "amp_dtype") or cuda,
+        "trainer.": lambda k: k != "amp_dtype" or cuda,  # amp also applies on the CPU (bfloat16 where native)
     }
     skipped = ("presets.", "tracking.", "resume", "dropout", "weight_decay", "trainer.output_dir", "trainer.progress",
                "trainer.log_every_steps", "data.cache_dir", "data.verify_images")
@@ -53,12 +53,12 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
     return {**params, "dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay, **facts}
 
 
-def run_facts(index, split, *, weights: str, device, workers: int, cache) -> dict:
+def run_facts(index, split, *, weights: str, device, precision: str, workers: int, cache) -> dict:
     """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score."""
     from . import distributed
 
     without = [c for c, n in zip(index.classes, index.labels[split["val"]].sum(0)) if n == 0]
-    return {"model.weights_used": weights, "device": str(device), "data.root_resolved": str(index.root),
+    return {"model.weights_used": weights, "device": str(device), "precision": precision, "data.root_resolved": str(index.root),
             "data.num_images": len(index), "data.num_train": len(split["train"]), "data.num_val": len(split["val"]),
             "data.num_test": len(split.get("test", ())), "data.num_workers_used": workers,
             "data.decoded_cache_used": cache is not None, "world_size": distributed.world_size(),

@@ -143,11 +143,13 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     loaders = builders.loaders(typed, index, split, device.type == "cuda")
     D.check_validation_images(index, split, loaders.cache)
     weights = models.weights_description(m.name, m.weights)
-    facts = report.run_facts(index, split, weights=weights, device=device, workers=loaders.workers, cache=loaders.cache)
+    precision = engine.precision(typed.trainer, device)
+    facts = report.run_facts(index, split, weights=weights, device=device, precision=precision,
+                             workers=loaders.workers, cache=loaders.cache)
     params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
     report.start(tracker, cfg, identity, out, index, split, params, {"weights": weights}, resume and resume["run_id"])
-    log.info("training %s on %s: %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
-             report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
+    log.info("training %s on %s (%s): %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
+             precision, report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
     trainer = engine.Trainer(
         model, optimizer, typed.trainer, device=device, classes=index.classes, aux_weight=m.aux_weight,
         loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=loaders.transform,

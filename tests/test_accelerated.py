@@ -94,3 +94,28 @@ def test_batch_transform_on_cuda_matches_cpu(synthetic_root):
     a = t(x.cuda(), train=True)
     t.set_epoch(2)
     assert torch.equal(t(x.cuda(), train=True), a)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_training_autocasts_to_bfloat16_only_where_the_cpu_computes_it(monkeypatch, native):
+    """trainer.amp=true (the default) means mixed precision where the hardware does it natively: on a CPU with
+    bfloat16 instructions the convolutions run in bfloat16 (about twice float32's speed there), on one without
+    (emulated: slower than float32) everything stays float32; trainer.amp=false is float32 everywhere."""
+    from mlabel_exp import predictor
+
+    monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert engine.precision(TrainerConfig(), cpu) == ("bfloat16 autocast" if native else "float32")
+    assert engine.precision(TrainerConfig(amp=False), cpu) == "float32"
+    assert engine.precision(TrainerConfig(amp_dtype="float16"), cpu) == "float32"  # no native float16 on CPUs
+    net = _smallcnn((8,))
+    seen = []
+    net.features[0][0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    t = engine.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), TrainerConfig(progress="none", checkpoint=False),
+                       device=cpu, classes=[str(i) for i in range(14)])
+    batch = {"image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), "target": torch.zeros(4, 14)}
+    loss = t._step(batch)
+    t.predictor.logits(batch["image"])
+    expected = torch.bfloat16 if native else torch.float32
+    assert seen == [expected, expected] and loss.dtype == torch.float32  # the loss is always float32
+    assert t.metadata["amp_dtype"] == str(expected).removeprefix("torch.")

@@ -81,7 +81,7 @@ def _predict_the_validation_images(out, images, tmp_path, device):
     """(logged validation probabilities, predict's probabilities for the same files) of the run in ``out``."""
     logged = pd.read_csv(out / "predictions" / "val.csv")
     folder = tmp_path / "val"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for name in logged["file"]:
         (folder / name).write_bytes((images / name).read_bytes())
     result = predict(_cfg(out.parent, checkpoint=str(out / "checkpoints" / "best.pt"), input=str(folder),
@@ -91,24 +91,61 @@ def _predict_the_validation_images(out, images, tmp_path, device):
     return logged[result.classes].to_numpy(), got.to_numpy()
 
 
+#: How far predict may move a bfloat16 run's probability when it replays the run's dtype with other batch sizes (other
+#: kernels, whose float32 accumulations round differently before the cast to bfloat16): a logit by at most a couple
+#: of bfloat16 ulps (2 * 2**-8 relative, logits here |z| < 8), through the sigmoid's slope of at most 1/4.
+BF16_REPLAY_ATOL = 0.25 * 8 * 2 * 2**-8
+
+
+def _run_dtype(out) -> str:
+    return torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["amp_dtype"]
+
+
 def test_predict_reproduces_the_runs_validation_probabilities(trained, tmp_path):
-    """Predicting the validation images with best.pt gives what training logged for them (same pipeline). Both in
-    float32 on the CPU; only the batch composition differs, which changes no arithmetic of an eval-mode model."""
+    """Predicting the validation images with best.pt gives what training logged for them (same pipeline, same dtype).
+    In float32 only the batch composition differs, which changes no arithmetic of an eval-mode model; a run that
+    validated in bfloat16 (a CPU with bfloat16 instructions) is replayed in bfloat16, within BF16_REPLAY_ATOL."""
     tmp, _, _, images = trained
     logged, got = _predict_the_validation_images(tmp / "out", images, tmp_path, "cpu")
-    np.testing.assert_allclose(got, logged, atol=1e-5)
+    np.testing.assert_allclose(got, logged, atol=1e-5 if _run_dtype(tmp / "out") == "float32" else BF16_REPLAY_ATOL)
+
+
+def test_a_bfloat16_cpu_run_is_replayed_in_bfloat16_where_the_cpu_has_it_else_in_float32(tmp_path, monkeypatch):
+    """trainer.amp (on by default) trains and validates in bfloat16 on a CPU with bfloat16 instructions; predict on
+    such a CPU replays bfloat16 (the thresholds were tuned on those probabilities), and on a CPU without them (where
+    bfloat16 is emulated, slower than float32) predicts in float32. Both CPUs are simulated: the arithmetic is the
+    same, only slower where emulated. float32 against bfloat16 tolerance from the arithmetic: bfloat16 rounds each
+    of the 9 layers' inputs and weights to 2**-9 relative, so a logit moves by at most 9 * 2 * 2**-9 of its size,
+    the sigmoid's slope is at most 1/4."""
+    from mlabel_exp import predictor
+
+    monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: True)
+    out = tmp_path / "out"
+    train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={out}")))
+    _, (run,) = mlflow_runs(tmp_path)
+    assert run.data.params["precision"] == "bfloat16 autocast" and _run_dtype(out) == "bfloat16"
+    images = sorted((tmp_path / "cache").rglob("images"))[0]
+    ckpt = predictor.load_checkpoint(out / "checkpoints" / "best.pt")
+    assert predictor.Predictor.from_checkpoint(ckpt).amp_dtype == torch.bfloat16
+    logged, native = _predict_the_validation_images(out, images, tmp_path / "native", "cpu")
+    np.testing.assert_allclose(native, logged, atol=BF16_REPLAY_ATOL)
+
+    monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: False)
+    assert predictor.Predictor.from_checkpoint(ckpt).amp_dtype == torch.float32
+    _, emulated = _predict_the_validation_images(out, images, tmp_path / "float32", "cpu")
+    assert not np.array_equal(emulated, native)  # another dtype did compute them
+    max_logit = np.max(np.abs(np.log(logged) - np.log1p(-logged)))
+    np.testing.assert_allclose(emulated, logged, atol=0.25 * max_logit * 9 * 2 * 2**-9)
 
 
 @cuda_only
 def test_predict_on_cuda_reproduces_a_cuda_runs_validation_probabilities(tmp_path):
     """A run trained on CUDA validated under bf16 autocast; predict replays that dtype (the thresholds were tuned on
-    those probabilities). Tolerance from the arithmetic: batch sizes differ, so cuDNN may pick other kernels whose
-    float32 accumulations round differently before the cast to bfloat16; that moves a logit by at most a couple of
-    bfloat16 ulps (2 * 2**-8 relative, logits here |z| < 8), and the sigmoid's slope is at most 1/4."""
+    those probabilities), within BF16_REPLAY_ATOL."""
     train(compose_cfg(*tiny_overrides(tmp_path, "trainer.device=cuda", f"trainer.output_dir={tmp_path / 'out'}")))
     images = sorted((tmp_path / "cache").rglob("images"))[0]
     logged, got = _predict_the_validation_images(tmp_path / "out", images, tmp_path, "cuda")
-    np.testing.assert_allclose(got, logged, atol=0.25 * 8 * 2 * 2**-8)
+    np.testing.assert_allclose(got, logged, atol=BF16_REPLAY_ATOL)
 
 
 def labels_at_thresholds(result) -> list[str]:

@@ -14,6 +14,7 @@ from mlabel_exp.config import ConfigError, project_root, validate
 from mlabel_exp.models import ModelError
 from mlabel_exp.run import train
 from mlabel_exp.tracking import default_uri, resolve_uri
+from mlabel_exp.predictor import cpu_computes_bf16
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/more/accuracy", "lr",
@@ -33,8 +34,11 @@ def test_train_logs_a_complete_run(tmp_path):
     assert run.data.params["model.weights_used"] == "random init"
     # the settings in effect, once each: no second or third dropout, nothing that does not apply to this run
     for absent in ("dropout", "model.dropout", "weight_decay", "model.weight_decay", "loss.focal_gamma", "loss.asl_clip",
-                   "model.aux_logits", "trainer.scheduler.gamma", "optimizer.momentum", "trainer.amp", "presets.dropout.heavy"):
+                   "model.aux_logits", "trainer.scheduler.gamma", "optimizer.momentum", "trainer.amp_dtype", "presets.dropout.heavy"):
         assert absent not in run.data.params, absent
+    # what it computed in: float32, or bfloat16 autocast on a CPU with bfloat16 instructions (trainer.amp=true)
+    assert run.data.params["trainer.amp"] == "True"
+    assert run.data.params["precision"] == ("bfloat16 autocast" if cpu_computes_bf16() else "float32")
     assert run.data.tags["model"] == "smallcnn" and len(run.data.tags["mlflow.source.git.commit"]) == 40
     files = artifact_paths(client, run.info.run_id)
     assert {"config.yaml", "classes.json", "split.json", "curves.png", "per_class.csv", "per_class_ap.png", "pr_curves.png", "thresholds.json",
