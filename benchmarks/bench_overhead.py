@@ -43,9 +43,10 @@ DEADLINE_S = 180.0  # no new round after this, so that the script stays under 5 
 # ---------------------------------------------------------------- children (one measurement each)
 
 def overrides(args, tmp: Path, *extra: str) -> list[str]:
-    # the decoded cache stays off: both sides decode every epoch, so only the framework's own work differs
+    # the decoded cache stays off and float32 on (no bfloat16 autocast, which the bare loop does not use either): both
+    # sides decode every epoch in the same precision, so only the framework's own work differs
     return [f"data.cache_dir={_common.CACHE}", f"data.synthetic.num_images={args.num_images}",
-            f"trainer.epochs={args.epochs}", "data.decoded_cache=off", "trainer.early_stopping_patience=0",
+            f"trainer.epochs={args.epochs}", "data.decoded_cache=off", "trainer.amp=false", "trainer.early_stopping_patience=0",
             f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", f"trainer.output_dir={tmp / 'out'}", *extra]
 
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from mlabel_exp.data import DataError, build_index, load_split, make_split, save_split
+from mlabel_exp import data
+from mlabel_exp.data import DataError, build_index, load_split, make_split, remembered_split, save_split
 
 
 def _labels(n=2000, seed=0):
@@ -46,3 +47,26 @@ def test_split_naming_unknown_files_fails_clearly(synthetic_root, tmp_path):
     (tmp_path / "split.json").write_text('{"train": ["im1.jpg"], "val": ["im99999.jpg"]}')
     with pytest.raises(DataError, match="not in the data set"):
         load_split(tmp_path / "split.json", build_index(synthetic_root))
+
+
+def test_a_remembered_split_is_the_computed_one_and_changes_with_any_input(tmp_path, monkeypatch):
+    """Runs on the same data reuse the split from the cache (no iterstrat import, no computation); any change of the
+    labels, fractions or seed gives another key, so a remembered split is never one of other inputs."""
+    y, folder = _labels(), tmp_path / "splits"
+    first = remembered_split(y, 0.2, 0.1, 3, folder)
+    expected = make_split(y, 0.2, 0.1, seed=3)
+    assert all(np.array_equal(first[k], expected[k]) for k in expected) and len(list(folder.glob("*.npz"))) == 1
+
+    calls = []
+    monkeypatch.setattr(data, "make_split", lambda *a, **k: calls.append(a) or make_split(*a, **k))
+    again = remembered_split(y, 0.2, 0.1, 3, folder)
+    assert calls == [] and all(np.array_equal(again[k], expected[k]) for k in expected)
+    changed = y.copy()
+    changed[0, 0] ^= 1
+    for args in ((changed, 0.2, 0.1, 3), (y, 0.25, 0.1, 3), (y, 0.2, 0.0, 3), (y, 0.2, 0.1, 4)):
+        remembered_split(*args, folder)
+    assert len(calls) == 4 and len(list(folder.glob("*.npz"))) == 5
+
+    (file,) = [f for f in folder.glob("*.npz") if np.array_equal(np.load(f)["val"], expected["val"])]
+    file.write_bytes(b"truncated")  # a damaged file is computed again
+    assert np.array_equal(remembered_split(y, 0.2, 0.1, 3, folder)["val"], expected["val"]) and len(calls) == 5
