@@ -202,9 +202,8 @@ def remembered_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     fractions, the seed, the iterstrat version): a run on the same data skips importing iterstrat and scikit-learn
     (~0.9 s of every run's start on 2 cores) and computing it. A missing or unreadable file is computed again."""
     import hashlib
-    from importlib.metadata import version
-
     import zipfile
+    from importlib.metadata import version
 
     content = np.ascontiguousarray(labels, dtype=np.uint8).tobytes()
     key = hashlib.sha256(repr((labels.shape, val_fraction, test_fraction, seed, version("iterative-stratification"),

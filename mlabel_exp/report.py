@@ -58,8 +58,8 @@ def run_facts(index, split, *, weights: str, device, precision: str, workers: in
     from . import distributed
 
     without = [c for c, n in zip(index.classes, index.labels[split["val"]].sum(0)) if n == 0]
-    return {"model.weights_used": weights, "device": str(device), "precision": precision, "data.root_resolved": str(index.root),
-            "data.num_images": len(index), "data.num_train": len(split["train"]), "data.num_val": len(split["val"]),
+    return {"model.weights_used": weights, "device": str(device), "precision": precision,
+            "data.root_resolved": str(index.root), "data.num_images": len(index), "data.num_train": len(split["train"]), "data.num_val": len(split["val"]),
             "data.num_test": len(split.get("test", ())), "data.num_workers_used": workers,
             "data.decoded_cache_used": cache is not None, "world_size": distributed.world_size(),
             # left out of mAP and of every macro average (no validation positive)
