@@ -83,9 +83,14 @@ def amp_dtype(name: str, device: torch.device) -> torch.dtype:
     return autocast_dtype(device, torch.bfloat16 if name == "auto" else getattr(torch, name))
 
 
+def train_dtype(cfg: TrainerConfig, device: torch.device) -> torch.dtype:
+    """What a run autocasts to on ``device`` (float32: no autocast), by trainer.amp and trainer.amp_dtype."""
+    return amp_dtype(cfg.amp_dtype, device) if cfg.amp else torch.float32
+
+
 def precision(cfg: TrainerConfig, device: torch.device) -> str:
     """What a run computes in, as its logs and params say it: 'bfloat16 autocast', 'float16 autocast' or 'float32'."""
-    dtype = amp_dtype(cfg.amp_dtype, device) if cfg.amp else torch.float32
+    dtype = train_dtype(cfg, device)
     return "float32" if dtype == torch.float32 else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
@@ -173,7 +178,7 @@ class Trainer:
         classes, preprocessing, ...) goes into every checkpoint as written, with the thresholds in best.pt."""
         self.cfg, self.device, self.classes = cfg, device, classes
         self.net = net if net is not None else model
-        self.amp_dtype = amp_dtype(cfg.amp_dtype, device) if cfg.amp else torch.float32
+        self.amp_dtype = train_dtype(cfg, device)
         self.amp = self.amp_dtype != torch.float32  # bfloat16 on CPUs that compute it natively, too
         self.channels_last = cfg.channels_last and device.type in CHANNELS_LAST_DEVICES
         self.model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
