@@ -29,7 +29,6 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     """
     from .resume import resume_point
 
-    _import_in_background("mlabel_exp.metrics")
     typed = validate(cfg)  # every setting checked before any data is read
     resume = None
     if typed.resume:  # the interrupted run's own config, checked again
@@ -43,36 +42,6 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
         pinned["trainer"]["output_dir"] = str(job.output_dir(typed))
         return distributed.spawn(_train_process, typed.trainer.devices, pinned, job.run_identity(typed, group), resume)
     return _train(cfg, typed, resume, on_epoch, job.run_identity(typed, group))
-
-
-_importing = None  # the thread of _import_in_background, if one was started
-
-
-def _import_in_background(module: str) -> None:
-    """Start importing ``module`` on a thread. The metrics (torchmetrics, which imports scipy.signal: ~1 s) are first
-    used after the first epoch, so their import overlaps validating the settings, opening the store, indexing the data
-    and building the model instead of following them. The main thread's own import waits for this one or, if it
-    failed, retries."""
-    import importlib
-    import sys
-    import threading
-
-    def quietly() -> None:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - the main thread imports it again, and reports any error there
-            pass
-
-    global _importing
-    if module not in sys.modules:
-        _importing = threading.Thread(target=quietly, name=f"import {module}", daemon=True)
-        _importing.start()
-
-
-def _imports_done() -> None:
-    """Before DataLoader workers are forked: a fork while another thread holds an import lock can hang the child."""
-    if _importing is not None:
-        _importing.join()
 
 
 def _train_process(container: dict, identity, resume) -> float:
@@ -139,7 +108,6 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
     model = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
-    _imports_done()
     loaders = builders.loaders(typed, index, split, device.type == "cuda")
     D.check_validation_images(index, split, loaders.cache)
     weights = models.weights_description(m.name, m.weights)

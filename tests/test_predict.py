@@ -169,6 +169,32 @@ def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path
     assert frame.loc[2, result.classes].isna().all() and frame.loc[2, "labels"] == ""
 
 
+def test_logging_the_model_scans_no_installed_distribution_and_pins_this_torch(tmp_path, monkeypatch):
+    """MLflow's requirements check indexes the files of every installed distribution (~1 s of each run's end); ours come
+    from this environment, so log_model skips it. The model's requirements still pin the torch that trained it."""
+    import importlib_metadata
+    import mlflow.utils.requirements_utils as requirements_utils
+    import torchvision
+    from mlflow.artifacts import download_artifacts
+
+    from mlabel_exp.tracking import Tracker
+
+    scans = []
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # MLflow's cache of the scan: empty
+    monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append("scan") or {})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "models")
+    tracker.start("model only", {}, {})
+    torch.save({}, tmp_path / "best.pt")
+    tracker.log_model(tmp_path / "best.pt", ["bird", "tree"], 64)
+    tracker.end()
+    assert scans == []
+    path = download_artifacts(f"runs:/{tracker.run_id}/model/requirements.txt", tracking_uri=uri)
+    requirements = open(path).read().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
+    assert f"torchvision=={torchvision.__version__.split('+')[0]}" in requirements
+
+
 def test_tracking_register_makes_a_version_of_the_runs_model(trained):
     from mlflow.tracking import MlflowClient
 
