@@ -66,6 +66,12 @@ def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig
     original.trainer.output_dir = str(folder.parent)
     original.data.split_file = str(folder.parent / "split.json")  # its own split, never a new one
     original.resume = None
+    try:
+        validate(original)
+    except ConfigError as e:  # started by an earlier version, which accepted what this one refuses
+        raise ConfigError(f"resume={cfg.resume!r}: run {run_id} was started with settings this version refuses: {e}. "
+                          "A resume keeps a run's own settings, so this run cannot continue: start a new run with "
+                          f"the change above (the interrupted run's checkpoints stay in {folder})") from e
     if original.trainer.epochs <= state["epoch"]:
         raise ConfigError(f"resume={cfg.resume!r}: run {run_id} already finished epoch {state['epoch']} of "
                           f"trainer.epochs={original.trainer.epochs}; resume with trainer.epochs=N above "

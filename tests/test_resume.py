@@ -129,6 +129,23 @@ def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_trackin
     assert resumed.optimizer.lr == cfg.optimizer.lr and resumed.trainer.output_dir == str(tmp_path / "cut")
 
 
+def test_a_run_whose_own_settings_this_version_refuses_is_not_resumed_and_the_error_says_start_a_new_run(
+        tmp_path, monkeypatch):
+    """Runs started before random-init models refused frozen layers (weights null, trainable partial): a resume cannot
+    take the fix (it keeps the run's settings), so the error says to start a new run and leaves the checkpoint."""
+    root, run_id = _interrupted(tmp_path, monkeypatch)
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["config"]["model"]["trainable"] = "partial"  # as the old resnet50/vgg16/inception defaults wrote it
+    torch.save(state, last)
+    before = last.read_bytes()
+    with pytest.raises(ConfigError, match=rf"run {run_id} was started with settings this version refuses: "
+                                          r"model\.weights=null .* model\.trainable=all .* cannot continue: start a "
+                                          r"new run"):
+        train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}", "trainer.epochs=4")))
+    assert last.read_bytes() == before
+
+
 def test_resume_latest_passes_over_pruned_trials_and_live_runs_and_an_explicit_live_run_is_refused(tmp_path, monkeypatch):
     from mlabel_exp.fsutil import exclusive
     from mlabel_exp.resume import resume_point
