@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from .config import CONF_DIR, Config, ConfigError, UserError, override_problems, project_root, resolve_path
 from .fsutil import Busy, exclusive
+from .tracking import BEST_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def sweep_table(children: list[dict], folder: str) -> str:
     """The end of a sweep: its runs best first (settings, best val mAP, status) and the command that compares them."""
     if not children:
         return f"sweep {folder}: no run was started"
-    rows = [f"  {c['metrics'].get('val/best_mAP', float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
+    rows = [f"  {c['metrics'].get(BEST_SCORE, float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
     return "\n".join([f"sweep {folder}: {len(children)} run(s), best val mAP first", *rows,
                       "compare them: python -m mlabel_exp.compare --sweep latest"])
 

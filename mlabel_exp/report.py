@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import Config
 from .fsutil import write_atomic
+from .tracking import BEST_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def finish(tracker, result, held_out: dict[str, dict[str, float]]) -> None:
     tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                       "mlflow.note.content": "  \n".join(note) + "  \n(test: the held-out split at thresholds tuned on "
                       "validation; tuned: validation, thresholds tuned out of fold)"})
-    tracker.log_metrics({"val/best_mAP": result.best_score, "val/best_epoch": result.best_epoch}, step=result.best_epoch)
+    tracker.log_metrics({BEST_SCORE: result.best_score, "val/best_epoch": result.best_epoch}, step=result.best_epoch)
     tracker.end("FINISHED")
 
 

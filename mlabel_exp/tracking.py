@@ -26,6 +26,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creatin
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's param value limit is 6000 characters
+BEST_SCORE = "val/best_mAP"  # a run's headline figure (its best validation mAP), which sweeps and compare rank by
 KIND_TAG = "mlabel.kind"  # set on runs that are not training runs: "sweep" (parents), "comparison"
 # The MLflow 3 UI opens an experiment on its GenAI view unless the URL asks for the model-training one (3.17 reads
 # the view from the URL or the browser's last choice, not from the experiment); the experiment tag below is what its
@@ -328,15 +329,15 @@ def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> 
         found = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'",
                                            max_results=1000)
         children = sorted((_run_record(r) for r in found),
-                          key=lambda r: -r["metrics"].get("val/best_mAP", float("-inf")))
-        best = next((c for c in children if "val/best_mAP" in c["metrics"]), None)
+                          key=lambda r: -r["metrics"].get(BEST_SCORE, float("-inf")))
+        best = next((c for c in children if BEST_SCORE in c["metrics"]), None)
         tags = {"summary": summary[:5000]}
         if best is not None:
-            settings = best["tags"].get("overrides", "")
-            tracker.client.log_metric(parent, "val/best_mAP", best["metrics"]["val/best_mAP"])
+            settings, score = best["tags"].get("overrides", ""), best["metrics"][BEST_SCORE]
+            tracker.client.log_metric(parent, BEST_SCORE, score)
             tags |= {"best_run_id": best["run_id"], "best_run_name": best["name"], "best_settings": settings,
                      "mlflow.note.content": f"**Best of {len(children)} runs**: {best['name']} "
-                                            f"(val mAP {best['metrics']['val/best_mAP']:.4f}; {settings}; "
+                                            f"(val mAP {score:.4f}; {settings}; "
                                             f"run {best['run_id']})\n\n{summary[:2000]}"}
         for k, v in tags.items():
             tracker.client.set_tag(parent, k, v)
