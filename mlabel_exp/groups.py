@@ -25,15 +25,14 @@ log = logging.getLogger(__name__)
 NOT_SETTINGS = ("seed", "device", "precision", "world_size", "data.num_workers", "data.num_workers_used",
                 "data.decoded_cache_used", "data.root_resolved", "trainer.device", "trainer.num_threads",
                 "trainer.channels_last", "trainer.amp", "trainer.amp_dtype")
-OBJECTIVE = tracking.BEST_SCORE
-LEGACY_OBJECTIVE = "best/val_mAP"  # runs logged before the metric names were unified
+LEGACY_BEST_SCORE = "best/val_mAP"  # tracking.BEST_SCORE in runs logged before the metric names were unified
 COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "eval_mAP", "difference", "diff_ci_low",
            "diff_ci_high", "p_value", "seeds", "values", "run_ids"]
 
 
 def objective(metrics: dict) -> float:
     """A run's best val mAP (also from runs logged before the rename); NaN when it has none."""
-    return metrics.get(OBJECTIVE, metrics.get(LEGACY_OBJECTIVE, float("nan")))
+    return metrics.get(tracking.BEST_SCORE, metrics.get(LEGACY_BEST_SCORE, float("nan")))
 
 
 @dataclass
