@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-unit test-bf16 clean
 
 setup: $(STAMP)
 
@@ -22,11 +22,17 @@ run: $(STAMP)  ## train on the embedded synthetic data set (extra Hydra override
 TEST_PROCS ?= 2
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_PROCS)
 
-test: $(STAMP)  ## the whole suite, slow end-to-end tests included (what CI runs); more processes: TEST_PROCS=8
+# The whole suite as on a CPU without bfloat16 instructions (float32: the same on every CPU, tests/conftest.py), then
+# the precision-sensitive tests as on a CPU with them (bfloat16 autocast, emulated where the CPU lacks it).
+test: $(STAMP)  ## the whole suite, integration tests included (what CI runs); more processes: TEST_PROCS=8
 	$(PYTEST) $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-bf16
 
-test-fast: $(STAMP)
-	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+test-bf16: $(STAMP)  ## the tests marked precision, as on a CPU with bfloat16 instructions
+	MLABEL_EXP_CPU_BF16=1 $(PYTEST) -m precision $(PYTEST_ARGS)
+
+test-unit: $(STAMP)  ## seconds: everything but the tests that train or start processes
+	$(PYTEST) -m "not integration" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -8,6 +8,7 @@ preprocessing it was trained with; ``Predictor.from_checkpoint`` replays it.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -55,9 +56,25 @@ def split_outputs(out):
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")
 
 
+#: Overrides the CPU's bfloat16 detection: "1" runs as a CPU with bfloat16 instructions would (bfloat16 autocast,
+#: emulated and slower where the instructions are missing, with the same arithmetic), "0" as one without (float32).
+#: The test suite pins "0" so that every CPU runs the same suite, and runs its precision-sensitive tests again with
+#: "1" (Makefile); a user can pin either to reproduce another machine's run.
+CPU_BF16_ENV = "MLABEL_EXP_CPU_BF16"
+
+
 def cpu_computes_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN runs bfloat16 convolutions
-    about twice as fast as float32. Elsewhere bfloat16 is emulated, slower than float32, and autocast stays off."""
+    about twice as fast as float32. Elsewhere bfloat16 is emulated, slower than float32, and autocast stays off.
+    $MLABEL_EXP_CPU_BF16 (CPU_BF16_ENV) overrides the detection."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        from .config import ConfigError
+
+        raise ConfigError(f"{CPU_BF16_ENV}={forced!r} is invalid: expected 1 (run as a CPU with bfloat16 "
+                          "instructions), 0 (as one without) or unset (detect)")
     # private in torch 2.x, hence looked up: a torch without them counts as "no"
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(check() for check in checks if check is not None)

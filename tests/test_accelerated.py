@@ -53,7 +53,7 @@ def _loads_into_a_plain_model(result, channels=(16, 32, 64, 128)) -> None:
     _smallcnn(channels).load_state_dict(state)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_compiled_training_on_cpu_matches_eager(synthetic_root, tmp_path):
     """Compiled kernels round differently from eager ones (and differently on each CPU), so the tolerance is measured
     in the same run. The floor: how far the losses move when every initial weight moves by one float32 ulp. Compiled
@@ -74,6 +74,7 @@ def test_compiled_training_on_cpu_matches_eager(synthetic_root, tmp_path):
     _loads_into_a_plain_model(compiled, two_blocks)
 
 
+@pytest.mark.integration
 @cuda_only
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cuda_amp_channels_last_and_compile(synthetic_root, tmp_path, dtype):
@@ -94,6 +95,21 @@ def test_batch_transform_on_cuda_matches_cpu(synthetic_root):
     a = t(x.cuda(), train=True)
     t.set_epoch(2)
     assert torch.equal(t(x.cuda(), train=True), a)
+
+
+@pytest.mark.parametrize("value,native", [("1", True), ("0", False)])
+def test_the_cpu_bfloat16_detection_can_be_pinned_and_a_bad_value_is_named(monkeypatch, value, native):
+    """$MLABEL_EXP_CPU_BF16 makes any CPU run as one with (1) or without (0) bfloat16 instructions: how the suite runs
+    the same tests everywhere, and how a user reproduces another machine's precision."""
+    from mlabel_exp import predictor
+    from mlabel_exp.config import ConfigError
+
+    monkeypatch.setenv(predictor.CPU_BF16_ENV, value)
+    assert predictor.cpu_computes_bf16() is native
+    assert engine.precision(TrainerConfig(), torch.device("cpu")) == ("bfloat16 autocast" if native else "float32")
+    monkeypatch.setenv(predictor.CPU_BF16_ENV, "yes")
+    with pytest.raises(ConfigError, match="MLABEL_EXP_CPU_BF16='yes' is invalid"):
+        predictor.cpu_computes_bf16()
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -20,6 +20,8 @@ from mlabel_exp.run import train
 from mlabel_exp.tracking import Tracker
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here trains or starts processes
+
 FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png", "seed_intervals.png"}
 RUNS = {"a": ("dropout=0.0", "weight_decay=0"), "b": ("dropout=0.5", "weight_decay=0"),
         "c": ("dropout=0.0", "weight_decay=0.001", "optimizer=sgd")}

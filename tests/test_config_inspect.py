@@ -60,6 +60,7 @@ def test_audit_reports_unreadable_files(tree):
     assert any("im2.jpg: unreadable image" in p for p in audit(build_index(root)).problems)
 
 
+@pytest.mark.integration
 def test_inspect_command_prints_the_audit(synthetic_root, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mlabel_exp.inspect", "data=folder", f"data.root={synthetic_root}",
                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, check=True).stdout

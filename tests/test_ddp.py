@@ -7,8 +7,9 @@ from mlabel_exp.models import build_model
 from mlabel_exp.run import train
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here trains or starts processes
 
-@pytest.mark.slow
+
 def test_two_process_run_counts_each_validation_image_once(tmp_path):
     best = train(compose_cfg(*tiny_overrides(tmp_path, "trainer.devices=2", "data.synthetic.num_images=90",
                                              "trainer.max_steps_per_epoch=0",

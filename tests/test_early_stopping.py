@@ -128,6 +128,7 @@ def test_state_dict_round_trips_into_a_fresh_trainer(tmp_path, scripted):
     assert again["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
 
 
+@pytest.mark.precision
 def test_best_checkpoint_holds_the_thresholds_tuned_on_its_epoch(tmp_path, scripted):
     from mlabel_exp.metrics import tune_thresholds
 

@@ -57,10 +57,14 @@ def test_optimizers_take_weight_decay_and_groups():
         assert isinstance(opt, cls) and opt.param_groups[0]["weight_decay"] == 1e-3 and opt.param_groups[0]["lr"] == 0.5
 
 
-def test_device_selection_falls_back_to_cpu_and_honours_a_choice():
-    assert select_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        assert select_device("auto").type in ("cpu", "mps")
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_device_prefers_cuda_then_mps_then_cpu_and_a_choice_is_honoured(monkeypatch, cuda, mps, expected):
+    """Each machine is simulated (what torch reports), so every host checks every branch."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert select_device("auto").type == expected
+    assert select_device("cpu").type == "cpu"  # a choice wins over what is available
+    assert select_device("cuda:1") == torch.device("cuda", 1)
 
 
 def _estimate_after(monkeypatch, caplog, seconds_per_step: float, device: str = "cpu", **kw):

@@ -156,7 +156,8 @@ def test_epoch_order_is_the_same_with_persistent_workers_and_after_a_restart(syn
     assert list(EpochShuffle(40, 5)) != list(EpochShuffle(40, 6))
 
 
-@pytest.mark.slow
+@pytest.mark.precision
+@pytest.mark.integration
 def test_training_with_and_without_the_cache_is_identical(tmp_path):
     """The cache changes where pixels come from, not which: same seed, same losses and metrics on CPU."""
     from mlabel_exp.run import train

@@ -67,6 +67,7 @@ def test_a_validation_set_without_readable_images_stops_before_training(tmp_path
         check_validation_images(index, {"train": np.arange(1), "val": np.arange(1, 3)}, cache)
 
 
+@pytest.mark.integration
 def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
     from mlabel_exp.run import train
     from tests.conftest import mlflow_runs

@@ -338,7 +338,7 @@ def test_weights_description(tmp_path):
 
 # ---------------------------------------------------------------- vgg16 (138M parameters: built once)
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_vgg16_head_dropout_and_trainable_groups():
     model = build_model("vgg16", N, dropout=0.25)  # torchvision's own dropout layers have p=0.5
     with torch.no_grad():

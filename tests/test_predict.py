@@ -13,6 +13,8 @@ from mlabel_exp.predict import PredictConfig, predict
 from mlabel_exp.run import train
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here trains or starts processes
+
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -44,6 +46,7 @@ def _cfg(tmp, **kw):
     return PredictConfig(tracking=TrackingConfig(uri=f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"), **kw)
 
 
+@pytest.mark.precision
 def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trained, new_images, tmp_path):
     tmp, client, run_id, _ = trained
     out = tmp_path / "out"
@@ -67,6 +70,7 @@ def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trai
     assert {"predictions/new/predictions.csv", "predictions/new/submission.csv"} <= logged
 
 
+@pytest.mark.precision
 def test_predict_from_a_checkpoint_with_a_glob_and_a_fixed_threshold(trained, new_images, tmp_path):
     tmp, _, _, _ = trained
     result = predict(_cfg(tmp, checkpoint=str(tmp / "out" / "checkpoints" / "best.pt"),
@@ -101,6 +105,7 @@ def _run_dtype(out) -> str:
     return torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["amp_dtype"]
 
 
+@pytest.mark.precision
 def test_predict_reproduces_the_runs_validation_probabilities(trained, tmp_path):
     """Predicting the validation images with best.pt gives what training logged for them (same pipeline, same dtype).
     In float32 only the batch composition differs, which changes no arithmetic of an eval-mode model; a run that
@@ -152,6 +157,7 @@ def labels_at_thresholds(result) -> list[str]:
     return [" ".join(c for c, p, t in zip(result.classes, row, result.thresholds) if p >= t) for row in result.probs]
 
 
+@pytest.mark.precision
 def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path):
     import mlflow
 
@@ -203,7 +209,6 @@ def test_tracking_register_makes_a_version_of_the_runs_model(trained):
     assert version.run_id == run_id and int(version.version) == 1
 
 
-@pytest.mark.slow
 def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_image(trained, new_images, tmp_path):
     """compare --register-best, then the real `mlflow models serve` on 127.0.0.1, called as the README's curl does."""
     import base64
@@ -280,6 +285,7 @@ def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, cap
     assert len(pd.read_csv(tmp_path / "cli" / "predictions.csv")) == 4
 
 
+@pytest.mark.precision
 def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_thresholds(trained):
     """The checkpoint alone is enough: its recorded preprocessing, its tuned thresholds, and the same probabilities
     whether images come one batch in memory (the pyfunc model) or through DataLoader workers (predict)."""
@@ -323,6 +329,7 @@ def test_predict_names_files_by_their_path_below_the_input(trained, tmp_path):
     assert not np.allclose(result.probs[0], result.probs[1])
 
 
+@pytest.mark.precision
 def test_predict_replays_a_smaller_decoded_cache_size(tmp_path):
     """Trained from a decoded cache kept at 16 px and resized to 32 on the device: predict resizes the same twice."""
     train(compose_cfg(*tiny_overrides(tmp_path, "data.decoded_cache=on", "data.decoded_cache_size=16",

@@ -12,6 +12,8 @@ from mlabel_exp.run import train
 from mlabel_exp.config import ConfigError
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here trains or starts processes
+
 
 def _overrides(tmp_path, *extra):
     return tiny_overrides(tmp_path, "data.synthetic.num_images=120", "trainer.epochs=3", "trainer.max_steps_per_epoch=0",
@@ -22,7 +24,7 @@ def _untimed(history):
     return [{k: v for k, v in h.items() if not k.startswith(("time/", "throughput/"))} for h in history]
 
 
-@pytest.mark.slow
+@pytest.mark.precision
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     """Only the interrupted run needs a process of its own (a real SIGTERM); the uninterrupted run and the resume
     run in this one, through the same train(cfg)."""

@@ -21,6 +21,8 @@ EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_ma
                  "time/epoch_s", "throughput/img_s", "trainable_params"}
 
 
+@pytest.mark.precision
+@pytest.mark.integration
 def test_train_logs_a_complete_run(tmp_path):
     best = train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}")))
     client, runs = mlflow_runs(tmp_path)
@@ -72,6 +74,7 @@ def test_dataset_digests_follow_the_images_labels_and_split(synthetic_root):
     assert dataset_digests(index, split)["validation"] == first["validation"]
 
 
+@pytest.mark.integration
 def test_checkpoint_holds_what_is_needed_to_reuse_the_model(tmp_path):
     from mlabel_exp.models import build_model
 
@@ -84,6 +87,8 @@ def test_checkpoint_holds_what_is_needed_to_reuse_the_model(tmp_path):
     assert (tmp_path / "out" / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.precision
+@pytest.mark.integration
 def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path):
     results = []
     for name in ("a", "b"):
@@ -96,6 +101,7 @@ def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path):
         assert torch.equal(v, results[1]["model"][k]), k
 
 
+@pytest.mark.integration
 def test_unfreeze_schedule_trains_the_head_first(tmp_path, imagenet_weights):
     imagenet_weights("resnet18")
     train(compose_cfg(*tiny_overrides(tmp_path, "model=resnet18", "model.weights=DEFAULT", "model.input_size=32",
@@ -106,6 +112,7 @@ def test_unfreeze_schedule_trains_the_head_first(tmp_path, imagenet_weights):
     assert counts[1] == counts[2] > 11_000_000
 
 
+@pytest.mark.integration
 def test_transfer_models_default_to_imagenet_weights_and_the_run_records_them(tmp_path, imagenet_weights):
     files = imagenet_weights("resnet50")
     cfg = compose_cfg(*tiny_overrides(tmp_path, "model=resnet50", "model.input_size=32",
@@ -139,6 +146,7 @@ def test_random_weights_with_frozen_layers_are_refused_naming_both_settings(over
     assert validate(compose_cfg("model=resnet50", "model.weights=null", "model.trainable=all")).model.weights is None
 
 
+@pytest.mark.integration
 def test_a_registry_that_refuses_costs_the_run_its_registration_not_its_results(tmp_path, monkeypatch):
     from mlabel_exp import tracking
 
@@ -152,6 +160,7 @@ def test_a_registry_that_refuses_costs_the_run_its_registration_not_its_results(
     assert "no registry here" in run.data.tags["registration_error"]
 
 
+@pytest.mark.integration
 def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch):
     def boom(self, loader, epoch):
         raise RuntimeError("disk on fire")
@@ -164,6 +173,7 @@ def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch
     assert "error/traceback.txt" in artifact_paths(client, run.info.run_id)
 
 
+@pytest.mark.integration
 def test_stop_request_marks_the_run_killed_and_exits_non_zero(tmp_path, monkeypatch):
     real = engine.Trainer.train_epoch
 
@@ -222,6 +232,7 @@ def test_unwritable_tracking_location_fails_before_training(tmp_path):
         train(compose_cfg(*tiny_overrides(tmp_path), f"tracking.uri=sqlite:///{blocker}/sub/mlflow.db"))
 
 
+@pytest.mark.integration
 def test_unwritable_output_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -230,6 +241,7 @@ def test_unwritable_output_folder_fails_before_training(tmp_path):
     assert mlflow_runs(tmp_path)[1] == []  # no run was started
 
 
+@pytest.mark.integration
 def test_run_figures_are_real_images(tmp_path):
     from PIL import Image
 
@@ -240,6 +252,7 @@ def test_run_figures_are_real_images(tmp_path):
             assert im.width >= 400 and im.height >= 300 and len(im.convert("RGB").getcolors(1 << 16) or []) > 2
 
 
+@pytest.mark.integration
 def test_cfg_job_prints_the_seed_experiment_without_importing_torch():
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlabel_exp.run", "experiment=seed", "--cfg", "job"],
                          capture_output=True, text=True, check=True)
@@ -251,6 +264,7 @@ def test_cfg_job_prints_the_seed_experiment_without_importing_torch():
     assert "torch" not in imported and "mlflow" not in imported
 
 
+@pytest.mark.integration
 def test_run_finishes_on_corrupt_images_and_annotation_lines_and_reports_them(tmp_path):
     import json
 
@@ -277,6 +291,8 @@ def test_run_finishes_on_corrupt_images_and_annotation_lines_and_reports_them(tm
     assert "data_problems.json" in artifact_paths(client, run.info.run_id)
 
 
+@pytest.mark.precision
+@pytest.mark.integration
 def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thresholds(tmp_path):
     import json
 
@@ -316,6 +332,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
     (["trainer.epoch=3"], "error: trainer.epoch is not a setting (did you mean trainer.epochs?)"),
     (["data=folder", "data.root=/no/such/folder"], "error: data.root='/no/such/folder': /no/such/folder does not exist"),
 ])
+@pytest.mark.integration
 def test_a_settings_error_is_one_line_and_exit_status_2(args, message, tmp_path):
     done = subprocess.run([sys.executable, "-m", "mlabel_exp.run", *args], capture_output=True, text=True,
                           env={**os.environ, "MLABEL_EXP_ROOT": str(tmp_path)}, timeout=120)
@@ -324,7 +341,7 @@ def test_a_settings_error_is_one_line_and_exit_status_2(args, message, tmp_path)
     assert not (tmp_path / "mlruns").exists()  # nothing was opened or written
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_smoke_run_logs_no_third_party_warning_and_ends_by_saying_where_to_look(tmp_path):
     """The real command, as a person runs it: a pyfunc model is logged, the log holds no warning from a library,
     and the last lines name the best figure, the output folder, the UI command and the run's page."""
@@ -344,6 +361,7 @@ def test_a_smoke_run_logs_no_third_party_warning_and_ends_by_saying_where_to_loo
                         "?workflowType=machine_learning")
 
 
+@pytest.mark.integration
 def test_help_is_a_page_of_examples_groups_and_presets_without_importing_torch():
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlabel_exp.run", "--help"],
                           capture_output=True, text=True, check=True)

@@ -11,6 +11,8 @@ import pytest
 from mlabel_exp import run
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here trains or starts processes
+
 
 def _cfg(tmp_path, n_trials):
     return compose_cfg(*tiny_overrides(tmp_path, "trainer.epochs=3", f"search.n_trials={n_trials}",
@@ -31,7 +33,6 @@ def scripted_reports(monkeypatch):
     monkeypatch.setattr(run, "train", train)
 
 
-@pytest.mark.slow
 def test_search_prunes_and_nests_trials_and_resumes_its_study(tmp_path, scripted_reports):
     import optuna
 

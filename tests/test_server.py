@@ -12,6 +12,8 @@ from mlabel_exp.distributed import free_port
 from mlabel_exp.run import train
 from tests.conftest import artifact_paths, compose_cfg, tiny_overrides
 
+pytestmark = pytest.mark.integration  # every test here trains or starts processes
+
 
 @pytest.fixture
 def server(tmp_path):
@@ -39,7 +41,6 @@ def server(tmp_path):
         proc.wait(timeout=30)
 
 
-@pytest.mark.slow
 def test_training_against_a_tracking_server(server, tmp_path):
     from mlflow.tracking import MlflowClient
 
