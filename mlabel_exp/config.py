@@ -17,7 +17,17 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONF_DIR = PACKAGE_DIR.parent / "conf"
+
+
+def _conf_dir() -> Path:
+    """The Hydra config tree: mlabel_exp/conf in an installed wheel (pyproject.toml ships conf/ there), else conf/
+    beside the package in a checkout (an editable install, or PYTHONPATH). Found on disk rather than imported
+    (Hydra's pkg://), so that a checkout always reads its own conf/, never an installed copy's."""
+    shipped = PACKAGE_DIR / "conf"
+    return shipped if (shipped / "config.yaml").is_file() else PACKAGE_DIR.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 class UserError(ValueError):
@@ -29,11 +39,14 @@ class ConfigError(UserError):
 
 
 def project_root() -> Path:
-    """Where relative paths resolve: $MLABEL_EXP_ROOT, else the checkout holding conf/, else the cwd."""
+    """Where outputs/, multirun/ and mlruns/ go and relative paths resolve: $MLABEL_EXP_ROOT, else the working
+    directory; never where the package lies (an installed package lies in site-packages)."""
     env = os.environ.get("MLABEL_EXP_ROOT")
-    if env:
-        return Path(env).expanduser().resolve()
-    return PACKAGE_DIR.parent if CONF_DIR.is_dir() else Path.cwd()
+    return Path(env).expanduser().resolve() if env else Path.cwd()
+
+
+# ${project_root:} in conf/ (hydra.run.dir, hydra.sweep.dir): Hydra's job folders go under the same root as mlruns/.
+OmegaConf.register_new_resolver("project_root", lambda: str(project_root()), replace=True)
 
 
 def resolve_path(path: str | os.PathLike) -> Path:

@@ -106,12 +106,30 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def git_commit() -> str | None:
+VERSION_TAG = "mlabel.version"  # the installed package's version, on every run
+
+
+def git_commit(package_dir: Path = PACKAGE_DIR) -> str | None:
+    """HEAD of the git checkout the package's own files are tracked in; None for an installed copy (a wheel in
+    site-packages, an unpacked sdist), also one that lies inside some other checkout (a virtualenv in a repository)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=package_dir, capture_output=True, text=True, timeout=5,
+                              check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip() or None
+        git("ls-files", "--error-unmatch", "--", "__init__.py")  # fails unless this very file is tracked
+        return git("rev-parse", "HEAD") or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlabel-exp")
+    except PackageNotFoundError:  # a checkout on PYTHONPATH that was never installed
+        return "unknown"
 
 
 class Tracker:
@@ -143,8 +161,9 @@ class Tracker:
     def start(self, run_name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
         from mlflow.entities import Param, RunTag
 
-        tags = {"mlflow.runName": run_name, "mlflow.source.git.commit": git_commit() or "unknown",
-                "hostname": socket.gethostname(), **tags}
+        commit = git_commit()
+        tags = {"mlflow.runName": run_name, VERSION_TAG: package_version(), "hostname": socket.gethostname(),
+                **({"mlflow.source.git.commit": commit} if commit else {}), **tags}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         self.run_id = run.info.run_id
         items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]

@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +43,12 @@ def test_train_logs_a_complete_run(tmp_path):
     # what it computed in: float32, or bfloat16 autocast on a CPU with bfloat16 instructions (trainer.amp=true)
     assert run.data.params["trainer.amp"] == "True"
     assert run.data.params["precision"] == ("bfloat16 autocast" if cpu_computes_bf16() else "float32")
-    assert run.data.tags["model"] == "smallcnn" and len(run.data.tags["mlflow.source.git.commit"]) == 40
+    assert run.data.tags["model"] == "smallcnn"
+    # provenance: the commit of the checkout the package's files are tracked in (asked of git here), none for a copy
+    # that is not one (an sdist, a wheel); the installed version always
+    head = checkout_head(Path(engine.__file__).parent)
+    assert run.data.tags.get("mlflow.source.git.commit") == head and (head is None or len(head) == 40)
+    assert run.data.tags["mlabel.version"] == version("mlabel-exp")
     files = artifact_paths(client, run.info.run_id)
     assert {"config.yaml", "classes.json", "split.json", "curves.png", "per_class.csv", "per_class_ap.png", "pr_curves.png", "thresholds.json",
             "predictions/val.csv", "predictions/val.json", "checkpoints/best.pt"} <= files
@@ -58,6 +65,17 @@ def test_train_logs_a_complete_run(tmp_path):
     assert {d.name for d in inputs.values()} == {"synthetic (80 images, 32 px, seed 0)"}
     assert inputs["train"].digest != inputs["validation"].digest
     assert json.loads(inputs["train"].source)["uri"].endswith("n80_px32_seed0_u0.4_g0.03_m4_v1")
+
+
+def checkout_head(folder: Path) -> str | None:
+    """``git rev-parse HEAD`` of the checkout whose index lists ``folder``'s __init__.py; None when there is none."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True).stdout.strip()
+
+    top = git("rev-parse", "--show-toplevel")
+    tracked = top and (folder / "__init__.py").resolve().relative_to(Path(top).resolve()).as_posix() in git(
+        "ls-files", "--full-name").split()
+    return git("rev-parse", "HEAD") if tracked else None
 
 
 def test_dataset_digests_follow_the_images_labels_and_split(synthetic_root):
