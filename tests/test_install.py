@@ -78,7 +78,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_wheel_ships_every_module_every_config_file_and_a_script_per_command(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "mlabel_exp").rglob("*.py")}
@@ -106,7 +106,7 @@ print(json.dumps({"module": config.__file__, "conf": str(config.CONF_DIR), "colu
 """
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_an_installed_wheel_trains_from_an_empty_directory_with_the_users_own_data_config(wheel, tmp_path):
     """`pip install mlabel_exp-*.whl`, then `mlabel-run` in an empty folder: outputs/ and mlruns/ appear there, the
     user's data/mydata.yaml (a --config-dir) is used, the run's pyfunc model answers, and the checkout is untouched."""
@@ -144,7 +144,7 @@ def test_an_installed_wheel_trains_from_an_empty_directory_with_the_users_own_da
     assert result["columns"] == [*classes, "labels", "error"] and result["error"] == ""
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_an_editable_install_reads_the_checkouts_conf(tmp_path):
     """`pip install -e .` (make setup): the commands read the checkout's own conf/, from any working directory."""
     src = copy_sources(tmp_path / "checkout")
@@ -183,7 +183,7 @@ def test_a_users_own_config_group_composes_from_hydra_searchpath(tmp_path):
     assert cfg.data.test_fraction == 0.0  # the rest from the schema's defaults
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_commit_is_recorded_only_for_a_package_tracked_in_a_git_checkout(tmp_path):
     def git(*args):
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
