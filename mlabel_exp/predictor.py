@@ -82,7 +82,8 @@ class Predictor:
         from ``preprocessing``."""
         p = preprocessing
         self.model, self.preprocessing, self.classes, self.device = model, p, list(classes), device
-        self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float64)
+        # float32, as the probabilities: the numbers the outputs write and decide labels from (floats.decide)
+        self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float32)
         self.transform = transform or BatchTransform(p["input_size"], p["mean"], p["std"])
         self.image_steps = image_steps(p["decode_size"]) if p else None  # per image, in DataLoader workers
         self.amp_dtype, self.channels_last = autocast_dtype(device, amp_dtype), channels_last

@@ -22,6 +22,25 @@ def write_tree(root: Path, image_ids, annotations: dict[str, str | bytes], size:
     return root
 
 
+def assert_labels_are_the_written_decisions(csv_path: Path, json_path: Path, classes: list[str],
+                                            thresholds: list[float]) -> None:
+    """Read back, in float64 and in float32: every label in a predictions CSV and JSON is exactly written probability
+    >= written threshold; both files hold the same probabilities, and the JSON the thresholds given."""
+    import json
+
+    import pandas as pd
+
+    payload = json.loads(json_path.read_text())
+    assert list(payload["thresholds"].values()) == thresholds
+    csv = pd.read_csv(csv_path, keep_default_na=False)
+    records = [payload["predictions"][f] for f in csv["file"]]
+    probs = np.array([[r["probabilities"][c] for c in classes] for r in records])
+    assert np.array_equal(csv[classes].to_numpy(), probs)
+    for p, t in ((probs, np.array(thresholds)), (probs.astype(np.float32), np.array(thresholds, dtype=np.float32))):
+        expected = [[c for c, on in zip(classes, row) if on] for row in p >= t]
+        assert [r["labels"] for r in records] == expected and [s.split() for s in csv["labels"]] == expected
+
+
 @pytest.fixture(autouse=True)
 def project_root_in_tmp(tmp_path, monkeypatch):
     """Runs started in-process write their default outputs/ under the test's tmp folder, not the checkout."""
