@@ -290,8 +290,10 @@ def write_predictions(folder: Path, stem: str, files: list[str], probs, classes:
     import numpy as np
     import pandas as pd
 
+    from .data import check_class_names
     from .floats import written
 
+    check_class_names(classes)  # a class named like a column would overwrite it: refused at indexing, asserted here
     p = written(probs.numpy() if hasattr(probs, "numpy") else probs)
     t = written(np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(classes),)))
     predicted = p >= t
