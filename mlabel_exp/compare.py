@@ -263,7 +263,7 @@ def groups_table(found: Groups) -> pd.DataFrame:
 def _write_groups(found: Groups, out_dir: Path) -> None:
     from .fsutil import write_atomic
 
-    plain = found.table.assign(values=[" ".join(f"{v:.6f}" for v in vs) for vs in found.table["values"]])
+    plain = found.table.assign(values=[" ".join(repr(float(v)) for v in vs) for vs in found.table["values"]])
     write_atomic(out_dir / "groups.csv", plain.to_csv(index=False))
 
 

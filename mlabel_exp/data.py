@@ -50,6 +50,21 @@ class DatasetIndex:
         return [self.root / "images" / self.files[r] for r in rows]
 
 
+#: The columns the prediction files and the pyfunc model write beside one column per class (report.write_predictions,
+#: report.write_submission, pyfunc_model.py): a class of one of these names would overwrite it or be overwritten.
+OUTPUT_COLUMNS = ("file", "image", "labels", "true_labels", "error")
+
+
+def check_class_names(classes: Sequence[str], where: str = "classes", fix: str = "rename that class") -> None:
+    """Refuse a class named like an output column, before anything is trained or predicted. Refused rather than
+    renamed in the outputs (a prefix on every class column): the CSVs keep the class names as their columns, the
+    original course's submission format among them, and renaming an annotation file is a one-line fix."""
+    clash = [c for c in classes if c in OUTPUT_COLUMNS]
+    if clash:
+        raise DataError(f"{where}: class {clash[0]!r} has the name of a column of the prediction files "
+                        f"({', '.join(OUTPUT_COLUMNS)}), which it would overwrite; {fix}")
+
+
 def _pattern_regex(pattern: str) -> re.Pattern:
     if pattern.count("{id}") != 1:
         raise DataError(f"data.image_pattern={pattern!r} must contain '{{id}}' exactly once, e.g. 'im{{id}}.jpg'")
@@ -110,6 +125,8 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
     if not ann_files:
         raise DataError(f"{ann_dir} holds no <class>.txt annotation file")
     classes = [p.stem for p in ann_files]
+    for p in ann_files:
+        check_class_names([p.stem], str(p), f"rename the file (e.g. to {p.stem}_class.txt)")
     ids = np.array(sorted(file_of), dtype=np.int64)
     if len(ids) == 0:
         raise DataError(f"no usable images: nothing in {images_dir} matches data.image_pattern={image_pattern!r}")
@@ -272,13 +289,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode to RGB; a file over Pillow's pixel limit is an error, not a warning (decompression bombs)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
+class ImageTooLarge(DataError):
+    """An image over the pixel limit, refused from its header before a pixel is decoded."""
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """An image file (a path, or its bytes) opened from its header only, refused when its width x height exceeds
+    PIL.Image.MAX_IMAGE_PIXELS (Pillow's limit, about 89 million: a 9459 px square, 268 MB as RGB; raise it there,
+    or set it to None for no limit). Pillow itself only warns up to twice its limit, and decodes: a PNG of a few KB
+    and 12000 x 12000 px would become 432 MB of RGB. Closing it is the caller's (``with open_image(...) as im``)."""
+    fix = "refused before decoding; shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
+    with warnings.catch_warnings():  # our own error below says it; Pillow's warning would repeat it
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses too
+            raise ImageTooLarge(f"{str(e).rstrip('.')}: {fix}") from None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.width * im.height > limit:
+        im.close()
+        raise ImageTooLarge(f"{im.width} x {im.height} pixels, over the limit of {limit} "
+                            f"(PIL.Image.MAX_IMAGE_PIXELS): {fix}")
+    return im
+
+
+def load_image(source: str | Path | bytes) -> Image.Image:
+    """Decode to RGB, through ``open_image``'s pixel limit: the one decoder of training, validation, the decoded
+    cache, predict and the pyfunc model."""
+    with open_image(source) as im:
+        im.load()
+        return to_rgb(im)
 
 
 def image_steps(input_size: int, train: bool = False, random_resized_crop: bool = False,

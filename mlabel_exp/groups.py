@@ -76,11 +76,15 @@ def _seed_order(run: dict) -> tuple:
 
 
 def _predictions(uri: str, run_id: str, split: str) -> pd.DataFrame | None:
-    """A run's per-image probabilities and true labels on ``split`` (predictions/<split>.csv), by file name."""
+    """A run's per-image probabilities and true labels on ``split`` (predictions/<split>.csv), by file name. The
+    probabilities are read back as the float32 the run scored (floats.written: lossless), so an mAP recomputed from
+    them is the run's own to float32 precision (a file from before that was written at 6 decimals)."""
     text = tracking.artifact_text(uri, run_id, f"predictions/{split}.csv")
     if text is None:
         return None
     frame = pd.read_csv(io.StringIO(text), keep_default_na=False)
+    probabilities = [c for c in frame.columns if c not in ("file", "labels", "true_labels")]
+    frame[probabilities] = frame[probabilities].astype(np.float32)
     return frame.set_index("file").sort_index()
 
 

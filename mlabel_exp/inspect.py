@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import DatasetIndex
+from .data import DatasetIndex, open_image
 
 
 @dataclass
@@ -39,14 +39,13 @@ def audit(index: DatasetIndex, decode: bool = False) -> Audit:
     """Audit an index. Reads each image header (mode, size); ``decode`` also decodes every pixel,
     which finds truncated files at the cost of a full pass over the data."""
     import pandas as pd
-    from PIL import Image
 
     sizes: Counter = Counter()
     modes: Counter = Counter()
     problems = list(index.problems)
     for path in index.paths():
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:  # the loader's guard: an image it would refuse is a finding
                 sizes[im.size] += 1
                 modes[im.mode] += 1
                 if decode:

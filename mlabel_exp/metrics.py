@@ -116,12 +116,17 @@ def per_class_table(probs: torch.Tensor, targets: torch.Tensor, classes: list[st
 # ------------------------------------------------------------------ thresholds
 
 def best_f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of ``scores >= threshold``, exactly, over every distinct score.
+    """(threshold, F1) maximising F1 of ``scores >= threshold``, exactly, over every cut between distinct scores.
 
-    Sorting once gives TP and FP for every cut; ties share a cut. With no positive the F1 is 0 and
-    the threshold 0.5.
+    Sorting once gives TP and FP for every cut; ties share a cut. The threshold is a float32 probability halfway
+    between the lowest score labelled and the highest one not (the cut's margin on both sides, rather than the lowest
+    labelled score itself); 0 when every image is labelled (not the lowest score, which can be a meaningless 1e-38 of
+    a saturated sigmoid). Kept as floats.as_threshold: exactly what thresholds.json and the predictions write. With no
+    positive the F1 is 0 and the threshold 0.5.
     """
-    scores, labels = scores.double().flatten(), labels.double().flatten()
+    from .floats import as_threshold
+
+    scores, labels = scores.float().flatten(), labels.double().flatten()  # probabilities are float32
     positives = float(labels.sum())
     if positives == 0:
         return 0.5, 0.0
@@ -133,7 +138,18 @@ def best_f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float
     last_of_tie[:-1] = s[1:] != s[:-1]       # a cut can only fall after the last of equal scores
     f1 = torch.where(last_of_tie, 2 * tp / (predicted + positives), torch.zeros_like(tp))
     i = int(torch.argmax(f1))
-    return float(s[i]), float(f1[i])
+    return as_threshold(cut_between(float(s[i]), float(s[i + 1]) if i + 1 < len(s) else None)), float(f1[i])
+
+
+def cut_between(lowest_in: float, highest_out: float | None) -> float:
+    """The float32 halfway between two float32 scores, strictly above ``highest_out`` and at most ``lowest_in``
+    (adjacent float32 have no value between them: then the upper one); 0.0 when nothing is left out."""
+    import numpy as np
+
+    if highest_out is None:
+        return 0.0
+    cut = np.float32((lowest_in + highest_out) / 2)  # exact in float64, then the nearest float32
+    return float(cut if cut > highest_out else np.nextafter(np.float32(highest_out), np.float32(np.inf)))
 
 
 def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor,

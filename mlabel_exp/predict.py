@@ -112,13 +112,14 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from . import report, tracking
     from .data import default_workers
     from .engine import select_device
+    from .floats import decide
     from .predictor import Predictor
 
     paths, names = list_inputs(cfg.input)
     ckpt, source = _load(cfg)
     predictor = Predictor.from_checkpoint(ckpt, select_device(cfg.device))
     if cfg.threshold != "tuned":
-        predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold))
+        predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold), dtype=np.float32)
     elif not ckpt.get("thresholds"):
         log.warning("%s holds no tuned thresholds: using 0.5 for every class", source)
     workers = min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size))
@@ -131,7 +132,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     summary = {"input": cfg.input, "images": len(files), "skipped": len(skipped), "skipped_files": skipped,
                "checkpoint": source, "run": cfg.run}
     outputs.append(write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1)))
-    for name, hits in list(zip(files, p >= thresholds))[:SHOWN]:  # a handful: the labels at a glance
+    for name, hits in zip(files, decide(p[:SHOWN], thresholds)):  # a handful: the labels at a glance
         print(f"  {name}: {', '.join(report.label_names(hits, classes)) or '(no label)'}")
     if len(files) > SHOWN:
         print(f"  ... {len(files) - SHOWN} more in predictions.csv")

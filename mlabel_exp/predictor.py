@@ -99,7 +99,8 @@ class Predictor:
         from ``preprocessing``."""
         p = preprocessing
         self.model, self.preprocessing, self.classes, self.device = model, p, list(classes), device
-        self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float64)
+        # float32, as the probabilities: the numbers the outputs write and decide labels from (floats.decide)
+        self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float32)
         self.transform = transform or BatchTransform(p["input_size"], p["mean"], p["std"])
         self.image_steps = image_steps(p["decode_size"]) if p else None  # per image, in DataLoader workers
         self.amp_dtype, self.channels_last = autocast_dtype(device, amp_dtype), channels_last
@@ -110,8 +111,11 @@ class Predictor:
         """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds, in the autocast
         dtype the run validated in (the thresholds were tuned on those probabilities) where ``device`` computes it
         natively, else in float32 (a bfloat16 run's model on a CPU without bfloat16 instructions)."""
+        from .data import check_class_names
         from .models import build_model
 
+        check_class_names(ckpt["classes"], "the checkpoint", "its run was trained before such names were refused: "
+                          "rename that annotation file and train again")
         m = ckpt["config"]["model"]
         model = build_model(m["name"], len(ckpt["classes"]), hidden=m.get("hidden", 0),
                             aux_logits=m.get("aux_logits", True), input_size=m["input_size"])
@@ -138,9 +142,27 @@ class Predictor:
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(images)).cpu()
 
-    def predict_images(self, images) -> np.ndarray:
-        """Probabilities (N x classes) of decoded RGB PIL images, one batch."""
-        return self.probabilities(torch.stack([self.image_steps(im) for im in images])).numpy()
+    def predict_encoded(self, blobs) -> tuple[np.ndarray, list[str]]:
+        """(probabilities, errors) of encoded images (bytes), row for row: an image that cannot be read (not an image,
+        truncated, over the pixel limit: data.load_image) has NaN probabilities and its error; the others are answered.
+        Each is decoded and brought to the decode size before the next is read, so a request holds one full-size
+        image at a time."""
+        from .data import ImageTooLarge, load_image
+
+        steps, errors = {}, [""] * len(blobs)
+        for row, blob in enumerate(blobs):
+            try:
+                if not isinstance(blob, (bytes, bytearray, memoryview)):  # never a str: load_image reads paths
+                    raise TypeError(f"{type(blob).__name__}, not bytes")
+                steps[row] = self.image_steps(load_image(bytes(blob)))
+            except ImageTooLarge as e:
+                errors[row] = f"row {row}: {e}"
+            except Exception as e:  # noqa: BLE001 - any undecodable input is that row's error, not the request's
+                errors[row] = f"row {row}: not a readable image ({type(e).__name__})"
+        probs = np.full((len(blobs), len(self.classes)), np.nan, dtype=np.float32)
+        if steps:
+            probs[list(steps)] = self.probabilities(torch.stack(list(steps.values()))).numpy()
+        return probs, errors
 
     def predict_files(self, paths: list[Path], batch_size: int, num_workers: int, names: list[str] | None = None):
         """(names, probabilities, {unreadable file: error}) of image files, decoded in DataLoader workers; ``names``

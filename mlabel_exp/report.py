@@ -204,8 +204,13 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
 
     from . import metrics as M
     from . import plots
+    from .floats import as_threshold, written
 
     probs, targets, thresholds = result.best_probs, result.best_targets, result.thresholds
+    # as floats.written (tune_thresholds keeps them so; a run resumed from an older best.pt may not): the same
+    # decimals as in the predictions files
+    thresholds = {**thresholds, "global": as_threshold(thresholds["global"]),
+                  "per_class": [as_threshold(t) for t in thresholds["per_class"]]}
     tuned = torch.tensor(thresholds["per_class"])
     write_atomic(out / "thresholds.json", json.dumps({"classes": classes, **thresholds}, indent=1))
     tracker.log_artifact(out / "thresholds.json")
@@ -215,7 +220,9 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     table = M.per_class_table(probs, targets, classes, tuned)  # in-sample at the tuned thresholds: say so
     table = table.rename(columns={c: f"{c} (in-sample)" for c in ("F1", "precision", "recall")})
     table.insert(4, "F1@0.5", M.per_class_table(probs, targets, classes)["F1"])
-    write_atomic(out / "per_class.csv", table.to_csv(index=False, float_format="%.4f"))
+    numeric = table.select_dtypes("float").columns  # every one a float32 value: written as the predictions are
+    table[numeric] = written(table[numeric].to_numpy())
+    write_atomic(out / "per_class.csv", table.to_csv(index=False))
     tracker.log_artifact(out / "per_class.csv")
     tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
                        "per_class_ap.png")
@@ -278,38 +285,44 @@ def label_names(row, classes) -> list[str]:
 def write_predictions(folder: Path, stem: str, files: list[str], probs, classes: list[str], thresholds=0.5,
                       targets=None) -> list[Path]:
     """``<stem>.csv`` and ``<stem>.json`` keyed by file: a probability per class and the labels at ``thresholds``
-    (one number or one per class); with ``targets`` also the true labels."""
+    (one number or one per class); with ``targets`` also the true labels. Probabilities and thresholds are written
+    losslessly and the labels decided from exactly the numbers written (``floats``)."""
     import numpy as np
     import pandas as pd
 
-    p = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)
-    t = np.asarray(thresholds, dtype=np.float64)
+    from .data import check_class_names
+    from .floats import written
+
+    check_class_names(classes)  # a class named like a column would overwrite it: refused at indexing, asserted here
+    p = written(probs.numpy() if hasattr(probs, "numpy") else probs)
+    t = written(np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(classes),)))
     predicted = p >= t
     frame = pd.DataFrame(p, columns=classes)
     frame.insert(0, "file", files)
     frame["labels"] = [" ".join(label_names(row, classes)) for row in predicted]
-    records = {f: {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, row)},
-                   "labels": label_names(hit, classes)} for f, row, hit in zip(files, p, predicted)}
+    records = {f: {"probabilities": dict(zip(classes, row.tolist())), "labels": label_names(hit, classes)}
+               for f, row, hit in zip(files, p, predicted)}
     if targets is not None:
         true = np.asarray(targets) > 0.5
         frame["true_labels"] = [" ".join(label_names(row, classes)) for row in true]
         for f, row in zip(files, true):
             records[f]["true_labels"] = label_names(row, classes)
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    write_atomic(csv_path, frame.to_csv(index=False, float_format="%.6f"))
-    payload = {"classes": classes, "thresholds": dict(zip(classes, np.broadcast_to(t, len(classes)).tolist())),
-               "predictions": records}
+    write_atomic(csv_path, frame.to_csv(index=False))  # float64 fields as repr: the same decimals as the JSON
+    payload = {"classes": classes, "thresholds": dict(zip(classes, t.tolist())), "predictions": records}
     write_atomic(json_path, json.dumps(payload, indent=1))
     return [csv_path, json_path]
 
 
 def write_submission(path: Path, files: list[str], probs, classes: list[str], thresholds=0.5) -> Path:
-    """One row per image, 0/1 columns in alphabetical class order (the original course's format)."""
-    import numpy as np
+    """One row per image, 0/1 columns in alphabetical class order (the original course's format); the same decisions
+    as the predictions files."""
     import pandas as pd
 
+    from .floats import decide
+
     order = sorted(range(len(classes)), key=lambda i: classes[i])
-    hits = (np.asarray(probs) >= np.asarray(thresholds, dtype=np.float64)).astype(int)[:, order]
+    hits = decide(probs, thresholds).astype(int)[:, order]
     frame = pd.DataFrame(hits, columns=[classes[i] for i in order])
     frame.insert(0, "image", files)
     write_atomic(path, frame.to_csv(index=False))

@@ -31,6 +31,59 @@ def write_tree(root: Path, image_ids, annotations: dict[str, str | bytes], size:
     return root
 
 
+def assert_labels_are_the_written_decisions(csv_path: Path, json_path: Path, classes: list[str],
+                                            thresholds: list[float]) -> None:
+    """Read back, in float64 and in float32: every label in a predictions CSV and JSON is exactly written probability
+    >= written threshold; both files hold the same probabilities, and the JSON the thresholds given."""
+    import json
+
+    import pandas as pd
+
+    payload = json.loads(json_path.read_text())
+    assert list(payload["thresholds"].values()) == thresholds
+    csv = pd.read_csv(csv_path, keep_default_na=False)
+    records = [payload["predictions"][f] for f in csv["file"]]
+    probs = np.array([[r["probabilities"][c] for c in classes] for r in records])
+    assert np.array_equal(csv[classes].to_numpy(), probs)
+    for p, t in ((probs, np.array(thresholds)), (probs.astype(np.float32), np.array(thresholds, dtype=np.float32))):
+        expected = [[c for c, on in zip(classes, row) if on] for row in p >= t]
+        assert [r["labels"] for r in records] == expected and [s.split() for s in csv["labels"]] == expected
+
+
+def huge_png(width: int = 12000, height: int = 12000) -> bytes:
+    """A black 1-bit PNG of width x height, built row by row without decoding anything: ~20 KB for 12000 x 12000,
+    which Pillow would decode to width * height bytes (mode "1"), and three times that as RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, z = bytes(1 + (width + 7) // 8), zlib.compressobj(9)  # filter byte 0, then the packed bits
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def peak_memory_growth(fn) -> tuple[object, int]:
+    """(fn(), how far this process's peak resident memory rose above its resident memory before, in bytes). Linux
+    only: the peak (VmHWM) is reset through /proc/self/clear_refs; skips the test elsewhere."""
+    import re
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure peak memory")
+    before = status("VmRSS")
+    result = fn()
+    return result, status("VmHWM") - before
+
+
 @pytest.fixture(autouse=True)
 def project_root_in_tmp(tmp_path, monkeypatch):
     """Runs started in-process write their default outputs/ under the test's tmp folder, not the checkout."""

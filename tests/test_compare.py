@@ -131,6 +131,11 @@ def test_runs_are_grouped_by_settings_and_paired_on_their_validation_images(stor
     assert sorted(found.table["n"]) == [1, 1, 1] and found.table["verdict"].iloc[0] == "best"
     assert found.evaluated_on.startswith("paired bootstrap over the ") and "validation images" in found.evaluated_on
     assert list(found.table["mean"]) == sorted(compared.table["best_val_mAP"], reverse=True)
+    # one run a group: its mAP recomputed from its val.csv is the run's own logged val/best_mAP, up to torchmetrics'
+    # float32 arithmetic (n + 3 float32 ulps of 1 on n validation images)
+    n = int(found.evaluated_on.split("over the ")[1].split()[0])
+    for row in found.table.itertuples():
+        assert row.eval_mAP == pytest.approx(row.mean, abs=(n + 3) * 2**-24), row.group
     saved = pd.read_csv(compared.out_dir / "groups.csv")
     assert list(saved["group"]) == list(found.table["group"])
     assert "## Groups across seeds" in (compared.out_dir / "comparison.md").read_text()

@@ -104,15 +104,18 @@ def brute_force_best_f1(scores, labels):
 def test_best_f1_threshold_is_the_exact_optimum(seed):
     rng = np.random.default_rng(seed)
     labels = (rng.random(80) < 0.3).astype(int)
-    scores = np.round(labels * 0.3 + rng.random(80) * 0.7, 2)  # rounded: ties included
+    scores = np.round(labels * 0.3 + rng.random(80) * 0.7, 2).astype(np.float32)  # rounded: ties included
     t, f1 = best_f1_threshold(torch.tensor(scores), torch.tensor(labels))
     ref_t, ref_f1 = brute_force_best_f1(scores, labels)
-    assert f1 == pytest.approx(ref_f1) and t == pytest.approx(ref_t)
+    assert f1 == pytest.approx(ref_f1)
+    assert np.array_equal(scores >= np.float32(t), scores >= ref_t)  # the same cut
+    out = scores[scores < ref_t]  # the cut sits halfway between the lowest score labelled and the highest not
+    assert np.float32(t) == (np.float32((float(ref_t) + float(out.max())) / 2) if len(out) else 0.0)
 
 
 def test_tuned_thresholds_on_a_constructed_case():
     # class 0: positives score 0.30..0.39, negatives 0.0..0.29 -> any threshold in (0.29, 0.30] is perfect;
-    # ours picks the lowest positive score, 0.30.
+    # ours is halfway, 0.295 (the float32 nearest to halfway between the float32 scores).
     pos, neg = np.arange(30, 40) / 100, np.arange(0, 30) / 100
     c0 = np.concatenate([pos, neg])
     y0 = np.concatenate([np.ones(10), np.zeros(30)])
@@ -123,9 +126,21 @@ def test_tuned_thresholds_on_a_constructed_case():
     p = torch.tensor(np.stack([c0, c1], 1), dtype=torch.float32)
     y = torch.tensor(np.stack([y0, y1], 1))
     out = tune_thresholds(p, y, min_positives=5)
-    assert out["per_class"][0] == pytest.approx(0.30)
+    halfway = (float(np.float32(0.30)) + float(np.float32(0.29))) / 2  # of the float32 scores: 0.29500002
+    assert np.float32(out["per_class"][0]) == np.float32(halfway) and out["per_class"][0] == pytest.approx(0.295)
     assert out["fallback_to_global"] == [1] and out["per_class"][1] == out["global"]
     assert per_class_table(p, y, ["a", "b"], torch.tensor(out["per_class"]))["F1"][0] == 1.0
+
+
+def test_a_threshold_is_a_probability_cut_even_at_the_ends_of_float32():
+    """Labelling every image is threshold 0, not the lowest score (a saturated sigmoid's 2.7e-38 once); scores one
+    float32 ulp apart are cut at the upper one (no float32 lies between them). Thresholds are float32 values."""
+    tiny = np.float32(2.7e-38)
+    assert best_f1_threshold(torch.tensor([0.9, 0.5, tiny]), torch.tensor([1, 1, 1])) == (0.0, 1.0)
+    upper = np.float32(0.5)
+    lower = np.nextafter(upper, np.float32(0))
+    t, f1 = best_f1_threshold(torch.tensor([0.9, upper, lower, 0.1]), torch.tensor([1, 1, 0, 0]))
+    assert f1 == 1.0 and np.float32(t) == upper
 
 
 def test_macro_averages_leave_out_classes_without_positives_like_map():

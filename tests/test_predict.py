@@ -11,7 +11,7 @@ import torch
 from mlabel_exp.config import ConfigError
 from mlabel_exp.predict import PredictConfig, predict
 from mlabel_exp.run import train
-from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+from tests.conftest import artifact_paths, compose_cfg, huge_png, mlflow_runs, peak_memory_growth, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
 
@@ -48,24 +48,32 @@ def _cfg(tmp, **kw):
 
 @pytest.mark.precision
 def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trained, new_images, tmp_path):
+    """Also an image over the pixel limit, refused with its reason. Read back from the files, every label is exactly
+    written probability >= written threshold, in float64 and in float32, in the CSV, the JSON and the submission."""
     tmp, client, run_id, _ = trained
+    (new_images / "huge.png").write_bytes(huge_png())
     out = tmp_path / "out"
     result = predict(_cfg(tmp, run=run_id, input=str(new_images)), out)
     assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"]  # natural order
-    assert set(result.skipped) == {"broken.jpg", "notes.jpg"}
-    csv = pd.read_csv(out / "predictions.csv")
+    assert set(result.skipped) == {"broken.jpg", "notes.jpg", "huge.png"}
+    assert result.skipped["huge.png"].startswith("ImageTooLarge: 12000 x 12000 pixels, over the limit")
+    csv = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert list(csv["file"]) == result.files and list(csv.columns[1:15]) == result.classes
     payload = json.loads((out / "predictions.json").read_text())
-    assert set(payload["predictions"]) == set(result.files)
+    assert list(payload["predictions"]) == result.files
     thresholds = json.loads((tmp / "out" / "thresholds.json").read_text())["per_class"]
-    assert list(payload["thresholds"].values()) == pytest.approx(thresholds)  # the run's tuned thresholds
-    for f, rec in payload["predictions"].items():
-        expected = [c for c, t in zip(result.classes, thresholds) if rec["probabilities"][c] >= t]
-        assert rec["labels"] == expected
+    assert list(payload["thresholds"].values()) == thresholds  # the run's tuned thresholds, the same numbers
+    probs = np.array([[rec["probabilities"][c] for c in result.classes] for rec in payload["predictions"].values()])
+    assert np.array_equal(csv[result.classes].to_numpy(), probs)  # the same numbers in the CSV and the JSON
     sub = pd.read_csv(out / "submission.csv")
-    assert list(sub.columns) == ["image", *sorted(result.classes)] and len(sub) == 4
-    assert set(np.unique(sub.iloc[:, 1:].to_numpy())) <= {0, 1}
-    assert json.loads((out / "summary.json").read_text())["skipped"] == 2
+    assert list(sub.columns) == ["image", *sorted(result.classes)] and list(sub["image"]) == result.files
+    for p, t in ((probs, np.array(thresholds)), (probs.astype(np.float32), np.array(thresholds, dtype=np.float32))):
+        expected = [[c for c, on in zip(result.classes, row) if on] for row in p >= t]
+        assert [rec["labels"] for rec in payload["predictions"].values()] == expected
+        assert [s.split() for s in csv["labels"]] == expected
+        assert [[c for c in sorted(result.classes) if row[c]] for _, row in sub.iterrows()] == \
+            [sorted(e) for e in expected]
+    assert json.loads((out / "summary.json").read_text())["skipped"] == 3
     logged = artifact_paths(client, run_id)
     assert {"predictions/new/predictions.csv", "predictions/new/submission.csv"} <= logged
 
@@ -159,6 +167,9 @@ def labels_at_thresholds(result) -> list[str]:
 
 @pytest.mark.precision
 def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path):
+    """The same probabilities and labels as predict; an unreadable row and one over the pixel limit get their error
+    (the latter refused from its header: peak memory barely moves, where decoding it took 720 MB), the others are
+    answered; every label is exactly the answered probability >= the run's written threshold."""
     import mlflow
 
     tmp, _, run_id, _ = trained
@@ -166,13 +177,22 @@ def test_pyfunc_model_gives_the_same_probabilities(trained, new_images, tmp_path
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     blobs = [(new_images / f).read_bytes() for f in result.files]
-    frame = model.predict(pd.DataFrame({"image": [*blobs[:2], b"not an image", *blobs[2:]]}))
+    request = pd.DataFrame({"image": [*blobs[:2], b"not an image", huge_png(), *blobs[2:]]})
+    model.predict(request.iloc[:1])  # the first call's one-off allocations (kernels, caches) out of the measure
+    frame, grown = peak_memory_growth(lambda: model.predict(request))
+    assert grown < 100 * 2**20, grown  # decoding the 12000 x 12000 image: 144 MB at 1 byte a pixel, 432 MB as RGB
     assert list(frame.columns) == [*result.classes, "labels", "error"]
-    good = frame.drop(index=2)
+    good = frame.drop(index=[2, 3])
     np.testing.assert_allclose(good[result.classes].to_numpy(dtype=float), result.probs, atol=1e-5)
     assert list(good["labels"]) == labels_at_thresholds(result) and (good["error"] == "").all()
     assert frame.loc[2, "error"] == "row 2: not a readable image (UnidentifiedImageError)"
-    assert frame.loc[2, result.classes].isna().all() and frame.loc[2, "labels"] == ""
+    assert frame.loc[3, "error"].startswith("row 3: 12000 x 12000 pixels, over the limit of 89478485 "
+                                            "(PIL.Image.MAX_IMAGE_PIXELS): refused before decoding")
+    assert frame.loc[[2, 3], result.classes].isna().all().all() and (frame.loc[[2, 3], "labels"] == "").all()
+    thresholds = json.loads((tmp / "out" / "thresholds.json").read_text())["per_class"]
+    answered = good[result.classes].to_numpy(dtype=float)
+    assert [s.split() for s in good["labels"]] == \
+        [[c for c, on in zip(result.classes, row) if on] for row in answered >= np.array(thresholds)]
 
 
 def test_logging_the_model_scans_no_installed_distribution_and_pins_this_torch(tmp_path, monkeypatch):
@@ -240,6 +260,7 @@ def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_ima
                 time.sleep(0.5)
         rows = [[base64.b64encode((new_images / f).read_bytes()).decode()] for f in expected.files]
         rows.insert(1, [base64.b64encode(b"corrupt").decode()])
+        rows.insert(2, [base64.b64encode(huge_png()).decode()])  # over the pixel limit: refused, not decoded
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
                                          {"Content-Type": "application/json"})
@@ -248,9 +269,10 @@ def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_ima
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert len(answer) == len(expected.files) + 1
-    bad = answer.pop(1)
+    assert len(answer) == len(expected.files) + 2
+    bad, huge = answer.pop(1), answer.pop(1)
     assert bad["error"].startswith("row 1: not a readable image") and bad[expected.classes[0]] is None
+    assert huge["error"].startswith("row 2: 12000 x 12000 pixels, over the limit") and huge[expected.classes[0]] is None
     got = np.array([[row[c] for c in expected.classes] for row in answer])
     np.testing.assert_allclose(got, expected.probs, atol=1e-5)
     assert [row["labels"] for row in answer] == labels_at_thresholds(expected)
@@ -289,7 +311,6 @@ def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, cap
 def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_thresholds(trained):
     """The checkpoint alone is enough: its recorded preprocessing, its tuned thresholds, and the same probabilities
     whether images come one batch in memory (the pyfunc model) or through DataLoader workers (predict)."""
-    from mlabel_exp.data import load_image
     from mlabel_exp.predictor import Predictor, load_checkpoint
 
     tmp, _, _, images = trained
@@ -298,14 +319,27 @@ def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_th
     assert predictor.preprocessing == {"decode_size": 32, "input_size": 32, "mean": ckpt["config"]["model"]["mean"],
                                        "std": ckpt["config"]["model"]["std"]}
     saved = json.loads((tmp / "out" / "thresholds.json").read_text())
-    assert predictor.thresholds.tolist() == pytest.approx(saved["per_class"]) and predictor.classes == saved["classes"]
+    assert np.array_equal(predictor.thresholds, np.float32(saved["per_class"])) and predictor.classes == saved["classes"]
     paths = [images / f"im{i}.jpg" for i in (1, 2, 3)]
     files, probs, skipped = predictor.predict_files(paths, batch_size=2, num_workers=0)
-    in_memory = predictor.predict_images([load_image(p) for p in paths])
+    in_memory, errors = predictor.predict_encoded([p.read_bytes() for p in paths])
+    assert errors == ["", "", ""]
     assert files == ["im1.jpg", "im2.jpg", "im3.jpg"] and not skipped
     # other batch compositions may take other CPU kernels: float32 rounding of a few ulps of each logit, scaled by
     # the sigmoid's slope (<= 1/4), far below 1e-5; the same bound as the validation reproduction above
     np.testing.assert_allclose(in_memory, probs, atol=1e-5)
+
+
+def test_a_checkpoint_with_a_class_named_like_an_output_column_is_refused_before_predicting(trained):
+    """A run trained before such names were refused: its class would overwrite a column of every output."""
+    from mlabel_exp.data import DataError
+    from mlabel_exp.predictor import Predictor, load_checkpoint
+
+    tmp, _, _, _ = trained
+    ckpt = load_checkpoint(tmp / "out" / "checkpoints" / "best.pt")
+    ckpt["classes"] = ["labels", *ckpt["classes"][1:]]
+    with pytest.raises(DataError, match="the checkpoint: class 'labels' has the name of a column .*train again"):
+        Predictor.from_checkpoint(ckpt)
 
 
 def test_a_corrupt_checkpoint_is_named(tmp_path):

@@ -17,7 +17,7 @@ from mlabel_exp.models import ModelError
 from mlabel_exp.run import train
 from mlabel_exp.tracking import default_uri, resolve_uri
 from mlabel_exp.predictor import cpu_computes_bf16
-from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+from tests.conftest import artifact_paths, assert_labels_are_the_written_decisions, compose_cfg, mlflow_runs, tiny_overrides
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/more/accuracy", "lr",
                  "time/epoch_s", "throughput/img_s", "trainable_params"}
@@ -59,6 +59,14 @@ def test_train_logs_a_complete_run(tmp_path):
     assert list(preds.columns) == ["file", *classes, "labels", "true_labels"]
     assert len(preds) == 8 and preds["file"].str.fullmatch(r"im\d+\.jpg").all()
     assert ((preds[classes] >= 0) & (preds[classes] <= 1)).all().all()
+    # every number written agrees: the labels are the written decisions at thresholds.json's numbers, which
+    # per_class.csv and summary.json repeat
+    tuned = json.loads((tmp_path / "out" / "thresholds.json").read_text())
+    assert_labels_are_the_written_decisions(tmp_path / "out" / "predictions" / "val.csv",
+                                            tmp_path / "out" / "predictions" / "val.json", classes, tuned["per_class"])
+    assert pd.read_csv(tmp_path / "out" / "per_class.csv")["threshold"].tolist() == tuned["per_class"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["tuned"]["global_threshold"] == tuned["global"]
     # lineage: the data set, one MLflow dataset input per split, each with the digest of its images and labels
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "validation"}
@@ -326,7 +334,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
     split = json.loads((out / "split.json").read_text())
     test = pd.read_csv(out / "predictions" / "test.csv")
     assert sorted(test["file"]) == sorted(split["test"]) and not set(split["test"]) & set(split["train"] + split["val"])
-    # the reference: best.pt's own predictions of the test images (not the 6-decimal CSV), at thresholds.json
+    # the reference: best.pt's own predictions of the test images (not the CSV's), at thresholds.json
     from mlabel_exp.predictor import Predictor, load_checkpoint
 
     tuned = json.loads((out / "thresholds.json").read_text())
@@ -336,6 +344,8 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
         [images / f for f in test["file"]], batch_size=16, num_workers=0)
     truth = torch.tensor(np.stack([[c in str(t).split() for c in classes] for t in test["true_labels"]]).astype(int))
     expected = compute(torch.tensor(probs), truth, thresholds, classes)
+    assert_labels_are_the_written_decisions(out / "predictions" / "test.csv", out / "predictions" / "test.json",
+                                            classes, tuned["per_class"])
     for key in ("mAP", "f1_micro", "f1_macro"):
         assert run.data.metrics[f"test/{key}"] == pytest.approx(expected[key], abs=1e-6), key
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
