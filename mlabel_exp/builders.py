@@ -5,6 +5,7 @@ The one place where settings become objects, so that ``run.train`` only wires th
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -127,8 +128,7 @@ def build_scheduler(cfg: SchedulerConfig, optimizer, epochs: int, steps_per_epoc
 
     total = max(1, epochs * steps_per_epoch)
     if cfg.name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
+        return _one_cycle()(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
 
     def factor(step: int) -> float:
@@ -142,6 +142,73 @@ def build_scheduler(cfg: SchedulerConfig, optimizer, epochs: int, steps_per_epoc
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def change_length(scheduler, name: str, planned: int, epochs: int, steps_per_epoch: int) -> str:
+    """A resumed run whose trainer.epochs changed (``planned`` -> ``epochs``) continues its schedule from the step it
+    is at, without replaying it. Returns the log line that says what happens to the LR.
+
+    none, step, cosine (``scheduler`` built for ``epochs``): from this step on, the LR is the one a run planned for
+    ``epochs`` from the start would have; a longer cosine therefore raises the LR to that curve (step and none do not
+    depend on the length). onecycle: the phase it is in is kept and the rest of the cycle is spread over the new
+    remaining steps (OneCycle.stretch), so the LR and momentum go on from where they are, without a jump."""
+    step, groups = scheduler.last_epoch, scheduler.optimizer.param_groups
+    before = groups[0]["lr"]
+    what = f"trainer.epochs {planned} -> {epochs} at step {step}"
+    if isinstance(scheduler, _one_cycle()):
+        end = scheduler.end
+        scheduler.stretch(epochs * steps_per_epoch)
+        return (f"{what}: onecycle keeps its phase and spreads its remaining {max(end - step, 0)} steps over "
+                f"{epochs * steps_per_epoch - step}: the LR goes on from {before:.4g} without a jump")
+    lrs = [base * factor(step) for factor, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+    for group, lr in zip(groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    change = f"stays {before:.4g}" if lrs[0] == before else f"goes from {before:.4g} to {lrs[0]:.4g}"
+    return f"{what}: the {name} schedule continues as one planned for {epochs} epochs would; the LR {change}"
+
+
+@functools.cache
+def _one_cycle():
+    """The OneCycle class (defined on first use: torch is imported only by what trains)."""
+    import torch
+
+    class OneCycle(torch.optim.lr_scheduler.OneCycleLR):
+        """torch's one-cycle schedule, whose remaining part can be stretched over a longer run (``stretch``).
+        Without a stretch it is OneCycleLR exactly; the stretches are part of its state (last.pt)."""
+
+        def __init__(self, optimizer, max_lr, total_steps: int):
+            self.stretches: list[list[int]] = []  # [at step, old end, new end] per change of length, oldest first
+            super().__init__(optimizer, max_lr=max_lr, total_steps=total_steps)
+
+        @property
+        def end(self) -> int:
+            """The step the schedule now ends at (its total steps, after the stretches)."""
+            return self.stretches[-1][2] if self.stretches else self.total_steps
+
+        def stretch(self, end: int) -> None:
+            """From the current step k on, step s runs where step k + (s - k) * (old end - 1 - k) / (end - 1 - k) of the
+            schedule so far would: the last step of the run is the last of the cycle, and nothing jumps at k."""
+            self.stretches.append([self.last_epoch, self.end, end])
+
+        def planned_step(self, step: int) -> float:
+            """The step of the original cycle that ``step`` runs at."""
+            for at, old, new in reversed(self.stretches):
+                if step > at:
+                    step = at + (step - at) * max(old - 1 - at, 0) / max(new - 1 - at, 1)
+            return min(step, self.total_steps)  # past the end (the value after the last step, never used): its end
+
+        def get_lr(self):
+            if not self.stretches:
+                return super().get_lr()
+            step = self.last_epoch
+            self.last_epoch = self.planned_step(step)
+            try:
+                return super().get_lr()
+            finally:
+                self.last_epoch = step
+
+    return OneCycle
 
 
 class RunCallbacks:

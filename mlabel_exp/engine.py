@@ -164,6 +164,11 @@ class _RunEstimate:
                         _duration(run))
 
 
+def planned_epochs(state: dict[str, Any]) -> int | None:
+    """The trainer.epochs a last.pt ``state``'s schedule was built for (older checkpoints: their config's)."""
+    return state.get("planned_epochs", state.get("config", {}).get("trainer", {}).get("epochs"))
+
+
 class Trainer:
     """Runs ``fit``; one instance per training run."""
 
@@ -209,6 +214,7 @@ class Trainer:
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(), "epoch": self.epoch,
+                "planned_epochs": self.cfg.epochs,  # the length the schedule was built for
                 "best_epoch": r.best_epoch, "best_score": r.best_score, "since_best": self.since_best,
                 "history": r.history, "bad_images": self.bad_images}
 
@@ -383,13 +389,17 @@ class Trainer:
 
     def fit(self, train_loader, val_loader, resume: dict | None = None, resume_best: dict | None = None) -> FitResult:
         """Train for ``cfg.epochs``; ``resume`` (a last.pt state) continues an interrupted run exactly."""
-        from .builders import build_scheduler
+        from .builders import build_scheduler, change_length
 
-        self.scheduler = build_scheduler(self.cfg.scheduler, self.optimizer, self.cfg.epochs, self._limit(train_loader))
+        steps = self._limit(train_loader)
+        self.scheduler = build_scheduler(self.cfg.scheduler, self.optimizer, self.cfg.epochs, steps)
         if resume:
             self.load_state_dict(resume, resume_best)
             log.info("resuming after epoch %d (best val/mAP %.4f at epoch %d)", self.epoch, self.result.best_score,
                      self.result.best_epoch)
+            planned = planned_epochs(resume)
+            if planned is not None and planned != self.cfg.epochs:
+                log.info(change_length(self.scheduler, self.cfg.scheduler.name, planned, self.cfg.epochs, steps))
         self.estimate = _RunEstimate(self.device, self._limit(train_loader), self._limit(val_loader),
                                      self.cfg.epochs - self.epoch)
         epoch = self.epoch

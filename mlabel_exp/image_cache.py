@@ -138,6 +138,68 @@ def _build(tmp: Path, paths: list[Path], size: int, threads: int) -> dict[int, s
     return bad
 
 
+HASH_BYTES = 16  # blake2b-128 of a file's bytes: tells changed files apart (the decoded cache's key only says *that*)
+
+
+def content_hashes(index: DatasetIndex, cache_dir: str | Path, *, threads: int = 2) -> np.ndarray:
+    """blake2b-128 of each image file's bytes (rows of ``index`` x HASH_BYTES, uint8): what a run's data digest and a
+    resume's data check compare, so that replaced pixels count as changed data. Kept in ``<cache_dir>/hashes/`` per
+    data root, with the size, times and inode each file had (as ``fingerprint`` reads them): a file is read again only
+    when one of them changed. A read-only cache folder costs every run the reading, nothing else."""
+    root = Path(index.root).resolve()
+    folder = Path(cache_dir).expanduser() / "hashes"
+    path = folder / f"{hashlib.sha256(str(root).encode()).hexdigest()[:24]}.json"
+    try:
+        with file_lock(folder / f".{path.stem}.lock"):  # jobs of a sweep read each file once between them
+            return _hashes(index, path, threads, keep=True)
+    except OSError as e:
+        log.debug("content hashes not kept in %s: %s", folder, e)
+        return _hashes(index, path, threads, keep=False)
+
+
+def _hashes(index: DatasetIndex, path: Path, threads: int, keep: bool) -> np.ndarray:
+    try:
+        known = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        known = {}
+    out = np.zeros((len(index), HASH_BYTES), dtype=np.uint8)
+    folder = str(Path(index.root) / "images")
+    paths = [os.path.join(folder, name) for name in index.files]  # strings: Path objects cost 3x the stat calls
+    stats, todo = [], []
+    for r, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+            stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        except OSError:
+            stat = None  # gone or unreadable: zeros, never kept
+        stats.append(stat)
+        entry = known.get(index.files[r])
+        if stat is not None and entry is not None and entry[:4] == stat:
+            out[r] = np.frombuffer(bytes.fromhex(entry[4]), dtype=np.uint8)
+        elif stat is not None:
+            todo.append(r)
+
+    def read(r: int) -> tuple[int, bytes | None]:
+        try:  # hashlib releases the GIL: threads hash in parallel
+            return r, hashlib.blake2b(Path(paths[r]).read_bytes(), digest_size=HASH_BYTES).digest()
+        except OSError:
+            return r, None
+
+    if todo:
+        log.info("hashing the content of %d image file(s) in %s (once: kept in %s)", len(todo), index.root, path.parent)
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for r, digest in pool.map(read, todo):
+                if digest is None:
+                    stats[r] = None
+                else:
+                    out[r] = np.frombuffer(digest, dtype=np.uint8)
+    if keep and (todo or len(known) != len(index)):
+        files = {name: [*stat, out[r].tobytes().hex()] for r, (name, stat) in enumerate(zip(index.files, stats))
+                 if stat is not None}
+        write_atomic(path, json.dumps({"version": 1, "root": str(Path(index.root).resolve()), "files": files}))
+    return out
+
+
 def pays_off(n_images: int, size: int, epochs: int, cache_dir: str | Path) -> tuple[bool, str]:
     """``data.decoded_cache=auto``: cache when images are read more than once and the array stays in memory
     (at most half the RAM) and on disk (at most half the free space). Returns (decision, reason)."""

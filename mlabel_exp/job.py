@@ -40,6 +40,17 @@ def task_overrides() -> list[str]:
     return list(hc.overrides.task) if hc is not None else []
 
 
+def group_choices() -> dict[str, str | None] | None:
+    """This job's config-group choices (model: resnet18, trainer: smoke, ...), Hydra's own groups left out; None
+    without Hydra. Kept in the checkpoint: a resume compares group overrides with them."""
+    from omegaconf import OmegaConf
+
+    hc = hydra_config()
+    if hc is None:
+        return None
+    return {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra/")}
+
+
 def sweep_dir() -> Path | None:
     """The folder of the ``-m`` sweep this job belongs to; None outside a sweep."""
     from hydra.types import RunMode

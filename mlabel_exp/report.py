@@ -85,9 +85,10 @@ def dataset_name(data_cfg) -> str:
     return Path(str(data_cfg.root)).name or str(data_cfg.root)
 
 
-def dataset_digests(index, split) -> dict[str, str]:
-    """Per split, as MLflow dataset contexts (train, validation, test): a digest of its classes, image ids and labels,
-    so that two runs on different data, or on another split of it, show different datasets in the UI."""
+def dataset_digests(index, split, content) -> dict[str, str]:
+    """Per split, as MLflow dataset contexts (train, validation, test): a digest of its classes, image ids, labels and
+    file content (``content``: image_cache.content_hashes), so that two runs on different data (other pixels too), or
+    on another split of it, show different datasets in the UI."""
     import hashlib
 
     import numpy as np
@@ -100,16 +101,20 @@ def dataset_digests(index, split) -> dict[str, str]:
         h = hashlib.sha256("\n".join(index.classes).encode())
         h.update(np.asarray(index.ids[rows], dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(index.labels[rows], dtype=np.uint8).tobytes())
+        h.update(np.ascontiguousarray(content[rows], dtype=np.uint8).tobytes())
         digests[context] = h.hexdigest()[:10]
     return digests
 
 
-def start(tracker, cfg: DictConfig, identity, out: Path, index, split, params: dict, tags: dict,
-          resume_id: str | None):
-    """Continue the resumed run, or start one (a child of its sweep's parent) with what defines it: settings, data
-    (MLflow datasets, one per split), config and split files."""
-    if resume_id:
-        tracker.attach(resume_id)
+def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, params: dict, tags: dict,
+          resume: dict | None):
+    """Continue the ``resume``d run (with the param of a changed length), or start one (a child of its sweep's parent)
+    with what defines it: settings, data (MLflow datasets, one per split; ``content``: the files' hashes), config and
+    split files."""
+    if resume:
+        from .resume import length_params
+
+        tracker.attach(resume["run_id"], length_params(resume["last"], cfg.trainer.epochs))
         return
     run_name, run_tags = identity
     if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
@@ -118,7 +123,7 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, params: d
         name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
         run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"], name)
     tracker.start(run_name, {**run_tags, **tags, "output_dir": str(out)}, params)
-    tracker.log_datasets(dataset_name(cfg.data), index.root, dataset_digests(index, split))
+    tracker.log_datasets(dataset_name(cfg.data), index.root, dataset_digests(index, split, content))
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")  # at the start: a killed run has it too
     tracker.log_text(json.dumps(index.classes, indent=1), "classes.json")
     tracker.log_artifact(out / "split.json")

@@ -1,22 +1,31 @@
 """``resume=<run id>|latest``: continue the same experiment, or refuse and say why.
 
 A resumed run keeps its own settings, split, classes and tracking settings; only the settings in
-``MAY_CHANGE`` may be given again (extending ``trainer.epochs`` is the usual one). A live run (its process holds
-``RUN_LOCK`` in its output folder) is never resumed by a second process.
+``MAY_CHANGE`` may change (extending ``trainer.epochs`` is the usual one), and any other override must be what the
+run already has (so the command line that started it, plus ``resume=<id>``, resumes it). Its data must be what it
+was trained on: the same images, classes, labels and file content (``data_record`` in last.pt). A live run (its
+process holds ``RUN_LOCK`` in its output folder) is never resumed by a second process.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config, ConfigError, validate
+from .config import CONF_DIR, Config, ConfigError, resolve_path, validate
 from .fsutil import is_held
 from .job import RUN_LOCK
+
+log = logging.getLogger(__name__)
+
 #: What a resume may change: how long it runs, where the store now is, and how the machine runs it.
 MAY_CHANGE = ("resume", "trainer.epochs", "tracking.uri", "trainer.device", "trainer.progress",
               "trainer.log_every_steps", "trainer.num_threads", "data.num_workers")
+#: Set by a resume to the run's own, whatever this command composes: where the run is, its split.
+RUN_OWNS = ("trainer.output_dir", "data.split_file")
 
 
 def why_not(tags: dict, latest: bool) -> str | None:
@@ -34,22 +43,71 @@ def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
 
-def check_overrides(overrides: list[str]) -> list[str]:
-    """The keys of the command-line ``overrides`` given with ``resume``; refuses any outside MAY_CHANGE."""
-    keys = [_key(o) for o in overrides if not _key(o).startswith("hydra")]
-    refused = [o for o in overrides if _key(o) in keys and _key(o) not in MAY_CHANGE]
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _change(override: str, cfg: DictConfig, run: DictConfig, choices: dict | None, folder: Path) -> str | None:
+    """What ``override`` (outside MAY_CHANGE) would change in the run, as '<override> (<what the run has>)'; None when
+    the run already has it. A config group (model=resnet18) is compared with the run's recorded choice; without a
+    record, by the values it brings (under its node, as this command composes them)."""
+    from .tracking import flatten
+
+    key, typed = _key(override), override.split("=", 1)[1] if "=" in override else None
+    if key in RUN_OWNS:  # a path to the run's own folder or split, however it is written
+        ours = folder if key == "trainer.output_dir" else folder / "split.json"
+        started = OmegaConf.select(run, key)  # as the run was started
+        own = {ours.resolve()} | ({resolve_path(started).resolve()} if started else set())
+        return None if typed and resolve_path(typed).resolve() in own else f"{override} (the run's: {ours})"
+    if (CONF_DIR / key).is_dir():
+        if choices is not None:
+            return None if choices.get(key) == typed else f"{override} (the run has {key}={choices.get(key)})"
+        if OmegaConf.select(run, key) is None and OmegaConf.select(cfg, key) is None:  # a group of global settings
+            return f"{override} (the run's config-group choices were not recorded: what it changes is unknown)"
+    new = flatten(_plain(OmegaConf.select(cfg, key)), key + ".")
+    old = flatten(_plain(OmegaConf.select(run, key)), key + ".")
+    differ = [k for k in sorted(set(new) | set(old), key=lambda k: (not k.endswith(".name"), k))  # names first
+              if new.get(k) != old.get(k) and k not in MAY_CHANGE + RUN_OWNS]
+    if not differ:
+        return None
+    if differ == [key]:
+        return f"{override} (the run has {old.get(key)})"
+    more = f", and {len(differ) - 3} more" if len(differ) > 3 else ""
+    return f"{override} ({', '.join(f'{k}: {old.get(k)} -> {new.get(k)}' for k in differ[:3])}{more})"
+
+
+def check_overrides(overrides: list[str], cfg: DictConfig, run: DictConfig, choices: dict | None,
+                    folder: Path) -> list[str]:
+    """The keys of the command-line ``overrides`` given with ``resume`` that it applies (those in MAY_CHANGE). Any
+    other override must leave the run as it is (the same command line again resumes); one that would change it is
+    refused with the run's own value. ``cfg``: this command's composed config; ``run``: the run's; ``choices``: its
+    config-group choices (None: not recorded); ``folder``: its output folder."""
+    overrides = [o for o in overrides if not _key(o).startswith("hydra") and _key(o) != "resume"]
+    refused = [c for o in overrides if _key(o) not in MAY_CHANGE for c in [_change(o, cfg, run, choices, folder)] if c]
     if refused:
         raise ConfigError(f"resume continues a run with its own settings; these would change it: {', '.join(refused)}. "
-                          f"A resume may set only {', '.join(MAY_CHANGE[1:])}; start a new run to change anything else")
-    return keys
+                          f"A resume may set only {', '.join(MAY_CHANGE[1:])}: leave the others out (the run keeps "
+                          "its own), or start a new run to change them")
+    return [_key(o) for o in overrides if _key(o) in MAY_CHANGE]
+
+
+def recorded_choices(state: dict, folder: Path) -> dict | None:
+    """The config-group choices the run was started with (model: resnet18, trainer: smoke, ...): in last.pt, or in the
+    .hydra folder Hydra wrote into its output folder; None when neither has them (a run started without Hydra)."""
+    if state.get("hydra_choices") is not None:
+        return dict(state["hydra_choices"])
+    saved = folder / ".hydra" / "hydra.yaml"
+    if saved.is_file():
+        return _plain(OmegaConf.select(OmegaConf.load(saved), "hydra.runtime.choices"))
+    return None
 
 
 def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig, dict]:
-    """The interrupted run's own config (with the allowed ``overrides`` applied) and its checkpoints."""
+    """The interrupted run's own config (with the allowed ``overrides`` applied) and its checkpoints, recorded group
+    choices and run id."""
     from . import tracking
     from .predictor import load_checkpoint
 
-    given = check_overrides(list(overrides))
     tracker = tracking.open_tracker(validate(cfg).tracking)
     run_id, tags = tracker.find_resumable(cfg.resume, why_not)
     folder = Path(tags.get("output_dir", "")) / "checkpoints"
@@ -59,8 +117,10 @@ def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig
                           "(it stopped before finishing its first epoch, or its output folder moved)")
     state = load_checkpoint(last)
     original = OmegaConf.merge(OmegaConf.structured(Config), state["config"])  # typed, as when it started
+    choices = recorded_choices(state, folder.parent)
+    given = check_overrides(list(overrides), cfg, original, choices, folder.parent)
     for key in given:
-        if key not in ("resume", "tracking.uri"):
+        if key != "tracking.uri":
             OmegaConf.update(original, key, OmegaConf.select(cfg, key), merge=False)
     original.tracking.uri = cfg.tracking.uri   # where the run was found; its other tracking settings stay its own
     original.trainer.output_dir = str(folder.parent)
@@ -77,7 +137,77 @@ def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig
                           f"trainer.epochs={original.trainer.epochs}; resume with trainer.epochs=N above "
                           f"{state['epoch']} to train longer")
     best = folder / "best.pt"
-    return original, {"run_id": run_id, "last": state, "best": load_checkpoint(best) if best.is_file() else None}
+    return original, {"run_id": run_id, "last": state, "best": load_checkpoint(best) if best.is_file() else None,
+                      "choices": choices}
+
+
+def length_params(state: dict, epochs: int) -> dict[str, int]:
+    """The param a resume adds when it changes trainer.epochs (MLflow params never change once logged, so the first
+    trainer.epochs stays): ``trainer.epochs.from_epoch_<E>`` = the length in effect from epoch E on."""
+    from .engine import planned_epochs
+
+    return {f"trainer.epochs.from_epoch_{state['epoch'] + 1}": epochs} if planned_epochs(state) != epochs else {}
+
+
+# ------------------------------------------------------------------ the data a run was trained on
+
+def data_record(index, content: np.ndarray) -> dict:
+    """What a resume compares the data with, kept in last.pt: file names, classes, labels and each file's content
+    hash (image_cache.content_hashes)."""
+    import torch
+
+    return {"files": list(index.files), "classes": list(index.classes),
+            "labels": torch.from_numpy(np.ascontiguousarray(index.labels, dtype=np.uint8)),
+            "content": torch.from_numpy(np.ascontiguousarray(content, dtype=np.uint8))}
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
+    """The data must be what the run was trained on (``then``: its data_record in last.pt): the same classes, images,
+    labels and file content; else one error that says what changed, with examples. Runs started before the record was
+    kept get a warning (their file names and classes are still checked, against split.json and last.pt)."""
+    if then is None:
+        log.warning("resume: run %s was started by an earlier version that kept no record of its labels and file "
+                    "content: those could not be checked (only its file names and classes are)", run_id)
+        return
+    t_labels, t_content = then["labels"].numpy(), then["content"].numpy()
+    t_row = {f: r for r, f in enumerate(then["files"])}
+    n_row = {f: r for r, f in enumerate(now["files"])}
+    changes = []
+    added_c = [c for c in now["classes"] if c not in then["classes"]]
+    missing_c = [c for c in then["classes"] if c not in now["classes"]]
+    if added_c or missing_c:
+        changes.append("classes " + "; ".join(w for w in (f"added {added_c}" if added_c else "",
+                                                           f"missing {missing_c}" if missing_c else "") if w))
+    added = [f for f in now["files"] if f not in t_row]
+    removed = [f for f in then["files"] if f not in n_row]
+    for files, what in ((added, "added"), (removed, "removed")):
+        if files:
+            changes.append(f"{len(files)} image(s) were {what} ({_some(files)})")
+    common = [f for f in now["files"] if f in t_row]
+    rows_now, rows_then = [n_row[f] for f in common], [t_row[f] for f in common]
+    classes = [c for c in now["classes"] if c in then["classes"]]
+    cols_now = [now["classes"].index(c) for c in classes]
+    cols_then = [list(then["classes"]).index(c) for c in classes]
+    a = now["labels"].numpy()[np.ix_(rows_now, cols_now)]
+    b = t_labels[np.ix_(rows_then, cols_then)]
+    relabelled = np.flatnonzero((a != b).any(axis=1))
+    if len(relabelled):
+        examples = [f"{common[i]}: " + ", ".join(f"{classes[c]} {b[i, c]}->{a[i, c]}"
+                                                 for c in np.flatnonzero(a[i] != b[i])) for i in relabelled[:3]]
+        changes.append(f"the labels of {len(relabelled)} image(s) changed ({'; '.join(examples)}"
+                       f"{'; ...' if len(relabelled) > 3 else ''})")
+    rewritten = np.flatnonzero((now["content"].numpy()[rows_now] != t_content[rows_then]).any(axis=1))
+    if len(rewritten):
+        changes.append(f"the content of {len(rewritten)} file(s) changed ({_some([common[i] for i in rewritten])})")
+    if changes:
+        from .data import DataError
+
+        raise DataError(f"resume: the data in {root} is not what run {run_id} was trained on: {'; '.join(changes)}. "
+                        "A resumed run must see the data it started with: restore the data root, or start a new run")
 
 
 def check_classes(now: list[str], then: list[str]) -> None:

@@ -88,13 +88,18 @@ def _train(cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
 def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
     import torch
 
-    from . import builders, engine, losses, models, report
+    from . import builders, engine, image_cache, losses, models, report
     from . import data as D
+    from .config import resolve_path
     from .predictor import preprocessing_of
-    from .resume import check_classes
+    from .resume import check_classes, check_data, data_record
 
     m, main_rank = typed.model, distributed.is_main()
     index = D.index_from_config(typed.data)
+    content = image_cache.content_hashes(index, resolve_path(typed.data.cache_dir), threads=D.default_workers(-1))
+    data = data_record(index, content)
+    if resume:  # the data it was trained on: the same images, classes, labels and pixels
+        check_data(data, resume["last"].get("data"), resume["run_id"], index.root)
     split = D.split_from_config(index, typed.data, exact=resume is not None)
     if resume:
         check_classes(index.classes, resume["last"]["classes"])
@@ -115,7 +120,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     facts = report.run_facts(index, split, weights=weights, device=device, precision=precision,
                              workers=loaders.workers, cache=loaders.cache)
     params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
-    report.start(tracker, cfg, identity, out, index, split, params, {"weights": weights}, resume and resume["run_id"])
+    report.start(tracker, cfg, identity, out, index, split, content, params, {"weights": weights}, resume)
     log.info("training %s on %s (%s): %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
              precision, report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
     trainer = engine.Trainer(
@@ -123,7 +128,8 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=loaders.transform,
         callbacks=callbacks, checkpoint_dir=out / "checkpoints" if main_rank else None, net=net,
         metadata={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name, "weights_used": weights,
-                  "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if loaders.cache else None)})
+                  "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if loaders.cache else None),
+                  "data": data, "hydra_choices": resume["choices"] if resume else job.group_choices()})
     with _run_status(tracker, stop):
         result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
                              resume_best=resume and resume["best"])

@@ -172,10 +172,19 @@ class Tracker:
         log.info("MLflow run %s (%s) in experiment %s at %s", self.run_id, run_name, self.experiment_id, self.uri)
         return self.run_id
 
-    def attach(self, run_id: str) -> None:
-        """Continue an existing run (resume): same run id, status back to RUNNING."""
+    def attach(self, run_id: str, params: dict[str, Any] | None = None) -> None:
+        """Continue an existing run (resume): same run id, status back to RUNNING; ``params``: settings the resume adds
+        (resume.length_params). MLflow never changes a logged param: one already logged with another value (a resume
+        that ended before its first epoch, retried with another length) is a tag of the same name instead."""
         self.run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
+        logged = self.client.get_run(run_id).data.params if params else {}
+        new = {k: v for k, v in (params or {}).items() if k not in logged}
+        if new:
+            from mlflow.entities import Param
+
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in new.items()])
+        self.set_tags({k: v for k, v in (params or {}).items() if k in logged and logged[k] != str(v)})
         log.info("MLflow run %s resumed at %s", run_id, self.uri)
 
     def find_resumable(self, run_id: str, why_not=lambda tags, latest: None) -> tuple[str, dict[str, str]]:

@@ -93,6 +93,28 @@ def test_cache_is_reused_and_rebuilt_when_an_image_changes(data_copy, tmp_path, 
     assert image_cache.open_or_build(index, 24, tmp_path / "cache").path not in (first.path, second.path)  # size in key
 
 
+def test_content_hashes_are_read_once_and_follow_every_changed_file(data_copy, tmp_path, monkeypatch):
+    import hashlib
+
+    index = build_index(data_copy)
+    first = image_cache.content_hashes(index, tmp_path / "cache")
+    assert [row.tobytes() for row in first] == [hashlib.blake2b(p.read_bytes(), digest_size=16).digest()
+                                                for p in index.paths()]
+    monkeypatch.setattr(hashlib, "blake2b", lambda *a, **k: pytest.fail("hashed an unchanged file again"))
+    assert np.array_equal(image_cache.content_hashes(index, tmp_path / "cache"), first)
+    monkeypatch.undo()
+
+    victim = index.paths([5])[0]  # one byte flipped: the same size, and the same modification time put back
+    before = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    second = image_cache.content_hashes(index, tmp_path / "cache")
+    assert [r for r in range(len(index)) if not np.array_equal(first[r], second[r])] == [5]
+    assert second[5].tobytes() == hashlib.blake2b(bytes(data), digest_size=16).digest()
+
+
 def test_unreadable_image_is_skipped_and_reported_or_an_error(data_copy, tmp_path):
     index = build_index(data_copy)
     bad = index.paths([2])[0]

@@ -1,5 +1,6 @@
 """Interrupt a real training process with SIGTERM, resume it, and compare with an uninterrupted run."""
 
+import math
 import os
 import signal
 import subprocess
@@ -26,8 +27,8 @@ def _untimed(history):
 
 @pytest.mark.precision
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """Only the interrupted run needs a process of its own (a real SIGTERM); the uninterrupted run and the resume
-    run in this one, through the same train(cfg)."""
+    """The interrupted run and its resume (the same command line with resume=<id>) are processes of their own (a real
+    SIGTERM, Hydra's overrides); the uninterrupted run runs in this one, through the same train(cfg)."""
     train(compose_cfg(*_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'full'}")))
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -45,9 +46,12 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 1
     run_id = killed[0].info.run_id
-    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    cut_state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert cut_state["epoch"] == 1 and cut_state["hydra_choices"]["trainer"] == "smoke"
 
-    train(compose_cfg(*_overrides(tmp_path, "resume=latest")))
+    # the same command line again, with resume=<id>: its overrides (trainer=smoke among them) change nothing
+    resumed = subprocess.run([*cut, f"resume={run_id}"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "val/mAP")]
@@ -100,35 +104,71 @@ def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_spl
     before = split_file.read_text()
     for i in (61, 62, 63):
         (root / "images" / f"im{i}.jpg").write_bytes((root / "images" / "im1.jpg").read_bytes())
-    with pytest.raises(DataError, match=r"3 image\(s\) were added .*restore the data root, or start a new run"):
+    with pytest.raises(DataError, match=r"3 image\(s\) were added \(im61\.jpg, im62\.jpg, im63\.jpg\)\. .*restore "
+                                        r"the data root, or start a new run"):
         train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
     for i in (61, 62, 63):
         (root / "images" / f"im{i}.jpg").unlink()
     (root / "images" / "im5.jpg").unlink()
+    with pytest.raises(DataError, match=r"not what run \w+ was trained on: 1 image\(s\) were removed \(im5\.jpg\)\."):
+        train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"  # a run started before last.pt kept its data: split.json
+    state = torch.load(last, weights_only=True)
+    del state["data"]
+    torch.save(state, last)
     with pytest.raises(DataError, match=r"1 file\(s\) of '(train|val)' are not in the data set .* any more"):
         train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
     assert split_file.read_text() == before  # the run's own split is never rewritten
 
 
 def test_resume_refuses_other_classes_naming_the_difference(tmp_path, monkeypatch):
+    from mlabel_exp.data import DataError
+
     root, run_id = _interrupted(tmp_path, monkeypatch)
     (root / "annotations" / "circle.txt").rename(root / "annotations" / "disc.txt")  # same count, other names
-    with pytest.raises(ConfigError, match=r"added \['disc'\]; missing \['circle'\]"):
+    with pytest.raises(DataError, match=r"classes added \['disc'\]; missing \['circle'\]"):
         train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
 
 
 def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_tracking_settings(tmp_path, monkeypatch):
-    from mlabel_exp.resume import check_overrides, resume_point
+    from mlabel_exp.resume import resume_point
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
-    with pytest.raises(ConfigError, match=r"would change it: optimizer\.lr=0\.5, model=resnet18\. A resume may set "
-                                          r"only trainer\.epochs"):
-        check_overrides([f"resume={run_id}", "trainer.epochs=3", "optimizer.lr=0.5", "model=resnet18"])
     cfg = compose_cfg(*_folder(tmp_path, root, f"resume={run_id}", "trainer.epochs=4", "tracking.log_model=true"))
     resumed, state = resume_point(cfg, [f"resume={run_id}", "trainer.epochs=4", "hydra.run.dir=x"])
     assert resumed.trainer.epochs == 4 and state["last"]["epoch"] == 1
     assert resumed.tracking.log_model is False  # the run's own (tiny runs log no model), not the new command's
     assert resumed.optimizer.lr == cfg.optimizer.lr and resumed.trainer.output_dir == str(tmp_path / "cut")
+
+
+@pytest.mark.integration
+def test_the_same_command_line_resumes_and_an_override_that_changes_the_run_is_refused_naming_both_values(
+        tmp_path, monkeypatch):
+    from mlabel_exp.resume import MAY_CHANGE, check_overrides, resume_point
+
+    root, run_id = _interrupted(tmp_path, monkeypatch)
+    started = _folder(tmp_path, root, f"trainer.output_dir={tmp_path / 'cut'}")  # as the run was started
+    again = [*started, f"resume={run_id}", "trainer.epochs=3"]
+    assert {"trainer=smoke", "data=folder", "model.input_size=32"} <= set(again)  # groups and values, as typed
+    resumed, _ = resume_point(compose_cfg(*again), again)
+    assert resumed.trainer.epochs == 3
+
+    lr = resumed.optimizer.lr
+    changed = [*again, "optimizer.lr=0.5", "model=resnet18"]
+    with pytest.raises(ConfigError, match=rf"would change it: optimizer\.lr=0\.5 \(the run has {lr}\), model=resnet18 "
+                                          r"\(model\.name: smallcnn -> resnet18, .*\)\. A resume may set only "
+                                          r"trainer\.epochs") as refused:
+        resume_point(compose_cfg(*changed), changed)
+    assert "trainer=smoke" not in str(refused.value) and "data=folder" not in str(refused.value)
+
+    # a run started from the command line recorded its group choices: a group override is compared with its choice
+    folder = tmp_path / "cut"
+    choices = {"model": "smallcnn", "trainer": "smoke", "data": "folder", "experiment": None}
+    applied = check_overrides([*again, "model=smallcnn"], compose_cfg(*again), resumed, choices, folder)
+    assert applied == [k for k in (o.split("=")[0] for o in again) if k in MAY_CHANGE and k != "resume"]
+    with pytest.raises(ConfigError, match=r"model=resnet18 \(the run has model=smallcnn\), experiment=seed \(the run "
+                                          r"has experiment=None\)"):
+        check_overrides([*again, "model=resnet18", "experiment=seed"], compose_cfg(*again), resumed, choices, folder)
 
 
 def test_a_run_whose_own_settings_this_version_refuses_is_not_resumed_and_the_error_says_start_a_new_run(
@@ -163,3 +203,143 @@ def test_resume_latest_passes_over_pruned_trials_and_live_runs_and_an_explicit_l
         with pytest.raises(ConfigError, match=r"still running \(a live process holds .*live/\.run\.lock\)"):
             resume_point(compose_cfg(*_folder(tmp_path, root, f"resume={live}")))
     assert resume_point(cfg)[1]["run_id"] == live  # its process is gone: the newest unfinished run again
+
+
+# ------------------------------------------------------------------ a resume that trains longer
+
+def _schedule(name: str, epochs: int, steps: int, cut: int | None = None, longer: int | None = None):
+    """(lr, momentum) of every step of a ``name`` schedule over ``epochs`` x ``steps``; with ``cut``, the run stops
+    after that epoch and resumes (optimizer and scheduler states reloaded, as from last.pt) with ``longer`` epochs."""
+    from mlabel_exp.builders import build_optimizer, build_scheduler, change_length
+    from mlabel_exp.config import SchedulerConfig
+
+    def built(n):
+        opt = build_optimizer("adamw", [{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=1.0, weight_decay=0)
+        return opt, build_scheduler(SchedulerConfig(name=name, warmup_epochs=0), opt, n, steps)
+
+    opt, sched = built(epochs)
+    seen = []
+    for step in range(max(epochs, longer or 0) * steps):
+        if cut is not None and step == cut * steps:
+            states = opt.state_dict(), sched.state_dict()
+            opt, sched = built(longer)
+            opt.load_state_dict(states[0])
+            sched.load_state_dict(states[1])
+            change_length(sched, name, epochs, longer, steps)
+            epochs = longer
+        if step == epochs * steps:
+            break
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+        opt.step()
+        sched.step()
+    return seen
+
+
+@pytest.mark.parametrize("cut", [1, 3])  # in the warm-up (peak at step 8 of 30), in the annealing
+def test_onecycle_trained_longer_keeps_its_phase_and_spreads_the_rest_of_the_cycle_without_a_jump(cut):
+    """6 epochs of 5 steps cut after epoch ``cut`` and resumed for 12: from step k = 5 * cut on, step k + j runs where
+    step k + j * (29 - k) / (59 - k) of the 6-epoch cycle would; where that is a whole step, the LR and momentum are
+    torch's own OneCycleLR's there (float64, the same operations: equal to the last bits)."""
+    short, longer = _schedule("onecycle", 6, 5), _schedule("onecycle", 6, 5, cut=cut, longer=12)
+    k = 5 * cut
+    assert len(longer) == 60 and longer[:k + 1] == short[:k + 1]  # up to the first step after the resume: no jump
+    whole = [j for j in range(60 - k) if j * (29 - k) % (59 - k) == 0]
+    assert len(whole) >= 2 and whole[-1] == 59 - k  # the last step of the run is the last of the cycle
+    for j in whole:
+        assert longer[k + j] == pytest.approx(short[k + j * (29 - k) // (59 - k)], rel=1e-12)
+    lrs = [lr for lr, _ in longer]
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(1.0, rel=1e-3) and (peak > k if cut == 1 else peak < k)  # the phase is kept
+    assert all(a >= b for a, b in zip(lrs[max(peak, k):], lrs[max(peak, k) + 1:]))
+
+
+@pytest.mark.parametrize("name", ["cosine", "step", "none"])
+def test_a_per_step_schedule_trained_longer_continues_as_one_planned_that_long(name):
+    """From the resume on, the LR is the uninterrupted 12-epoch run's (cosine: the longer curve's value; step and
+    none: unchanged, they do not depend on the length)."""
+    resumed, planned = _schedule(name, 6, 5, cut=2, longer=12), _schedule(name, 12, 5)
+    assert len(resumed) == 60 and resumed[10:] == planned[10:]
+    if name == "cosine":  # the closed form: 0.01 + 0.99 * (1 + cos(pi * step / total)) / 2
+        assert resumed[10][0] == pytest.approx(0.01 + 0.99 * (1 + math.cos(math.pi * 10 / 60)) / 2, rel=1e-12)
+    else:
+        assert resumed == _schedule(name, 6, 5)[:10] + planned[10:]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "step", "none"])
+def test_resume_latest_with_more_epochs_finishes_the_longer_run_and_records_its_length(
+        tmp_path, monkeypatch, caplog, scheduler):
+    from mlabel_exp import job
+
+    root, run_id = _interrupted(tmp_path, monkeypatch, f"trainer.scheduler.name={scheduler}")
+    typed = ["resume=latest", "trainer.epochs=4"]  # as on the command line (train() reads them from Hydra)
+    monkeypatch.setattr(job, "task_overrides", lambda: typed)
+    caplog.set_level("INFO", logger="mlabel_exp.engine")
+    train(compose_cfg(*_folder(tmp_path, root, f"trainer.scheduler.name={scheduler}", *typed)))
+
+    client, _ = mlflow_runs(tmp_path)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val/mAP")] == [1, 2, 3, 4]
+    assert run.data.params["trainer.epochs"] == "2" and run.data.params["trainer.epochs.from_epoch_2"] == "4"
+    said = [r.getMessage() for r in caplog.records if "trainer.epochs 2 -> 4 at step 2" in r.getMessage()]
+    assert len(said) == 1 and (scheduler == "onecycle") == ("without a jump" in said[0])
+    last = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 4 and last["planned_epochs"] == 4 and last["config"]["trainer"]["epochs"] == 4
+
+
+def test_a_resume_adds_params_once_and_a_param_mlflow_cannot_change_becomes_a_tag(tmp_path):
+    from mlabel_exp.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "mlabel-exp")
+    run_id = tracker.start("run", {}, {"trainer.epochs": 2})
+    tracker.attach(run_id, {"trainer.epochs.from_epoch_2": 4})
+    tracker.attach(run_id, {"trainer.epochs.from_epoch_2": 4})  # the same again: nothing to add
+    tracker.attach(run_id, {"trainer.epochs.from_epoch_2": 6})  # that resume never finished an epoch: retried longer
+    run = tracker.client.get_run(run_id)
+    assert run.data.params == {"trainer.epochs": "2", "trainer.epochs.from_epoch_2": "4"}
+    assert run.data.tags["trainer.epochs.from_epoch_2"] == "6"
+
+
+# ------------------------------------------------------------------ the data a resume checks
+
+@pytest.mark.integration
+def test_resume_refuses_changed_labels_naming_how_many_and_which(tmp_path, monkeypatch):
+    from mlabel_exp.data import DataError, build_index
+
+    root, run_id = _interrupted(tmp_path, monkeypatch)
+    file = root / "annotations" / "circle.txt"
+    lines = file.read_text().splitlines()
+    file.write_text("\n".join(lines[20:]) + "\n")  # 20 lines deleted
+    gone = {int(t) for t in lines[:20]} - {int(t) for t in lines[20:]}
+    n = len(gone & set(build_index(root).ids.tolist()))
+    assert n > 0
+    first = f"im{min(gone & set(build_index(root).ids.tolist()))}.jpg"
+    with pytest.raises(DataError, match=rf"not what run {run_id} was trained on: the labels of {n} image\(s\) changed "
+                                        rf"\({first}: circle 1->0; .*restore the data root, or start a new run"):
+        train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
+
+
+@pytest.mark.integration
+def test_resume_refuses_changed_pixels_and_resumes_an_earlier_runs_checkpoint_with_a_warning(
+        tmp_path, monkeypatch, caplog):
+    from PIL import Image
+
+    from mlabel_exp.data import DataError
+
+    root, run_id = _interrupted(tmp_path, monkeypatch)
+    images = sorted((root / "images").iterdir())
+    for i, path in enumerate(images):  # every image replaced, names, labels and classes unchanged
+        Image.new("RGB", (32, 32), (i % 256, 255, 0)).save(path)
+    with pytest.raises(DataError, match=rf"the content of {len(images)} file\(s\) changed \(im1\.jpg, im2\.jpg, im3\.jpg, \.\.\.\)"):
+        train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
+
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"  # as an earlier version wrote it: no record of its data
+    state = torch.load(last, weights_only=True)
+    del state["data"]
+    torch.save(state, last)
+    caplog.set_level("WARNING", logger="mlabel_exp.resume")
+    train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
+    assert any("could not be checked" in r.getMessage() for r in caplog.records)
+    client, _ = mlflow_runs(tmp_path)
+    assert client.get_run(run_id).info.status == "FINISHED"

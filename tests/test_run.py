@@ -86,18 +86,23 @@ def checkout_head(folder: Path) -> str | None:
     return git("rev-parse", "HEAD") if tracked else None
 
 
-def test_dataset_digests_follow_the_images_labels_and_split(synthetic_root):
+def test_dataset_digests_follow_the_images_labels_content_and_split(synthetic_root, tmp_path):
     from mlabel_exp import data as D
+    from mlabel_exp.image_cache import content_hashes
     from mlabel_exp.report import dataset_digests
 
     index = D.build_index(synthetic_root)
+    content = content_hashes(index, tmp_path / "cache")
     split = {"train": np.arange(0, 200), "val": np.arange(200, 300)}
-    first = dataset_digests(index, split)
-    assert first == dataset_digests(D.build_index(synthetic_root), split) and set(first) == {"train", "validation"}
-    assert dataset_digests(index, {"train": np.arange(1, 201), "val": split["val"]})["train"] != first["train"]
+    first = dataset_digests(index, split, content)
+    assert first == dataset_digests(D.build_index(synthetic_root), split, content) and set(first) == {"train", "validation"}
+    assert dataset_digests(index, {"train": np.arange(1, 201), "val": split["val"]}, content)["train"] != first["train"]
+    other = content.copy()
+    other[7, 0] ^= 1  # one file's bytes changed, ids and labels the same
+    assert dataset_digests(index, split, other)["train"] != first["train"]
     index.labels[0, 0] ^= 1  # one label changed
-    assert dataset_digests(index, split)["train"] != first["train"]
-    assert dataset_digests(index, split)["validation"] == first["validation"]
+    assert dataset_digests(index, split, content)["train"] != first["train"]
+    assert dataset_digests(index, split, content)["validation"] == first["validation"]
 
 
 @pytest.mark.integration
