@@ -141,7 +141,6 @@ def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_trackin
     assert resumed.optimizer.lr == cfg.optimizer.lr and resumed.trainer.output_dir == str(tmp_path / "cut")
 
 
-@pytest.mark.integration
 def test_the_same_command_line_resumes_and_an_override_that_changes_the_run_is_refused_naming_both_values(
         tmp_path, monkeypatch):
     from mlabel_exp.resume import MAY_CHANGE, check_overrides, resume_point
@@ -265,7 +264,6 @@ def test_a_per_step_schedule_trained_longer_continues_as_one_planned_that_long(n
         assert resumed == _schedule(name, 6, 5)[:10] + planned[10:]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine", "step", "none"])
 def test_resume_latest_with_more_epochs_finishes_the_longer_run_and_records_its_length(
         tmp_path, monkeypatch, caplog, scheduler):
@@ -303,7 +301,6 @@ def test_a_resume_adds_params_once_and_a_param_mlflow_cannot_change_becomes_a_ta
 
 # ------------------------------------------------------------------ the data a resume checks
 
-@pytest.mark.integration
 def test_resume_refuses_changed_labels_naming_how_many_and_which(tmp_path, monkeypatch):
     from mlabel_exp.data import DataError, build_index
 
@@ -320,7 +317,6 @@ def test_resume_refuses_changed_labels_naming_how_many_and_which(tmp_path, monke
         train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
 
 
-@pytest.mark.integration
 def test_resume_refuses_changed_pixels_and_resumes_an_earlier_runs_checkpoint_with_a_warning(
         tmp_path, monkeypatch, caplog):
     from PIL import Image
