@@ -104,7 +104,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
                              aux_logits=m.aux_logits, input_size=m.input_size)
     stop = job.StopRequest()
     callbacks = builders.RunCallbacks(typed, net, tracker, stop, on_epoch)
-    net.to(device)
+    net.to(device, memory_format=engine.memory_format(typed.trainer, device))  # before DDP takes its layout
     optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
     model = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
