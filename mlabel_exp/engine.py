@@ -240,13 +240,18 @@ class Trainer:
                 r.checkpoints[name] = path
 
     def _checkpoint(self, name: str) -> None:
+        """last.pt: everything a resume needs (state_dict). best.pt: what predicting and a resume read of the best
+        epoch, its weights, validation outputs and tuned thresholds; no optimizer state (twice the weights with Adam),
+        which nothing reads from it."""
         if self.checkpoint_dir is None:
             return
-        state = {**self.state_dict(), **self.metadata}
         r = self.result
-        if name == "best":  # the best epoch's validation outputs (thresholds after a resume) and tuned thresholds
-            state["val"] = {"probs": r.best_probs, "targets": r.best_targets, "names": r.best_names}
-            state["thresholds"] = r.thresholds
+        if name == "best":
+            state = {"model": self.net.state_dict(), "epoch": self.epoch, "best_score": r.best_score, **self.metadata,
+                     "val": {"probs": r.best_probs, "targets": r.best_targets, "names": r.best_names},
+                     "thresholds": r.thresholds}
+        else:
+            state = {**self.state_dict(), **self.metadata}
         r.checkpoints[name] = save_atomic(state, self.checkpoint_dir / f"{name}.pt")
 
     # -------------------------------------------------------------- steps
@@ -413,7 +418,7 @@ class Trainer:
                             "lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
                 if self._end_epoch(epoch, row, probs, targets, names):
                     break
-                if self.callbacks.should_stop():
+                if epoch < self.cfg.epochs and self.callbacks.should_stop():  # after the last: the run finishes
                     raise TrainingInterrupted(f"stop requested after epoch {epoch}")
         except TrainingInterrupted:
             log.warning("training interrupted in epoch %d; %s holds the last finished epoch", epoch,
