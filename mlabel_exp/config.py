@@ -282,8 +282,8 @@ class TrackingConfig:
     def __post_init__(self):
         _choice("tracking.log_checkpoints", self.log_checkpoints, LOG_CHECKPOINTS)
         _check(self.log_checkpoints != "none" or not self.log_model, "tracking.log_checkpoints", self.log_checkpoints,
-               "best or all while tracking.log_model=true (the model is made of the best weights); or set "
-               "tracking.log_model=false too")
+               "best or all while tracking.log_model=true (the model is made of the best weights), or none with "
+               "tracking.log_model=false")
         _check(self.register is None or (self.log_model and self.enabled), "tracking.register", self.register,
                "null unless tracking.log_model=true and tracking.enabled=true (it registers the logged model)")
         _check(self.register is None or bool(str(self.register).strip()), "tracking.register", self.register,

@@ -390,8 +390,13 @@ def download_best_checkpoint(uri: str | None, run_id: str, dst: Path) -> tuple[P
     and runs of earlier versions), else its model's artifacts/best.pt (the one copy the store keeps by default)."""
     import mlflow
 
-    client = _reader(uri)
-    if "checkpoints/best.pt" in {f.path for f in client.list_artifacts(run_id, "checkpoints")}:
+    try:
+        listed = {f.path for f in _reader(uri).list_artifacts(run_id, "checkpoints")}
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError(f"run={run_id!r}: cannot read artifact checkpoints/best.pt from {resolve_uri(uri)} "
+                          f"({e.message}); check the run id (MLflow UI) and tracking.uri, or pass "
+                          "checkpoint=<path>") from None
+    if "checkpoints/best.pt" in listed:
         return download_artifact(uri, run_id, "checkpoints/best.pt", dst), f"runs:/{run_id}/checkpoints/best.pt"
     source = f"runs:/{run_id}/model/artifacts/best.pt"
     try:
