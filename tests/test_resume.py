@@ -200,6 +200,13 @@ def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_trackin
     assert resumed.trainer.epochs == 4 and state["last"]["epoch"] == 1
     assert resumed.tracking.log_model is False  # the run's own (tiny runs log no model), not the new command's
     assert resumed.optimizer.lr == cfg.optimizer.lr and resumed.trainer.output_dir == str(tmp_path / "cut")
+    # a run of an earlier version, whose config says tracking.log_checkpoint (true/false), still resumes
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["config"]["tracking"]["log_checkpoint"] = state["config"]["tracking"].pop("log_checkpoints") == "best"
+    assert state["config"]["tracking"]["log_checkpoint"] is True
+    torch.save(state, last)
+    assert resume_point(cfg, [f"resume={run_id}"])[0].tracking.log_checkpoints == "best"
 
 
 def test_a_run_whose_own_settings_this_version_refuses_is_not_resumed_and_the_error_says_start_a_new_run(
