@@ -81,6 +81,7 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 PROGRESS_MODES = ("auto", "bar", "log", "none")
 LOSSES = ("bce", "focal", "asl")
 POS_WEIGHTS = ("none", "balanced", "sqrt")
+LOG_CHECKPOINTS = ("best", "all", "none")
 
 
 def _fraction(setting: str, value: float, *, upper_open: bool = True) -> None:
@@ -286,11 +287,16 @@ class TrackingConfig:
     artifact_location: Optional[str] = None  # new experiments' artifact root; default <project root>/mlruns/artifacts
     experiment: str = "mlabel-exp"
     run_name: Optional[str] = None       # default: the model and the overrides
-    log_checkpoint: bool = True          # upload best.pt to the run (vgg16's is ~0.5 GB)
-    log_model: bool = True               # also log an MLflow pyfunc model (runs:/<id>/model); a copy of best.pt
+    log_checkpoints: str = "best"        # best: the best weights, once (in the model, else checkpoints/best.pt);
+    #                                      all: also checkpoints/last.pt (weights + optimizer state); none: neither
+    log_model: bool = True               # an MLflow pyfunc model (runs:/<id>/model) holding the best weights
     register: Optional[str] = None       # register that model under this name (a new version per run)
 
     def __post_init__(self):
+        _choice("tracking.log_checkpoints", self.log_checkpoints, LOG_CHECKPOINTS)
+        _check(self.log_checkpoints != "none" or not self.log_model, "tracking.log_checkpoints", self.log_checkpoints,
+               "best or all while tracking.log_model=true (the model is made of the best weights), or none with "
+               "tracking.log_model=false")
         _check(self.register is None or (self.log_model and self.enabled), "tracking.register", self.register,
                "null unless tracking.log_model=true and tracking.enabled=true (it registers the logged model)")
         _check(self.register is None or bool(str(self.register).strip()), "tracking.register", self.register,

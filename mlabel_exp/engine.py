@@ -88,6 +88,12 @@ def train_dtype(cfg: TrainerConfig, device: torch.device) -> torch.dtype:
     return amp_dtype(cfg.amp_dtype, device) if cfg.amp else torch.float32
 
 
+def memory_format(cfg: TrainerConfig, device: torch.device) -> torch.memory_format:
+    """The layout a run's model trains in: channels_last where it pays (trainer.channels_last, CUDA and the CPU).
+    A DDP run converts its model before wrapping it: DDP's gradient buckets take the parameters' layout then."""
+    return torch.channels_last if cfg.channels_last and device.type in CHANNELS_LAST_DEVICES else torch.preserve_format
+
+
 def precision(cfg: TrainerConfig, device: torch.device) -> str:
     """What a run computes in, as its logs and params say it: 'bfloat16 autocast', 'float16 autocast' or 'float32'."""
     dtype = train_dtype(cfg, device)
@@ -185,8 +191,8 @@ class Trainer:
         self.net = net if net is not None else model
         self.amp_dtype = train_dtype(cfg, device)
         self.amp = self.amp_dtype != torch.float32  # bfloat16 on CPUs that compute it natively, too
-        self.channels_last = cfg.channels_last and device.type in CHANNELS_LAST_DEVICES
-        self.model = model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.channels_last = memory_format(cfg, device) == torch.channels_last
+        self.model = model.to(device, memory_format=memory_format(cfg, device))
         if cfg.compile:  # the checkpointed ``net`` stays the plain module: its state dict keys do not change
             self.model = torch.compile(self.model)
         self.batch_transform = batch_transform or (lambda x, train=False: x.float())
@@ -240,13 +246,18 @@ class Trainer:
                 r.checkpoints[name] = path
 
     def _checkpoint(self, name: str) -> None:
+        """last.pt: everything a resume needs (state_dict). best.pt: what predicting and a resume read of the best
+        epoch, its weights, validation outputs and tuned thresholds; no optimizer state (twice the weights with Adam),
+        which nothing reads from it."""
         if self.checkpoint_dir is None:
             return
-        state = {**self.state_dict(), **self.metadata}
         r = self.result
-        if name == "best":  # the best epoch's validation outputs (thresholds after a resume) and tuned thresholds
-            state["val"] = {"probs": r.best_probs, "targets": r.best_targets, "names": r.best_names}
-            state["thresholds"] = r.thresholds
+        if name == "best":
+            state = {"model": self.net.state_dict(), "epoch": self.epoch, "best_score": r.best_score, **self.metadata,
+                     "val": {"probs": r.best_probs, "targets": r.best_targets, "names": r.best_names},
+                     "thresholds": r.thresholds}
+        else:
+            state = {**self.state_dict(), **self.metadata}
         r.checkpoints[name] = save_atomic(state, self.checkpoint_dir / f"{name}.pt")
 
     # -------------------------------------------------------------- steps
@@ -417,7 +428,7 @@ class Trainer:
                             "lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
                 if self._end_epoch(epoch, row, probs, targets, names):
                     break
-                if self.callbacks.should_stop():
+                if epoch < self.cfg.epochs and self.callbacks.should_stop():  # after the last: the run finishes
                     raise TrainingInterrupted(f"stop requested after epoch {epoch}")
         except TrainingInterrupted:
             log.warning("training interrupted in epoch %d; %s holds the last finished epoch", epoch,

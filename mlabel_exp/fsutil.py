@@ -1,4 +1,4 @@
-"""File-system helpers every module may use: atomic writes, a cross-process file lock, per-epoch seeds.
+"""File-system helpers every module may use: atomic writes, shared bytes, a cross-process file lock, per-epoch seeds.
 
 A leaf: it imports nothing of ours, so anything can depend on it without a cycle.
 """
@@ -35,6 +35,26 @@ def save_atomic(obj, path: Path) -> Path:
     import torch
 
     return _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+
+def share_bytes(copy: Path, original: Path) -> bool:
+    """Make ``original`` a hard link to ``copy``, an identical copy another tool made of it (MLflow's artifact store):
+    the bytes then sit on disk once and both paths still work; deleting either leaves the other whole. False, with
+    ``original`` untouched, where they cannot share (sizes differ, another file system, no hard links)."""
+    copy, original = Path(copy), Path(original)
+    if copy.stat().st_size != original.stat().st_size:
+        return False
+    if os.path.samefile(copy, original):
+        return True
+    tmp = original.with_name(f".{original.name}.link-{os.getpid()}")
+    try:
+        os.link(copy, tmp)
+        os.replace(tmp, original)
+    except OSError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 @contextmanager

@@ -29,7 +29,7 @@ SHOWN = 20  # images whose labels predict prints
 @dataclass
 class PredictConfig:
     input: str = MISSING                 # a folder of images or a glob such as 'images/im2*.jpg'
-    run: Optional[str] = None            # an MLflow run id: its checkpoints/best.pt is used
+    run: Optional[str] = None            # an MLflow run id: its best.pt (in its model, or checkpoints/) is used
     checkpoint: Optional[str] = None     # or a checkpoint file (best.pt)
     out: Optional[str] = None            # output folder; default: Hydra's job folder (outputs/predict/...)
     threshold: Any = "tuned"             # tuned (the run's per-class thresholds, else 0.5) | a number
@@ -102,8 +102,8 @@ def _load(cfg: PredictConfig) -> tuple[dict, str]:
     from . import tracking
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.download_artifact(cfg.tracking.uri, cfg.run, "checkpoints/best.pt", Path(tmp))
-        return load_checkpoint(path), f"runs:/{cfg.run}/checkpoints/best.pt"
+        path, source = tracking.download_best_checkpoint(cfg.tracking.uri, cfg.run, Path(tmp))
+        return load_checkpoint(path), source
 
 
 def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:

@@ -135,7 +135,7 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
 
 def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None) -> dict[str, dict]:
     """Curves, tuned thresholds, per-class table and figures, validation (and test) predictions and metrics, the best
-    checkpoint and model. ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights.
+    weights (in the model, once). ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights.
     Returns the held-out figures (test split, out-of-fold tuned F1) for the closing lines."""
     from . import plots
 
@@ -152,15 +152,34 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
         tracker.log_artifact(path, "predictions")
     if test is not None:
         held_out["test"] = _log_test(tracker, out, classes, test, tuned, result.best_epoch)
-    best = result.checkpoints.get("best")
-    if best is not None:
-        if cfg.tracking.log_checkpoint:
-            tracker.log_artifact(best, "checkpoints")
-        if cfg.tracking.log_model:
-            model_uri = tracker.log_model(best, classes, cfg.model.input_size)
-            if cfg.tracking.register:
-                _register(tracker, model_uri, cfg.tracking.register)
+    if "best" in result.checkpoints:
+        _log_checkpoints(tracker, cfg, result.checkpoints, classes)
     return held_out
+
+
+def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes: list[str]) -> None:
+    """The best weights once: inside the pyfunc model (tracking.log_model), else as checkpoints/best.pt;
+    tracking.log_checkpoints=all adds last.pt (the resumable state), none logs no weights. Where the store keeps its
+    artifacts on this disk, the output folder's file then shares the stored copy's bytes (a hard link): each checkpoint
+    sits on disk once, and checkpoint=<output folder>/checkpoints/best.pt still works."""
+    from .fsutil import share_bytes
+
+    t, best = cfg.tracking, checkpoints["best"]
+    stored = {}
+    if t.log_model:
+        model_uri = tracker.log_model(best, classes, cfg.model.input_size)
+        stored[best] = tracker.stored_file(f"artifacts/{best.name}", in_model=True)
+        if t.register:
+            _register(tracker, model_uri, t.register)
+    elif t.log_checkpoints != "none":
+        tracker.log_artifact(best, "checkpoints")
+        stored[best] = tracker.stored_file(f"checkpoints/{best.name}")
+    if t.log_checkpoints == "all" and "last" in checkpoints:
+        tracker.log_artifact(checkpoints["last"], "checkpoints")
+        stored[checkpoints["last"]] = tracker.stored_file(f"checkpoints/{checkpoints['last'].name}")
+    for local, copy in stored.items():
+        if copy is not None and not share_bytes(copy, local):
+            log.info("%s is also stored in the run at %s (another file system: two copies)", local, copy)
 
 
 def _register(tracker, model_uri: str, name: str) -> None:

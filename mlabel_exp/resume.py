@@ -39,6 +39,16 @@ def why_not(tags: dict, latest: bool) -> str | None:
     return None
 
 
+def _renamed(config: dict) -> dict:
+    """A checkpoint's config in this version's names: tracking.log_checkpoint (true/false) is now
+    tracking.log_checkpoints (best, or none where no model held the weights either)."""
+    t = config.get("tracking", {})
+    if "log_checkpoint" in t:
+        logged = t.pop("log_checkpoint") or t.get("log_model", True)
+        t.setdefault("log_checkpoints", "best" if logged else "none")
+    return config
+
+
 def _key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0]
 
@@ -116,7 +126,7 @@ def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig
         raise ConfigError(f"resume={cfg.resume!r}: run {run_id} has no checkpoint at {last} "
                           "(it stopped before finishing its first epoch, or its output folder moved)")
     state = load_checkpoint(last)
-    original = OmegaConf.merge(OmegaConf.structured(Config), state["config"])  # typed, as when it started
+    original = OmegaConf.merge(OmegaConf.structured(Config), _renamed(state["config"]))  # typed, as when it started
     choices = recorded_choices(state, folder.parent)
     given = check_overrides(list(overrides), cfg, original, choices, folder.parent)
     for key in given:
@@ -208,6 +218,24 @@ def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
 
         raise DataError(f"resume: the data in {root} is not what run {run_id} was trained on: {'; '.join(changes)}. "
                         "A resumed run must see the data it started with: restore the data root, or start a new run")
+
+
+#: The tags that tell which command and job started a run: its command-line overrides, its Hydra sweep and job
+#: number, and the scheduler's job id (which a requeued job keeps).
+SAME_JOB = ("overrides", "sweep_id", "job_num", "scheduler_job")
+
+
+def preempted_run(tracking_cfg, identity: dict[str, str]) -> str | None:
+    """The newest run a scheduler preempted (KILLED, tagged preempted=true) that this very job started (the tags
+    SAME_JOB of ``identity``), with its last.pt and no live process on it: the same command continues it. None: a
+    new run."""
+    from . import tracking
+
+    for run_id, tags in tracking.preempted_runs(tracking_cfg):
+        if all(tags.get(k) == identity.get(k) for k in SAME_JOB) and why_not(tags, True) is None \
+                and (Path(tags.get("output_dir", "")) / "checkpoints" / "last.pt").is_file():
+            return run_id
+    return None
 
 
 def check_classes(now: list[str], then: list[str]) -> None:

@@ -27,12 +27,20 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     ``on_epoch(epoch, metrics)`` sees every epoch's metrics (a search prunes with it); ``group`` adds tags,
     ``sweep_id`` among them, that make the run a child of that group's parent run.
     """
-    from .resume import resume_point
+    from .resume import preempted_run, resume_point
 
     typed = validate(cfg)  # every setting checked before any data is read
+    overrides = job.task_overrides()
+    if not typed.resume and on_epoch is None:  # a search continues its own trials
+        found = preempted_run(typed.tracking, job.run_identity(typed, group)[1])
+        if found:
+            log.info("continuing run %s, which the scheduler preempted: the same command and job started it "
+                     "(as resume=%s)", found, found)
+            cfg, overrides = OmegaConf.merge(cfg, {"resume": found}), [f"resume={found}"]
+            typed = validate(cfg)
     resume = None
     if typed.resume:  # the interrupted run's own config, checked again
-        cfg, resume = resume_point(cfg, job.task_overrides())
+        cfg, resume = resume_point(cfg, overrides)
         typed = validate(cfg)
     if typed.trainer.devices > 1 and not distributed.launched_by_torchrun():
         if on_epoch is not None:
@@ -109,7 +117,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
                              aux_logits=m.aux_logits, input_size=m.input_size)
     stop = job.StopRequest()
     callbacks = builders.RunCallbacks(typed, net, tracker, stop, on_epoch)
-    net.to(device)
+    net.to(device, memory_format=engine.memory_format(typed.trainer, device))  # before DDP takes its layout
     optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
     model = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
@@ -144,7 +152,8 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
 
 @contextmanager
 def _run_status(tracker, stop: job.StopRequest):
-    """Signals become stop requests; a stop, a pruned trial or an error ends the MLflow run with the matching status."""
+    """Signals become stop requests; a stop, a pruned trial or an error ends the MLflow run with the matching status.
+    A stopped run exits 128 + signal (SIGUSR2: 140, SIGTERM: 143), after a scheduler's own handler had its turn."""
     from . import engine
 
     try:
@@ -156,10 +165,13 @@ def _run_status(tracker, stop: job.StopRequest):
         raise
     except engine.TrainingInterrupted as e:
         log.warning("run interrupted: %s", e)
+        tracker.set_tags({"preempted": str(stop.preempted).lower()})  # true: the same command continues it
         tracker.end("KILLED")
+        stop.hand_over()  # under submitit its own handler now checkpoints the job and requeues it (and exits)
         raise SystemExit(128 + int(stop.signum)) from None
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
+            tracker.set_tags({"preempted": "false"})
             tracker.end("KILLED")
         else:
             tracker.log_text(traceback.format_exc(), "error/traceback.txt")

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ class Tracker:
         self.uri = resolve_uri(uri)
         check_writable(self.uri)
         self.run_id: str | None = None
+        self.model_location: str | None = None  # where log_model put the run's model
         with _store_lock(self.uri):  # the client creates (migrates) the SQLite schema: one process at a time
             self.client = MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -308,12 +310,26 @@ class Tracker:
             # type hints or an input example (to infer one) does not apply: that is noise, and only that is silenced.
             for noise in ("Add type hints to the `predict` method", "input example was not provided"):
                 warnings.filterwarnings("ignore", message=f".*{noise}.*")
-            return mlflow.pyfunc.log_model(
+            info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"), artifacts={"checkpoint": str(checkpoint)},
                 signature=signature, code_paths=[str(PACKAGE_DIR)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"torchvision=={torchvision.__version__.split('+')[0]}",
-                                  "pillow", "numpy", "pandas", "omegaconf"]).model_uri
+                                  "pillow", "numpy", "pandas", "omegaconf"])
+        self.model_location = self.client.get_logged_model(info.model_id).artifact_location
+        return info.model_uri
+
+    def stored_file(self, path: str, in_model: bool = False) -> Path | None:
+        """The file on this machine that holds the run's artifact ``path`` (with ``in_model``: the logged model's,
+        e.g. artifacts/best.pt), where the store keeps artifacts in a local folder; None for a server or an object
+        store."""
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        location = self.model_location if in_model else self.client.get_run(self.run_id).info.artifact_uri
+        if not location or urllib.parse.urlparse(location).scheme not in ("", "file"):
+            return None
+        file = Path(local_file_uri_to_path(location)) / path
+        return file if file.is_file() else None
 
 
 def register_model(uri: str | None, model_uri: str, name: str, alias: str | None = None) -> int:
@@ -385,6 +401,42 @@ def download_artifact(uri: str | None, run_id: str, path: str, dst: Path) -> Pat
                           "check the run id (MLflow UI) and tracking.uri, or pass checkpoint=<path>") from None
 
 
+def preempted_runs(tracking_cfg) -> list[tuple[str, dict[str, str]]]:
+    """(run id, tags) of the runs a scheduler preempted (KILLED, tagged preempted=true), newest first; none where
+    tracking is off or the local store does not exist yet."""
+    db = _sqlite_path(resolve_uri(tracking_cfg.uri))
+    if not tracking_cfg.enabled or (db is not None and not db.exists()):
+        return []
+    tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
+    runs = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'KILLED' and tags.preempted = 'true'",
+                                      order_by=["attributes.start_time DESC"], max_results=100)
+    return [(r.info.run_id, dict(r.data.tags)) for r in runs]
+
+
+def download_best_checkpoint(uri: str | None, run_id: str, dst: Path) -> tuple[Path, str]:
+    """A run's best.pt, copied locally, and where it came from: the run's checkpoints/best.pt (runs without a model,
+    and runs of earlier versions), else its model's artifacts/best.pt (the one copy the store keeps by default)."""
+    import mlflow
+
+    try:
+        listed = {f.path for f in _reader(uri).list_artifacts(run_id, "checkpoints")}
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError(f"run={run_id!r}: cannot read artifact checkpoints/best.pt from {resolve_uri(uri)} "
+                          f"({e.message}); check the run id (MLflow UI) and tracking.uri, or pass "
+                          "checkpoint=<path>") from None
+    if "checkpoints/best.pt" in listed:
+        return download_artifact(uri, run_id, "checkpoints/best.pt", dst), f"runs:/{run_id}/checkpoints/best.pt"
+    source = f"runs:/{run_id}/model/artifacts/best.pt"
+    try:
+        with _quiet_downloads():
+            path = mlflow.artifacts.download_artifacts(source, dst_path=str(dst), tracking_uri=resolve_uri(uri))
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError(f"run={run_id!r}: no best checkpoint in {resolve_uri(uri)}: neither checkpoints/best.pt nor "
+                          f"a model holding one ({e.message}); the run may have logged none (tracking.log_checkpoints="
+                          "none, or trainer.checkpoint=false): pass checkpoint=<path to its best.pt>") from None
+    return Path(path), source
+
+
 def log_files(uri: str | None, run_id: str, paths: list[Path], artifact_path: str) -> None:
     """Attach files to an existing run (e.g. predictions made after training)."""
     client = _reader(uri)
@@ -402,7 +454,7 @@ class NullTracker:
 
     run_id = None
     start = attach = sweep_parent = log_metrics = set_tags = log_artifact = log_artifacts = log_text = _nothing
-    end = log_model = log_datasets = register = _nothing
+    end = log_model = log_datasets = register = stored_file = _nothing
 
     def log_figure(self, figure, artifact_file: str) -> None:
         import matplotlib.pyplot as plt

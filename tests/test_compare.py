@@ -36,7 +36,7 @@ def _boom(self, loader, epoch):
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     for name, extra in RUNS.items():
-        train(compose_cfg(*tiny_overrides(tmp, f"tracking.run_name={name}", "tracking.log_checkpoint=false",
+        train(compose_cfg(*tiny_overrides(tmp, f"tracking.run_name={name}", "tracking.log_checkpoints=none",
                                           f"trainer.output_dir={tmp / name}", *extra)))
     client, runs = mlflow_runs(tmp)
     ids = {r.data.tags["mlflow.runName"]: r.info.run_id for r in runs}

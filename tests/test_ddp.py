@@ -10,7 +10,10 @@ from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
 
 
-def test_two_process_run_counts_each_validation_image_once(tmp_path):
+def test_two_process_run_counts_each_validation_image_once(tmp_path, monkeypatch):
+    # the model's memory layout (channels_last) must be DDP's gradient buckets' layout: a mismatch costs a copy of every
+    # gradient each step and warns; the spawned ranks turn that warning into an error (they inherit the environment)
+    monkeypatch.setenv("PYTHONWARNINGS", "error:Grad strides do not match bucket view strides")
     best = train(compose_cfg(*tiny_overrides(tmp_path, "trainer.devices=2", "data.synthetic.num_images=90",
                                              "trainer.max_steps_per_epoch=0",
                                              "trainer.batch_size=8", f"trainer.output_dir={tmp_path / 'out'}")))

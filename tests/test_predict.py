@@ -1,6 +1,7 @@
 """Predictions on new images from a trained run, and the run's MLflow pyfunc model."""
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -26,6 +27,23 @@ def trained(tmp_path_factory):
     client, (run,) = mlflow_runs(tmp)
     images = sorted((tmp / "cache").rglob("images"))[0]
     return tmp, client, run.info.run_id, images
+
+
+def test_the_best_weights_sit_on_disk_once_inside_the_model_and_predict_run_reads_them_there(trained, new_images,
+                                                                                             tmp_path):
+    """By default (tracking.log_checkpoints=best, a model, registered) the run's store holds no checkpoints/best.pt: the
+    model carries the best weights, and the output folder's best.pt is that same file. Every file of the output
+    folder and the store (registry included) at least as large as the best weights is best.pt or last.pt."""
+    tmp, client, run_id, _ = trained
+    assert not any(f.startswith("checkpoints/") for f in artifact_paths(client, run_id))
+    local = tmp / "out" / "checkpoints"
+    big = {os.stat(f).st_ino for root in (tmp / "out", tmp / "mlruns") for f in root.rglob("*")
+           if f.is_file() and f.stat().st_size >= (local / "best.pt").stat().st_size}
+    assert big == {os.stat(local / "best.pt").st_ino, os.stat(local / "last.pt").st_ino}
+    assert os.stat(local / "best.pt").st_nlink == 2  # the output folder's and the model's
+    result = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False), tmp_path / "o")
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["checkpoint"] == f"runs:/{run_id}/model/artifacts/best.pt" and len(result.files) == 4
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 1
     run_id = killed[0].info.run_id
+    assert killed[0].data.tags["preempted"] == "false"  # a person's stop outside SLURM: resume= continues it, not the command
     cut_state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert cut_state["epoch"] == 1 and cut_state["hydra_choices"]["trainer"] == "smoke"
 
@@ -67,10 +68,81 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert run.data.metrics["val/mAP"] == full_run.data.metrics["val/mAP"]
 
 
+def test_sigusr2_preempts_the_run_and_the_same_command_continues_it_as_if_never_stopped(tmp_path):
+    """What SLURM's warning signal (the preset's SIGUSR2, 120 s before the time limit) does to a real run, and what
+    running the same command again (a requeued job) does with it."""
+    train(compose_cfg(*_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'full'}")))
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "mlabel_exp.run", *_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'cut'}")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+        if "epoch 2 train step 3/" in line:
+            proc.send_signal(signal.SIGUSR2)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=300) == 128 + signal.SIGUSR2, rest[-2000:]
+    assert "SIGUSR2 received" in rest and "Traceback" not in rest
+
+    client, runs = mlflow_runs(tmp_path)
+    (cut,) = [r for r in runs if r.info.status != "FINISHED"]
+    assert cut.info.status == "KILLED" and cut.data.tags["preempted"] == "true"
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"continuing run {cut.info.run_id}, which the scheduler preempted" in again.stdout + again.stderr
+    _, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 2  # the uninterrupted run and the continued one: no third
+    run = client.get_run(cut.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP")] == [1, 2, 3]
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert _untimed(a["history"]) == _untimed(b["history"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    full_run = next(r for r in runs if r.info.run_id != run.info.run_id)
+    assert run.data.metrics["val/mAP"] == full_run.data.metrics["val/mAP"]
+
+
+def test_only_the_job_that_started_a_preempted_run_continues_it_by_itself(tmp_path, monkeypatch):
+    from mlabel_exp.config import validate
+    from mlabel_exp.fsutil import exclusive
+    from mlabel_exp.job import run_identity
+    from mlabel_exp.resume import preempted_run
+
+    root, stopped = _interrupted(tmp_path, monkeypatch, out="stopped")  # Ctrl-C: a person's stop
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    _, preempted = _interrupted(tmp_path, monkeypatch, out="preempted", preempted=True)
+    monkeypatch.setenv("SLURM_JOB_ID", "41")  # _interrupted undid every patch
+    client, _ = mlflow_runs(tmp_path)
+    assert client.get_run(stopped).data.tags["preempted"] == "false"
+    assert client.get_run(preempted).data.tags["preempted"] == "true"
+
+    typed = validate(compose_cfg(*_folder(tmp_path, root)))
+    job = run_identity(typed)[1]  # as SLURM job 41, requeued, sees itself
+    assert job["scheduler_job"] == "slurm:41"
+    assert preempted_run(typed.tracking, job) == preempted
+    assert preempted_run(typed.tracking, {**job, "scheduler_job": "slurm:42"}) is None  # another SLURM job
+    assert preempted_run(typed.tracking, {**job, "overrides": "seed=1"}) is None  # another command line
+    assert preempted_run(typed.tracking, {**job, "sweep_id": "s", "job_num": "0"}) is None  # a sweep's job
+    with exclusive(tmp_path / "preempted" / ".run.lock"):  # its process still alive
+        assert preempted_run(typed.tracking, job) is None
+
+    train(compose_cfg(*_folder(tmp_path, root)))  # the same command: continues the preempted run, not the stopped one
+    assert client.get_run(preempted).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(preempted, "val/mAP")] == [1, 2]
+    assert client.get_run(stopped).info.status == "KILLED"
+    _, runs = mlflow_runs(tmp_path)
+    assert len(runs) == 2
+
+
 # ------------------------------------------------------------------ a resume continues the same experiment or refuses
 
-def _interrupted(tmp_path, monkeypatch, *extra, out="cut"):
-    """A run stopped during epoch 2 (as by SIGINT): KILLED, last.pt after epoch 1. Returns its data root and run id."""
+def _interrupted(tmp_path, monkeypatch, *extra, out="cut", preempted=False):
+    """A run stopped during epoch 2 (as by SIGINT, or by the scheduler's SIGUSR2 with ``preempted``): KILLED, last.pt
+    after epoch 1. Returns its data root and run id."""
     from mlabel_exp import engine
     from mlabel_exp.synthetic import SyntheticSpec, generate
 
@@ -81,7 +153,7 @@ def _interrupted(tmp_path, monkeypatch, *extra, out="cut"):
 
     def stop_in_epoch_2(self, loader, epoch):
         if epoch == 2:
-            self.callbacks.stop.set()
+            self.callbacks.stop.set(signal.SIGUSR2, preempted=True) if preempted else self.callbacks.stop.set()
         return real(self, loader, epoch)
 
     monkeypatch.setattr(engine.Trainer, "train_epoch", stop_in_epoch_2)
@@ -139,6 +211,13 @@ def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_trackin
     assert resumed.trainer.epochs == 4 and state["last"]["epoch"] == 1
     assert resumed.tracking.log_model is False  # the run's own (tiny runs log no model), not the new command's
     assert resumed.optimizer.lr == cfg.optimizer.lr and resumed.trainer.output_dir == str(tmp_path / "cut")
+    # a run of an earlier version, whose config says tracking.log_checkpoint (true/false), still resumes
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    state["config"]["tracking"]["log_checkpoint"] = state["config"]["tracking"].pop("log_checkpoints") == "best"
+    assert state["config"]["tracking"]["log_checkpoint"] is True
+    torch.save(state, last)
+    assert resume_point(cfg, [f"resume={run_id}"])[0].tracking.log_checkpoints == "best"
 
 
 def test_the_same_command_line_resumes_and_an_override_that_changes_the_run_is_refused_naming_both_values(

@@ -118,6 +118,35 @@ def test_checkpoint_holds_what_is_needed_to_reuse_the_model(tmp_path):
     assert (tmp_path / "out" / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.integration
+def test_best_pt_holds_no_optimizer_state_and_each_checkpoint_sits_on_disk_once(tmp_path):
+    """tracking.log_checkpoints=all without a model: checkpoints/best.pt and last.pt in the run, each the same file
+    (a hard link) as the output folder's; only last.pt, which a resume reads, carries the optimizer's state."""
+    train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}",
+                                      "tracking.log_checkpoints=all")))
+    client, (run,) = mlflow_runs(tmp_path)
+    assert {"checkpoints/best.pt", "checkpoints/last.pt"} <= artifact_paths(client, run.info.run_id)
+    stored = Path(client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://")) / "checkpoints"
+    for name in ("best.pt", "last.pt"):
+        assert os.path.samefile(stored / name, tmp_path / "out" / "checkpoints" / name), name
+    best = torch.load(stored / "best.pt", weights_only=True)
+    last = torch.load(stored / "last.pt", weights_only=True)
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best) and "optimizer" in last
+    assert best["thresholds"] and len(best["val"]["probs"]) == 8
+
+
+@pytest.mark.integration
+def test_no_checkpoint_in_the_store_unless_a_model_needs_the_weights(tmp_path):
+    with pytest.raises(ConfigError, match=r"^tracking\.log_checkpoints='none' is invalid: expected best or all "
+                                          r"while tracking\.log_model=true .* or none with tracking\.log_model=false"):
+        validate(compose_cfg("tracking.log_checkpoints=none"))
+    train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}",
+                                      "tracking.log_checkpoints=none")))
+    client, (run,) = mlflow_runs(tmp_path)
+    assert not any(f.startswith("checkpoints/") for f in artifact_paths(client, run.info.run_id))
+    assert os.stat(tmp_path / "out" / "checkpoints" / "best.pt").st_nlink == 1  # the one copy, in the output folder
+
+
 @pytest.mark.precision
 @pytest.mark.integration
 def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path):
@@ -227,6 +256,7 @@ def test_stop_request_marks_the_run_killed_and_exits_non_zero(tmp_path, monkeypa
     ("optimizer.lr=-1", "optimizer.lr"), ("trainer.batch_size=0", "trainer.batch_size"),
     ("model.trainable=bogus", "model.trainable"), ("trainer.epochs=0", "trainer.epochs"),
     ("tracking.register=best", "tracking.register"),  # tiny_overrides turn tracking.log_model off
+    ("tracking.log_checkpoints=last", "tracking.log_checkpoints"),
 ])
 def test_bad_settings_fail_before_any_data_is_read(tmp_path, override, setting):
     cfg = compose_cfg(*tiny_overrides(tmp_path, "data=folder", f"data.root={tmp_path / 'nowhere'}", override))

@@ -1,7 +1,11 @@
 """End to end: `python -m mlabel_exp.run -m ...` in a subprocess, read back through MlflowClient."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +147,45 @@ def test_slurm_preset_composes_with_the_usual_settings():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.account, launcher.gpus_per_node, launcher.array_parallelism) == ("gpu", "proj", 1, 16)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the job's process in /proc")
+def test_submitit_requeues_a_preempted_job_and_the_requeued_job_continues_its_run(tmp_path):
+    """SIGUSR2 to a job of the submitit launcher (as SLURM sends before the time limit): the run stops cleanly, then
+    submitit's own handler checkpoints and requeues the job; the requeued job continues the same MLflow run."""
+    tiny = [o for o in tiny_overrides(tmp_path) if not o.startswith("trainer=")]
+    cmd = [sys.executable, "-m", "mlabel_exp.run", "-m", *tiny, "trainer=smoke", "trainer.epochs=4",
+           "trainer.max_steps_per_epoch=0", "data.synthetic.num_images=200", "hydra/launcher=submitit_local",
+           "hydra.launcher.timeout_min=60", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # the job's log: <sweep>/.submitit/<controller pid>/<pid>_0_log.out
+        logs = list((tmp_path / "multirun" / ".submitit").glob("*/*_0_log.out"))
+        if logs and "epoch 1/4 " in logs[0].read_text():
+            (task,) = _children(int(logs[0].name.split("_")[0]))  # the controller's one task
+            os.kill(task, signal.SIGUSR2)
+            break
+        time.sleep(0.05)
+    out = sweep.communicate(timeout=300)[0]
+    assert sweep.returncode == 0, out[-3000:]
+    job_log = logs[0].read_text()
+    assert "SIGUSR2 received" in job_log and "Requeued job" in job_log and "continuing run" in job_log
+    client, runs = mlflow_runs(tmp_path)
+    (run,) = [r for r in runs if "mlabel.kind" not in r.data.tags]  # one run: the requeued job continued it
+    assert run.info.status == "FINISHED" and run.data.tags["preempted"] == "true"
+    assert run.data.tags["scheduler_job"] == f"local:{logs[0].parent.name}"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP")] == [1, 2, 3, 4]
