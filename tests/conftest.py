@@ -208,3 +208,9 @@ def no_network(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that train or start processes first: in several processes (pytest-xdist) the long ones then start early
+    and the quick ones fill in at the end, instead of a minute-long test starting last."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
