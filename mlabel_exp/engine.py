@@ -253,7 +253,10 @@ class Trainer:
             return
         r = self.result
         if name == "best":
-            state = {"model": self.net.state_dict(), "epoch": self.epoch, "best_score": r.best_score, **self.metadata,
+            # not the data record (every file name, label and content hash: for a resume, which reads last.pt), which
+            # would otherwise travel in the served and registered model
+            metadata = {k: v for k, v in self.metadata.items() if k != "data"}
+            state = {"model": self.net.state_dict(), "epoch": self.epoch, "best_score": r.best_score, **metadata,
                      "val": {"probs": r.best_probs, "targets": r.best_targets, "names": r.best_names},
                      "thresholds": r.thresholds}
         else:
@@ -328,8 +331,10 @@ class Trainer:
                 "throughput/img_s": seen / max(seconds, 1e-9)}
 
     @torch.inference_mode()
-    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
-        """Probabilities, targets, mean loss and file names over (at most ``max_steps_per_epoch`` batches of) a loader."""
+    def predict(self, loader, stoppable: bool = False) -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
+        """Probabilities, targets, mean loss and file names over (at most ``max_steps_per_epoch`` batches of) a loader.
+        ``stoppable``: a stop request ends it at the next batch (TrainingInterrupted; last.pt holds the epoch before),
+        so that a scheduler's warning during a long validation still leaves time to stop cleanly."""
         self.model.eval()
         steps = self._limit(loader)
         probs, targets, names = [], [], []
@@ -337,6 +342,8 @@ class Trainer:
         for i, batch in enumerate(loader, start=1):
             if i > steps:
                 break
+            if stoppable and self.callbacks.should_stop():
+                raise TrainingInterrupted("stop requested during validation")
             self._note_bad(batch)
             if batch["image"] is None:
                 continue
@@ -420,7 +427,8 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 start = time.perf_counter()
                 row = self.train_epoch(train_loader, epoch)
-                probs, targets, val_loss, names = self.predict(val_loader)
+                # the last epoch's validation runs to its end: then only the closing evaluation is left
+                probs, targets, val_loss, names = self.predict(val_loader, stoppable=epoch < self.cfg.epochs)
                 from . import metrics as M  # imported late: run.py imports it beside the first epoch
 
                 scores = M.compute(probs, targets, classes=self.classes, quiet=bool(self.result.history))

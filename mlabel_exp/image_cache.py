@@ -193,9 +193,11 @@ def _hashes(index: DatasetIndex, path: Path, threads: int, keep: bool) -> np.nda
                     stats[r] = None
                 else:
                     out[r] = np.frombuffer(digest, dtype=np.uint8)
-    if keep and (todo or len(known) != len(index)):
-        files = {name: [*stat, out[r].tobytes().hex()] for r, (name, stat) in enumerate(zip(index.files, stats))
-                 if stat is not None}
+    gone = any(stat is None and name in known for name, stat in zip(index.files, stats))
+    if keep and (todo or gone):  # other indexes' files of this root (another image_pattern) stay while they exist
+        files = {name: entry for name, entry in known.items() if os.path.isfile(os.path.join(folder, name))}
+        files |= {name: [*stat, out[r].tobytes().hex()] for r, (name, stat) in enumerate(zip(index.files, stats))
+                  if stat is not None}
         write_atomic(path, json.dumps({"version": 1, "root": str(Path(index.root).resolve()), "files": files}))
     return out
 

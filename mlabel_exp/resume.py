@@ -10,6 +10,7 @@ process holds ``RUN_LOCK`` in its output folder) is never resumed by a second pr
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -226,13 +227,16 @@ SAME_JOB = ("overrides", "sweep_id", "job_num", "scheduler_job")
 
 
 def preempted_run(tracking_cfg, identity: dict[str, str]) -> str | None:
-    """The newest run a scheduler preempted (KILLED, tagged preempted=true) that this very job started (the tags
-    SAME_JOB of ``identity``), with its last.pt and no live process on it: the same command continues it. None: a
-    new run."""
+    """The newest run this very job started (the tags SAME_JOB of ``identity``) that its scheduler stopped (tracking.
+    preempted_runs), with its last.pt and no live process on it: the same command continues it. None: a new run.
+    Under torchrun only rank 0 looks at the run's lock (it takes the lock itself soon after; another rank looking
+    could find it held, or hold it for an instant when rank 0 wants it)."""
     from . import tracking
+    from .distributed import launched_by_torchrun
 
-    for run_id, tags in tracking.preempted_runs(tracking_cfg):
-        if all(tags.get(k) == identity.get(k) for k in SAME_JOB) and why_not(tags, True) is None \
+    lock_is_mine = not launched_by_torchrun() or os.environ.get("RANK") == "0"
+    for run_id, tags in tracking.preempted_runs(tracking_cfg, identity):
+        if all(tags.get(k) == identity.get(k) for k in SAME_JOB) and (not lock_is_mine or why_not(tags, True) is None) \
                 and (Path(tags.get("output_dir", "")) / "checkpoints" / "last.pt").is_file():
             return run_id
     return None

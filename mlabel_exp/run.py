@@ -103,6 +103,10 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     from .resume import check_classes, check_data, data_record
 
     m, main_rank = typed.model, distributed.is_main()
+    if resume is None and (out / "checkpoints" / "last.pt").is_file():  # never overwrite another run's checkpoints
+        raise ConfigError(f"{out} holds the checkpoints of an earlier run (checkpoints/last.pt), which a new run would "
+                          "overwrite: continue that run with resume=<its run id> (its output_dir tag is this folder), "
+                          "or give this run its own trainer.output_dir")
     index = D.index_from_config(typed.data)
     content = image_cache.content_hashes(index, resolve_path(typed.data.cache_dir), threads=D.default_workers(-1))
     data = data_record(index, content)

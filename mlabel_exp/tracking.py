@@ -401,16 +401,25 @@ def download_artifact(uri: str | None, run_id: str, path: str, dst: Path) -> Pat
                           "check the run id (MLflow UI) and tracking.uri, or pass checkpoint=<path>") from None
 
 
-def preempted_runs(tracking_cfg) -> list[tuple[str, dict[str, str]]]:
-    """(run id, tags) of the runs a scheduler preempted (KILLED, tagged preempted=true), newest first; none where
-    tracking is off or the local store does not exist yet."""
+def preempted_runs(tracking_cfg, identity: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """(run id, tags) of the runs that may be this job's, stopped by its scheduler, newest first: KILLED and tagged
+    preempted=true, and under a scheduler also RUNNING ones of its job id (killed before they could stop cleanly: a
+    node failure, a time limit reached during the clean stop). Selected in the store by the job's scheduler id, sweep
+    and job number where it has them; none where tracking is off or the store or experiment does not exist yet."""
     db = _sqlite_path(resolve_uri(tracking_cfg.uri))
     if not tracking_cfg.enabled or (db is not None and not db.exists()):
         return []
-    tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
-    runs = tracker.client.search_runs([tracker.experiment_id], "attributes.status = 'KILLED' and tags.preempted = 'true'",
-                                      order_by=["attributes.start_time DESC"], max_results=100)
-    return [(r.info.run_id, dict(r.data.tags)) for r in runs]
+    client = _reader(tracking_cfg.uri)
+    exp = client.get_experiment_by_name(tracking_cfg.experiment)
+    if exp is None:
+        return []
+    same = "".join(f" and tags.{k} = '{identity[k]}'" for k in ("scheduler_job", "sweep_id", "job_num")
+                   if identity.get(k) and "'" not in identity[k])
+    queries = ["attributes.status = 'KILLED' and tags.preempted = 'true'" + same]
+    if identity.get("scheduler_job"):
+        queries.append("attributes.status = 'RUNNING'" + same)
+    runs = [r for q in queries for r in client.search_runs([exp.experiment_id], q, max_results=1000)]
+    return [(r.info.run_id, dict(r.data.tags)) for r in sorted(runs, key=lambda r: -(r.info.start_time or 0))]
 
 
 def download_best_checkpoint(uri: str | None, run_id: str, dst: Path) -> tuple[Path, str]:

@@ -139,3 +139,25 @@ def test_best_checkpoint_holds_the_thresholds_tuned_on_its_epoch(tmp_path, scrip
     assert best["epoch"] == 2 and best["thresholds"] == result.thresholds
     assert best["thresholds"] == tune_thresholds(best["val"]["probs"], best["val"]["targets"])
     assert best["classes"] == ["c0", "c1", "c2"] and "thresholds" not in _load(result.checkpoints["last"])
+
+
+class _StopInValidation(_Recorder):
+    """A stop request that arrives while the model validates (a scheduler's warning during a long validation)."""
+
+    def should_stop(self):
+        return not self.net.training
+
+
+@pytest.mark.parametrize("epochs,stops", [(2, True), (1, False)])
+def test_a_stop_during_validation_ends_the_run_there_except_in_the_last_epoch(tmp_path, scripted, epochs, stops):
+    """Validation checks for a stop at every batch, so a scheduler's warning leaves time to stop cleanly; the last
+    epoch's validation runs to its end (only the closing evaluation is left)."""
+    scripted(0.1, 0.2)
+    t, recorder = _trainer(tmp_path, epochs=epochs, patience=0)
+    t.callbacks = _StopInValidation(t.net)
+    if stops:
+        with pytest.raises(engine.TrainingInterrupted, match="during validation"):
+            t.fit(_loader(), _loader(seed=1))
+        assert t.epoch == 0 and not (tmp_path / "last.pt").exists()  # epoch 1 never finished: nothing to resume
+    else:
+        assert t.fit(_loader(), _loader(seed=1)).best_epoch == 1 and (tmp_path / "last.pt").exists()

@@ -104,6 +104,12 @@ def test_only_the_job_that_started_a_preempted_run_continues_it_by_itself(tmp_pa
     with exclusive(tmp_path / "preempted" / ".run.lock"):  # its process still alive
         assert preempted_run(typed.tracking, job) is None
 
+    # a run of this job killed before it could stop cleanly (still RUNNING, its process gone): continued too
+    client.set_terminated(preempted, "RUNNING")
+    client.set_tag(preempted, "preempted", "false")
+    assert preempted_run(typed.tracking, job) == preempted
+    assert preempted_run(typed.tracking, {**job, "scheduler_job": None}) is None  # outside a scheduler: not by itself
+
     train(compose_cfg(*_folder(tmp_path, root)))  # the same command: continues the preempted run, not the stopped one
     assert client.get_run(preempted).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(preempted, "val/mAP")] == [1, 2]

@@ -147,6 +147,16 @@ def test_no_checkpoint_in_the_store_unless_a_model_needs_the_weights(tmp_path):
     assert os.stat(tmp_path / "out" / "checkpoints" / "best.pt").st_nlink == 1  # the one copy, in the output folder
 
 
+@pytest.mark.integration
+def test_a_new_run_never_overwrites_another_runs_checkpoints(tmp_path):
+    out = f"trainer.output_dir={tmp_path / 'out'}"
+    train(compose_cfg(*tiny_overrides(tmp_path, out)))
+    before = (tmp_path / "out" / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"holds the checkpoints of an earlier run .* resume=<its run id>"):
+        train(compose_cfg(*tiny_overrides(tmp_path, out, "seed=1")))
+    assert (tmp_path / "out" / "checkpoints" / "last.pt").read_bytes() == before
+
+
 @pytest.mark.precision
 @pytest.mark.integration
 def test_same_config_and_seed_give_the_same_metrics_and_weights(tmp_path):
