@@ -26,7 +26,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 def dataset(num_images: int, image_size: int = 128) -> Path:
     """The cached synthetic data root (images/ + annotations/), generated on first use."""
-    from mlabel_exp.synthetic import SyntheticSpec, cache_key, ensure_generated
+    from mlabel_exp.data.synthetic import SyntheticSpec, cache_key, ensure_generated
 
     spec = SyntheticSpec(num_images=num_images, image_size=image_size, seed=0)
     final = CACHE / "synthetic" / cache_key(spec)
@@ -99,7 +99,7 @@ def calibration() -> dict[str, float]:
         best["resnet18_img_s"] = max(best["resnet18_img_s"], resnet18())
     best["device"] = device.type
     if device.type == "cpu":  # whether trainer.amp trains in bfloat16 here, about twice the float32 speed
-        from mlabel_exp.predictor import cpu_computes_bf16
+        from mlabel_exp.inference.predictor import cpu_computes_bf16
 
         best["bf16"] = cpu_computes_bf16()
     return best

@@ -36,7 +36,7 @@ def model_rate(device, size: int, batch: int, steps: int, compile: bool = False)
     import torch
     import torchvision
 
-    from mlabel_exp import builders
+    from mlabel_exp.training import builders
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(num_classes=14).to(device, memory_format=torch.channels_last).train()
@@ -107,8 +107,10 @@ def trainer_rate(device, index, loader, size: int, batch: int, max_steps: int, f
     """Images/s of engine.Trainer.train_epoch over ``loader``, second epoch (the first warms up cudnn and workers)."""
     import torch
 
-    from mlabel_exp import builders, engine, models
-    from mlabel_exp import data as D
+    from mlabel_exp.training import builders
+    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.models import zoo as models
+    from mlabel_exp.data import dataset as D
     from mlabel_exp.config import TrainerConfig
 
     torch.manual_seed(0)
@@ -140,8 +142,8 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from mlabel_exp import data as D
-    from mlabel_exp import image_cache
+    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data import cache as image_cache
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

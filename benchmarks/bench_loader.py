@@ -64,7 +64,7 @@ def per_image_us(index, samples, root, size: int, n: int = 400) -> tuple[float, 
     """Microseconds per image for __getitem__ alone (best of 2 passes), without any DataLoader."""
     import torch
 
-    from mlabel_exp import data as D
+    from mlabel_exp.data import dataset as D
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -142,8 +142,8 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from mlabel_exp import data as D
-    from mlabel_exp import image_cache
+    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data import cache as image_cache
 
     print(_common.machine_line())
     print(_common.calibration_line(), flush=True)

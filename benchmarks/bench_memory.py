@@ -96,7 +96,7 @@ class Sampler(threading.Thread):
 
 
 def child_index(args, tmp: Path) -> dict:
-    from mlabel_exp.data import build_index
+    from mlabel_exp.data.dataset import build_index
 
     root = _common.dataset(args.num_images)
     before, _ = _common.rss_mib()
@@ -111,8 +111,8 @@ def child_imports(args, tmp: Path) -> dict:
     import torch  # noqa: F401
 
     after_torch, _ = _common.rss_mib()
-    for mod in ("mlabel_exp.run", "mlabel_exp.engine", "mlabel_exp.tracking", "mlabel_exp.plots",
-                "mlabel_exp.report", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "pandas",
+    for mod in ("mlabel_exp.run", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.analysis.figures",
+                "mlabel_exp.tracking.report", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "pandas",
                 "iterstrat.ml_stratifiers"):
         __import__(mod)
     return {"after_torch": after_torch, "after_all": _common.rss_mib()[0]}
@@ -121,8 +121,8 @@ def child_imports(args, tmp: Path) -> dict:
 def child_epoch(args, tmp: Path) -> dict:
     import torch  # noqa: F401
 
-    from mlabel_exp.data import default_workers
-    from mlabel_exp.run import train
+    from mlabel_exp.data.dataset import default_workers
+    from mlabel_exp.cli.run import train
     from tests.conftest import compose_cfg
 
     before, _ = _common.rss_mib()

@@ -62,7 +62,7 @@ def child_store(args, tmp: Path) -> dict:
     import mlflow  # noqa: F401
 
     imported = time.perf_counter()
-    from mlabel_exp import tracking
+    from mlabel_exp.tracking import runs as tracking
 
     tracking.Tracker(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "mlabel-exp")
     return {"import_mlflow": imported - start, "open": time.perf_counter() - imported}
@@ -72,8 +72,8 @@ def child_bare(args, tmp: Path) -> dict:
     import torch
     from torch import nn
 
-    from mlabel_exp import data as D
-    from mlabel_exp import models
+    from mlabel_exp.data import dataset as D
+    from mlabel_exp.models import zoo as models
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(*overrides(args, tmp))
@@ -113,7 +113,7 @@ def child_bare(args, tmp: Path) -> dict:
 
 
 def child_ours(args, tmp: Path, *extra: str) -> dict:
-    from mlabel_exp.run import train
+    from mlabel_exp.cli.run import train
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(*overrides(args, tmp, *extra))
@@ -151,14 +151,20 @@ def child_profiled(args, tmp: Path) -> dict:
     """train(cfg) with its heavy imports done beforehand (timed) and its steps timed."""
     imports = {}
     # what train(cfg) imports beyond the bare loop (iterstrat not: the split is remembered in the benchmark's cache)
-    for mod in ("mlflow", "mlabel_exp.engine", "mlabel_exp.tracking", "mlabel_exp.metrics", "mlabel_exp.plots",
-                "mlabel_exp.report", "matplotlib.pyplot", "pandas", "mlflow.pyfunc"):
+    for mod in ("mlflow", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.analysis.metrics", "mlabel_exp.analysis.figures",
+                "mlabel_exp.tracking.report", "matplotlib.pyplot", "pandas", "mlflow.pyfunc"):
         start = time.perf_counter()
         __import__(mod)
         imports[mod] = time.perf_counter() - start
 
-    from mlabel_exp import data as D
-    from mlabel_exp import engine, metrics, models, plots, report, run, tracking
+    from mlabel_exp.data import dataset as D
+    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.analysis import metrics
+    from mlabel_exp.models import zoo as models
+    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.tracking import report
+    from mlabel_exp.cli import run
+    from mlabel_exp.tracking import runs as tracking
     from tests.conftest import compose_cfg
 
     t = Tree()
@@ -221,8 +227,8 @@ def main() -> None:
         import torch  # noqa: F401  what both sides need, imported before any timing
         import torchvision  # noqa: F401
 
-        import mlabel_exp.data  # noqa: F401
-        import mlabel_exp.models  # noqa: F401
+        import mlabel_exp.data.dataset  # noqa: F401
+        import mlabel_exp.models.zoo  # noqa: F401
 
         tmp = Path(args.tmp)
         fn = {"store": child_store, "bare": child_bare, "ours": child_ours, "profiled": child_profiled,

@@ -98,7 +98,7 @@ def tree(tmp_path):
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A 300-image synthetic data set in the real layout, shared by the session."""
-    from mlabel_exp.synthetic import SyntheticSpec, generate
+    from mlabel_exp.data.synthetic import SyntheticSpec, generate
 
     return generate(tmp_path_factory.mktemp("synthetic"), SyntheticSpec(num_images=300, image_size=64, seed=3))
 
@@ -168,7 +168,7 @@ def imagenet_weights(_stand_in_hub, monkeypatch):
     import torchvision
 
     from mlabel_exp.fsutil import save_atomic
-    from mlabel_exp.models import REGISTRY, hub_file
+    from mlabel_exp.models.zoo import REGISTRY, hub_file
 
     monkeypatch.setenv("TORCH_HOME", str(_stand_in_hub))
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlabel_exp import data as D
-from mlabel_exp import engine, image_cache, models
+from mlabel_exp.data import dataset as D
+from mlabel_exp.training import trainer as engine
+from mlabel_exp.data import cache as image_cache
+from mlabel_exp.models import zoo as models
 from mlabel_exp.config import TrainerConfig
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -101,7 +103,7 @@ def test_batch_transform_on_cuda_matches_cpu(synthetic_root):
 def test_the_cpu_bfloat16_detection_can_be_pinned_and_a_bad_value_is_named(monkeypatch, value, native):
     """$MLABEL_EXP_CPU_BF16 makes any CPU run as one with (1) or without (0) bfloat16 instructions: how the suite runs
     the same tests everywhere, and how a user reproduces another machine's precision."""
-    from mlabel_exp import predictor
+    from mlabel_exp.inference import predictor
     from mlabel_exp.config import ConfigError
 
     monkeypatch.setenv(predictor.CPU_BF16_ENV, value)
@@ -117,7 +119,7 @@ def test_cpu_training_autocasts_to_bfloat16_only_where_the_cpu_computes_it(monke
     """trainer.amp=true (the default) means mixed precision where the hardware does it natively: on a CPU with
     bfloat16 instructions the convolutions run in bfloat16 (about twice float32's speed there), on one without
     (emulated: slower than float32) everything stays float32; trainer.amp=false is float32 everywhere."""
-    from mlabel_exp import predictor
+    from mlabel_exp.inference import predictor
 
     monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: native)
     cpu = torch.device("cpu")

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mlabel_exp import engine
-from mlabel_exp.compare import COLUMNS, compare, main
+from mlabel_exp.training import trainer as engine
+from mlabel_exp.cli.compare import COLUMNS, compare, main
 from mlabel_exp.config import ConfigError
-from mlabel_exp.run import train
-from mlabel_exp.tracking import Tracker
+from mlabel_exp.cli.run import train
+from mlabel_exp.tracking.runs import Tracker
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes

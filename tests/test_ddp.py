@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mlabel_exp.models import build_model
-from mlabel_exp.run import train
+from mlabel_exp.models.zoo import build_model
+from mlabel_exp.cli.run import train
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes

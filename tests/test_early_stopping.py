@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlabel_exp import engine, metrics
+from mlabel_exp.training import trainer as engine
+from mlabel_exp.analysis import metrics
 from mlabel_exp.config import TrainerConfig
-from mlabel_exp.data import make_loader
+from mlabel_exp.data.dataset import make_loader
 
 N_CLASSES = 3
 
@@ -130,7 +131,7 @@ def test_state_dict_round_trips_into_a_fresh_trainer(tmp_path, scripted):
 
 @pytest.mark.precision
 def test_best_checkpoint_holds_the_thresholds_tuned_on_its_epoch(tmp_path, scripted):
-    from mlabel_exp.metrics import tune_thresholds
+    from mlabel_exp.analysis.metrics import tune_thresholds
 
     scripted(0.5, 0.7, 0.6)
     t, _ = _trainer(tmp_path, epochs=3, patience=0)

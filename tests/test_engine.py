@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from mlabel_exp.config import SchedulerConfig
-from mlabel_exp.builders import build_optimizer, build_scheduler
-from mlabel_exp.engine import select_device
+from mlabel_exp.training.builders import build_optimizer, build_scheduler
+from mlabel_exp.training.trainer import select_device
 from mlabel_exp.fsutil import save_atomic
 
 
@@ -69,12 +69,12 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu_and_a_choice_is_honoured(mon
 
 def _estimate_after(monkeypatch, caplog, seconds_per_step: float, device: str = "cpu", **kw):
     """The estimate's log after its first steps, with a clock that advances ``seconds_per_step`` a step."""
-    from mlabel_exp import engine
+    from mlabel_exp.training import trainer as engine
 
     clock = iter(range(0, 10_000))
     monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock) * seconds_per_step)
     estimate = engine._RunEstimate(torch.device(device), **kw)
-    caplog.set_level("INFO", logger="mlabel_exp.engine")
+    caplog.set_level("INFO", logger="mlabel_exp.training.trainer")
     for i in range(1, kw["train_steps"] + 1):
         estimate.step(i)
     return [(r.levelname, r.getMessage()) for r in caplog.records]

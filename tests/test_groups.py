@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlabel_exp import groups, stats
+from mlabel_exp.analysis import groups
+from mlabel_exp.analysis import stats
 
 CLASSES = ["bird", "car", "dog", "sea"]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlabel_exp import data as D
-from mlabel_exp import image_cache
-from mlabel_exp.data import BatchTransform, CachedImages, DataError, EpochShuffle, build_index, build_transform, image_steps, load_image
+from mlabel_exp.data import dataset as D
+from mlabel_exp.data import cache as image_cache
+from mlabel_exp.data.dataset import BatchTransform, CachedImages, DataError, EpochShuffle, build_index, build_transform, image_steps, load_image
 from tests.conftest import compose_cfg, tiny_overrides
 
 
@@ -127,7 +127,7 @@ def test_unreadable_image_is_skipped_and_reported_or_an_error(data_copy, tmp_pat
     assert [name for name, _ in batch["bad"]] == [bad.name]
     assert torch.equal(batch["target"], torch.from_numpy(index.labels[[0, 1, 3]]).float())
 
-    from mlabel_exp.builders import decoded_cache
+    from mlabel_exp.training.builders import decoded_cache
     from mlabel_exp.config import validate
 
     cfg = validate(compose_cfg(*tiny_overrides(tmp_path), "data=folder", f"data.root={data_copy}", "data.decoded_cache=on",
@@ -182,7 +182,7 @@ def test_epoch_order_is_the_same_with_persistent_workers_and_after_a_restart(syn
 @pytest.mark.integration
 def test_training_with_and_without_the_cache_is_identical(tmp_path):
     """The cache changes where pixels come from, not which: same seed, same losses and metrics on CPU."""
-    from mlabel_exp.run import train
+    from mlabel_exp.cli.run import train
     from tests.conftest import mlflow_runs
 
     scores = []

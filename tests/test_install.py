@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mlabel_exp.config import CONF_DIR, project_root
-from mlabel_exp.tracking import default_uri, git_commit
+from mlabel_exp.tracking.runs import default_uri, git_commit
 from tests.conftest import compose_cfg, mlflow_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,11 +87,13 @@ def test_the_wheel_ships_every_module_every_config_file_and_a_script_per_command
     missing = sorted((modules | configs) - names)
     assert not missing, f"not in the wheel (list their folders in pyproject.toml's packages): {missing}"
     assert not [n for n in names if n.startswith("mlabel_exp/conf/local/")]
-    # every command (a module run as `python -m mlabel_exp.X`) is also installed as mlabel-X, calling its main
+    # every command (`python -m mlabel_exp.X`, a shim) is also installed as mlabel-X, calling the main it hands over to
     commands = sorted(p.stem for p in (REPO / "mlabel_exp").glob("*.py") if "__name__ == \"__main__\"" in p.read_text())
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = dict(re.findall(r"^(\S+) = (\S+)$", zipfile.ZipFile(wheel).read(entry_points).decode(), re.M))
-    assert scripts == {f"mlabel-{c}": f"mlabel_exp.{c}:main" for c in commands}
+    handed_to = {c: re.search(r"^from (mlabel_exp\.cli\.\w+) import main$", (REPO / "mlabel_exp" / f"{c}.py").read_text(),
+                              re.M)[1] for c in commands}
+    assert scripts == {f"mlabel-{c}": f"{handed_to[c]}:main" for c in commands}
 
 
 CHECK_INSTALLED = """

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlabel_exp import image_cache
+from mlabel_exp.data import cache as image_cache
 from mlabel_exp.config import ConfigError, validate
-from mlabel_exp.data import DataError, build_index, check_validation_images, to_rgb
+from mlabel_exp.data.dataset import DataError, build_index, check_validation_images, to_rgb
 from tests.conftest import compose_cfg, tiny_overrides, write_tree
 
 
@@ -69,7 +69,7 @@ def test_a_validation_set_without_readable_images_stops_before_training(tmp_path
 
 @pytest.mark.integration
 def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
-    from mlabel_exp.run import train
+    from mlabel_exp.cli.run import train
     from tests.conftest import mlflow_runs
 
     out = tmp_path / "out"

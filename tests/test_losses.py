@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlabel_exp.losses import AsymmetricLoss, FocalLoss, build_loss, pos_weight
+from mlabel_exp.models.losses import AsymmetricLoss, FocalLoss, build_loss, pos_weight
 from tests.conftest import compose_cfg
 
 

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from mlabel_exp.models import (REGISTRY, Backbone, ModelError, WeightsUnavailable, build_model, fetch_weights,
+from mlabel_exp.models.zoo import (REGISTRY, Backbone, ModelError, WeightsUnavailable, build_model, fetch_weights,
                                head_parameter_names, keep_frozen_bn_in_eval, min_input_size, set_trainable,
                                weights_description)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mlabel_exp.config import ConfigError
-from mlabel_exp.predict import PredictConfig, predict
-from mlabel_exp.run import train
+from mlabel_exp.cli.predict import PredictConfig, predict
+from mlabel_exp.cli.run import train
 from tests.conftest import artifact_paths, compose_cfg, huge_png, mlflow_runs, peak_memory_growth, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
@@ -148,7 +148,7 @@ def test_a_bfloat16_cpu_run_is_replayed_in_bfloat16_where_the_cpu_has_it_else_in
     same, only slower where emulated. float32 against bfloat16 tolerance from the arithmetic: bfloat16 rounds each
     of the 9 layers' inputs and weights to 2**-9 relative, so a logit moves by at most 9 * 2 * 2**-9 of its size,
     the sigmoid's slope is at most 1/4."""
-    from mlabel_exp import predictor
+    from mlabel_exp.inference import predictor
 
     monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: True)
     out = tmp_path / "out"
@@ -221,7 +221,7 @@ def test_logging_the_model_scans_no_installed_distribution_and_pins_this_torch(t
     import torchvision
     from mlflow.artifacts import download_artifacts
 
-    from mlabel_exp.tracking import Tracker
+    from mlabel_exp.tracking.runs import Tracker
 
     scans = []
     monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # MLflow's cache of the scan: empty
@@ -255,8 +255,8 @@ def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_ima
     import time
     import urllib.request
 
-    from mlabel_exp.compare import compare
-    from mlabel_exp.distributed import free_port
+    from mlabel_exp.cli.compare import compare
+    from mlabel_exp.training.distributed import free_port
 
     tmp, _, run_id, _ = trained
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
@@ -310,7 +310,7 @@ def test_bad_predict_settings_are_named(trained, tmp_path):
 
 def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, caplog):
     """The command line through Hydra, in this process (a subprocess would prove nothing more here)."""
-    from mlabel_exp.predict import main
+    from mlabel_exp.cli.predict import main
 
     tmp, _, run_id, _ = trained
     monkeypatch.setattr(sys, "argv", ["predict", f"run={run_id}", f"input={new_images}",
@@ -329,7 +329,7 @@ def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, cap
 def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_thresholds(trained):
     """The checkpoint alone is enough: its recorded preprocessing, its tuned thresholds, and the same probabilities
     whether images come one batch in memory (the pyfunc model) or through DataLoader workers (predict)."""
-    from mlabel_exp.predictor import Predictor, load_checkpoint
+    from mlabel_exp.inference.predictor import Predictor, load_checkpoint
 
     tmp, _, _, images = trained
     ckpt = load_checkpoint(tmp / "out" / "checkpoints" / "best.pt")
@@ -350,8 +350,8 @@ def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_th
 
 def test_a_checkpoint_with_a_class_named_like_an_output_column_is_refused_before_predicting(trained):
     """A run trained before such names were refused: its class would overwrite a column of every output."""
-    from mlabel_exp.data import DataError
-    from mlabel_exp.predictor import Predictor, load_checkpoint
+    from mlabel_exp.data.dataset import DataError
+    from mlabel_exp.inference.predictor import Predictor, load_checkpoint
 
     tmp, _, _, _ = trained
     ckpt = load_checkpoint(tmp / "out" / "checkpoints" / "best.pt")
@@ -361,7 +361,7 @@ def test_a_checkpoint_with_a_class_named_like_an_output_column_is_refused_before
 
 
 def test_a_corrupt_checkpoint_is_named(tmp_path):
-    from mlabel_exp.predictor import load_checkpoint
+    from mlabel_exp.inference.predictor import load_checkpoint
 
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"PK\x03\x04 half a zip")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mlabel_exp.run import train
+from mlabel_exp.cli.run import train
 from mlabel_exp.config import ConfigError
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
@@ -83,8 +83,8 @@ def test_a_run_stopped_by_a_person_then_preempted_by_the_scheduler_ends_as_if_ne
 def test_only_the_job_that_started_a_preempted_run_continues_it_by_itself(tmp_path, monkeypatch):
     from mlabel_exp.config import validate
     from mlabel_exp.fsutil import exclusive
-    from mlabel_exp.job import run_identity
-    from mlabel_exp.resume import preempted_run
+    from mlabel_exp.cli.job import run_identity
+    from mlabel_exp.training.resume import preempted_run
 
     root, stopped = _interrupted(tmp_path, monkeypatch, out="stopped")  # Ctrl-C: a person's stop
     monkeypatch.setenv("SLURM_JOB_ID", "41")
@@ -123,8 +123,8 @@ def test_only_the_job_that_started_a_preempted_run_continues_it_by_itself(tmp_pa
 def _interrupted(tmp_path, monkeypatch, *extra, out="cut", preempted=False):
     """A run stopped during epoch 2 (as by SIGINT, or by the scheduler's SIGUSR2 with ``preempted``): KILLED, last.pt
     after epoch 1. Returns its data root and run id."""
-    from mlabel_exp import engine
-    from mlabel_exp.synthetic import SyntheticSpec, generate
+    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.data.synthetic import SyntheticSpec, generate
 
     root = tmp_path / "data"
     if not root.exists():
@@ -149,7 +149,7 @@ def _folder(tmp_path, root, *extra):
 
 
 def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_split(tmp_path, monkeypatch):
-    from mlabel_exp.data import DataError
+    from mlabel_exp.data.dataset import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     split_file = tmp_path / "cut" / "split.json"
@@ -174,7 +174,7 @@ def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_spl
 
 
 def test_resume_refuses_other_classes_naming_the_difference(tmp_path, monkeypatch):
-    from mlabel_exp.data import DataError
+    from mlabel_exp.data.dataset import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     (root / "annotations" / "circle.txt").rename(root / "annotations" / "disc.txt")  # same count, other names
@@ -183,7 +183,7 @@ def test_resume_refuses_other_classes_naming_the_difference(tmp_path, monkeypatc
 
 
 def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_tracking_settings(tmp_path, monkeypatch):
-    from mlabel_exp.resume import resume_point
+    from mlabel_exp.training.resume import resume_point
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     cfg = compose_cfg(*_folder(tmp_path, root, f"resume={run_id}", "trainer.epochs=4", "tracking.log_model=true"))
@@ -202,7 +202,7 @@ def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_trackin
 
 def test_the_same_command_line_resumes_and_an_override_that_changes_the_run_is_refused_naming_both_values(
         tmp_path, monkeypatch):
-    from mlabel_exp.resume import MAY_CHANGE, check_overrides, resume_point
+    from mlabel_exp.training.resume import MAY_CHANGE, check_overrides, resume_point
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     started = _folder(tmp_path, root, f"trainer.output_dir={tmp_path / 'cut'}")  # as the run was started
@@ -248,7 +248,7 @@ def test_a_run_whose_own_settings_this_version_refuses_is_not_resumed_and_the_er
 
 def test_resume_latest_passes_over_pruned_trials_and_live_runs_and_an_explicit_live_run_is_refused(tmp_path, monkeypatch):
     from mlabel_exp.fsutil import exclusive
-    from mlabel_exp.resume import resume_point
+    from mlabel_exp.training.resume import resume_point
 
     root, older = _interrupted(tmp_path, monkeypatch, out="older")
     _, pruned = _interrupted(tmp_path, monkeypatch, out="pruned")
@@ -268,7 +268,7 @@ def test_resume_latest_passes_over_pruned_trials_and_live_runs_and_an_explicit_l
 def _schedule(name: str, epochs: int, steps: int, cut: int | None = None, longer: int | None = None):
     """(lr, momentum) of every step of a ``name`` schedule over ``epochs`` x ``steps``; with ``cut``, the run stops
     after that epoch and resumes (optimizer and scheduler states reloaded, as from last.pt) with ``longer`` epochs."""
-    from mlabel_exp.builders import build_optimizer, build_scheduler, change_length
+    from mlabel_exp.training.builders import build_optimizer, build_scheduler, change_length
     from mlabel_exp.config import SchedulerConfig
 
     def built(n):
@@ -326,12 +326,12 @@ def test_a_per_step_schedule_trained_longer_continues_as_one_planned_that_long(n
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])  # step and none: their LRs above, in seconds
 def test_resume_latest_with_more_epochs_finishes_the_longer_run_and_records_its_length(
         tmp_path, monkeypatch, caplog, scheduler):
-    from mlabel_exp import job
+    from mlabel_exp.cli import job
 
     root, run_id = _interrupted(tmp_path, monkeypatch, f"trainer.scheduler.name={scheduler}")
     typed = ["resume=latest", "trainer.epochs=4"]  # as on the command line (train() reads them from Hydra)
     monkeypatch.setattr(job, "task_overrides", lambda: typed)
-    caplog.set_level("INFO", logger="mlabel_exp.engine")
+    caplog.set_level("INFO", logger="mlabel_exp.training.trainer")
     train(compose_cfg(*_folder(tmp_path, root, f"trainer.scheduler.name={scheduler}", *typed)))
 
     client, _ = mlflow_runs(tmp_path)
@@ -346,7 +346,7 @@ def test_resume_latest_with_more_epochs_finishes_the_longer_run_and_records_its_
 
 
 def test_a_resume_adds_params_once_and_a_param_mlflow_cannot_change_becomes_a_tag(tmp_path):
-    from mlabel_exp.tracking import Tracker
+    from mlabel_exp.tracking.runs import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "mlabel-exp")
     run_id = tracker.start("run", {}, {"trainer.epochs": 2})
@@ -361,7 +361,7 @@ def test_a_resume_adds_params_once_and_a_param_mlflow_cannot_change_becomes_a_ta
 # ------------------------------------------------------------------ the data a resume checks
 
 def test_resume_refuses_changed_labels_naming_how_many_and_which(tmp_path, monkeypatch):
-    from mlabel_exp.data import DataError, build_index
+    from mlabel_exp.data.dataset import DataError, build_index
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     file = root / "annotations" / "circle.txt"
@@ -380,7 +380,7 @@ def test_resume_refuses_changed_pixels_and_resumes_an_earlier_runs_checkpoint_wi
         tmp_path, monkeypatch, caplog):
     from PIL import Image
 
-    from mlabel_exp.data import DataError
+    from mlabel_exp.data.dataset import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     images = sorted((root / "images").iterdir())
@@ -393,7 +393,7 @@ def test_resume_refuses_changed_pixels_and_resumes_an_earlier_runs_checkpoint_wi
     state = torch.load(last, weights_only=True)
     del state["data"]
     torch.save(state, last)
-    caplog.set_level("WARNING", logger="mlabel_exp.resume")
+    caplog.set_level("WARNING", logger="mlabel_exp.training.resume")
     train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
     assert any("could not be checked" in r.getMessage() for r in caplog.records)
     client, _ = mlflow_runs(tmp_path)

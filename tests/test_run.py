@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mlabel_exp import engine
+import mlabel_exp
+from mlabel_exp.training import trainer as engine
 from mlabel_exp.config import ConfigError, project_root, validate
-from mlabel_exp.models import ModelError
-from mlabel_exp.run import train
-from mlabel_exp.tracking import default_uri, resolve_uri
-from mlabel_exp.predictor import cpu_computes_bf16
+from mlabel_exp.models.zoo import ModelError
+from mlabel_exp.cli.run import train
+from mlabel_exp.tracking.runs import default_uri, resolve_uri
+from mlabel_exp.inference.predictor import cpu_computes_bf16
 from tests.conftest import artifact_paths, assert_labels_are_the_written_decisions, compose_cfg, mlflow_runs, tiny_overrides
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/more/accuracy", "lr",
@@ -46,7 +47,7 @@ def test_train_logs_a_complete_run(tmp_path):
     assert run.data.tags["model"] == "smallcnn"
     # provenance: the commit of the checkout the package's files are tracked in (asked of git here), none for a copy
     # that is not one (an sdist, a wheel); the installed version always
-    head = checkout_head(Path(engine.__file__).parent)
+    head = checkout_head(Path(mlabel_exp.__file__).parent)
     assert run.data.tags.get("mlflow.source.git.commit") == head and (head is None or len(head) == 40)
     assert run.data.tags["mlabel.version"] == version("mlabel-exp")
     files = artifact_paths(client, run.info.run_id)
@@ -87,9 +88,9 @@ def checkout_head(folder: Path) -> str | None:
 
 
 def test_dataset_digests_follow_the_images_labels_content_and_split(synthetic_root, tmp_path):
-    from mlabel_exp import data as D
-    from mlabel_exp.image_cache import content_hashes
-    from mlabel_exp.report import dataset_digests
+    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data.cache import content_hashes
+    from mlabel_exp.tracking.report import dataset_digests
 
     index = D.build_index(synthetic_root)
     content = content_hashes(index, tmp_path / "cache")
@@ -107,7 +108,7 @@ def test_dataset_digests_follow_the_images_labels_content_and_split(synthetic_ro
 
 @pytest.mark.integration
 def test_checkpoint_holds_what_is_needed_to_reuse_the_model(tmp_path):
-    from mlabel_exp.models import build_model
+    from mlabel_exp.models.zoo import build_model
 
     train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}")))
     ckpt = torch.load(tmp_path / "out" / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
@@ -218,7 +219,7 @@ def test_random_weights_with_frozen_layers_are_refused_naming_both_settings(over
 
 @pytest.mark.integration
 def test_a_registry_that_refuses_costs_the_run_its_registration_not_its_results(tmp_path, monkeypatch):
-    from mlabel_exp import tracking
+    from mlabel_exp.tracking import runs as tracking
 
     def refuse(*args, **kwargs):
         raise ConfigError("cannot register runs:/x/model as 'mine': no registry here")
@@ -339,7 +340,7 @@ def test_cfg_job_prints_the_seed_experiment_without_importing_torch():
 def test_run_finishes_on_corrupt_images_and_annotation_lines_and_reports_them(tmp_path):
     import json
 
-    from mlabel_exp.synthetic import SyntheticSpec, generate
+    from mlabel_exp.data.synthetic import SyntheticSpec, generate
 
     root = generate(tmp_path / "data", SyntheticSpec(num_images=80, image_size=32, seed=1))
     images = root / "images"
@@ -369,8 +370,8 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
 
     import numpy as np
 
-    from mlabel_exp.compare import compare
-    from mlabel_exp.metrics import compute
+    from mlabel_exp.cli.compare import compare
+    from mlabel_exp.analysis.metrics import compute
 
     out = tmp_path / "out"
     train(compose_cfg(*tiny_overrides(tmp_path, "data.test_fraction=0.25", "trainer.max_steps_per_epoch=0",
@@ -380,7 +381,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
     test = pd.read_csv(out / "predictions" / "test.csv")
     assert sorted(test["file"]) == sorted(split["test"]) and not set(split["test"]) & set(split["train"] + split["val"])
     # the reference: best.pt's own predictions of the test images (not the CSV's), at thresholds.json
-    from mlabel_exp.predictor import Predictor, load_checkpoint
+    from mlabel_exp.inference.predictor import Predictor, load_checkpoint
 
     tuned = json.loads((out / "thresholds.json").read_text())
     classes, thresholds = tuned["classes"], torch.tensor(tuned["per_class"])

@@ -8,7 +8,7 @@ draws. The trials are real training runs all the same; only the reported number 
 
 import pytest
 
-from mlabel_exp import run
+from mlabel_exp.cli import run
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
@@ -36,7 +36,7 @@ def scripted_reports(monkeypatch):
 def test_search_prunes_and_nests_trials_and_resumes_its_study(tmp_path, scripted_reports):
     import optuna
 
-    from mlabel_exp.search import search
+    from mlabel_exp.cli.search import search
 
     study = search(_cfg(tmp_path, 4))
     states = [t.state for t in study.trials]

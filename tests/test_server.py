@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlabel_exp.distributed import free_port
-from mlabel_exp.run import train
+from mlabel_exp.training.distributed import free_port
+from mlabel_exp.cli.run import train
 from tests.conftest import artifact_paths, compose_cfg, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes

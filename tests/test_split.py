@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mlabel_exp import data
-from mlabel_exp.data import DataError, build_index, load_split, make_split, remembered_split, save_split
+from mlabel_exp.data import dataset as data
+from mlabel_exp.data.dataset import DataError, build_index, load_split, make_split, remembered_split, save_split
 
 
 def _labels(n=2000, seed=0):

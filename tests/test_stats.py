@@ -1,4 +1,4 @@
-"""mlabel_exp.stats against independent references: scikit-learn AP on replicated rows, metrics.compute, a brute-force
+"""mlabel_exp.analysis.stats against independent references: scikit-learn AP on replicated rows, metrics.compute, a brute-force
 resampling loop, and the textbook t quantile."""
 
 import math
@@ -9,8 +9,8 @@ import torch
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score
 
-from mlabel_exp.metrics import compute
-from mlabel_exp.stats import paired_bootstrap, seed_interval, verdict, weighted_map
+from mlabel_exp.analysis.metrics import compute
+from mlabel_exp.analysis.stats import paired_bootstrap, seed_interval, verdict, weighted_map
 
 
 def sklearn_map(scores, targets):

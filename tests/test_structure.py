@@ -1,36 +1,77 @@
-"""How the package hangs together: no import cycle, no library module importing a command, and the stand-in
-tracker offering exactly the recording methods of the real one."""
+"""How the package hangs together, read from the source (AST): sub-packages that name what lives in them, mlflow
+imported only by the tracking package, no import cycle, no library module importing a command, and functions and
+classes short enough to read; plus the stand-in tracker offering exactly the recording methods of the real one."""
 
 import ast
 from pathlib import Path
 
 import mlabel_exp
-from mlabel_exp import tracking
+from mlabel_exp.tracking import runs
 
 PACKAGE = Path(mlabel_exp.__file__).parent
-COMMANDS = {"run", "search", "compare", "inspect", "predict", "pyfunc_model"}  # python -m ... entry points
+SUB_PACKAGES = {"cli", "data", "models", "training", "inference", "tracking", "analysis"}
+ENTRY_SHIMS = {"run", "predict", "compare", "search", "inspect", "synthetic"}  # python -m mlabel_exp.<command>
+MAX_FUNCTION_LINES, MAX_CLASS_LINES = 60, 200
 
 
-def _imports() -> dict[str, set[str]]:
-    """module -> the package modules it imports, at the top or inside functions (a lazy import is still a dependency)."""
-    graph = {}
-    for path in PACKAGE.glob("*.py"):
-        found = set()
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package (a package is its __init__.py)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "conf" in path.relative_to(PACKAGE).parts:
+            continue
+        parts = ["mlabel_exp", *path.relative_to(PACKAGE).with_suffix("").parts]
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imported(name: str, path: Path, node: ast.AST, modules: dict[str, Path]) -> set[str]:
+    """The modules (ours or third-party top-level names) one import statement depends on."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    base = node.module or ""
+    if node.level:
+        base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+    return {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(our module -> our modules it imports, our module -> everything it imports), lazy imports included."""
+    modules, ours, everything = _modules(), {}, {}
+    for name, path in modules.items():
+        deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                if node.level == 1:  # from .x import y / from . import x, y
-                    found |= {node.module} if node.module else {a.name for a in node.names}
-                elif (node.module or "").startswith("mlabel_exp"):
-                    rest = node.module.split(".")[1:]
-                    found |= {rest[0]} if rest else {a.name for a in node.names}
-            elif isinstance(node, ast.Import):
-                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mlabel_exp.")}
-        graph[path.stem] = {m.split(".")[0] for m in found} - {path.stem}
-    return graph
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                deps |= _imported(name, path, node, modules)
+        everything[name] = deps
+        ours[name] = {d for d in deps if d in modules and d != name}
+    return ours, everything
+
+
+def test_the_package_is_sub_packages_plus_a_few_shared_leaves_and_the_command_shims():
+    top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert packages == SUB_PACKAGES
+    assert top - ENTRY_SHIMS == {"config", "fsutil", "floats"}
+    assert max(len(Path(m).relative_to(PACKAGE).parts) for m in _modules().values()) <= 3  # two levels at most
+
+
+def test_mlflow_is_imported_only_under_the_tracking_package():
+    _, everything = _graph()
+    importers = {m for m, deps in everything.items() if any(d == "mlflow" or d.startswith("mlflow.") for d in deps)}
+    assert importers and all(m.startswith("mlabel_exp.tracking.") for m in importers), sorted(importers)
+
+
+def test_the_trainer_knows_nothing_of_mlflow_hydra_or_the_commands():
+    ours, everything = _graph()
+    trainer = everything["mlabel_exp.training.trainer"]
+    assert not {d for d in trainer if d.split(".")[0] in ("mlflow", "hydra", "omegaconf")}
+    assert not {d for d in ours["mlabel_exp.training.trainer"] if d.startswith(("mlabel_exp.tracking", "mlabel_exp.cli"))}
 
 
 def test_the_import_graph_has_no_cycle():
-    graph, state, cycles = _imports(), {}, []
+    graph, state, cycles = _graph()[0], {}, []
 
     def visit(module, trail):
         state[module] = "open"
@@ -48,17 +89,37 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_no_library_module_imports_a_command():
-    graph = _imports()
-    assert COMMANDS <= set(graph)
-    offending = {m: sorted(deps & COMMANDS) for m, deps in graph.items() if m not in COMMANDS and deps & COMMANDS}
-    assert offending == {}
+    graph = _graph()[0]
+    commands = {m for m in graph if m.startswith("mlabel_exp.cli.")}
+    library = {m for m in graph if not m.startswith("mlabel_exp.cli") and m.split(".")[-1] not in ENTRY_SHIMS}
+    assert commands and library
+    assert {m: sorted(graph[m] & commands) for m in library if graph[m] & commands} == {}
+
+
+def test_each_entry_shim_only_hands_over_to_its_command():
+    for name in ENTRY_SHIMS:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
+        assert len(imports) == 1 and imports[0].module.startswith("mlabel_exp.cli."), name
+        assert [a.name for a in imports[0].names] == ["main"], name
+
+
+def test_no_function_over_60_lines_and_no_class_over_200():
+    too_long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            limit = {ast.FunctionDef: MAX_FUNCTION_LINES, ast.AsyncFunctionDef: MAX_FUNCTION_LINES,
+                     ast.ClassDef: MAX_CLASS_LINES}.get(type(node))
+            if limit and node.end_lineno - node.lineno + 1 > limit:
+                too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
 
 
 def test_the_stand_in_tracker_has_every_recording_method_and_no_other():
-    recording = {n for n in vars(tracking.Tracker) if not n.startswith("_") and n != "find_resumable"}
-    offered = {n for n in vars(tracking.NullTracker) if not n.startswith("_") and n != "run_id"}
+    recording = {n for n in vars(runs.Tracker) if not n.startswith("_") and n != "find_resumable"}
+    offered = {n for n in vars(runs.NullTracker) if not n.startswith("_") and n != "run_id"}
     assert offered == recording
-    null = tracking.NullTracker()
+    null = runs.NullTracker()
     assert null.log_metrics({"a": 1.0}, step=1) is None and null.run_id is None
     try:
         null.log_metric({"a": 1.0}, 1)  # a misspelt call fails, as on a real tracker

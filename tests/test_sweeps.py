@@ -88,7 +88,7 @@ def test_parallel_regularisation_sweep_gives_one_run_per_combination_under_one_p
 
 def _open_store_and_parent(uri: str, barrier, results) -> None:
     """One sweep job's first steps: open (create) the store and ask for the sweep's parent run, all at once."""
-    from mlabel_exp import tracking
+    from mlabel_exp.tracking import runs as tracking
 
     barrier.wait(timeout=120)  # mlflow imported in every process: the store is created truly concurrently
     tracker = tracking.Tracker(uri, "mlabel-exp")

@@ -3,8 +3,9 @@ import re
 
 from PIL import Image
 
-from mlabel_exp import synthetic
-from mlabel_exp.synthetic import PREVALENCE, SyntheticSpec, ensure_generated, generate
+from mlabel_exp.data import synthetic
+from mlabel_exp.cli import synthetic as synthetic_cli
+from mlabel_exp.data.synthetic import PREVALENCE, SyntheticSpec, ensure_generated, generate
 
 
 def _digest(root):
@@ -34,7 +35,7 @@ def test_real_on_disk_format(synthetic_root):
 
 
 def test_label_distribution_is_imbalanced_with_unlabeled_and_grayscale(tmp_path):
-    from mlabel_exp.data import build_index
+    from mlabel_exp.data.dataset import build_index
 
     root = generate(tmp_path / "d", SyntheticSpec(num_images=1500, image_size=32, seed=0))
     index = build_index(root)
@@ -60,7 +61,7 @@ def test_cache_generates_once_and_is_keyed_by_parameters(tmp_path, monkeypatch):
 def test_cli_writes_the_layout_and_refuses_an_existing_data_set(tmp_path, capsys):
     import pytest
 
-    synthetic.main(["--out", str(tmp_path / "s"), "--num-images", "12", "--image-size", "32"])
+    synthetic_cli.main(["--out", str(tmp_path / "s"), "--num-images", "12", "--image-size", "32"])
     assert len(list((tmp_path / "s" / "images").iterdir())) == 12
     with pytest.raises(SystemExit):
-        synthetic.main(["--out", str(tmp_path / "s"), "--num-images", "3"])
+        synthetic_cli.main(["--out", str(tmp_path / "s"), "--num-images", "3"])

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, DatasetIndex, image_steps, load_image
-from .fsutil import file_lock, write_atomic
+from mlabel_exp.data.dataset import DataError, DatasetIndex, image_steps, load_image
+from mlabel_exp.fsutil import file_lock, write_atomic
 
 log = logging.getLogger(__name__)
 

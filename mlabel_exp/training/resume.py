@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONF_DIR, Config, ConfigError, resolve_path, validate
-from .fsutil import is_held
-from .job import RUN_LOCK
+from mlabel_exp.config import CONF_DIR, Config, ConfigError, resolve_path, validate
+from mlabel_exp.fsutil import is_held
+from mlabel_exp.cli.job import RUN_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _change(override: str, cfg: DictConfig, run: DictConfig, choices: dict | Non
     """What ``override`` (outside MAY_CHANGE) would change in the run, as '<override> (<what the run has>)'; None when
     the run already has it. A config group (model=resnet18) is compared with the run's recorded choice; without a
     record, by the values it brings (under its node, as this command composes them)."""
-    from .tracking import flatten
+    from mlabel_exp.tracking.runs import flatten
 
     key, typed = _key(override), override.split("=", 1)[1] if "=" in override else None
     if key in RUN_OWNS:  # a path to the run's own folder or split, however it is written
@@ -116,8 +116,8 @@ def recorded_choices(state: dict, folder: Path) -> dict | None:
 def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig, dict]:
     """The interrupted run's own config (with the allowed ``overrides`` applied) and its checkpoints, recorded group
     choices and run id."""
-    from . import tracking
-    from .predictor import load_checkpoint
+    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.inference.predictor import load_checkpoint
 
     tracker = tracking.open_tracker(validate(cfg).tracking)
     run_id, tags = tracker.find_resumable(cfg.resume, why_not)
@@ -155,7 +155,7 @@ def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig
 def length_params(state: dict, epochs: int) -> dict[str, int]:
     """The param a resume adds when it changes trainer.epochs (MLflow params never change once logged, so the first
     trainer.epochs stays): ``trainer.epochs.from_epoch_<E>`` = the length in effect from epoch E on."""
-    from .engine import planned_epochs
+    from mlabel_exp.training.trainer import planned_epochs
 
     return {f"trainer.epochs.from_epoch_{state['epoch'] + 1}": epochs} if planned_epochs(state) != epochs else {}
 
@@ -215,7 +215,7 @@ def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
     if len(rewritten):
         changes.append(f"the content of {len(rewritten)} file(s) changed ({_some([common[i] for i in rewritten])})")
     if changes:
-        from .data import DataError
+        from mlabel_exp.data.dataset import DataError
 
         raise DataError(f"resume: the data in {root} is not what run {run_id} was trained on: {'; '.join(changes)}. "
                         "A resumed run must see the data it started with: restore the data root, or start a new run")
@@ -231,8 +231,8 @@ def preempted_run(tracking_cfg, identity: dict[str, str]) -> str | None:
     preempted_runs), with its last.pt and no live process on it: the same command continues it. None: a new run.
     Under torchrun only rank 0 looks at the run's lock (it takes the lock itself soon after; another rank looking
     could find it held, or hold it for an instant when rank 0 wants it)."""
-    from . import tracking
-    from .distributed import launched_by_torchrun
+    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.training.distributed import launched_by_torchrun
 
     lock_is_mine = not launched_by_torchrun() or os.environ.get("RANK") == "0"
     for run_id, tags in tracking.preempted_runs(tracking_cfg, identity):

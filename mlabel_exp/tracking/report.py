@@ -9,9 +9,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import Config
-from .fsutil import write_atomic
-from .tracking import BEST_SCORE
+from mlabel_exp.config import Config
+from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.tracking.runs import BEST_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
     loss's gamma with BCE, a step schedule's gamma with none, inception's aux head elsewhere, AMP on the CPU, ...),
     the regularisation as typed (a preset name or 'model') and the model's recommendation, both replaced by the
     value in effect (``dropout_value``, ``weight_decay_value``), and where things are written (tracking, output)."""
-    from .models import backbone
-    from .tracking import flatten
+    from mlabel_exp.models.zoo import backbone
+    from mlabel_exp.tracking.runs import flatten
 
     t, d, o = typed.trainer, typed.data, typed.optimizer
     loss_keys = {"bce": ("pos_weight", "pos_weight_max") if typed.loss.pos_weight != "none" else ("pos_weight",),
@@ -56,7 +56,7 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
 
 def run_facts(index, split, *, weights: str, device, precision: str, workers: int, cache) -> dict:
     """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score."""
-    from . import distributed
+    from mlabel_exp.training import distributed
 
     without = [c for c, n in zip(index.classes, index.labels[split["val"]].sum(0)) if n == 0]
     return {"model.weights_used": weights, "device": str(device), "precision": precision,
@@ -112,13 +112,13 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
     with what defines it: settings, data (MLflow datasets, one per split; ``content``: the files' hashes), config and
     split files."""
     if resume:
-        from .resume import length_params
+        from mlabel_exp.training.resume import length_params
 
         tracker.attach(resume["run_id"], length_params(resume["last"], cfg.trainer.epochs))
         return
     run_name, run_tags = identity
     if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
-        from .job import swept
+        from mlabel_exp.cli.job import swept
 
         name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
         run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"], name)
@@ -137,7 +137,7 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
     """Curves, tuned thresholds, per-class table and figures, validation (and test) predictions and metrics, the best
     weights (in the model, once). ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights.
     Returns the held-out figures (test split, out-of-fold tuned F1) for the closing lines."""
-    from . import plots
+    from mlabel_exp.analysis import figures as plots
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}", loss=cfg.loss.name)
     fig.savefig(out / "curves.png", dpi=100)
@@ -162,7 +162,7 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
     tracking.log_checkpoints=all adds last.pt (the resumable state), none logs no weights. Where the store keeps its
     artifacts on this disk, the output folder's file then shares the stored copy's bytes (a hard link): each checkpoint
     sits on disk once, and checkpoint=<output folder>/checkpoints/best.pt still works."""
-    from .fsutil import share_bytes
+    from mlabel_exp.fsutil import share_bytes
 
     t, best = cfg.tracking, checkpoints["best"]
     stored = {}
@@ -184,7 +184,7 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
 
 def _register(tracker, model_uri: str, name: str) -> None:
     """A registry that refuses (a store without one, a bad name) costs the run its registration, not its results."""
-    from .config import UserError
+    from mlabel_exp.config import UserError
 
     try:
         tracker.register(model_uri, name)
@@ -195,7 +195,7 @@ def _register(tracker, model_uri: str, name: str) -> None:
 
 def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> dict[str, float]:
     """The held-out estimate: the test split, never seen in training or tuning, at the thresholds tuned on validation."""
-    from . import metrics as M
+    from mlabel_exp.analysis import metrics as M
 
     probs, targets, loss, names = test
     scores = M.compute(probs, targets, tuned, classes)
@@ -226,9 +226,9 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     """thresholds.json (tuned on the best epoch, also in best.pt), metrics at them, the per-class table and figures."""
     import torch
 
-    from . import metrics as M
-    from . import plots
-    from .floats import as_threshold, written
+    from mlabel_exp.analysis import metrics as M
+    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.floats import as_threshold, written
 
     probs, targets, thresholds = result.best_probs, result.best_targets, result.thresholds
     # as floats.written (tune_thresholds keeps them so; a run resumed from an older best.pt may not): the same
@@ -282,7 +282,7 @@ def finish(tracker, result, held_out: dict[str, dict[str, float]]) -> None:
 
 def closing_block(tracker, out: Path, result, held_out: dict[str, dict[str, float]]) -> str:
     """What a person reads last: the best and held-out figures, where the files are, how to look at the run."""
-    from .tracking import run_url, ui_command
+    from mlabel_exp.tracking.runs import run_url, ui_command
 
     epochs = len(result.history)
     stop = " (early stop)" if result.stopped_early else ""
@@ -314,8 +314,8 @@ def write_predictions(folder: Path, stem: str, files: list[str], probs, classes:
     import numpy as np
     import pandas as pd
 
-    from .data import check_class_names
-    from .floats import written
+    from mlabel_exp.data.dataset import check_class_names
+    from mlabel_exp.floats import written
 
     check_class_names(classes)  # a class named like a column would overwrite it: refused at indexing, asserted here
     p = written(probs.numpy() if hasattr(probs, "numpy") else probs)
@@ -343,7 +343,7 @@ def write_submission(path: Path, files: list[str], probs, classes: list[str], th
     as the predictions files."""
     import pandas as pd
 
-    from .floats import decide
+    from mlabel_exp.floats import decide
 
     order = sorted(range(len(classes)), key=lambda i: classes[i])
     hits = decide(probs, thresholds).astype(int)[:, order]

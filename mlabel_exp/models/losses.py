@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import LOSSES, one_of
+from mlabel_exp.config import LOSSES, one_of
 
 
 def pos_weight(labels: np.ndarray, mode: str, max_weight: float) -> torch.Tensor | None:

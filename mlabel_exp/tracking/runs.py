@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .config import PACKAGE_DIR, ConfigError, project_root
+from mlabel_exp.config import PACKAGE_DIR, ConfigError, project_root
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
@@ -76,7 +76,7 @@ def _store_lock(uri: str):
     if db is None:
         yield
         return
-    from .fsutil import file_lock
+    from mlabel_exp.fsutil import file_lock
 
     with file_lock(db.parent / ".mlflow-db.lock"):
         yield
@@ -311,7 +311,7 @@ class Tracker:
             for noise in ("Add type hints to the `predict` method", "input example was not provided"):
                 warnings.filterwarnings("ignore", message=f".*{noise}.*")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PACKAGE_DIR / "pyfunc_model.py"), artifacts={"checkpoint": str(checkpoint)},
+                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts={"checkpoint": str(checkpoint)},
                 signature=signature, code_paths=[str(PACKAGE_DIR)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"torchvision=={torchvision.__version__.split('+')[0]}",

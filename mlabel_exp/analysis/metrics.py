@@ -124,7 +124,7 @@ def best_f1_threshold(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float
     a saturated sigmoid). Kept as floats.as_threshold: exactly what thresholds.json and the predictions write. With no
     positive the F1 is 0 and the threshold 0.5.
     """
-    from .floats import as_threshold
+    from mlabel_exp.floats import as_threshold
 
     scores, labels = scores.float().flatten(), labels.double().flatten()  # probabilities are float32
     positives = float(labels.sum())

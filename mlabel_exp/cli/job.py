@@ -19,9 +19,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .config import CONF_DIR, Config, ConfigError, UserError, override_problems, project_root, resolve_path
-from .fsutil import Busy, exclusive
-from .tracking import BEST_SCORE
+from mlabel_exp.config import CONF_DIR, Config, ConfigError, UserError, override_problems, project_root, resolve_path
+from mlabel_exp.fsutil import Busy, exclusive
+from mlabel_exp.tracking.runs import BEST_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def output_dir(cfg: Config) -> Path:
 def output_folder(cfg: Config):
     """The run's output folder, created and held (RUN_LOCK) while it runs: two live processes never write
     one folder, and a live run is never resumed (resume.why_not). DDP ranks share their rank 0's folder and lock."""
-    from . import distributed
+    from mlabel_exp.training import distributed
 
     out = output_dir(cfg)
     try:
@@ -241,7 +241,7 @@ class SweepSummary(Callback):
         lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
         summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
         if config.tracking.enabled:
-            from . import tracking
+            from mlabel_exp.tracking import runs as tracking
 
             try:
                 children = tracking.end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),

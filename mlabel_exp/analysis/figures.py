@@ -152,7 +152,7 @@ def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall
     classes without a validation positive have no curve (and say so in the legend's title)."""
     import matplotlib
 
-    from .metrics import per_class_ap
+    from mlabel_exp.analysis.metrics import per_class_ap
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
     fig, ax = _figure(figsize=(8, 6.5))

@@ -23,8 +23,8 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, UserError
-from .fsutil import epoch_seed, write_atomic
+from mlabel_exp.config import IMAGENET_MEAN, IMAGENET_STD, UserError
+from mlabel_exp.fsutil import epoch_seed, write_atomic
 
 
 class DataError(UserError):
@@ -519,8 +519,8 @@ class EpochShuffle:
 
 def resolve_data_root(data_cfg) -> Path:
     """The data root a ``data`` config points at, generating the synthetic set on first use."""
-    from .config import resolve_path
-    from .synthetic import ensure_generated, generate
+    from mlabel_exp.config import resolve_path
+    from mlabel_exp.data.synthetic import ensure_generated, generate
 
     if data_cfg.name == "folder":
         root = resolve_path(data_cfg.root)
@@ -545,7 +545,7 @@ def index_from_config(data_cfg) -> DatasetIndex:
 def split_from_config(index: DatasetIndex, data_cfg, exact: bool = False) -> dict[str, np.ndarray]:
     """The configured split: read from ``data.split_file`` when it exists (``exact``: it must cover the data set),
     else computed (and saved there)."""
-    from .config import resolve_path
+    from mlabel_exp.config import resolve_path
 
     path = resolve_path(data_cfg.split_file) if data_cfg.split_file else None
     if path is not None and path.exists():

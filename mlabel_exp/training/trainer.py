@@ -17,10 +17,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import distributed
-from .config import TrainerConfig
-from .fsutil import save_atomic
-from .predictor import CHANNELS_LAST_DEVICES, Predictor, autocast_dtype, split_outputs
+from mlabel_exp.training import distributed
+from mlabel_exp.config import TrainerConfig
+from mlabel_exp.fsutil import save_atomic
+from mlabel_exp.inference.predictor import CHANNELS_LAST_DEVICES, Predictor, autocast_dtype, split_outputs
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ class Trainer:
             p, t = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
             names, loss = [n for q in parts for n in q[3]], sum(q[2] for q in parts)
         if len(p) == 0:
-            from .data import DataError
+            from mlabel_exp.data.dataset import DataError
 
             raise DataError(f"no readable image among the {len(self.bad_images)} unreadable validation/test images "
                             f"(e.g. {sorted(self.bad_images)[:3]}): replace them, or raise data.val_fraction")
@@ -386,7 +386,7 @@ class Trainer:
         if improved:
             r.best_epoch, r.best_score = epoch, row["val/mAP"]
             r.best_probs, r.best_targets, r.best_names = probs, targets, names
-            from . import metrics as M
+            from mlabel_exp.analysis import metrics as M
 
             r.thresholds = M.tune_thresholds(probs, targets)
             self.since_best = 0
@@ -407,7 +407,7 @@ class Trainer:
 
     def fit(self, train_loader, val_loader, resume: dict | None = None, resume_best: dict | None = None) -> FitResult:
         """Train for ``cfg.epochs``; ``resume`` (a last.pt state) continues an interrupted run exactly."""
-        from .builders import build_scheduler, change_length
+        from mlabel_exp.training.builders import build_scheduler, change_length
 
         steps = self._limit(train_loader)
         self.scheduler = build_scheduler(self.cfg.scheduler, self.optimizer, self.cfg.epochs, steps)
@@ -429,7 +429,7 @@ class Trainer:
                 row = self.train_epoch(train_loader, epoch)
                 # the last epoch's validation runs to its end: then only the closing evaluation is left
                 probs, targets, val_loss, names = self.predict(val_loader, stoppable=epoch < self.cfg.epochs)
-                from . import metrics as M  # imported late: run.py imports it beside the first epoch
+                from mlabel_exp.analysis import metrics as M  # imported late: run.py imports it beside the first epoch
 
                 scores = M.compute(probs, targets, classes=self.classes, quiet=bool(self.result.history))
                 row.update({"val/loss": val_loss, **{M.logged_name("val", k): v for k, v in scores.items()},

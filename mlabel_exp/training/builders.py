@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from . import distributed
-from .config import OPTIMIZERS, Config, SchedulerConfig, one_of, resolve_path
+from mlabel_exp.training import distributed
+from mlabel_exp.config import OPTIMIZERS, Config, SchedulerConfig, one_of, resolve_path
 
 log = logging.getLogger(__name__)
 
 
 def decoded_cache(cfg: Config, index):
     """The decoded-image cache for this run (data.decoded_cache), or None: images are then decoded every epoch."""
-    from . import image_cache
-    from .data import DataError, default_workers
+    from mlabel_exp.data import cache as image_cache
+    from mlabel_exp.data.dataset import DataError, default_workers
 
     d = cfg.data
     size = d.decoded_cache_size or cfg.model.input_size
@@ -56,7 +56,7 @@ def loaders(cfg: Config, index, split, cuda: bool) -> Loaders:
     """Train loader (shuffled by seed and epoch), validation and test loaders (in split order; each rank its share)
     of uint8 images, the BatchTransform that finishes them on the device; with the decoded cache, batches are
     gathered from it."""
-    from . import data as D
+    from mlabel_exp.data import dataset as D
 
     m, d, aug = cfg.model, cfg.data, cfg.data.augment
     cache = decoded_cache(cfg, index)
@@ -112,7 +112,7 @@ def optimizer(cfg: Config, model, cuda: bool = False):
     """All parameters in two groups (new head at optimizer.lr, backbone scaled), frozen ones included so
     that unfreezing later needs no new optimizer (parameters without gradients are skipped). On CUDA (the model
     already there) Adam/AdamW run fused: +6% images/s for resnet50 on an H200 (benchmarks/bench_gpu.py)."""
-    from . import models
+    from mlabel_exp.models import zoo as models
 
     o = cfg.optimizer
     head = models.head_parameter_names(model, cfg.model.name)
@@ -216,7 +216,7 @@ class RunCallbacks:
     to the tracker and then to ``on_epoch`` (a search prunes there), and stopping on a StopRequest."""
 
     def __init__(self, cfg: Config, model, tracker, stop, on_epoch=None):
-        from . import models
+        from mlabel_exp.models import zoo as models
 
         m, t = cfg.model, cfg.trainer
         self.model, self.tracker, self.stop, self.on_epoch = model, tracker, stop, on_epoch
@@ -226,7 +226,7 @@ class RunCallbacks:
         self.frozen_count = self.trainable
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
-        from . import models
+        from mlabel_exp.models import zoo as models
 
         if self.unfreeze_at and epoch > self.unfreeze_at and self.trainable == self.frozen_count:  # also on resume
             self.trainable = models.set_trainable(self.model, self.name, self.final)
@@ -235,7 +235,7 @@ class RunCallbacks:
         return {"trainable_params": float(self.trainable)}
 
     def on_train_mode(self, model) -> None:
-        from .models import keep_frozen_bn_in_eval
+        from mlabel_exp.models.zoo import keep_frozen_bn_in_eval
 
         keep_frozen_bn_in_eval(model)
 

@@ -15,14 +15,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import BatchTransform, image_steps
+from mlabel_exp.data.dataset import BatchTransform, image_steps
 
 log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: Path) -> dict:
     """A mlabel-exp checkpoint, loaded without unpickling code; a missing, corrupt or foreign file is named."""
-    from .config import ConfigError
+    from mlabel_exp.config import ConfigError
 
     if not path.is_file():
         raise ConfigError(f"checkpoint={str(path)!r}: no such file")
@@ -71,7 +71,7 @@ def cpu_computes_bf16() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     if forced:
-        from .config import ConfigError
+        from mlabel_exp.config import ConfigError
 
         raise ConfigError(f"{CPU_BF16_ENV}={forced!r} is invalid: expected 1 (run as a CPU with bfloat16 "
                           "instructions), 0 (as one without) or unset (detect)")
@@ -111,8 +111,8 @@ class Predictor:
         """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds, in the autocast
         dtype the run validated in (the thresholds were tuned on those probabilities) where ``device`` computes it
         natively, else in float32 (a bfloat16 run's model on a CPU without bfloat16 instructions)."""
-        from .data import check_class_names
-        from .models import build_model
+        from mlabel_exp.data.dataset import check_class_names
+        from mlabel_exp.models.zoo import build_model
 
         check_class_names(ckpt["classes"], "the checkpoint", "its run was trained before such names were refused: "
                           "rename that annotation file and train again")
@@ -147,7 +147,7 @@ class Predictor:
         truncated, over the pixel limit: data.load_image) has NaN probabilities and its error; the others are answered.
         Each is decoded and brought to the decode size before the next is read, so a request holds one full-size
         image at a time."""
-        from .data import ImageTooLarge, load_image
+        from mlabel_exp.data.dataset import ImageTooLarge, load_image
 
         steps, errors = {}, [""] * len(blobs)
         for row, blob in enumerate(blobs):
@@ -169,7 +169,7 @@ class Predictor:
         name the files in the outputs (default: their file names)."""
         from tqdm.auto import tqdm
 
-        from .data import MultiLabelImages, make_loader
+        from mlabel_exp.data.dataset import MultiLabelImages, make_loader
 
         dataset = MultiLabelImages(paths, None, self.image_steps, on_bad_image="skip", names=names)
         loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers,

@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import TRAINABLE_MODES, UserError, one_of
+from mlabel_exp.config import TRAINABLE_MODES, UserError, one_of
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None
     import http.client
     import socket
 
-    from .fsutil import file_lock
+    from mlabel_exp.fsutil import file_lock
 
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     if weights is None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import stats, tracking
+from mlabel_exp.analysis import stats
+from mlabel_exp.tracking import runs as tracking
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,169 @@
+"""Predictions on new images: ``python -m mlabel_exp.predict run=<mlflow run id> input=<folder or glob>``.
+
+Uses the trained run's class names, input transform and tuned thresholds (from its best
+checkpoint), and writes ``predictions.csv`` and ``predictions.json`` (per image: one probability per
+class and the labels at the thresholds) plus ``submission.csv`` (the original course's format: one
+row per image, 0/1 columns in alphabetical class order). Unreadable files are reported and skipped.
+``checkpoint=path/to/best.pt`` works without MLflow.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from mlabel_exp.config import ConfigError, TrackingConfig, resolve_path
+from mlabel_exp.fsutil import write_atomic
+
+log = logging.getLogger(__name__)
+SHOWN = 20  # images whose labels predict prints
+
+
+@dataclass
+class PredictConfig:
+    input: str = MISSING                 # a folder of images or a glob such as 'images/im2*.jpg'
+    run: Optional[str] = None            # an MLflow run id: its best.pt (in its model, or checkpoints/) is used
+    checkpoint: Optional[str] = None     # or a checkpoint file (best.pt)
+    out: Optional[str] = None            # output folder; default: Hydra's job folder (outputs/predict/...)
+    threshold: Any = "tuned"             # tuned (the run's per-class thresholds, else 0.5) | a number
+    batch_size: int = 64
+    num_workers: int = -1
+    device: str = "auto"
+    log_to_run: bool = True              # with run=: log the outputs to that run as artifacts
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        if bool(self.run) == bool(self.checkpoint):
+            raise ConfigError("predict needs exactly one of run=<mlflow run id> or checkpoint=<path to best.pt>")
+        if isinstance(self.threshold, str) and self.threshold != "tuned":
+            try:
+                self.threshold = float(self.threshold)
+            except ValueError:
+                raise ConfigError(f"threshold={self.threshold!r} is invalid: expected 'tuned' or a number") from None
+        if not isinstance(self.threshold, str) and not 0 < float(self.threshold) < 1:
+            raise ConfigError(f"threshold={self.threshold!r} is invalid: expected a number in (0, 1)")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
+
+
+# ------------------------------------------------------------------ inputs
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def list_inputs(spec: str) -> tuple[list[Path], list[str]]:
+    """Files of a folder (not recursive) or of a glob, in natural order (im2 before im10), and their names in the
+    outputs: the path below the folder, or below the glob's last folder without a wildcard ('g/*/x.jpg' gives
+    'a/x.jpg' and 'b/x.jpg', two rows, not two 'x.jpg')."""
+    folder = resolve_path(spec)
+    if folder.is_dir():
+        base, files = folder, [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    else:
+        pattern = Path(spec if Path(spec).expanduser().is_absolute() else str(resolve_path(".") / spec)).expanduser()
+        files = [Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file()]
+        fixed = [part for part in pattern.parts[:-1]]
+        cut = next((i for i, part in enumerate(fixed) if glob.has_magic(part)), len(fixed))
+        base = Path(*fixed[:cut]) if cut else Path(pattern.anchor or ".")
+    if not files:
+        raise ConfigError(f"input={spec!r}: no files found (give a folder of images or a glob such as 'images/*.jpg')")
+    named = sorted(((p, p.relative_to(base).as_posix()) for p in files), key=lambda pn: _natural_key(pn[1]))
+    return [p for p, _ in named], [n for _, n in named]
+
+
+# ------------------------------------------------------------------ the job
+
+@dataclass
+class PredictResult:
+    files: list[str]
+    probs: Any
+    classes: list[str]
+    thresholds: Any
+    skipped: dict[str, str]
+    outputs: list[Path]
+
+
+def _load(cfg: PredictConfig) -> tuple[dict, str]:
+    """The checkpoint (and where it came from): the run's best.pt from MLflow, or a file."""
+    from mlabel_exp.inference.predictor import load_checkpoint
+
+    if not cfg.run:
+        path = resolve_path(cfg.checkpoint)
+        return load_checkpoint(path), str(path)
+    import tempfile
+
+    from mlabel_exp.tracking import runs as tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, source = tracking.download_best_checkpoint(cfg.tracking.uri, cfg.run, Path(tmp))
+        return load_checkpoint(path), source
+
+
+def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
+    import numpy as np
+
+    from mlabel_exp.tracking import report
+    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.data.dataset import default_workers
+    from mlabel_exp.training.trainer import select_device
+    from mlabel_exp.floats import decide
+    from mlabel_exp.inference.predictor import Predictor
+
+    paths, names = list_inputs(cfg.input)
+    ckpt, source = _load(cfg)
+    predictor = Predictor.from_checkpoint(ckpt, select_device(cfg.device))
+    if cfg.threshold != "tuned":
+        predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold), dtype=np.float32)
+    elif not ckpt.get("thresholds"):
+        log.warning("%s holds no tuned thresholds: using 0.5 for every class", source)
+    workers = min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size))
+    files, p, skipped = predictor.predict_files(paths, cfg.batch_size, workers, names)
+    for name, err in skipped.items():
+        log.warning("skipped %s: %s", name, err)
+    classes, thresholds = predictor.classes, predictor.thresholds
+    outputs = report.write_predictions(out_dir, "predictions", files, p, classes, thresholds)
+    outputs.append(report.write_submission(out_dir / "submission.csv", files, p, classes, thresholds))
+    summary = {"input": cfg.input, "images": len(files), "skipped": len(skipped), "skipped_files": skipped,
+               "checkpoint": source, "run": cfg.run}
+    outputs.append(write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1)))
+    for name, hits in zip(files, decide(p[:SHOWN], thresholds)):  # a handful: the labels at a glance
+        print(f"  {name}: {', '.join(report.label_names(hits, classes)) or '(no label)'}")
+    if len(files) > SHOWN:
+        print(f"  ... {len(files) - SHOWN} more in predictions.csv")
+    print(f"predicted {len(files)} image(s), skipped {len(skipped)} unreadable file(s); outputs in {out_dir}")
+    if cfg.run and cfg.log_to_run:
+        where = f"predictions/{Path(cfg.input.rstrip('/*')).name or 'input'}"
+        tracking.log_files(cfg.tracking.uri, cfg.run, outputs, where)
+        print(f"outputs logged to run {cfg.run} under {where}/")
+    return PredictResult(files, p, classes, thresholds, skipped, outputs)
+
+
+def _main(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    from mlabel_exp.cli.job import output_dir_of_job
+
+    typed: PredictConfig = OmegaConf.to_object(cfg)
+    out = resolve_path(typed.out) if typed.out else output_dir_of_job()
+    out.mkdir(parents=True, exist_ok=True)
+    predict(typed, out)
+
+
+def main() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from mlabel_exp.cli.job import command
+
+    ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
+    command(_main, "predict", PredictConfig)()
+
+
+if __name__ == "__main__":
+    main()

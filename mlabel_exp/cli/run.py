@@ -1,0 +1,209 @@
+"""The main job: ``python -m mlabel_exp.run [overrides]`` trains one model per Hydra job, tracked in MLflow.
+
+``main`` is a thin Hydra wrapper around ``train(cfg)``, which tests, sweeps and the search call directly and
+which returns the objective (best validation mAP). ``train`` only wires the parts together: settings become
+objects in ``builders``, training runs in ``engine``, and ``report`` records the run. Heavy imports (torch,
+mlflow) happen inside ``train`` so that ``--help`` and ``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from contextlib import contextmanager
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlabel_exp.training import distributed
+from mlabel_exp.cli import job
+from mlabel_exp.config import Config, ConfigError, register, validate
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None) -> float:
+    """Train one model as configured; returns the best validation mAP (the sweep objective).
+
+    ``on_epoch(epoch, metrics)`` sees every epoch's metrics (a search prunes with it); ``group`` adds tags,
+    ``sweep_id`` among them, that make the run a child of that group's parent run.
+    """
+    from mlabel_exp.training.resume import preempted_run, resume_point
+
+    typed = validate(cfg)  # every setting checked before any data is read
+    overrides = job.task_overrides()
+    if not typed.resume and on_epoch is None:  # a search continues its own trials
+        found = preempted_run(typed.tracking, job.run_identity(typed, group)[1])
+        if found:
+            log.info("continuing run %s, which the scheduler preempted: the same command and job started it "
+                     "(as resume=%s)", found, found)
+            cfg, overrides = OmegaConf.merge(cfg, {"resume": found}), [f"resume={found}"]
+            typed = validate(cfg)
+    resume = None
+    if typed.resume:  # the interrupted run's own config, checked again
+        cfg, resume = resume_point(cfg, overrides)
+        typed = validate(cfg)
+    if typed.trainer.devices > 1 and not distributed.launched_by_torchrun():
+        if on_epoch is not None:
+            raise ConfigError("trainer.devices > 1 cannot run inside a search; use trainer.devices=1")
+        # N fresh processes on this machine; the Hydra context (output folder, run name, sweep tags) goes along
+        pinned = OmegaConf.to_container(cfg, resolve=True)
+        pinned["trainer"]["output_dir"] = str(job.output_dir(typed))
+        return distributed.spawn(_train_process, typed.trainer.devices, pinned, job.run_identity(typed, group), resume)
+    return _train(cfg, typed, resume, on_epoch, job.run_identity(typed, group))
+
+
+def _train_process(container: dict, identity, resume) -> float:
+    """One rank of a ``trainer.devices=N`` run (a spawned process: no Hydra context of its own)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
+    if os.environ.get("RANK") == "0":  # rank 0 reports progress; the others stay quiet
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        return _train(cfg, validate(cfg), resume, None, identity)
+    finally:
+        distributed.teardown()
+
+
+def _prepare(typed: Config):
+    """Seeds, threads, the input-size check (before any data is read), the device and the tracker."""
+    import numpy as np
+    import torch
+
+    from mlabel_exp.data import dataset as D
+    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.models import zoo as models
+    from mlabel_exp.tracking import runs as tracking
+
+    torch.manual_seed(typed.seed)
+    np.random.seed(typed.seed)
+    if typed.trainer.num_threads:
+        torch.set_num_threads(typed.trainer.num_threads)
+    models.check_input_size(typed.model.name, typed.model.input_size, typed.model.aux_logits)
+    if typed.data.name == "folder":  # a wrong data root fails before a download and before the store is opened
+        D.resolve_data_root(typed.data)
+    models.fetch_weights(typed.model.name, typed.model.weights)  # offline: fails here, in seconds
+    device = engine.select_device(typed.trainer.device)
+    if distributed.launched_by_torchrun():
+        device = distributed.setup(device.type)
+    # an unwritable store fails here, before training; only rank 0 records anything
+    tracker = tracking.open_tracker(typed.tracking) if distributed.is_main() else tracking.NullTracker()
+    return device, tracker
+
+
+def _train(cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
+    device, tracker = _prepare(typed)
+    with job.output_folder(typed) as out:
+        return _train_in(out, device, tracker, cfg, typed, resume, on_epoch, identity)
+
+
+def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
+    import torch
+
+    from mlabel_exp.training import builders
+    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.data import cache as image_cache
+    from mlabel_exp.models import losses
+    from mlabel_exp.models import zoo as models
+    from mlabel_exp.tracking import report
+    from mlabel_exp.data import dataset as D
+    from mlabel_exp.config import resolve_path
+    from mlabel_exp.inference.predictor import preprocessing_of
+    from mlabel_exp.training.resume import check_classes, check_data, data_record
+
+    m, main_rank = typed.model, distributed.is_main()
+    if resume is None and (out / "checkpoints" / "last.pt").is_file():  # never overwrite another run's checkpoints
+        raise ConfigError(f"{out} holds the checkpoints of an earlier run (checkpoints/last.pt), which a new run would "
+                          "overwrite: continue that run with resume=<its run id> (its output_dir tag is this folder), "
+                          "or give this run its own trainer.output_dir")
+    index = D.index_from_config(typed.data)
+    content = image_cache.content_hashes(index, resolve_path(typed.data.cache_dir), threads=D.default_workers(-1))
+    data = data_record(index, content)
+    if resume:  # the data it was trained on: the same images, classes, labels and pixels
+        check_data(data, resume["last"].get("data"), resume["run_id"], index.root)
+    split = D.split_from_config(index, typed.data, exact=resume is not None)
+    if resume:
+        check_classes(index.classes, resume["last"]["classes"])
+    elif main_rank:
+        D.save_split(out / "split.json", index, split, seed=typed.data.split_seed)
+    net = models.build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
+                             aux_logits=m.aux_logits, input_size=m.input_size)
+    stop = job.StopRequest()
+    callbacks = builders.RunCallbacks(typed, net, tracker, stop, on_epoch)
+    net.to(device, memory_format=engine.memory_format(typed.trainer, device))  # before DDP takes its layout
+    optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
+    model = torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
+    loaders = builders.loaders(typed, index, split, device.type == "cuda")
+    D.check_validation_images(index, split, loaders.cache)
+    weights = models.weights_description(m.name, m.weights)
+    precision = engine.precision(typed.trainer, device)
+    facts = report.run_facts(index, split, weights=weights, device=device, precision=precision,
+                             workers=loaders.workers, cache=loaders.cache)
+    params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
+    report.start(tracker, cfg, identity, out, index, split, content, params, {"weights": weights}, resume)
+    log.info("training %s on %s (%s): %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
+             precision, report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
+    trainer = engine.Trainer(
+        model, optimizer, typed.trainer, device=device, classes=index.classes, aux_weight=m.aux_weight,
+        loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=loaders.transform,
+        callbacks=callbacks, checkpoint_dir=out / "checkpoints" if main_rank else None, net=net,
+        metadata={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name, "weights_used": weights,
+                  "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if loaders.cache else None),
+                  "data": data, "hydra_choices": resume["choices"] if resume else job.group_choices()})
+    with _run_status(tracker, stop):
+        result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
+                             resume_best=resume and resume["best"])
+        test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
+        held_out = report.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
+    report.log_data_problems(tracker, out, index, trainer.bad_images)
+    report.finish(tracker, result, held_out)
+    if main_rank:
+        print(report.closing_block(tracker, out, result, held_out), flush=True)
+    return float(result.best_score)
+
+
+@contextmanager
+def _run_status(tracker, stop: job.StopRequest):
+    """Signals become stop requests; a stop, a pruned trial or an error ends the MLflow run with the matching status.
+    A stopped run exits 128 + signal (SIGUSR2: 140, SIGTERM: 143), after a scheduler's own handler had its turn."""
+    from mlabel_exp.training import trainer as engine
+
+    try:
+        with job.stop_on_signals(stop):
+            yield
+    except engine.TrialPruned:
+        tracker.set_tags({"pruned": "true"})
+        tracker.end("KILLED")
+        raise
+    except engine.TrainingInterrupted as e:
+        log.warning("run interrupted: %s", e)
+        tracker.set_tags({"preempted": str(stop.preempted).lower()})  # true: the same command continues it
+        tracker.end("KILLED")
+        stop.hand_over()  # under submitit its own handler now checkpoints the job and requeues it (and exits)
+        raise SystemExit(128 + int(stop.signum)) from None
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            tracker.set_tags({"preempted": "false"})
+            tracker.end("KILLED")
+        else:
+            tracker.log_text(traceback.format_exc(), "error/traceback.txt")
+            tracker.end("FAILED")
+        raise
+
+
+def _job(cfg: DictConfig) -> float:
+    """One Hydra job. In a sweep a failing job is recorded and the sweep goes on (see job.SweepSummary)."""
+    try:
+        return train(cfg)
+    except Exception as e:
+        if job.sweep_dir() is None:
+            raise
+        job.record_failed_job(e)
+        return float("nan")
+
+
+register()
+main = job.command(_job, "config")
+
+if __name__ == "__main__":
+    main()
