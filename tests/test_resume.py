@@ -83,7 +83,7 @@ def test_a_run_stopped_by_a_person_then_preempted_by_the_scheduler_ends_as_if_ne
 def test_only_the_job_that_started_a_preempted_run_continues_it_by_itself(tmp_path, monkeypatch):
     from mlabel_exp.config import validate
     from mlabel_exp.fsutil import exclusive
-    from mlabel_exp.cli.job import run_identity
+    from mlabel_exp.cli.hydra_job import run_identity
     from mlabel_exp.training.resume import preempted_run
 
     root, stopped = _interrupted(tmp_path, monkeypatch, out="stopped")  # Ctrl-C: a person's stop
@@ -326,7 +326,7 @@ def test_a_per_step_schedule_trained_longer_continues_as_one_planned_that_long(n
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])  # step and none: their LRs above, in seconds
 def test_resume_latest_with_more_epochs_finishes_the_longer_run_and_records_its_length(
         tmp_path, monkeypatch, caplog, scheduler):
-    from mlabel_exp.cli import job
+    from mlabel_exp.cli import hydra_job as job
 
     root, run_id = _interrupted(tmp_path, monkeypatch, f"trainer.scheduler.name={scheduler}")
     typed = ["resume=latest", "trainer.epochs=4"]  # as on the command line (train() reads them from Hydra)

@@ -85,7 +85,7 @@ def _main(cfg) -> None:
 
 def main() -> None:
     from mlabel_exp.config import register
-    from mlabel_exp.cli.job import command
+    from mlabel_exp.cli.app import command
 
     register()
     command(_main, "config")()

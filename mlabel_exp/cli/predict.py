@@ -148,7 +148,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
 def _main(cfg) -> None:
     from omegaconf import OmegaConf
 
-    from mlabel_exp.cli.job import output_dir_of_job
+    from mlabel_exp.cli.hydra_job import output_dir_of_job
 
     typed: PredictConfig = OmegaConf.to_object(cfg)
     out = resolve_path(typed.out) if typed.out else output_dir_of_job()
@@ -159,7 +159,7 @@ def _main(cfg) -> None:
 def main() -> None:
     from hydra.core.config_store import ConfigStore
 
-    from mlabel_exp.cli.job import command
+    from mlabel_exp.cli.app import command
 
     ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
     command(_main, "predict", PredictConfig)()

@@ -16,7 +16,10 @@ from contextlib import contextmanager
 from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.training import distributed
-from mlabel_exp.cli import job
+from mlabel_exp.cli import hydra_job as job
+from mlabel_exp.cli.app import command
+from mlabel_exp.training.output_folder import output_folder
+from mlabel_exp.training.stop import StopRequest, stop_on_signals
 from mlabel_exp.config import Config, ConfigError, register, validate
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,7 @@ def _prepare(typed: Config):
 
 def _train(cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
     device, tracker = _prepare(typed)
-    with job.output_folder(typed) as out:
+    with output_folder(job.output_dir(typed)) as out:
         return _train_in(out, device, tracker, cfg, typed, resume, on_epoch, identity)
 
 
@@ -127,7 +130,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         D.save_split(out / "split.json", index, split, seed=typed.data.split_seed)
     net = models.build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
                              aux_logits=m.aux_logits, input_size=m.input_size)
-    stop = job.StopRequest()
+    stop = StopRequest()
     callbacks = builders.RunCallbacks(typed, net, tracker, stop, on_epoch)
     net.to(device, memory_format=engine.memory_format(typed.trainer, device))  # before DDP takes its layout
     optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
@@ -163,13 +166,13 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
 
 
 @contextmanager
-def _run_status(tracker, stop: job.StopRequest):
+def _run_status(tracker, stop: StopRequest):
     """Signals become stop requests; a stop, a pruned trial or an error ends the MLflow run with the matching status.
     A stopped run exits 128 + signal (SIGUSR2: 140, SIGTERM: 143), after a scheduler's own handler had its turn."""
     from mlabel_exp.training import trainer as engine
 
     try:
-        with job.stop_on_signals(stop):
+        with stop_on_signals(stop):
             yield
     except engine.TrialPruned:
         tracker.set_tags({"pruned": "true"})
@@ -192,7 +195,7 @@ def _run_status(tracker, stop: job.StopRequest):
 
 
 def _job(cfg: DictConfig) -> float:
-    """One Hydra job. In a sweep a failing job is recorded and the sweep goes on (see job.SweepSummary)."""
+    """One Hydra job. In a sweep a failing job is recorded and the sweep goes on (see hydra_job.SweepSummary)."""
     try:
         return train(cfg)
     except Exception as e:
@@ -203,7 +206,7 @@ def _job(cfg: DictConfig) -> float:
 
 
 register()
-main = job.command(_job, "config")
+main = command(_job, "config")
 
 if __name__ == "__main__":
     main()

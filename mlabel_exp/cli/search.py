@@ -108,7 +108,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    from mlabel_exp.cli.job import command
+    from mlabel_exp.cli.app import command
 
     register(SearchJobConfig)
     command(_main, "search", SearchJobConfig)()

@@ -118,7 +118,7 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
         return
     run_name, run_tags = identity
     if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
-        from mlabel_exp.cli.job import swept
+        from mlabel_exp.tracking.sweeps import swept
 
         name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
         run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"], name)

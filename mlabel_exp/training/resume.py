@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import CONF_DIR, Config, ConfigError, resolve_path, validate
 from mlabel_exp.fsutil import is_held
-from mlabel_exp.cli.job import RUN_LOCK
+from mlabel_exp.training.output_folder import RUN_LOCK
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,137 @@
+"""The Hydra job a run lives in: its runtime facts (overrides, group choices, sweep folder, job folder), the run's
+name and sweep tags, and the end of a sweep (failed jobs named, exit status non-zero)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mlabel_exp.config import Config, UserError, project_root, resolve_path
+from mlabel_exp.tracking.runs import BEST_SCORE
+from mlabel_exp.tracking.sweeps import sweep_id_of, swept
+from mlabel_exp.training.stop import scheduler_job
+
+log = logging.getLogger(__name__)
+
+FAILED_JOBS_FILE = "failed_jobs.jsonl"
+
+
+def hydra_config():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def task_overrides() -> list[str]:
+    """What the user typed on the command line (``key=value`` overrides); none without Hydra."""
+    hc = hydra_config()
+    return list(hc.overrides.task) if hc is not None else []
+
+
+def group_choices() -> dict[str, str | None] | None:
+    """This job's config-group choices (model: resnet18, trainer: smoke, ...), Hydra's own groups left out; None
+    without Hydra. Kept in the checkpoint: a resume compares group overrides with them."""
+    from omegaconf import OmegaConf
+
+    hc = hydra_config()
+    if hc is None:
+        return None
+    return {k: v for k, v in OmegaConf.to_container(hc.runtime.choices).items() if not k.startswith("hydra/")}
+
+
+def sweep_dir() -> Path | None:
+    """The folder of the ``-m`` sweep this job belongs to; None outside a sweep."""
+    from hydra.types import RunMode
+
+    hc = hydra_config()
+    return Path(hc.sweep.dir) if hc is not None and hc.mode == RunMode.MULTIRUN else None
+
+
+def output_dir_of_job() -> Path:
+    """Hydra's job folder, or a fresh outputs/<time> folder when called without Hydra."""
+    hc = hydra_config()
+    if hc is not None:
+        return Path(hc.runtime.output_dir)
+    return project_root() / "outputs" / time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def output_dir(cfg: Config) -> Path:
+    """trainer.output_dir, else the job's folder."""
+    return resolve_path(cfg.trainer.output_dir) if cfg.trainer.output_dir else output_dir_of_job()
+
+
+#: Overrides left out of run names (they stay in the ``overrides`` tag): where things run and are written, not what is
+#: trained; so is any value holding a path.
+NOT_IN_RUN_NAMES = ("model=", "tracking.", "hydra", "trainer.device=", "trainer.output_dir=", "trainer.progress=",
+                    "trainer.num_threads=", "data.cache_dir=", "data.num_workers=", "resume=")
+
+
+def run_identity(cfg: Config, group: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """Run name and the tags that place a run in its sweep (or the given ``group``). In a sweep the name starts with
+    the values this job takes of what the sweep varies (``dropout=heavy``): the part that tells runs apart; then the
+    model and what else was set, without settings of where it ran (NOT_IN_RUN_NAMES) or paths."""
+    hc = hydra_config()
+    overrides = task_overrides()
+    group = dict(group or {})
+    overrides += [o for o in group.pop("overrides", "").split() if o]
+    varied = {o.split("=", 1)[0] for o in swept(sweep_dir())}
+    first = [o for o in overrides if o.split("=", 1)[0] in varied]
+    shown = [o for o in overrides if o not in first and not o.startswith(NOT_IN_RUN_NAMES) and "/" not in o]
+    model = [] if "model" in varied else [cfg.model.name]
+    name = cfg.tracking.run_name or " ".join([*first, *model, *shown])
+    tags = {"model": cfg.model.name, "overrides": " ".join(overrides) or "(none)"}
+    if scheduler_job():  # kept by a requeued job: what tells its preempted run from another job's (resume.py)
+        tags["scheduler_job"] = scheduler_job()
+    sweep = sweep_dir()
+    if sweep is not None:
+        tags.update(sweep_id=sweep_id_of(sweep), sweep_dir=str(sweep), job_num=str(hc.job.num))
+    return name, {**tags, **group}
+
+
+def record_failed_job(error: BaseException) -> None:
+    """One line per failed sweep job in the sweep folder, for SweepSummary (appends of one line do not interleave)."""
+    hc, folder = hydra_config(), sweep_dir()
+    if isinstance(error, UserError):  # explained in its message: a traceback is for bugs
+        log.error("job %s (%s) failed: %s; the sweep continues", hc.job.num, " ".join(hc.overrides.task), error)
+    else:
+        log.exception("job %s (%s) failed; the sweep continues", hc.job.num, " ".join(hc.overrides.task))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / FAILED_JOBS_FILE, "a") as fh:
+        fh.write(json.dumps({"job": hc.job.num, "overrides": " ".join(hc.overrides.task),
+                             "error": f"{type(error).__name__}: {error}"[:500]}) + "\n")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a sweep, name the failed jobs and exit non-zero if there were any."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE
+        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
+        summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
+        if config.tracking.enabled:
+            from mlabel_exp.tracking import runs as tracking
+
+            try:
+                children = tracking.end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+                                                     "FAILED" if failed else "FINISHED", summary)
+                print(sweep_table(children, config.hydra.sweep.dir), flush=True)
+            except Exception as e:  # the jobs' own runs are complete either way
+                log.warning("could not close the sweep's parent run: %s", e)
+        if failed:
+            log.error(summary)
+            raise SystemExit(1)
+
+
+def sweep_table(children: list[dict], folder: str) -> str:
+    """The end of a sweep: its runs best first (settings, best val mAP, status) and the command that compares them."""
+    if not children:
+        return f"sweep {folder}: no run was started"
+    rows = [f"  {c['metrics'].get(BEST_SCORE, float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
+    return "\n".join([f"sweep {folder}: {len(children)} run(s), best val mAP first", *rows,
+                      "compare them: python -m mlabel_exp.compare --sweep latest"])
