@@ -11,7 +11,7 @@ from mlabel_exp.data import dataset as D
 from mlabel_exp.training import trainer as engine
 from mlabel_exp.data import cache as image_cache
 from mlabel_exp.models import zoo as models
-from mlabel_exp.config import TrainerConfig
+from mlabel_exp.config import SchedulerConfig, TrainerConfig
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -38,7 +38,8 @@ def _fit(synthetic_root, tmp_path, device: str, perturb: bool = False, channels=
         with torch.no_grad():
             for p in net.parameters():
                 p.copy_(torch.nextafter(p, torch.full_like(p, float("inf"))))
-    cfg = TrainerConfig(epochs=2, batch_size=16, progress="none", max_steps_per_epoch=4, **trainer)
+    cfg = TrainerConfig(epochs=2, batch_size=16, progress="none", max_steps_per_epoch=4,
+                        scheduler=SchedulerConfig(name="none"), **trainer)
     t = engine.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), cfg, device=torch.device(device),
                        classes=index.classes, checkpoint_dir=tmp_path / "ckpt",
                        batch_transform=D.BatchTransform(32, hflip=True))

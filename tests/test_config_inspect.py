@@ -12,6 +12,28 @@ def test_default_config_validates():
     assert cfg.data.name == "synthetic" and cfg.data.val_fraction == 0.2
 
 
+def _leaves(node, prefix=""):
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def test_the_schema_holds_the_one_set_of_defaults_and_the_default_yaml_files_agree():
+    """What `python -m mlabel_exp.run` uses unless told otherwise is what config.py's dataclasses say: a default YAML
+    file that set another value (adam 1e-3 in the schema, adamw 4e-3 in conf/, once) would make the schema lie."""
+    from omegaconf import OmegaConf
+
+    from mlabel_exp.config import Config
+
+    composed = OmegaConf.to_container(compose_cfg(), resolve=False)
+    composed.pop("hydra", None)
+    schema = _leaves(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+    composed = _leaves(composed)
+    assert {k: (composed.get(k), v) for k, v in schema.items() if composed.get(k) != v} == {}
+    assert {k.split(".")[0] for k in set(composed) - set(schema)} == {"presets"}  # the presets' values: conf/ only
+    assert (schema["optimizer.name"], schema["trainer.epochs"], schema["trainer.scheduler.name"]) == ("adamw", 20, "onecycle")
+
+
 @pytest.mark.parametrize("override,setting", [
     ("data.val_fraction=1.5", "data.val_fraction"),
     ("data.test_fraction=-0.1", "data.test_fraction"),
