@@ -399,6 +399,12 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
     table = compare("mlabel-exp", tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                     out_dir=tmp_path / "cmp", log_to_mlflow=False).table
     assert table.loc[0, "test_mAP"] == pytest.approx(run.data.metrics["test/mAP"])
+    # what a run records is named as before the package was laid out in sub-packages (tests/data: written then)
+    recorded = {"params": sorted(run.data.params), "metrics": sorted(run.data.metrics),
+                "tags": sorted(t for t in run.data.tags if t != "mlflow.source.git.commit"),
+                "artifacts": sorted(artifact_paths(client, run.info.run_id)),
+                "inputs": sorted(i.tags[0].value for i in run.inputs.dataset_inputs)}
+    assert recorded == json.loads((Path(__file__).parent / "data" / "run_record_names.json").read_text())
 
 
 @pytest.mark.parametrize("args,message", [
