@@ -109,16 +109,16 @@ def trainer_rate(device, index, loader, size: int, batch: int, max_steps: int, f
 
     from mlabel_exp.training import builders
     from mlabel_exp.training import trainer as engine
-    from mlabel_exp.models import zoo as models
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.models.zoo import build_model
+    from mlabel_exp.data.images import BatchTransform
     from mlabel_exp.config import TrainerConfig
 
     torch.manual_seed(0)
-    net = models.build_model("resnet50", len(index.classes), hidden=1024, dropout=0.4, input_size=size).to(device)
+    net = build_model("resnet50", len(index.classes), hidden=1024, dropout=0.4, input_size=size).to(device)
     cfg = TrainerConfig(epochs=2, batch_size=batch, progress="none", checkpoint=False, max_steps_per_epoch=max_steps)
     optimizer = builders.build_optimizer("adamw", [{"params": list(net.parameters())}], 1e-4, 0.01, fused=fused)
     trainer = engine.Trainer(net, optimizer, cfg, device=device, classes=index.classes,
-                             batch_transform=D.BatchTransform(size, hflip=True))
+                             batch_transform=BatchTransform(size, hflip=True))
     trainer.train_epoch(loader, 1)
     return trainer.train_epoch(loader, 2)["throughput/img_s"], min(len(loader), max_steps or len(loader))
 
@@ -142,7 +142,9 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data.formats.folder import build_index
+    from mlabel_exp.data.images import BatchTransform, image_steps
+    from mlabel_exp.data.loaders import CachedImages, MultiLabelImages, default_workers, make_loader
     from mlabel_exp.data import cache as image_cache
 
     device = torch.device(args.device)
@@ -156,7 +158,7 @@ def main() -> None:
           f"{args.size} px")
     root = _common.dataset(args.num_images)
     _common.warm_page_cache(root)
-    index = D.build_index(root)
+    index = build_index(root)
     rows = list(range(len(index)))
     size, batch = args.size, args.batch
     rate, warm = model_rate(device, size, batch, args.steps)
@@ -167,10 +169,10 @@ def main() -> None:
         print(f"resnet50 training under torch.compile: {crate:.0f} img/s ({crate / rate:.2f}x eager; "
               f"first 5 steps incl. compiling {cwarm:.1f} s)")
 
-    prepare = D.BatchTransform(size, hflip=True)
+    prepare = BatchTransform(size, hflip=True)
     prepare_train = lambda x: prepare(x, train=True)  # noqa: E731
-    decode_workers = D.default_workers(-1)
-    cache_workers = D.default_workers(-1, cached=True, cuda=cuda)
+    decode_workers = default_workers(-1)
+    cache_workers = default_workers(-1, cached=True, cuda=cuda)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for stored in (size, 128):
@@ -179,15 +181,15 @@ def main() -> None:
             built = time.perf_counter() - start
             print(f"decoded cache at {stored} px built in {built:.1f} s with {decode_workers} threads")
             for workers in sorted({cache_workers, 2 * cache_workers}) if stored == size else (cache_workers,):
-                loader = D.make_loader(D.CachedImages.from_index(cache, index, rows), batch, shuffle=True,
-                                       num_workers=workers, pin_memory=cuda, persistent=True)
+                loader = make_loader(CachedImages.from_index(cache, index, rows), batch, shuffle=True,
+                                     num_workers=workers, pin_memory=cuda, persistent=True)
                 rate_w = delivered_rate(device, loader, prepare_train, args.batches)
                 name = f"ours, decoded cache at {stored} px"
                 results.setdefault(name, rate_w)  # the default worker count is the figure
                 print(f"{name}, {workers} workers: {rate_w:.0f} img/s")
                 del loader
-        loader = D.make_loader(D.MultiLabelImages.from_index(index, rows, D.image_steps(size, train=True)), batch,
-                               shuffle=True, num_workers=decode_workers, pin_memory=cuda, persistent=True)
+        loader = make_loader(MultiLabelImages.from_index(index, rows, image_steps(size, train=True)), batch,
+                             shuffle=True, num_workers=decode_workers, pin_memory=cuda, persistent=True)
         name = "ours, decoding JPEGs every epoch"
         results[name] = delivered_rate(device, loader, prepare_train, args.batches)
         print(f"{name} ({decode_workers} workers): {results[name]:.0f} img/s")
@@ -201,7 +203,7 @@ def main() -> None:
         del original
 
         cache = image_cache.open_or_build(index, size, tmp, required=True)
-        ds = D.CachedImages.from_index(cache, index, rows)
+        ds = CachedImages.from_index(cache, index, rows)
         # what a run does: the cached loader, pinned, and on CUDA fused AdamW (builders.optimizer)
         variants = {"cached loader (the default)": dict(workers=cache_workers, pin=cuda, fused=cuda)}
         if args.trainer_variants:
@@ -212,8 +214,8 @@ def main() -> None:
                              "cached loader, AdamW not fused": dict(workers=cache_workers, pin=cuda, fused=False)})
         trainer = {}
         for name, v in variants.items():
-            loader = InMemory(D.make_loader(ds, batch, shuffle=True, num_workers=0), device) if v.get("in_memory") else \
-                D.make_loader(ds, batch, shuffle=True, num_workers=v["workers"], pin_memory=v["pin"], persistent=True)
+            loader = InMemory(make_loader(ds, batch, shuffle=True, num_workers=0), device) if v.get("in_memory") else \
+                make_loader(ds, batch, shuffle=True, num_workers=v["workers"], pin_memory=v["pin"], persistent=True)
             img_s, steps = trainer_rate(device, index, loader, size, batch, args.train_steps, v.get("fused", False))
             trainer[name] = img_s
             print(f"our Trainer, resnet50 (hidden 1024), {name}: second epoch ({steps} steps, its start included) "

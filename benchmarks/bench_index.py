@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=20000)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from mlabel_exp.data.dataset import build_index
+    from mlabel_exp.data.formats.folder import build_index
 
     print(_common.machine_line())
     print(_common.calibration_line(), flush=True)

@@ -64,12 +64,13 @@ def per_image_us(index, samples, root, size: int, n: int = 400) -> tuple[float, 
     """Microseconds per image for __getitem__ alone (best of 2 passes), without any DataLoader."""
     import torch
 
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data.images import image_steps
+    from mlabel_exp.data.loaders import MultiLabelImages
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker
     _common.wait_for_quiet()
-    ours = D.MultiLabelImages.from_index(index, range(n), D.image_steps(size, train=True))  # flips on whole batches
+    ours = MultiLabelImages.from_index(index, range(n), image_steps(size, train=True))  # flips on whole batches
     original = _common.OriginalDataset(root / "images", samples[:n], size)
     out = []
     for ds in (ours, original):
@@ -142,30 +143,32 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data.formats.folder import build_index
+    from mlabel_exp.data.images import BatchTransform, image_steps
+    from mlabel_exp.data.loaders import CachedImages, MultiLabelImages, default_workers, make_loader
     from mlabel_exp.data import cache as image_cache
 
     print(_common.machine_line())
     print(_common.calibration_line(), flush=True)
     root = _common.dataset(args.num_images)
     _common.warm_page_cache(root)
-    index = D.build_index(root)
+    index = build_index(root)
     rows = list(range(len(index)))
     samples = [(f, [int(v) for v in index.labels[r]]) for r, f in enumerate(index.files)]
-    workers = D.default_workers(-1)
+    workers = default_workers(-1)
     print(f"data: {len(index)} images of 128 px; {workers} workers, batch {BATCH}, shuffled; "
           f"{WARMUP_BATCHES} warm-up + a fixed number of timed batches per run, best of {ROUNDS} alternating "
           f"rounds; ours ends with BatchTransform (float, random flip, normalise) in this process, the original "
           f"resizes, scales and normalises in its workers (no flip)")
 
     def ours_decoding(size):
-        tf = D.image_steps(size, train=True)
-        return D.make_loader(D.MultiLabelImages.from_index(index, rows, tf), BATCH, shuffle=True,
-                             num_workers=workers, seed=0, persistent=True)
+        tf = image_steps(size, train=True)
+        return make_loader(MultiLabelImages.from_index(index, rows, tf), BATCH, shuffle=True,
+                           num_workers=workers, seed=0, persistent=True)
 
     def ours_cached(size):
-        return D.make_loader(D.CachedImages.from_index(caches[size], index, rows), BATCH, shuffle=True,
-                             num_workers=D.default_workers(-1, cached=True), seed=0, persistent=True)
+        return make_loader(CachedImages.from_index(caches[size], index, rows), BATCH, shuffle=True,
+                           num_workers=default_workers(-1, cached=True), seed=0, persistent=True)
 
     def original(size):
         ds = _common.OriginalDataset(root / "images", samples, size)
@@ -182,7 +185,7 @@ def main() -> None:
         ours_us, orig_us = per_image_us(index, samples, root, size)
         print(f"{size} px, decode + transform in one process, 1 thread: ours {ours_us:.0f} us/img, "
               f"original {orig_us:.0f} us/img")
-        prepare = D.BatchTransform(size, hflip=True)
+        prepare = BatchTransform(size, hflip=True)
         finish = lambda x: prepare(x, train=True)  # noqa: E731
         pipelines = (("ours", ours_cached, finish), ("ours_decoding", ours_decoding, finish), ("original", original, None))
         runs = {name: [] for name, _, _ in pipelines}
@@ -190,8 +193,8 @@ def main() -> None:
             for name, make, fin in pipelines:
                 runs[name].append(images_per_s(make(size), WARMUP_BATCHES, timed_batches(size), fin))
         rates[size] = {k: max(v)[0] for k, v in runs.items()}
-        ceiling = max(images_per_s(D.make_loader(ReadyMade(len(index), size), BATCH, shuffle=True,
-                                                 num_workers=workers), WARMUP_BATCHES, timed_batches(size))
+        ceiling = max(images_per_s(make_loader(ReadyMade(len(index), size), BATCH, shuffle=True,
+                                               num_workers=workers), WARMUP_BATCHES, timed_batches(size))
                       for _ in range(2))
         r = rates[size]
         print(f"{size} px, {timed_batches(size)} batches: ours (decoded cache, the training default) {r['ours']:.0f} img/s, "

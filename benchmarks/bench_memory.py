@@ -96,7 +96,7 @@ class Sampler(threading.Thread):
 
 
 def child_index(args, tmp: Path) -> dict:
-    from mlabel_exp.data.dataset import build_index
+    from mlabel_exp.data.formats.folder import build_index
 
     root = _common.dataset(args.num_images)
     before, _ = _common.rss_mib()
@@ -121,7 +121,7 @@ def child_imports(args, tmp: Path) -> dict:
 def child_epoch(args, tmp: Path) -> dict:
     import torch  # noqa: F401
 
-    from mlabel_exp.data.dataset import default_workers
+    from mlabel_exp.data.loaders import default_workers
     from mlabel_exp.cli.run import train
     from tests.conftest import compose_cfg
 

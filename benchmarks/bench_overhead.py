@@ -72,23 +72,26 @@ def child_bare(args, tmp: Path) -> dict:
     import torch
     from torch import nn
 
-    from mlabel_exp.data import dataset as D
-    from mlabel_exp.models import zoo as models
+    from mlabel_exp.data.formats import index_from_config
+    from mlabel_exp.data.images import build_transform
+    from mlabel_exp.data.loaders import MultiLabelImages, default_workers, make_loader
+    from mlabel_exp.data.split import make_split
+    from mlabel_exp.models.zoo import build_model
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(*overrides(args, tmp))
-    index = D.index_from_config(cfg.data)  # inputs, untimed: they count against train(cfg) only
-    split = D.make_split(index.labels, cfg.data.val_fraction, seed=cfg.data.split_seed)
+    index = index_from_config(cfg.data)  # inputs, untimed: they count against train(cfg) only
+    split = make_split(index.labels, cfg.data.val_fraction, seed=cfg.data.split_seed)
     size, batch = cfg.model.input_size, cfg.trainer.batch_size
 
     start, cpu = time.perf_counter(), cpu_s()
     torch.manual_seed(0)
-    workers = D.default_workers(-1)
-    train_ds = D.MultiLabelImages.from_index(index, split["train"], D.build_transform(size, train=True, hflip=True))
-    val_ds = D.MultiLabelImages.from_index(index, split["val"], D.build_transform(size))
-    train_loader = D.make_loader(train_ds, batch, shuffle=True, num_workers=workers, seed=0)
-    val_loader = D.make_loader(val_ds, batch, shuffle=False, num_workers=workers)
-    model = models.build_model("smallcnn", len(index.classes))
+    workers = default_workers(-1)
+    train_ds = MultiLabelImages.from_index(index, split["train"], build_transform(size, train=True, hflip=True))
+    val_ds = MultiLabelImages.from_index(index, split["val"], build_transform(size))
+    train_loader = make_loader(train_ds, batch, shuffle=True, num_workers=workers, seed=0)
+    val_loader = make_loader(val_ds, batch, shuffle=False, num_workers=workers)
+    model = build_model("smallcnn", len(index.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.model.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     train_s = val_s = 0.0
@@ -157,10 +160,10 @@ def child_profiled(args, tmp: Path) -> dict:
         __import__(mod)
         imports[mod] = time.perf_counter() - start
 
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data import formats, split
     from mlabel_exp.training import trainer as engine
     from mlabel_exp.analysis import metrics
-    from mlabel_exp.models import zoo as models
+    from mlabel_exp.models import zoo
     from mlabel_exp.analysis import figures as plots
     from mlabel_exp.tracking import report
     from mlabel_exp.cli import run
@@ -169,8 +172,8 @@ def child_profiled(args, tmp: Path) -> dict:
 
     t = Tree()
     T = tracking.Tracker
-    for owner, attr in [(tracking, "open_tracker"), (D, "index_from_config"), (D, "split_from_config"),
-                        (D, "save_split"), (models, "build_model"), (T, "start"), (report, "start"),
+    for owner, attr in [(tracking, "open_tracker"), (formats, "index_from_config"), (split, "split_from_config"),
+                        (split, "save_split"), (zoo, "build_model"), (T, "start"), (report, "start"),
                         (engine.Trainer, "fit"), (engine.Trainer, "train_epoch"), (engine.Trainer, "predict"),
                         (metrics, "compute"), (engine.Trainer, "_checkpoint"), (T, "log_metrics"),
                         (report, "log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
@@ -227,7 +230,9 @@ def main() -> None:
         import torch  # noqa: F401  what both sides need, imported before any timing
         import torchvision  # noqa: F401
 
-        import mlabel_exp.data.dataset  # noqa: F401
+        import mlabel_exp.data.formats  # noqa: F401
+        import mlabel_exp.data.loaders  # noqa: F401
+        import mlabel_exp.data.split  # noqa: F401
         import mlabel_exp.models.zoo  # noqa: F401
 
         tmp = Path(args.tmp)

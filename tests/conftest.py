@@ -168,7 +168,8 @@ def imagenet_weights(_stand_in_hub, monkeypatch):
     import torchvision
 
     from mlabel_exp.fsutil import save_atomic
-    from mlabel_exp.models.zoo import REGISTRY, hub_file
+    from mlabel_exp.models.backbones import REGISTRY
+    from mlabel_exp.models.weights import hub_file
 
     monkeypatch.setenv("TORCH_HOME", str(_stand_in_hub))
 

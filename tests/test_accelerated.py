@@ -7,17 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from mlabel_exp.data import dataset as D
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.images import BatchTransform, image_steps, load_image
+from mlabel_exp.data.loaders import CachedImages, make_loader
 from mlabel_exp.training import trainer as engine
 from mlabel_exp.data import cache as image_cache
-from mlabel_exp.models import zoo as models
+from mlabel_exp.models.backbones import SmallCNN
 from mlabel_exp.config import SchedulerConfig, TrainerConfig
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _smallcnn(channels=(16, 32, 64, 128)):
-    return models.SmallCNN(14, channels)
+    return SmallCNN(14, channels)
 
 
 def _fit(synthetic_root, tmp_path, device: str, perturb: bool = False, channels=(16, 32, 64, 128), **trainer):
@@ -27,11 +29,11 @@ def _fit(synthetic_root, tmp_path, device: str, perturb: bool = False, channels=
     SGD, not Adam: Adam's first steps move each weight by about lr * sign(gradient), so a rounding-level change of
     a near-zero gradient becomes a full step, and two correct runs diverge by far more than their arithmetic does.
     ``perturb`` moves every initial weight by one float32 ulp: the smallest change the inputs of a run can have."""
-    index = D.build_index(synthetic_root)
+    index = build_index(synthetic_root)
     cache = image_cache.open_or_build(index, 32, tmp_path / "cache")
     rows = np.arange(len(index))
-    train = D.make_loader(D.CachedImages.from_index(cache, index, rows[:200]), 16, shuffle=True, num_workers=0)
-    val = D.make_loader(D.CachedImages.from_index(cache, index, rows[200:]), 16, shuffle=False, num_workers=0)
+    train = make_loader(CachedImages.from_index(cache, index, rows[:200]), 16, shuffle=True, num_workers=0)
+    val = make_loader(CachedImages.from_index(cache, index, rows[200:]), 16, shuffle=False, num_workers=0)
     torch.manual_seed(0)
     net = _smallcnn(channels)
     if perturb:
@@ -42,7 +44,7 @@ def _fit(synthetic_root, tmp_path, device: str, perturb: bool = False, channels=
                         scheduler=SchedulerConfig(name="none"), **trainer)
     t = engine.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9), cfg, device=torch.device(device),
                        classes=index.classes, checkpoint_dir=tmp_path / "ckpt",
-                       batch_transform=D.BatchTransform(32, hflip=True))
+                       batch_transform=BatchTransform(32, hflip=True))
     return t.fit(train, val), t
 
 
@@ -90,9 +92,9 @@ def test_cuda_amp_channels_last_and_compile(synthetic_root, tmp_path, dtype):
 
 @cuda_only
 def test_batch_transform_on_cuda_matches_cpu(synthetic_root):
-    index = D.build_index(synthetic_root)
-    x = torch.stack([D.image_steps(48)(D.load_image(p)) for p in index.paths(range(8))])
-    t = D.BatchTransform(48, hflip=True)
+    index = build_index(synthetic_root)
+    x = torch.stack([image_steps(48)(load_image(p)) for p in index.paths(range(8))])
+    t = BatchTransform(48, hflip=True)
     assert torch.allclose(t(x.cuda()).cpu(), t(x), atol=1e-5)
     t.set_epoch(2)
     a = t(x.cuda(), train=True)

@@ -61,8 +61,8 @@ def test_folder_data_needs_a_root():
 
 
 def test_audit_counts(synthetic_root):
-    from mlabel_exp.data.dataset import build_index
-    from mlabel_exp.cli.inspect_data import audit
+    from mlabel_exp.data.formats.folder import build_index
+    from mlabel_exp.data.audit import audit
 
     index = build_index(synthetic_root)
     report = audit(index, decode=True)
@@ -74,8 +74,8 @@ def test_audit_counts(synthetic_root):
 
 
 def test_audit_reports_unreadable_files(tree):
-    from mlabel_exp.data.dataset import build_index
-    from mlabel_exp.cli.inspect_data import audit
+    from mlabel_exp.data.formats.folder import build_index
+    from mlabel_exp.data.audit import audit
 
     root = tree([1, 2], {"cat.txt": "1\n"})
     (root / "images" / "im2.jpg").write_bytes(b"not a jpeg")

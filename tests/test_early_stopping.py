@@ -13,7 +13,7 @@ import torch
 from mlabel_exp.training import trainer as engine
 from mlabel_exp.analysis import metrics
 from mlabel_exp.config import TrainerConfig
-from mlabel_exp.data.dataset import make_loader
+from mlabel_exp.data.loaders import make_loader
 
 N_CLASSES = 3
 

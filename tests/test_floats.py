@@ -14,7 +14,9 @@ from mlabel_exp import floats
 from mlabel_exp.analysis import groups
 from mlabel_exp.tracking import report
 from mlabel_exp.analysis import stats
-from mlabel_exp.data.dataset import DataError, ImageTooLarge, build_index, load_image
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.images import ImageTooLarge, load_image
+from mlabel_exp.data.index import DataError
 from tests.conftest import huge_png, peak_memory_growth, write_tree
 
 F32 = np.float32

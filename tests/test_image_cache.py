@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlabel_exp.data import dataset as D
 from mlabel_exp.data import cache as image_cache
-from mlabel_exp.data.dataset import BatchTransform, CachedImages, DataError, EpochShuffle, build_index, build_transform, image_steps, load_image
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.images import BatchTransform, build_transform, image_steps, load_image
+from mlabel_exp.data.index import DataError
+from mlabel_exp.data.loaders import CachedImages, EpochShuffle, MultiLabelImages, collate, make_loader
 from tests.conftest import compose_cfg, tiny_overrides
 
 
@@ -122,12 +124,12 @@ def test_unreadable_image_is_skipped_and_reported_or_an_error(data_copy, tmp_pat
     cache = image_cache.open_or_build(index, 16, tmp_path / "cache")
     assert list(cache.bad) == [2] and "UnidentifiedImageError" in cache.bad[2]
     ds = CachedImages.from_index(cache, index, range(5))
-    batch = D.collate(ds.__getitems__([0, 1, 2, 3]))
+    batch = collate(ds.__getitems__([0, 1, 2, 3]))
     assert batch["name"] == [index.files[r] for r in (0, 1, 3)] and batch["image"].shape == (3, 3, 16, 16)
     assert [name for name, _ in batch["bad"]] == [bad.name]
     assert torch.equal(batch["target"], torch.from_numpy(index.labels[[0, 1, 3]]).float())
 
-    from mlabel_exp.training.builders import decoded_cache
+    from mlabel_exp.data.loaders import decoded_cache
     from mlabel_exp.config import validate
 
     cfg = validate(compose_cfg(*tiny_overrides(tmp_path), "data=folder", f"data.root={data_copy}", "data.decoded_cache=on",
@@ -155,7 +157,7 @@ def test_workers_map_the_cache_instead_of_receiving_it(data_copy, tmp_path):
     cache.array.sum()  # opened in this process
     assert len(pickle.dumps(cache)) < 10_000  # the path, not the 3.5 MB of pixels
     ds = CachedImages.from_index(cache, index, range(len(index)))
-    loader = D.make_loader(ds, 16, shuffle=False, num_workers=2, persistent=True)
+    loader = make_loader(ds, 16, shuffle=False, num_workers=2, persistent=True)
     names = [n for b in loader for n in b["name"]]
     assert names == index.files
 
@@ -163,16 +165,16 @@ def test_workers_map_the_cache_instead_of_receiving_it(data_copy, tmp_path):
 def test_epoch_order_is_the_same_with_persistent_workers_and_after_a_restart(synthetic_root):
     """Resuming at epoch 3 must see epoch 3's order, although an uninterrupted run's workers live on."""
     index = build_index(synthetic_root)
-    ds = D.MultiLabelImages.from_index(index, range(40), image_steps(8))
+    ds = MultiLabelImages.from_index(index, range(40), image_steps(8))
 
     def order(loader, epoch):
         loader.sampler.set_epoch(epoch)
         loader.generator.manual_seed(epoch)
         return [n for b in loader for n in b["name"]]
 
-    kept = D.make_loader(ds, 8, shuffle=True, num_workers=2, seed=5, persistent=True)
+    kept = make_loader(ds, 8, shuffle=True, num_workers=2, seed=5, persistent=True)
     through = [order(kept, e) for e in (1, 2, 3)]
-    restarted = D.make_loader(ds, 8, shuffle=True, num_workers=2, seed=5, persistent=True)
+    restarted = make_loader(ds, 8, shuffle=True, num_workers=2, seed=5, persistent=True)
     assert order(restarted, 3) == through[2]
     assert through[0] != through[1] and sorted(through[0]) == sorted(index.files[:40])
     assert list(EpochShuffle(40, 5)) != list(EpochShuffle(40, 6))

@@ -3,7 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mlabel_exp.data.dataset import MultiLabelImages, build_index, build_transform, load_image, to_rgb
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.images import build_transform, load_image, to_rgb
+from mlabel_exp.data.loaders import MultiLabelImages
 
 
 def _modes():
@@ -76,7 +78,7 @@ def test_dataloader_batches_with_workers(synthetic_root):
 
     index = build_index(synthetic_root)
     ds = MultiLabelImages.from_index(index, range(10), build_transform(32))
-    from mlabel_exp.data.dataset import make_loader
+    from mlabel_exp.data.loaders import make_loader
 
     batch = next(iter(make_loader(ds, 4, shuffle=True, num_workers=2)))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["target"].shape == (4, 14) and batch["bad"] == []
@@ -93,7 +95,7 @@ def _bad_files(folder):
 
 
 def test_bad_images_are_skipped_and_reported_in_the_batch(tmp_path):
-    from mlabel_exp.data.dataset import make_loader
+    from mlabel_exp.data.loaders import make_loader
 
     paths = _bad_files(tmp_path)
     ds = MultiLabelImages(paths, np.zeros((4, 2)), build_transform(16))
@@ -106,7 +108,7 @@ def test_bad_images_are_skipped_and_reported_in_the_batch(tmp_path):
 
 
 def test_on_bad_image_error_names_the_file(tmp_path):
-    from mlabel_exp.data.dataset import DataError
+    from mlabel_exp.data.index import DataError
 
     paths = _bad_files(tmp_path)
     ds = MultiLabelImages(paths, None, build_transform(16), on_bad_image="error")

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from mlabel_exp.data.dataset import DataError, build_index
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.index import DataError
 from tests.conftest import brute_force_labels
 
 
@@ -95,7 +96,7 @@ def test_image_pattern_is_configurable(tree):
 
 
 def test_class_order_and_labels_stable_across_hash_seeds(synthetic_root):
-    code = ("import sys,hashlib; from mlabel_exp.data.dataset import build_index; i=build_index(sys.argv[1]); "
+    code = ("import sys,hashlib; from mlabel_exp.data.formats.folder import build_index; i=build_index(sys.argv[1]); "
             "print(i.classes, hashlib.sha1(i.labels.tobytes()).hexdigest())")
     outs = set()
     for seed in ("1", "2", "12345"):

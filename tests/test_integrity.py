@@ -10,7 +10,10 @@ from PIL import Image
 
 from mlabel_exp.data import cache as image_cache
 from mlabel_exp.config import ConfigError, validate
-from mlabel_exp.data.dataset import DataError, build_index, check_validation_images, to_rgb
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.images import to_rgb
+from mlabel_exp.data.index import DataError
+from mlabel_exp.data.loaders import check_validation_images
 from tests.conftest import compose_cfg, tiny_overrides, write_tree
 
 

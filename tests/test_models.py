@@ -10,9 +10,10 @@ import torch
 import torchvision
 from torch import nn
 
-from mlabel_exp.models.zoo import (REGISTRY, Backbone, ModelError, WeightsUnavailable, build_model, fetch_weights,
-                               head_parameter_names, keep_frozen_bn_in_eval, min_input_size, set_trainable,
-                               weights_description)
+from mlabel_exp.models.backbones import REGISTRY, Backbone, ModelError, min_input_size
+from mlabel_exp.models.freeze import head_parameter_names, keep_frozen_bn_in_eval, set_trainable
+from mlabel_exp.models.weights import WeightsUnavailable, fetch_weights, weights_description
+from mlabel_exp.models.zoo import build_model
 
 N = 14
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of ResNet18_Weights.IMAGENET1K_V1.url

@@ -350,7 +350,7 @@ def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_th
 
 def test_a_checkpoint_with_a_class_named_like_an_output_column_is_refused_before_predicting(trained):
     """A run trained before such names were refused: its class would overwrite a column of every output."""
-    from mlabel_exp.data.dataset import DataError
+    from mlabel_exp.data.index import DataError
     from mlabel_exp.inference.predictor import Predictor, load_checkpoint
 
     tmp, _, _, _ = trained

@@ -149,7 +149,7 @@ def _folder(tmp_path, root, *extra):
 
 
 def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_split(tmp_path, monkeypatch):
-    from mlabel_exp.data.dataset import DataError
+    from mlabel_exp.data.index import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     split_file = tmp_path / "cut" / "split.json"
@@ -174,7 +174,7 @@ def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_spl
 
 
 def test_resume_refuses_other_classes_naming_the_difference(tmp_path, monkeypatch):
-    from mlabel_exp.data.dataset import DataError
+    from mlabel_exp.data.index import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     (root / "annotations" / "circle.txt").rename(root / "annotations" / "disc.txt")  # same count, other names
@@ -361,7 +361,8 @@ def test_a_resume_adds_params_once_and_a_param_mlflow_cannot_change_becomes_a_ta
 # ------------------------------------------------------------------ the data a resume checks
 
 def test_resume_refuses_changed_labels_naming_how_many_and_which(tmp_path, monkeypatch):
-    from mlabel_exp.data.dataset import DataError, build_index
+    from mlabel_exp.data.formats.folder import build_index
+    from mlabel_exp.data.index import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     file = root / "annotations" / "circle.txt"
@@ -380,7 +381,7 @@ def test_resume_refuses_changed_pixels_and_resumes_an_earlier_runs_checkpoint_wi
         tmp_path, monkeypatch, caplog):
     from PIL import Image
 
-    from mlabel_exp.data.dataset import DataError
+    from mlabel_exp.data.index import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     images = sorted((root / "images").iterdir())

@@ -14,7 +14,7 @@ import torch
 import mlabel_exp
 from mlabel_exp.training import trainer as engine
 from mlabel_exp.config import ConfigError, project_root, validate
-from mlabel_exp.models.zoo import ModelError
+from mlabel_exp.models.backbones import ModelError
 from mlabel_exp.cli.run import train
 from mlabel_exp.tracking.runs import default_uri, resolve_uri
 from mlabel_exp.inference.predictor import cpu_computes_bf16
@@ -88,15 +88,15 @@ def checkout_head(folder: Path) -> str | None:
 
 
 def test_dataset_digests_follow_the_images_labels_content_and_split(synthetic_root, tmp_path):
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data.formats.folder import build_index
     from mlabel_exp.data.cache import content_hashes
     from mlabel_exp.tracking.report import dataset_digests
 
-    index = D.build_index(synthetic_root)
+    index = build_index(synthetic_root)
     content = content_hashes(index, tmp_path / "cache")
     split = {"train": np.arange(0, 200), "val": np.arange(200, 300)}
     first = dataset_digests(index, split, content)
-    assert first == dataset_digests(D.build_index(synthetic_root), split, content) and set(first) == {"train", "validation"}
+    assert first == dataset_digests(build_index(synthetic_root), split, content) and set(first) == {"train", "validation"}
     assert dataset_digests(index, {"train": np.arange(1, 201), "val": split["val"]}, content)["train"] != first["train"]
     other = content.copy()
     other[7, 0] ^= 1  # one file's bytes changed, ids and labels the same

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from mlabel_exp.data import dataset as data
-from mlabel_exp.data.dataset import DataError, build_index, load_split, make_split, remembered_split, save_split
+from mlabel_exp.data import split as data_split
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.index import DataError
+from mlabel_exp.data.split import load_split, make_split, remembered_split, save_split
 
 
 def _labels(n=2000, seed=0):
@@ -58,7 +60,7 @@ def test_a_remembered_split_is_the_computed_one_and_changes_with_any_input(tmp_p
     assert all(np.array_equal(first[k], expected[k]) for k in expected) and len(list(folder.glob("*.npz"))) == 1
 
     calls = []
-    monkeypatch.setattr(data, "make_split", lambda *a, **k: calls.append(a) or make_split(*a, **k))
+    monkeypatch.setattr(data_split, "make_split", lambda *a, **k: calls.append(a) or make_split(*a, **k))
     again = remembered_split(y, 0.2, 0.1, 3, folder)
     assert calls == [] and all(np.array_equal(again[k], expected[k]) for k in expected)
     changed = y.copy()

@@ -35,7 +35,7 @@ def test_real_on_disk_format(synthetic_root):
 
 
 def test_label_distribution_is_imbalanced_with_unlabeled_and_grayscale(tmp_path):
-    from mlabel_exp.data.dataset import build_index
+    from mlabel_exp.data.formats.folder import build_index
 
     root = generate(tmp_path / "d", SyntheticSpec(num_images=1500, image_size=32, seed=0))
     index = build_index(root)

@@ -111,7 +111,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
 
     from mlabel_exp.tracking import report
     from mlabel_exp.tracking import runs as tracking
-    from mlabel_exp.data.dataset import default_workers
+    from mlabel_exp.data.loaders import default_workers
     from mlabel_exp.training.trainer import select_device
     from mlabel_exp.floats import decide
     from mlabel_exp.inference.predictor import Predictor

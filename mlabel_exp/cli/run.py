@@ -72,19 +72,20 @@ def _prepare(typed: Config):
     import numpy as np
     import torch
 
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data.formats import resolve_data_root
+    from mlabel_exp.models.backbones import check_input_size
+    from mlabel_exp.models.weights import fetch_weights
     from mlabel_exp.training import trainer as engine
-    from mlabel_exp.models import zoo as models
     from mlabel_exp.tracking import runs as tracking
 
     torch.manual_seed(typed.seed)
     np.random.seed(typed.seed)
     if typed.trainer.num_threads:
         torch.set_num_threads(typed.trainer.num_threads)
-    models.check_input_size(typed.model.name, typed.model.input_size, typed.model.aux_logits)
+    check_input_size(typed.model.name, typed.model.input_size, typed.model.aux_logits)
     if typed.data.name == "folder":  # a wrong data root fails before a download and before the store is opened
-        D.resolve_data_root(typed.data)
-    models.fetch_weights(typed.model.name, typed.model.weights)  # offline: fails here, in seconds
+        resolve_data_root(typed.data)
+    fetch_weights(typed.model.name, typed.model.weights)  # offline: fails here, in seconds
     device = engine.select_device(typed.trainer.device)
     if distributed.launched_by_torchrun():
         device = distributed.setup(device.type)
@@ -106,9 +107,12 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     from mlabel_exp.training import trainer as engine
     from mlabel_exp.data import cache as image_cache
     from mlabel_exp.models import losses
-    from mlabel_exp.models import zoo as models
+    from mlabel_exp.models.weights import weights_description
+    from mlabel_exp.models.zoo import build_model
     from mlabel_exp.tracking import report
-    from mlabel_exp.data import dataset as D
+    from mlabel_exp.data.formats import index_from_config
+    from mlabel_exp.data.loaders import build_loaders, check_validation_images, default_workers
+    from mlabel_exp.data.split import save_split, split_from_config
     from mlabel_exp.config import resolve_path
     from mlabel_exp.inference.predictor import preprocessing_of
     from mlabel_exp.training.resume import check_classes, check_data, data_record
@@ -118,27 +122,27 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         raise ConfigError(f"{out} holds the checkpoints of an earlier run (checkpoints/last.pt), which a new run would "
                           "overwrite: continue that run with resume=<its run id> (its output_dir tag is this folder), "
                           "or give this run its own trainer.output_dir")
-    index = D.index_from_config(typed.data)
-    content = image_cache.content_hashes(index, resolve_path(typed.data.cache_dir), threads=D.default_workers(-1))
+    index = index_from_config(typed.data)
+    content = image_cache.content_hashes(index, resolve_path(typed.data.cache_dir), threads=default_workers(-1))
     data = data_record(index, content)
     if resume:  # the data it was trained on: the same images, classes, labels and pixels
         check_data(data, resume["last"].get("data"), resume["run_id"], index.root)
-    split = D.split_from_config(index, typed.data, exact=resume is not None)
+    split = split_from_config(index, typed.data, exact=resume is not None)
     if resume:
         check_classes(index.classes, resume["last"]["classes"])
     elif main_rank:
-        D.save_split(out / "split.json", index, split, seed=typed.data.split_seed)
-    net = models.build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
-                             aux_logits=m.aux_logits, input_size=m.input_size)
+        save_split(out / "split.json", index, split, seed=typed.data.split_seed)
+    net = build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
+                      aux_logits=m.aux_logits, input_size=m.input_size)
     stop = StopRequest()
     callbacks = builders.RunCallbacks(typed, net, tracker, stop, on_epoch)
     net.to(device, memory_format=engine.memory_format(typed.trainer, device))  # before DDP takes its layout
     optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
     model = torch.nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
-    loaders = builders.loaders(typed, index, split, device.type == "cuda")
-    D.check_validation_images(index, split, loaders.cache)
-    weights = models.weights_description(m.name, m.weights)
+    loaders = build_loaders(typed, index, split, device.type == "cuda")
+    check_validation_images(index, split, loaders.cache)
+    weights = weights_description(m.name, m.weights)
     precision = engine.precision(typed.trainer, device)
     facts = report.run_facts(index, split, weights=weights, device=device, precision=precision,
                              workers=loaders.workers, cache=loaders.cache)

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mlabel_exp.data.dataset import BatchTransform, image_steps
+from mlabel_exp.data.images import BatchTransform, image_steps
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Predictor:
         """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds, in the autocast
         dtype the run validated in (the thresholds were tuned on those probabilities) where ``device`` computes it
         natively, else in float32 (a bfloat16 run's model on a CPU without bfloat16 instructions)."""
-        from mlabel_exp.data.dataset import check_class_names
+        from mlabel_exp.data.index import check_class_names
         from mlabel_exp.models.zoo import build_model
 
         check_class_names(ckpt["classes"], "the checkpoint", "its run was trained before such names were refused: "
@@ -144,10 +144,10 @@ class Predictor:
 
     def predict_encoded(self, blobs) -> tuple[np.ndarray, list[str]]:
         """(probabilities, errors) of encoded images (bytes), row for row: an image that cannot be read (not an image,
-        truncated, over the pixel limit: data.load_image) has NaN probabilities and its error; the others are answered.
+        truncated, over the pixel limit: data.images.load_image) has NaN probabilities and its error; the others are answered.
         Each is decoded and brought to the decode size before the next is read, so a request holds one full-size
         image at a time."""
-        from mlabel_exp.data.dataset import ImageTooLarge, load_image
+        from mlabel_exp.data.images import ImageTooLarge, load_image
 
         steps, errors = {}, [""] * len(blobs)
         for row, blob in enumerate(blobs):
@@ -169,7 +169,7 @@ class Predictor:
         name the files in the outputs (default: their file names)."""
         from tqdm.auto import tqdm
 
-        from mlabel_exp.data.dataset import MultiLabelImages, make_loader
+        from mlabel_exp.data.loaders import MultiLabelImages, make_loader
 
         dataset = MultiLabelImages(paths, None, self.image_steps, on_bad_image="skip", names=names)
         loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers,

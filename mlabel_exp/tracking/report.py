@@ -23,7 +23,7 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
     loss's gamma with BCE, a step schedule's gamma with none, inception's aux head elsewhere, AMP on the CPU, ...),
     the regularisation as typed (a preset name or 'model') and the model's recommendation, both replaced by the
     value in effect (``dropout_value``, ``weight_decay_value``), and where things are written (tracking, output)."""
-    from mlabel_exp.models.zoo import backbone
+    from mlabel_exp.models.backbones import backbone
     from mlabel_exp.tracking.runs import flatten
 
     t, d, o = typed.trainer, typed.data, typed.optimizer
@@ -314,7 +314,7 @@ def write_predictions(folder: Path, stem: str, files: list[str], probs, classes:
     import numpy as np
     import pandas as pd
 
-    from mlabel_exp.data.dataset import check_class_names
+    from mlabel_exp.data.index import check_class_names
     from mlabel_exp.floats import written
 
     check_class_names(classes)  # a class named like a column would overwrite it: refused at indexing, asserted here

@@ -8,88 +8,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
-from mlabel_exp.training import distributed
-from mlabel_exp.config import OPTIMIZERS, Config, SchedulerConfig, one_of, resolve_path
+from mlabel_exp.config import OPTIMIZERS, Config, SchedulerConfig, one_of
 
 log = logging.getLogger(__name__)
-
-
-def decoded_cache(cfg: Config, index):
-    """The decoded-image cache for this run (data.decoded_cache), or None: images are then decoded every epoch."""
-    from mlabel_exp.data import cache as image_cache
-    from mlabel_exp.data.dataset import DataError, default_workers
-
-    d = cfg.data
-    size = d.decoded_cache_size or cfg.model.input_size
-    if d.decoded_cache == "off":
-        return None
-    if d.decoded_cache == "auto":
-        pays, why = image_cache.pays_off(len(index), size, cfg.trainer.epochs, d.cache_dir)
-        log.info("data.decoded_cache=auto: %s (%s)", "on" if pays else "off", why)
-        if not pays:
-            return None
-    cache = image_cache.open_or_build(index, size, resolve_path(d.cache_dir), threads=default_workers(-1),
-                                      required=d.decoded_cache == "on")
-    if cache is not None and cache.bad and d.on_bad_image == "error":
-        row, error = next(iter(sorted(cache.bad.items())))
-        raise DataError(f"{index.paths([row])[0]}: unreadable image ({error}); replace or remove the file, or set "
-                        f"data.on_bad_image=skip ({len(cache.bad)} unreadable image(s) in all)")
-    return cache
-
-
-@dataclass
-class Loaders:
-    train: Any
-    val: Any
-    test: Any | None            # None without a test split (data.test_fraction=0)
-    transform: Any              # data.BatchTransform: uint8 batches -> the model's input, on the device
-    workers: int
-    cache: Any | None           # the decoded-image cache, or None
-
-
-def loaders(cfg: Config, index, split, cuda: bool) -> Loaders:
-    """Train loader (shuffled by seed and epoch), validation and test loaders (in split order; each rank its share)
-    of uint8 images, the BatchTransform that finishes them on the device; with the decoded cache, batches are
-    gathered from it."""
-    from mlabel_exp.data import dataset as D
-
-    m, d, aug = cfg.model, cfg.data, cfg.data.augment
-    cache = decoded_cache(cfg, index)
-    crop = aug.random_resized_crop
-    workers = D.default_workers(d.num_workers, cached=cache is not None, cuda=cuda)
-
-    def evaluation_set(rows):
-        rows = rows[distributed.rank()::distributed.world_size()]  # each image once, no padding
-        if cache is not None:
-            return D.CachedImages.from_index(cache, index, rows)
-        return D.MultiLabelImages.from_index(index, rows, D.image_steps(m.input_size), d.on_bad_image)
-
-    if cache is not None:
-        from torchvision.transforms import v2
-
-        crop_tf = v2.RandomResizedCrop(m.input_size, scale=(aug.crop_scale_min, 1.0), antialias=True) if crop else None
-        train_set = D.CachedImages.from_index(cache, index, split["train"], crop_tf)
-    else:
-        train_tf = D.image_steps(m.input_size, train=True, random_resized_crop=crop, crop_scale_min=aug.crop_scale_min)
-        train_set = D.MultiLabelImages.from_index(index, split["train"], train_tf, d.on_bad_image)
-    sampler = None
-    if distributed.active():  # each rank its share of every epoch
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
-    batch = cfg.trainer.batch_size
-    train = D.make_loader(train_set, batch, shuffle=True, num_workers=workers, seed=cfg.seed, pin_memory=cuda,
-                          sampler=sampler, persistent=not crop)  # a random crop draws in the workers: reseeded per epoch
-    val, test = (D.make_loader(evaluation_set(rows), batch, shuffle=False, num_workers=workers, pin_memory=cuda,
-                               persistent=part == "val") if len(rows) else None
-                 for part, rows in (("val", split["val"]), ("test", split.get("test", np.zeros(0, np.int64)))))
-    transform = D.BatchTransform(m.input_size, m.mean, m.std, hflip=aug.hflip, seed=cfg.seed)
-    return Loaders(train, val, test, transform, workers, cache)
 
 
 def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,
@@ -112,10 +34,10 @@ def optimizer(cfg: Config, model, cuda: bool = False):
     """All parameters in two groups (new head at optimizer.lr, backbone scaled), frozen ones included so
     that unfreezing later needs no new optimizer (parameters without gradients are skipped). On CUDA (the model
     already there) Adam/AdamW run fused: +6% images/s for resnet50 on an H200 (benchmarks/bench_gpu.py)."""
-    from mlabel_exp.models import zoo as models
+    from mlabel_exp.models.freeze import head_parameter_names
 
     o = cfg.optimizer
-    head = models.head_parameter_names(model, cfg.model.name)
+    head = head_parameter_names(model, cfg.model.name)
     groups = [{"params": [p for n, p in model.named_parameters() if n in head], "lr": o.lr},
               {"params": [p for n, p in model.named_parameters() if n not in head], "lr": o.lr * o.backbone_lr_scale}]
     return build_optimizer(o.name, [g for g in groups if g["params"]], o.lr, cfg.weight_decay,
@@ -216,26 +138,26 @@ class RunCallbacks:
     to the tracker and then to ``on_epoch`` (a search prunes there), and stopping on a StopRequest."""
 
     def __init__(self, cfg: Config, model, tracker, stop, on_epoch=None):
-        from mlabel_exp.models import zoo as models
+        from mlabel_exp.models.freeze import set_trainable
 
         m, t = cfg.model, cfg.trainer
         self.model, self.tracker, self.stop, self.on_epoch = model, tracker, stop, on_epoch
         self.name, self.unfreeze_at = m.name, t.unfreeze_at_epoch
         self.final = m.trainable if isinstance(m.trainable, str) else list(m.trainable)
-        self.trainable = models.set_trainable(model, m.name, "head" if self.unfreeze_at else self.final)
+        self.trainable = set_trainable(model, m.name, "head" if self.unfreeze_at else self.final)
         self.frozen_count = self.trainable
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:
-        from mlabel_exp.models import zoo as models
+        from mlabel_exp.models.freeze import set_trainable
 
         if self.unfreeze_at and epoch > self.unfreeze_at and self.trainable == self.frozen_count:  # also on resume
-            self.trainable = models.set_trainable(self.model, self.name, self.final)
+            self.trainable = set_trainable(self.model, self.name, self.final)
             log.info("epoch %d: unfreezing model.trainable=%s (%d trainable parameters)", epoch, self.final,
                      self.trainable)
         return {"trainable_params": float(self.trainable)}
 
     def on_train_mode(self, model) -> None:
-        from mlabel_exp.models.zoo import keep_frozen_bn_in_eval
+        from mlabel_exp.models.freeze import keep_frozen_bn_in_eval
 
         keep_frozen_bn_in_eval(model)
 

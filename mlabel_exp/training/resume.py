@@ -215,7 +215,7 @@ def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
     if len(rewritten):
         changes.append(f"the content of {len(rewritten)} file(s) changed ({_some([common[i] for i in rewritten])})")
     if changes:
-        from mlabel_exp.data.dataset import DataError
+        from mlabel_exp.data.index import DataError
 
         raise DataError(f"resume: the data in {root} is not what run {run_id} was trained on: {'; '.join(changes)}. "
                         "A resumed run must see the data it started with: restore the data root, or start a new run")

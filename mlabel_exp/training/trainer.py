@@ -361,7 +361,7 @@ class Trainer:
             p, t = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
             names, loss = [n for q in parts for n in q[3]], sum(q[2] for q in parts)
         if len(p) == 0:
-            from mlabel_exp.data.dataset import DataError
+            from mlabel_exp.data.index import DataError
 
             raise DataError(f"no readable image among the {len(self.bad_images)} unreadable validation/test images "
                             f"(e.g. {sorted(self.bad_images)[:3]}): replace them, or raise data.val_fraction")

@@ -1,0 +1,131 @@
+"""Decoding images (one decoder for training, the cache, predict and pyfunc) and the transforms to the model's input:
+per image in the DataLoader workers (``image_steps``), per batch on the device (``BatchTransform``)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from mlabel_exp.config import IMAGENET_MEAN, IMAGENET_STD
+from mlabel_exp.data.index import DataError
+from mlabel_exp.fsutil import epoch_seed
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB; 16-bit and float images are rescaled, not clipped to white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode != "F":  # by the bit depth, never by the image's own maximum: one value, one grey everywhere
+            arr = arr / 257.0  # 16-bit samples (Pillow opens 16-bit PNG and TIFF as I;16 or I) to 8 bits
+        elif arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+class ImageTooLarge(DataError):
+    """An image over the pixel limit, refused from its header before a pixel is decoded."""
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """An image file (a path, or its bytes) opened from its header only, refused when its width x height exceeds
+    PIL.Image.MAX_IMAGE_PIXELS (Pillow's limit, about 89 million: a 9459 px square, 268 MB as RGB; raise it there,
+    or set it to None for no limit). Pillow itself only warns up to twice its limit, and decodes: a PNG of a few KB
+    and 12000 x 12000 px would become 432 MB of RGB. Closing it is the caller's (``with open_image(...) as im``)."""
+    fix = "refused before decoding; shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
+    with warnings.catch_warnings():  # our own error below says it; Pillow's warning would repeat it
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses too
+            raise ImageTooLarge(f"{str(e).rstrip('.')}: {fix}") from None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.width * im.height > limit:
+        im.close()
+        raise ImageTooLarge(f"{im.width} x {im.height} pixels, over the limit of {limit} "
+                            f"(PIL.Image.MAX_IMAGE_PIXELS): {fix}")
+    return im
+
+
+def load_image(source: str | Path | bytes) -> Image.Image:
+    """Decode to RGB, through ``open_image``'s pixel limit: the one decoder of training, validation, the decoded
+    cache, predict and the pyfunc model."""
+    with open_image(source) as im:
+        im.load()
+        return to_rgb(im)
+
+
+def image_steps(input_size: int, train: bool = False, random_resized_crop: bool = False,
+                crop_scale_min: float = 0.6):
+    """The per-image part of the pipeline, run in DataLoader workers: PIL image -> uint8 tensor at the input size.
+
+    Everything else (scaling to float, the random flip, normalising) runs on whole batches on the training
+    device (``BatchTransform``): workers send a quarter of the bytes and the GPU does the arithmetic.
+    """
+    from torchvision.transforms import v2
+
+    steps = [v2.PILToTensor()]
+    if train and random_resized_crop:
+        steps.append(v2.RandomResizedCrop(input_size, scale=(crop_scale_min, 1.0), antialias=True))
+    else:
+        steps.append(v2.Resize((input_size, input_size), antialias=True))
+    return v2.Compose(steps)
+
+
+def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    train: bool = False, random_resized_crop: bool = False, crop_scale_min: float = 0.6,
+                    hflip: bool = False):
+    """PIL image -> normalised float tensor, one image at a time: the two steps training runs (``image_steps`` in
+    the workers, ``BatchTransform`` on the device) applied to a batch of one, so there is one definition of each."""
+    steps = image_steps(input_size, train, random_resized_crop, crop_scale_min)
+    finish = BatchTransform(input_size, mean, std, hflip=hflip)
+    return lambda image: finish(steps(image)[None], train=train)[0]
+
+
+class BatchTransform:
+    """uint8 image batches -> normalised float32 batches, on the device they train on.
+
+    A batch stored at another size (a decoded cache kept smaller) is resized here. In training each image
+    is flipped with probability 1/2, drawn from a generator seeded by (seed, epoch, rank): the flips of an
+    epoch do not depend on workers or on where a resumed run restarted.
+    """
+
+    def __init__(self, input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 hflip: bool = False, seed: int = 0):
+        self.input_size, self.mean, self.std, self.hflip, self.seed = input_size, list(mean), list(std), hflip, seed
+        self.epoch_seed = seed
+        self._generator, self._generator_device = None, None
+        self._affine = {}  # device -> (scale, shift) with x / 255 normalised = x * scale + shift
+
+    def set_epoch(self, epoch: int, rank: int = 0) -> None:
+        self.epoch_seed = epoch_seed(self.seed, epoch, rank)
+        self._generator = None
+
+    def __call__(self, x, train: bool = False):
+        """Few passes over the batch and one allocation: flips on uint8 (a quarter of the bytes), then float and an
+        in-place multiply-add."""
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        if train and self.hflip:
+            if self._generator is None or self._generator_device != x.device:  # once per epoch and device
+                self._generator, self._generator_device = torch.Generator(x.device).manual_seed(self.epoch_seed), x.device
+            flip = torch.rand(len(x), generator=self._generator, device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = x.to(torch.float32, copy=True)  # our own copy: the in-place steps below allocate nothing more
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.resize(x, [self.input_size, self.input_size], antialias=True)
+        if x.device not in self._affine:
+            mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device)[:, None, None] for v in (self.mean, self.std))
+            self._affine[x.device] = (1 / (255 * std), -mean / std)
+        scale, shift = self._affine[x.device]
+        return x.mul_(scale).add_(shift)

@@ -1,0 +1,53 @@
+"""What a data set is once read: image ids, files, sorted class names and the multi-hot label matrix.
+
+Every format (``mlabel_exp.data.formats``) produces a ``DatasetIndex``; everything downstream (split, loaders,
+cache, audit, the run's record) reads only this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mlabel_exp.config import UserError
+
+
+class DataError(UserError):
+    """A data set that cannot be used as given; the message names the file and the fix."""
+
+
+@dataclass
+class DatasetIndex:
+    """Everything known about a data root without decoding an image."""
+
+    root: Path
+    classes: list[str]
+    ids: np.ndarray            # image numbers, ascending
+    files: list[str]           # file names inside images/, aligned with ids
+    labels: np.ndarray         # uint8, len(ids) x len(classes), multi-hot
+    problems: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def paths(self, rows: Sequence[int] | None = None) -> list[Path]:
+        rows = range(len(self.files)) if rows is None else rows
+        return [self.root / "images" / self.files[r] for r in rows]
+
+
+#: The columns the prediction files and the pyfunc model write beside one column per class (report.write_predictions,
+#: report.write_submission, pyfunc_model.py): a class of one of these names would overwrite it or be overwritten.
+OUTPUT_COLUMNS = ("file", "image", "labels", "true_labels", "error")
+
+
+def check_class_names(classes: Sequence[str], where: str = "classes", fix: str = "rename that class") -> None:
+    """Refuse a class named like an output column, before anything is trained or predicted. Refused rather than
+    renamed in the outputs (a prefix on every class column): the CSVs keep the class names as their columns, the
+    original course's submission format among them, and renaming an annotation file is a one-line fix."""
+    clash = [c for c in classes if c in OUTPUT_COLUMNS]
+    if clash:
+        raise DataError(f"{where}: class {clash[0]!r} has the name of a column of the prediction files "
+                        f"({', '.join(OUTPUT_COLUMNS)}), which it would overwrite; {fix}")
