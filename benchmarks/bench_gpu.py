@@ -36,12 +36,12 @@ def model_rate(device, size: int, batch: int, steps: int, compile: bool = False)
     import torch
     import torchvision
 
-    from mlabel_exp.training import builders
+    from mlabel_exp.training import optim
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(num_classes=14).to(device, memory_format=torch.channels_last).train()
     run = torch.compile(model) if compile else model
-    opt = builders.build_optimizer("adamw", [{"params": list(model.parameters())}], 1e-4, 0.01,
+    opt = optim.build_optimizer("adamw", [{"params": list(model.parameters())}], 1e-4, 0.01,
                                    fused=device.type == "cuda")
     loss_fn = torch.nn.BCEWithLogitsLoss()
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -107,7 +107,7 @@ def trainer_rate(device, index, loader, size: int, batch: int, max_steps: int, f
     """Images/s of engine.Trainer.train_epoch over ``loader``, second epoch (the first warms up cudnn and workers)."""
     import torch
 
-    from mlabel_exp.training import builders
+    from mlabel_exp.training import optim
     from mlabel_exp.training import trainer as engine
     from mlabel_exp.models.zoo import build_model
     from mlabel_exp.data.images import BatchTransform
@@ -116,7 +116,7 @@ def trainer_rate(device, index, loader, size: int, batch: int, max_steps: int, f
     torch.manual_seed(0)
     net = build_model("resnet50", len(index.classes), hidden=1024, dropout=0.4, input_size=size).to(device)
     cfg = TrainerConfig(epochs=2, batch_size=batch, progress="none", checkpoint=False, max_steps_per_epoch=max_steps)
-    optimizer = builders.build_optimizer("adamw", [{"params": list(net.parameters())}], 1e-4, 0.01, fused=fused)
+    optimizer = optim.build_optimizer("adamw", [{"params": list(net.parameters())}], 1e-4, 0.01, fused=fused)
     trainer = engine.Trainer(net, optimizer, cfg, device=device, classes=index.classes,
                              batch_transform=BatchTransform(size, hflip=True))
     trainer.train_epoch(loader, 1)
@@ -204,7 +204,7 @@ def main() -> None:
 
         cache = image_cache.open_or_build(index, size, tmp, required=True)
         ds = CachedImages.from_index(cache, index, rows)
-        # what a run does: the cached loader, pinned, and on CUDA fused AdamW (builders.optimizer)
+        # what a run does: the cached loader, pinned, and on CUDA fused AdamW (optim.optimizer)
         variants = {"cached loader (the default)": dict(workers=cache_workers, pin=cuda, fused=cuda)}
         if args.trainer_variants:
             variants.update({"in-memory batch, no loader": dict(in_memory=True, fused=cuda),

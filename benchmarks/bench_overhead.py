@@ -161,6 +161,7 @@ def child_profiled(args, tmp: Path) -> dict:
         imports[mod] = time.perf_counter() - start
 
     from mlabel_exp.data import formats, split
+    from mlabel_exp.training import checkpoints
     from mlabel_exp.training import trainer as engine
     from mlabel_exp.analysis import metrics
     from mlabel_exp.models import zoo
@@ -175,11 +176,12 @@ def child_profiled(args, tmp: Path) -> dict:
     for owner, attr in [(tracking, "open_tracker"), (formats, "index_from_config"), (split, "split_from_config"),
                         (split, "save_split"), (zoo, "build_model"), (T, "start"), (report, "start"),
                         (engine.Trainer, "fit"), (engine.Trainer, "train_epoch"), (engine.Trainer, "predict"),
-                        (metrics, "compute"), (engine.Trainer, "_checkpoint"), (T, "log_metrics"),
+                        (metrics, "compute"), (checkpoints.Checkpoints, "save_best"),
+                        (checkpoints.Checkpoints, "save_last"), (T, "log_metrics"),
                         (report, "log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
                         (T, "log_figure"), (metrics, "tune_thresholds"), (metrics, "per_class_table"),
                         (report, "write_predictions"), (T, "log_artifact"), (T, "log_text"), (T, "log_model"),
-                        (engine, "save_atomic"), (report, "log_data_problems"), (T, "set_tags"), (T, "end")]:
+                        (checkpoints, "save_atomic"), (report, "log_data_problems"), (T, "set_tags"), (T, "end")]:
         t.wrap(owner, attr, attr)
     cfg = compose_cfg(*overrides(args, tmp))
     start = time.perf_counter()

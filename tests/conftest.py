@@ -2,8 +2,8 @@
 
 The suite runs as on a CPU without bfloat16 instructions (float32 throughout) on every CPU, so that every machine runs
 the same suite; ``make test`` then runs the tests marked ``precision`` again as on a CPU with them (bfloat16 autocast,
-emulated where the instructions are missing). Both through $MLABEL_EXP_CPU_BF16 (predictor.CPU_BF16_ENV), which the
-processes the tests start inherit.
+emulated where the instructions are missing). Both through $MLABEL_EXP_CPU_BF16 (training.precision.CPU_BF16_ENV),
+which the processes the tests start inherit.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("MLABEL_EXP_CPU_BF16", "0")  # predictor.CPU_BF16_ENV, named here without importing torch
+os.environ.setdefault("MLABEL_EXP_CPU_BF16", "0")  # training.precision.CPU_BF16_ENV, named here without importing torch
 
 
 def write_tree(root: Path, image_ids, annotations: dict[str, str | bytes], size: int = 8) -> Path:

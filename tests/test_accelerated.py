@@ -10,6 +10,7 @@ import torch
 from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.data.images import BatchTransform, image_steps, load_image
 from mlabel_exp.data.loaders import CachedImages, make_loader
+from mlabel_exp.training import precision
 from mlabel_exp.training import trainer as engine
 from mlabel_exp.data import cache as image_cache
 from mlabel_exp.models.backbones import SmallCNN
@@ -84,7 +85,7 @@ def test_compiled_training_on_cpu_matches_eager(synthetic_root, tmp_path):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cuda_amp_channels_last_and_compile(synthetic_root, tmp_path, dtype):
     result, t = _fit(synthetic_root, tmp_path, "cuda", amp_dtype=dtype, compile=True)
-    assert t.amp_dtype == getattr(torch, dtype) and t.scaler.is_enabled() == (dtype == "float16")
+    assert t.amp_dtype == getattr(torch, dtype) and t.update.scaler.is_enabled() == (dtype == "float16")
     assert all(np.isfinite(h["train/loss"]) and 0 <= h["val/mAP"] <= 1 for h in result.history)
     assert result.best_probs.device.type == "cpu" and len(result.best_probs) == 4 * 16  # max_steps_per_epoch batches
     _loads_into_a_plain_model(result)
@@ -106,15 +107,14 @@ def test_batch_transform_on_cuda_matches_cpu(synthetic_root):
 def test_the_cpu_bfloat16_detection_can_be_pinned_and_a_bad_value_is_named(monkeypatch, value, native):
     """$MLABEL_EXP_CPU_BF16 makes any CPU run as one with (1) or without (0) bfloat16 instructions: how the suite runs
     the same tests everywhere, and how a user reproduces another machine's precision."""
-    from mlabel_exp.inference import predictor
     from mlabel_exp.config import ConfigError
 
-    monkeypatch.setenv(predictor.CPU_BF16_ENV, value)
-    assert predictor.cpu_computes_bf16() is native
-    assert engine.precision(TrainerConfig(), torch.device("cpu")) == ("bfloat16 autocast" if native else "float32")
-    monkeypatch.setenv(predictor.CPU_BF16_ENV, "yes")
+    monkeypatch.setenv(precision.CPU_BF16_ENV, value)
+    assert precision.cpu_computes_bf16() is native
+    assert precision.precision(TrainerConfig(), torch.device("cpu")) == ("bfloat16 autocast" if native else "float32")
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "yes")
     with pytest.raises(ConfigError, match="MLABEL_EXP_CPU_BF16='yes' is invalid"):
-        predictor.cpu_computes_bf16()
+        precision.cpu_computes_bf16()
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -122,13 +122,11 @@ def test_cpu_training_autocasts_to_bfloat16_only_where_the_cpu_computes_it(monke
     """trainer.amp=true (the default) means mixed precision where the hardware does it natively: on a CPU with
     bfloat16 instructions the convolutions run in bfloat16 (about twice float32's speed there), on one without
     (emulated: slower than float32) everything stays float32; trainer.amp=false is float32 everywhere."""
-    from mlabel_exp.inference import predictor
-
-    monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert engine.precision(TrainerConfig(), cpu) == ("bfloat16 autocast" if native else "float32")
-    assert engine.precision(TrainerConfig(amp=False), cpu) == "float32"
-    assert engine.precision(TrainerConfig(amp_dtype="float16"), cpu) == "float32"  # no native float16 on CPUs
+    assert precision.precision(TrainerConfig(), cpu) == ("bfloat16 autocast" if native else "float32")
+    assert precision.precision(TrainerConfig(amp=False), cpu) == "float32"
+    assert precision.precision(TrainerConfig(amp_dtype="float16"), cpu) == "float32"  # no native float16 on CPUs
     net = _smallcnn((8,))
     seen = []
     net.features[0][0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
@@ -139,4 +137,4 @@ def test_cpu_training_autocasts_to_bfloat16_only_where_the_cpu_computes_it(monke
     t.predictor.logits(batch["image"])
     expected = torch.bfloat16 if native else torch.float32
     assert seen == [expected, expected] and loss.dtype == torch.float32  # the loss is always float32
-    assert t.metadata["amp_dtype"] == str(expected).removeprefix("torch.")
+    assert t.checkpoints.metadata["amp_dtype"] == str(expected).removeprefix("torch.")

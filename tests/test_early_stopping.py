@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlabel_exp.training import trainer as engine
 from mlabel_exp.analysis import metrics
 from mlabel_exp.config import TrainerConfig
 from mlabel_exp.data.loaders import make_loader
+from mlabel_exp.training import trainer as engine
+from mlabel_exp.training.callbacks import Callbacks, TrainingInterrupted
+from mlabel_exp.training.optim import build_scheduler
 
 N_CLASSES = 3
 
@@ -25,11 +27,16 @@ def _loader(n: int = 8, seed: int = 0):
     return make_loader(items, 4, shuffle=False, num_workers=0)
 
 
-class _Recorder(engine.Callbacks):
-    """Keeps a copy of the weights as each epoch ends (before its checkpoint is written)."""
+class _Recorder(Callbacks):
+    """Keeps a copy of the weights as each epoch ends (before its checkpoint is written), and tunes thresholds on each
+    new best epoch, as a run's callbacks do."""
 
     def __init__(self, net):
-        self.net, self.weights = net, {}
+        self.net, self.weights, self.new_best = net, {}, []
+
+    def on_new_best(self, epoch, probs, targets):
+        self.new_best.append(epoch)
+        return metrics.tune_thresholds(probs, targets)
 
     def on_epoch_end(self, epoch, metrics):
         self.weights[epoch] = {k: v.clone() for k, v in self.net.state_dict().items()}
@@ -40,8 +47,10 @@ def _trainer(tmp_path, epochs: int, patience: int):
     net = torch.nn.Linear(4, N_CLASSES)
     cfg = TrainerConfig(epochs=epochs, early_stopping_patience=patience, progress="none", device="cpu")
     recorder = _Recorder(net)
-    t = engine.Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), cfg, device=torch.device("cpu"),
-                       classes=[f"c{i}" for i in range(N_CLASSES)], callbacks=recorder, checkpoint_dir=tmp_path)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, epochs, len(_loader()))  # onecycle, as a run's
+    t = engine.Trainer(net, optimizer, cfg, device=torch.device("cpu"), classes=[f"c{i}" for i in range(N_CLASSES)],
+                       callbacks=recorder, checkpoint_dir=tmp_path, scheduler=scheduler)
     return t, recorder
 
 
@@ -118,14 +127,13 @@ def test_state_dict_round_trips_into_a_fresh_trainer(tmp_path, scripted):
     t.fit(_loader(), _loader(seed=1))
     state = t.state_dict()
     fresh, _ = _trainer(tmp_path / "b", epochs=3, patience=5)
-    fresh.scheduler = None
     fresh.load_state_dict(state)
     again = fresh.state_dict()
     assert {k: again[k] for k in ("epoch", "best_epoch", "best_score", "since_best", "history", "bad_images")} == \
         {"epoch": 3, "best_epoch": 2, "best_score": 0.7, "since_best": 1, "history": t.result.history, "bad_images": {}}
     for k, v in state["model"].items():
         assert torch.equal(again["model"][k], v), k
-    assert torch.equal(again["rng"], state["rng"])
+    assert torch.equal(again["rng"], state["rng"]) and again["scheduler"] == state["scheduler"]
     assert again["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()
 
 
@@ -134,9 +142,10 @@ def test_best_checkpoint_holds_the_thresholds_tuned_on_its_epoch(tmp_path, scrip
     from mlabel_exp.analysis.metrics import tune_thresholds
 
     scripted(0.5, 0.7, 0.6)
-    t, _ = _trainer(tmp_path, epochs=3, patience=0)
+    t, recorder = _trainer(tmp_path, epochs=3, patience=0)
     result = t.fit(_loader(), _loader(seed=1))
     best = _load(result.checkpoints["best"])
+    assert recorder.new_best == [1, 2]  # the hook that decides the thresholds is called on each new best epoch
     assert best["epoch"] == 2 and best["thresholds"] == result.thresholds
     assert best["thresholds"] == tune_thresholds(best["val"]["probs"], best["val"]["targets"])
     assert best["classes"] == ["c0", "c1", "c2"] and "thresholds" not in _load(result.checkpoints["last"])
@@ -157,7 +166,7 @@ def test_a_stop_during_validation_ends_the_run_there_except_in_the_last_epoch(tm
     t, recorder = _trainer(tmp_path, epochs=epochs, patience=0)
     t.callbacks = _StopInValidation(t.net)
     if stops:
-        with pytest.raises(engine.TrainingInterrupted, match="during validation"):
+        with pytest.raises(TrainingInterrupted, match="during validation"):
             t.fit(_loader(), _loader(seed=1))
         assert t.epoch == 0 and not (tmp_path / "last.pt").exists()  # epoch 1 never finished: nothing to resume
     else:

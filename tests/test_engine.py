@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from mlabel_exp.config import SchedulerConfig
-from mlabel_exp.training.builders import build_optimizer, build_scheduler
-from mlabel_exp.training.trainer import select_device
+from mlabel_exp.config import ConfigError
+from mlabel_exp.training.optim import build_optimizer, build_scheduler
+from mlabel_exp.training.precision import select_device
 from mlabel_exp.fsutil import save_atomic
 
 
@@ -61,20 +62,48 @@ def test_optimizers_take_weight_decay_and_groups():
 def test_auto_device_prefers_cuda_then_mps_then_cpu_and_a_choice_is_honoured(monkeypatch, cuda, mps, expected):
     """Each machine is simulated (what torch reports), so every host checks every branch."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert select_device("auto").type == expected
     assert select_device("cpu").type == "cpu"  # a choice wins over what is available
-    assert select_device("cuda:1") == torch.device("cuda", 1)
+    if cuda:
+        assert select_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("name,setting,message", [
+    ("cuda", "trainer.device", "trainer.device=cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); "
+                               "use trainer.device=auto or cpu"),
+    ("cuda:3", "trainer.device", "trainer.device=cuda:3: this machine has no CUDA GPU"),
+    ("mps", "trainer.device", "trainer.device=mps: MPS is not available on this machine"),
+    ("cuda", "device", "device=cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); "
+                       "use device=auto or cpu"),  # predict's setting
+    ("gpu", "device", "device='gpu' is not a device: expected auto, cpu, cuda, cuda:N or mps"),
+])
+def test_a_device_that_is_not_there_is_one_line_naming_the_setting_and_the_fix(monkeypatch, name, setting, message):
+    """A CPU-only machine is simulated, so every host checks the message (at first use it was a 36-line traceback)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        select_device(name, setting)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_cuda_index_beyond_the_gpus_there_names_how_many_there_are(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"trainer.device=cuda:3: this machine has 2 CUDA GPU\(s\), cuda:0 to cuda:1"):
+        select_device("cuda:3")
 
 
 def _estimate_after(monkeypatch, caplog, seconds_per_step: float, device: str = "cpu", **kw):
     """The estimate's log after its first steps, with a clock that advances ``seconds_per_step`` a step."""
-    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.training import progress
 
     clock = iter(range(0, 10_000))
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock) * seconds_per_step)
-    estimate = engine._RunEstimate(torch.device(device), **kw)
-    caplog.set_level("INFO", logger="mlabel_exp.training.trainer")
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock) * seconds_per_step)
+    estimate = progress.RunEstimate(torch.device(device), **kw)
+    caplog.set_level("INFO", logger="mlabel_exp.training.progress")
     for i in range(1, kw["train_steps"] + 1):
         estimate.step(i)
     return [(r.levelname, r.getMessage()) for r in caplog.records]

@@ -149,19 +149,21 @@ def test_a_bfloat16_cpu_run_is_replayed_in_bfloat16_where_the_cpu_has_it_else_in
     of the 9 layers' inputs and weights to 2**-9 relative, so a logit moves by at most 9 * 2 * 2**-9 of its size,
     the sigmoid's slope is at most 1/4."""
     from mlabel_exp.inference import predictor
+    from mlabel_exp.training import precision
+    from mlabel_exp.training.checkpoints import load_checkpoint
 
-    monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: True)
     out = tmp_path / "out"
     train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={out}")))
     _, (run,) = mlflow_runs(tmp_path)
     assert run.data.params["precision"] == "bfloat16 autocast" and _run_dtype(out) == "bfloat16"
     images = sorted((tmp_path / "cache").rglob("images"))[0]
-    ckpt = predictor.load_checkpoint(out / "checkpoints" / "best.pt")
+    ckpt = load_checkpoint(out / "checkpoints" / "best.pt")
     assert predictor.Predictor.from_checkpoint(ckpt).amp_dtype == torch.bfloat16
     logged, native = _predict_the_validation_images(out, images, tmp_path / "native", "cpu")
     np.testing.assert_allclose(native, logged, atol=BF16_REPLAY_ATOL)
 
-    monkeypatch.setattr(predictor, "cpu_computes_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: False)
     assert predictor.Predictor.from_checkpoint(ckpt).amp_dtype == torch.float32
     _, emulated = _predict_the_validation_images(out, images, tmp_path / "float32", "cpu")
     assert not np.array_equal(emulated, native)  # another dtype did compute them
@@ -329,7 +331,8 @@ def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, cap
 def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_thresholds(trained):
     """The checkpoint alone is enough: its recorded preprocessing, its tuned thresholds, and the same probabilities
     whether images come one batch in memory (the pyfunc model) or through DataLoader workers (predict)."""
-    from mlabel_exp.inference.predictor import Predictor, load_checkpoint
+    from mlabel_exp.inference.predictor import Predictor
+    from mlabel_exp.training.checkpoints import load_checkpoint
 
     tmp, _, _, images = trained
     ckpt = load_checkpoint(tmp / "out" / "checkpoints" / "best.pt")
@@ -351,7 +354,8 @@ def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_th
 def test_a_checkpoint_with_a_class_named_like_an_output_column_is_refused_before_predicting(trained):
     """A run trained before such names were refused: its class would overwrite a column of every output."""
     from mlabel_exp.data.index import DataError
-    from mlabel_exp.inference.predictor import Predictor, load_checkpoint
+    from mlabel_exp.inference.predictor import Predictor
+    from mlabel_exp.training.checkpoints import load_checkpoint
 
     tmp, _, _, _ = trained
     ckpt = load_checkpoint(tmp / "out" / "checkpoints" / "best.pt")
@@ -361,7 +365,7 @@ def test_a_checkpoint_with_a_class_named_like_an_output_column_is_refused_before
 
 
 def test_a_corrupt_checkpoint_is_named(tmp_path):
-    from mlabel_exp.inference.predictor import load_checkpoint
+    from mlabel_exp.training.checkpoints import load_checkpoint
 
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"PK\x03\x04 half a zip")

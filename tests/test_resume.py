@@ -268,7 +268,7 @@ def test_resume_latest_passes_over_pruned_trials_and_live_runs_and_an_explicit_l
 def _schedule(name: str, epochs: int, steps: int, cut: int | None = None, longer: int | None = None):
     """(lr, momentum) of every step of a ``name`` schedule over ``epochs`` x ``steps``; with ``cut``, the run stops
     after that epoch and resumes (optimizer and scheduler states reloaded, as from last.pt) with ``longer`` epochs."""
-    from mlabel_exp.training.builders import build_optimizer, build_scheduler, change_length
+    from mlabel_exp.training.optim import build_optimizer, build_scheduler, change_length
     from mlabel_exp.config import SchedulerConfig
 
     def built(n):

@@ -17,7 +17,7 @@ from mlabel_exp.config import ConfigError, project_root, validate
 from mlabel_exp.models.backbones import ModelError
 from mlabel_exp.cli.run import train
 from mlabel_exp.tracking.runs import default_uri, resolve_uri
-from mlabel_exp.inference.predictor import cpu_computes_bf16
+from mlabel_exp.training.precision import cpu_computes_bf16
 from tests.conftest import artifact_paths, assert_labels_are_the_written_decisions, compose_cfg, mlflow_runs, tiny_overrides
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/more/accuracy", "lr",
@@ -381,7 +381,8 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
     test = pd.read_csv(out / "predictions" / "test.csv")
     assert sorted(test["file"]) == sorted(split["test"]) and not set(split["test"]) & set(split["train"] + split["val"])
     # the reference: best.pt's own predictions of the test images (not the CSV's), at thresholds.json
-    from mlabel_exp.inference.predictor import Predictor, load_checkpoint
+    from mlabel_exp.inference.predictor import Predictor
+    from mlabel_exp.training.checkpoints import load_checkpoint
 
     tuned = json.loads((out / "thresholds.json").read_text())
     classes, thresholds = tuned["classes"], torch.tensor(tuned["per_class"])

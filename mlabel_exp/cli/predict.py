@@ -92,7 +92,7 @@ class PredictResult:
 
 def _load(cfg: PredictConfig) -> tuple[dict, str]:
     """The checkpoint (and where it came from): the run's best.pt from MLflow, or a file."""
-    from mlabel_exp.inference.predictor import load_checkpoint
+    from mlabel_exp.training.checkpoints import load_checkpoint
 
     if not cfg.run:
         path = resolve_path(cfg.checkpoint)
@@ -112,13 +112,14 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from mlabel_exp.tracking import report
     from mlabel_exp.tracking import runs as tracking
     from mlabel_exp.data.loaders import default_workers
-    from mlabel_exp.training.trainer import select_device
+    from mlabel_exp.training.precision import select_device
     from mlabel_exp.floats import decide
     from mlabel_exp.inference.predictor import Predictor
 
+    device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line
     paths, names = list_inputs(cfg.input)
     ckpt, source = _load(cfg)
-    predictor = Predictor.from_checkpoint(ckpt, select_device(cfg.device))
+    predictor = Predictor.from_checkpoint(ckpt, device)
     if cfg.threshold != "tuned":
         predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold), dtype=np.float32)
     elif not ckpt.get("thresholds"):

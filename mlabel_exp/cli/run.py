@@ -2,8 +2,9 @@
 
 ``main`` is a thin Hydra wrapper around ``train(cfg)``, which tests, sweeps and the search call directly and
 which returns the objective (best validation mAP). ``train`` only wires the parts together: settings become
-objects in ``builders``, training runs in ``engine``, and ``report`` records the run. Heavy imports (torch,
-mlflow) happen inside ``train`` so that ``--help`` and ``--cfg job`` stay fast.
+objects in ``data`` (loaders), ``models`` and ``training.optim``, training runs in ``training.trainer``, and
+``tracking.report`` records the run. Heavy imports (torch, mlflow) happen inside ``train`` so that ``--help`` and
+``--cfg job`` stay fast.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     if typed.trainer.devices > 1 and not distributed.launched_by_torchrun():
         if on_epoch is not None:
             raise ConfigError("trainer.devices > 1 cannot run inside a search; use trainer.devices=1")
+        from mlabel_exp.training.precision import select_device
+
+        select_device(typed.trainer.device)  # a device that is not there: one line here, not one per process
         # N fresh processes on this machine; the Hydra context (output folder, run name, sweep tags) goes along
         pinned = OmegaConf.to_container(cfg, resolve=True)
         pinned["trainer"]["output_dir"] = str(job.output_dir(typed))
@@ -75,8 +79,8 @@ def _prepare(typed: Config):
     from mlabel_exp.data.formats import resolve_data_root
     from mlabel_exp.models.backbones import check_input_size
     from mlabel_exp.models.weights import fetch_weights
-    from mlabel_exp.training import trainer as engine
     from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.training.precision import select_device
 
     torch.manual_seed(typed.seed)
     np.random.seed(typed.seed)
@@ -86,7 +90,7 @@ def _prepare(typed: Config):
     if typed.data.name == "folder":  # a wrong data root fails before a download and before the store is opened
         resolve_data_root(typed.data)
     fetch_weights(typed.model.name, typed.model.weights)  # offline: fails here, in seconds
-    device = engine.select_device(typed.trainer.device)
+    device = select_device(typed.trainer.device)
     if distributed.launched_by_torchrun():
         device = distributed.setup(device.type)
     # an unwritable store fails here, before training; only rank 0 records anything
@@ -103,21 +107,56 @@ def _train(cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
 def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_epoch, identity) -> float:
     import torch
 
-    from mlabel_exp.training import builders
-    from mlabel_exp.training import trainer as engine
-    from mlabel_exp.data import cache as image_cache
-    from mlabel_exp.models import losses
+    from mlabel_exp.data.loaders import build_loaders, check_validation_images
     from mlabel_exp.models.weights import weights_description
     from mlabel_exp.models.zoo import build_model
     from mlabel_exp.tracking import report
-    from mlabel_exp.data.formats import index_from_config
-    from mlabel_exp.data.loaders import build_loaders, check_validation_images, default_workers
-    from mlabel_exp.data.split import save_split, split_from_config
-    from mlabel_exp.config import resolve_path
-    from mlabel_exp.inference.predictor import preprocessing_of
-    from mlabel_exp.training.resume import check_classes, check_data, data_record
+    from mlabel_exp.training import optim
+    from mlabel_exp.training.callbacks import RunCallbacks
+    from mlabel_exp.training.precision import memory_format, precision
 
     m, main_rank = typed.model, distributed.is_main()
+    index, split, content, data = _data(out, typed, resume, main_rank)
+    net = build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
+                      aux_logits=m.aux_logits, input_size=m.input_size)
+    stop = StopRequest()
+    callbacks = RunCallbacks(typed, net, tracker, stop, on_epoch)
+    net.to(device, memory_format=memory_format(typed.trainer, device))  # before DDP takes its layout
+    optimizer = optim.optimizer(typed, net, cuda=device.type == "cuda")
+    model = torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
+    loaders = build_loaders(typed, index, split, device.type == "cuda")
+    check_validation_images(index, split, loaders.cache)
+    weights = weights_description(m.name, m.weights)
+    facts = report.run_facts(index, split, weights=weights, device=device, precision=precision(typed.trainer, device),
+                             workers=loaders.workers, cache=loaders.cache)
+    params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
+    report.start(tracker, cfg, identity, out, index, split, content, params, {"weights": weights}, resume)
+    log.info("training %s on %s (%s): %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
+             facts["precision"], report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
+    trainer = _trainer(model, net, optimizer, callbacks, loaders, index, split, device, out, cfg, typed, data, weights,
+                       resume)
+    with _run_status(tracker, stop):
+        result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
+                             resume_best=resume and resume["best"])
+        test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
+        held_out = report.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
+    report.log_data_problems(tracker, out, index, trainer.bad_images)
+    report.finish(tracker, result, held_out)
+    if main_rank:
+        print(report.closing_block(tracker, out, result, held_out), flush=True)
+    return float(result.best_score)
+
+
+def _data(out, typed: Config, resume, main_rank: bool):
+    """The data set, its split (saved, or a resumed run's own) and the record a resume checks the data against."""
+    from mlabel_exp.config import resolve_path
+    from mlabel_exp.data import cache as image_cache
+    from mlabel_exp.data.formats import index_from_config
+    from mlabel_exp.data.loaders import default_workers
+    from mlabel_exp.data.split import save_split, split_from_config
+    from mlabel_exp.training.resume import check_classes, check_data, data_record
+
     if resume is None and (out / "checkpoints" / "last.pt").is_file():  # never overwrite another run's checkpoints
         raise ConfigError(f"{out} holds the checkpoints of an earlier run (checkpoints/last.pt), which a new run would "
                           "overwrite: continue that run with resume=<its run id> (its output_dir tag is this folder), "
@@ -132,57 +171,42 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         check_classes(index.classes, resume["last"]["classes"])
     elif main_rank:
         save_split(out / "split.json", index, split, seed=typed.data.split_seed)
-    net = build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
-                      aux_logits=m.aux_logits, input_size=m.input_size)
-    stop = StopRequest()
-    callbacks = builders.RunCallbacks(typed, net, tracker, stop, on_epoch)
-    net.to(device, memory_format=engine.memory_format(typed.trainer, device))  # before DDP takes its layout
-    optimizer = builders.optimizer(typed, net, cuda=device.type == "cuda")
-    model = torch.nn.parallel.DistributedDataParallel(
-        net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
-    loaders = build_loaders(typed, index, split, device.type == "cuda")
-    check_validation_images(index, split, loaders.cache)
-    weights = weights_description(m.name, m.weights)
-    precision = engine.precision(typed.trainer, device)
-    facts = report.run_facts(index, split, weights=weights, device=device, precision=precision,
-                             workers=loaders.workers, cache=loaders.cache)
-    params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
-    report.start(tracker, cfg, identity, out, index, split, content, params, {"weights": weights}, resume)
-    log.info("training %s on %s (%s): %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
-             precision, report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
-    trainer = engine.Trainer(
-        model, optimizer, typed.trainer, device=device, classes=index.classes, aux_weight=m.aux_weight,
+    return index, split, content, data
+
+
+def _trainer(model, net, optimizer, callbacks, loaders, index, split, device, out, cfg: DictConfig, typed: Config,
+             data: dict, weights: str, resume):
+    """The Trainer of this run: its LR schedule, loss, checkpoints (rank 0 writes them) and what they record."""
+    from mlabel_exp.inference.predictor import preprocessing_of
+    from mlabel_exp.models import losses
+    from mlabel_exp.training import optim
+    from mlabel_exp.training.trainer import Trainer, epoch_steps
+
+    m, t = typed.model, typed.trainer
+    scheduler = optim.build_scheduler(t.scheduler, optimizer, t.epochs, epoch_steps(loaders.train, t))
+    return Trainer(
+        model, optimizer, t, device=device, classes=index.classes, aux_weight=m.aux_weight, scheduler=scheduler,
         loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=loaders.transform,
-        callbacks=callbacks, checkpoint_dir=out / "checkpoints" if main_rank else None, net=net,
+        callbacks=callbacks, checkpoint_dir=out / "checkpoints" if distributed.is_main() else None, net=net,
         metadata={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name, "weights_used": weights,
                   "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if loaders.cache else None),
                   "data": data, "hydra_choices": resume["choices"] if resume else job.group_choices()})
-    with _run_status(tracker, stop):
-        result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
-                             resume_best=resume and resume["best"])
-        test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
-        held_out = report.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
-    report.log_data_problems(tracker, out, index, trainer.bad_images)
-    report.finish(tracker, result, held_out)
-    if main_rank:
-        print(report.closing_block(tracker, out, result, held_out), flush=True)
-    return float(result.best_score)
 
 
 @contextmanager
 def _run_status(tracker, stop: StopRequest):
     """Signals become stop requests; a stop, a pruned trial or an error ends the MLflow run with the matching status.
     A stopped run exits 128 + signal (SIGUSR2: 140, SIGTERM: 143), after a scheduler's own handler had its turn."""
-    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.training.callbacks import TrainingInterrupted, TrialPruned
 
     try:
         with stop_on_signals(stop):
             yield
-    except engine.TrialPruned:
+    except TrialPruned:
         tracker.set_tags({"pruned": "true"})
         tracker.end("KILLED")
         raise
-    except engine.TrainingInterrupted as e:
+    except TrainingInterrupted as e:
         log.warning("run interrupted: %s", e)
         tracker.set_tags({"preempted": str(stop.preempted).lower()})  # true: the same command continues it
         tracker.end("KILLED")

@@ -45,7 +45,7 @@ def search(cfg: DictConfig):
     """Run trials until the study holds ``search.n_trials`` finished ones; returns the optuna Study."""
     import optuna
 
-    from mlabel_exp.training import trainer as engine
+    from mlabel_exp.training.callbacks import TrialPruned
     from mlabel_exp.tracking import runs as tracking
     from mlabel_exp.cli.run import train
 
@@ -80,13 +80,13 @@ def search(cfg: DictConfig):
             trial.report(metrics["val/mAP"], epoch)
             if trial.should_prune():
                 log.info("trial %d pruned after epoch %d (val/mAP %.4f)", trial.number, epoch, metrics["val/mAP"])
-                raise engine.TrialPruned()
+                raise TrialPruned()
 
         tags = {**group, "optuna_trial": str(trial.number),
                 "overrides": " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())}
         try:
             return train(trial_cfg, on_epoch=on_epoch, group=tags)
-        except engine.TrialPruned:
+        except TrialPruned:
             raise optuna.TrialPruned() from None
 
     if remaining > 0:

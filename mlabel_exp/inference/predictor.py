@@ -8,7 +8,6 @@ preprocessing it was trained with; ``Predictor.from_checkpoint`` replays it.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -16,25 +15,9 @@ import numpy as np
 import torch
 
 from mlabel_exp.data.images import BatchTransform, image_steps
+from mlabel_exp.training.precision import CHANNELS_LAST_DEVICES, autocast_dtype
 
 log = logging.getLogger(__name__)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A mlabel-exp checkpoint, loaded without unpickling code; a missing, corrupt or foreign file is named."""
-    from mlabel_exp.config import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"checkpoint={str(path)!r}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); it may be "
-                          "truncated or corrupt: use another checkpoint (best.pt or last.pt of the run)") from e
-    for key in ("model", "classes", "config"):
-        if key not in ckpt:
-            raise ConfigError(f"{path} is not a mlabel-exp checkpoint: it has no {key!r} entry")
-    return ckpt
 
 
 def preprocessing_of(model_cfg, decode_size: int | None = None) -> dict:
@@ -49,43 +32,6 @@ def split_outputs(out):
     if isinstance(out, tuple):
         return out[0], (out[1] if len(out) > 1 else None)
     return out, None
-
-
-#: Where channels_last pays: cuDNN, and oneDNN on the CPU (measured on smallcnn at 64 px, 2 cores: training 1.3x,
-#: validation 1.5x the default layout; README, Performance).
-CHANNELS_LAST_DEVICES = ("cuda", "cpu")
-
-
-#: Overrides the CPU's bfloat16 detection: "1" runs as a CPU with bfloat16 instructions would (bfloat16 autocast,
-#: emulated and slower where the instructions are missing, with the same arithmetic), "0" as one without (float32).
-#: The test suite pins "0" so that every CPU runs the same suite, and runs its precision-sensitive tests again with
-#: "1" (Makefile); a user can pin either to reproduce another machine's run.
-CPU_BF16_ENV = "MLABEL_EXP_CPU_BF16"
-
-
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN runs bfloat16 convolutions
-    about twice as fast as float32. Elsewhere bfloat16 is emulated, slower than float32, and autocast stays off.
-    $MLABEL_EXP_CPU_BF16 (CPU_BF16_ENV) overrides the detection."""
-    forced = os.environ.get(CPU_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    if forced:
-        from mlabel_exp.config import ConfigError
-
-        raise ConfigError(f"{CPU_BF16_ENV}={forced!r} is invalid: expected 1 (run as a CPU with bfloat16 "
-                          "instructions), 0 (as one without) or unset (detect)")
-    # private in torch 2.x, hence looked up: a torch without them counts as "no"
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(check() for check in checks if check is not None)
-
-
-def autocast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The dtype to autocast in on ``device`` for a run that asks for ``dtype`` (float32: none): CUDA as asked; the
-    CPU only bfloat16, and only where it computes it natively; float32 elsewhere (MPS)."""
-    if dtype == torch.float32 or device.type == "cuda":
-        return dtype
-    return torch.bfloat16 if device.type == "cpu" and dtype == torch.bfloat16 and cpu_computes_bf16() else torch.float32
 
 
 class Predictor:
@@ -129,14 +75,23 @@ class Predictor:
         return cls(model, preprocessing, ckpt["classes"], thresholds=thresholds, device=device,
                    amp_dtype=getattr(torch, ckpt.get("amp_dtype", "float32")), channels_last=channels_last)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """float32 logits (on the device) of a uint8 batch from ``image_steps``; the model's mode is the caller's."""
-        x = self.transform(images.to(self.device, non_blocking=True), train=False)
+    def inputs(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """The model's input on the device, in its memory layout, from a uint8 batch (``train``: with the run's
+        training augmentation, for the Trainer's steps)."""
+        x = self.transform(images.to(self.device, non_blocking=True), train=train)
         if self.channels_last and x.dim() == 4:  # image batches; other inputs keep their layout
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(main logits, aux logits or None) of the model on ``inputs`` in the autocast dtype; training and validation
+        both run the model through here."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
-            main, _ = split_outputs(self.model(x))
-        return main.float()
+            return split_outputs(self.model(x))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 logits (on the device) of a uint8 batch from ``image_steps``; the model's mode is the caller's."""
+        return self.outputs(self.inputs(images))[0].float()
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

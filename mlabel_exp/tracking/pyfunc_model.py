@@ -19,7 +19,8 @@ from mlflow.pyfunc import PythonModel
 
 class MultiLabelClassifier(PythonModel):
     def load_context(self, context):
-        from mlabel_exp.inference.predictor import Predictor, load_checkpoint
+        from mlabel_exp.inference.predictor import Predictor
+        from mlabel_exp.training.checkpoints import load_checkpoint
 
         ckpt = load_checkpoint(Path(context.artifacts["checkpoint"]))  # torch.load(weights_only=True)
         self.predictor = Predictor.from_checkpoint(ckpt)  # the same preprocessing and model as predict, on the CPU

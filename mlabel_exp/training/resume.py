@@ -117,7 +117,7 @@ def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig
     """The interrupted run's own config (with the allowed ``overrides`` applied) and its checkpoints, recorded group
     choices and run id."""
     from mlabel_exp.tracking import runs as tracking
-    from mlabel_exp.inference.predictor import load_checkpoint
+    from mlabel_exp.training.checkpoints import load_checkpoint
 
     tracker = tracking.open_tracker(validate(cfg).tracking)
     run_id, tags = tracker.find_resumable(cfg.resume, why_not)
@@ -155,7 +155,7 @@ def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig
 def length_params(state: dict, epochs: int) -> dict[str, int]:
     """The param a resume adds when it changes trainer.epochs (MLflow params never change once logged, so the first
     trainer.epochs stays): ``trainer.epochs.from_epoch_<E>`` = the length in effect from epoch E on."""
-    from mlabel_exp.training.trainer import planned_epochs
+    from mlabel_exp.training.checkpoints import planned_epochs
 
     return {f"trainer.epochs.from_epoch_{state['epoch'] + 1}": epochs} if planned_epochs(state) != epochs else {}
 

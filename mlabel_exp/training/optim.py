@@ -1,17 +1,12 @@
-"""Config -> training objects: the decoded-image cache decision, data loaders, optimizer and LR schedule.
-
-The one place where settings become objects, so that ``run.train`` only wires them together.
-"""
+"""Settings -> optimizer and per-step LR schedule; a schedule that a resumed run stretches or shortens
+(``change_length``) without replaying it."""
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 
 from mlabel_exp.config import OPTIMIZERS, Config, SchedulerConfig, one_of
-
-log = logging.getLogger(__name__)
 
 
 def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,
@@ -133,38 +128,37 @@ def _one_cycle():
     return OneCycle
 
 
-class RunCallbacks:
-    """The engine's Callbacks (engine.Callbacks) for a training run: the unfreezing schedule, reporting each epoch
-    to the tracker and then to ``on_epoch`` (a search prunes there), and stopping on a StopRequest."""
+class OptimizerStep:
+    """One update from a loss: the optimizer, its per-step LR schedule (or None) and the loss scaler (enabled for
+    float16 only: bfloat16 needs no scaling, and so no per-step check of the gradients on the host), stepped and
+    saved together (last.pt's "optimizer", "scheduler" and "scaler")."""
 
-    def __init__(self, cfg: Config, model, tracker, stop, on_epoch=None):
-        from mlabel_exp.models.freeze import set_trainable
+    def __init__(self, optimizer, scheduler=None, *, device_type: str = "cpu", scale_loss: bool = False):
+        import torch
 
-        m, t = cfg.model, cfg.trainer
-        self.model, self.tracker, self.stop, self.on_epoch = model, tracker, stop, on_epoch
-        self.name, self.unfreeze_at = m.name, t.unfreeze_at_epoch
-        self.final = m.trainable if isinstance(m.trainable, str) else list(m.trainable)
-        self.trainable = set_trainable(model, m.name, "head" if self.unfreeze_at else self.final)
-        self.frozen_count = self.trainable
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.scaler = torch.amp.GradScaler(device_type, enabled=scale_loss)
 
-    def on_epoch_start(self, epoch: int) -> dict[str, float]:
-        from mlabel_exp.models.freeze import set_trainable
+    def __call__(self, loss) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
-        if self.unfreeze_at and epoch > self.unfreeze_at and self.trainable == self.frozen_count:  # also on resume
-            self.trainable = set_trainable(self.model, self.name, self.final)
-            log.info("epoch %d: unfreezing model.trainable=%s (%d trainable parameters)", epoch, self.final,
-                     self.trainable)
-        return {"trainable_params": float(self.trainable)}
+    @property
+    def lr(self) -> float:
+        """The LR of the first parameter group (the head's), as the next step uses it."""
+        return self.optimizer.param_groups[0]["lr"]
 
-    def on_train_mode(self, model) -> None:
-        from mlabel_exp.models.freeze import keep_frozen_bn_in_eval
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict()}
 
-        keep_frozen_bn_in_eval(model)
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(metrics, step=epoch)
-        if self.on_epoch is not None:
-            self.on_epoch(epoch, metrics)
-
-    def should_stop(self) -> bool:
-        return self.stop.is_set()
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
