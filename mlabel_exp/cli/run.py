@@ -32,9 +32,11 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     ``on_epoch(epoch, metrics)`` sees every epoch's metrics (a search prunes with it); ``group`` adds tags,
     ``sweep_id`` among them, that make the run a child of that group's parent run.
     """
+    from mlabel_exp.training.precision import select_device
     from mlabel_exp.training.resume import preempted_run, resume_point
 
     typed = validate(cfg)  # every setting checked before any data is read
+    select_device(typed.trainer.device)  # and the device: one that is not there is one line, before any other work
     overrides = job.task_overrides()
     if not typed.resume and on_epoch is None:  # a search continues its own trials
         found = preempted_run(typed.tracking, job.run_identity(typed, group)[1])
@@ -50,9 +52,6 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     if typed.trainer.devices > 1 and not distributed.launched_by_torchrun():
         if on_epoch is not None:
             raise ConfigError("trainer.devices > 1 cannot run inside a search; use trainer.devices=1")
-        from mlabel_exp.training.precision import select_device
-
-        select_device(typed.trainer.device)  # a device that is not there: one line here, not one per process
         # N fresh processes on this machine; the Hydra context (output folder, run name, sweep tags) goes along
         pinned = OmegaConf.to_container(cfg, resolve=True)
         pinned["trainer"]["output_dir"] = str(job.output_dir(typed))
