@@ -71,8 +71,8 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu_and_a_choice_is_honoured(mon
 
 
 @pytest.mark.parametrize("name,setting,message", [
-    ("cuda", "trainer.device", "trainer.device=cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); "
-                               "use trainer.device=auto or cpu"),
+    ("cuda", "trainer.device", "trainer.device=cuda: this machine has no CUDA GPU "
+                               "(torch.cuda.is_available() is False); use trainer.device=auto or cpu"),
     ("cuda:3", "trainer.device", "trainer.device=cuda:3: this machine has no CUDA GPU"),
     ("mps", "trainer.device", "trainer.device=mps: MPS is not available on this machine"),
     ("cuda", "device", "device=cuda: this machine has no CUDA GPU (torch.cuda.is_available() is False); "

@@ -43,7 +43,8 @@ class FitResult:
 
     def restore(self, state: dict[str, Any], best: dict[str, Any] | None) -> None:
         """The history and best epoch of a resumed run: from last.pt (``state``), its outputs from best.pt."""
-        self.history, self.best_epoch, self.best_score = list(state["history"]), state["best_epoch"], state["best_score"]
+        self.history, self.best_epoch = list(state["history"]), state["best_epoch"]
+        self.best_score = state["best_score"]
         if best is not None and "val" in best:
             v = best["val"]
             self.best_probs, self.best_targets, self.best_names = v["probs"], v["targets"], list(v["names"])
