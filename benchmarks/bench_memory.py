@@ -112,7 +112,7 @@ def child_imports(args, tmp: Path) -> dict:
 
     after_torch, _ = _common.rss_mib()
     for mod in ("mlabel_exp.run", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.analysis.figures",
-                "mlabel_exp.tracking.report", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "pandas",
+                "mlabel_exp.tracking.record", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "pandas",
                 "iterstrat.ml_stratifiers"):
         __import__(mod)
     return {"after_torch": after_torch, "after_all": _common.rss_mib()[0]}

@@ -155,7 +155,7 @@ def child_profiled(args, tmp: Path) -> dict:
     imports = {}
     # what train(cfg) imports beyond the bare loop (iterstrat not: the split is remembered in the benchmark's cache)
     for mod in ("mlflow", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.analysis.metrics", "mlabel_exp.analysis.figures",
-                "mlabel_exp.tracking.report", "matplotlib.pyplot", "pandas", "mlflow.pyfunc"):
+                "mlabel_exp.tracking.record", "matplotlib.pyplot", "pandas", "mlflow.pyfunc"):
         start = time.perf_counter()
         __import__(mod)
         imports[mod] = time.perf_counter() - start
@@ -166,7 +166,8 @@ def child_profiled(args, tmp: Path) -> dict:
     from mlabel_exp.analysis import metrics
     from mlabel_exp.models import zoo
     from mlabel_exp.analysis import figures as plots
-    from mlabel_exp.tracking import report
+    from mlabel_exp.inference import outputs
+    from mlabel_exp.tracking import record
     from mlabel_exp.cli import run
     from mlabel_exp.tracking import runs as tracking
     from tests.conftest import compose_cfg
@@ -174,14 +175,14 @@ def child_profiled(args, tmp: Path) -> dict:
     t = Tree()
     T = tracking.Tracker
     for owner, attr in [(tracking, "open_tracker"), (formats, "index_from_config"), (split, "split_from_config"),
-                        (split, "save_split"), (zoo, "build_model"), (T, "start"), (report, "start"),
+                        (split, "save_split"), (zoo, "build_model"), (T, "start"), (record, "start"),
                         (engine.Trainer, "fit"), (engine.Trainer, "train_epoch"), (engine.Trainer, "predict"),
                         (metrics, "compute"), (checkpoints.Checkpoints, "save_best"),
                         (checkpoints.Checkpoints, "save_last"), (T, "log_metrics"),
-                        (report, "log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
+                        (record, "log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
                         (T, "log_figure"), (metrics, "tune_thresholds"), (metrics, "per_class_table"),
-                        (report, "write_predictions"), (T, "log_artifact"), (T, "log_text"), (T, "log_model"),
-                        (checkpoints, "save_atomic"), (report, "log_data_problems"), (T, "set_tags"), (T, "end")]:
+                        (outputs, "write_predictions"), (T, "log_artifact"), (T, "log_text"), (T, "log_model"),
+                        (checkpoints, "save_atomic"), (record, "log_data_problems"), (T, "set_tags"), (T, "end")]:
         t.wrap(owner, attr, attr)
     cfg = compose_cfg(*overrides(args, tmp))
     start = time.perf_counter()

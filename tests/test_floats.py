@@ -12,7 +12,7 @@ import torch
 
 from mlabel_exp import floats
 from mlabel_exp.analysis import groups
-from mlabel_exp.tracking import report
+from mlabel_exp.inference import outputs
 from mlabel_exp.analysis import stats
 from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.data.images import ImageTooLarge, load_image
@@ -61,9 +61,9 @@ def near_thresholds(tmp_path):
     probs = np.stack([ulp_neighbours(t) for t in thresholds], 1)  # row 0 below, 1 at, 2 above every threshold
     files = ["below.jpg", "at.jpg", "above.jpg"]
     targets = np.array([[1, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
-    report.write_predictions(tmp_path, "val", files, torch.from_numpy(probs), classes, thresholds, targets=targets)
-    report.write_predictions(tmp_path, "predictions", files, probs, classes, thresholds)
-    report.write_submission(tmp_path / "submission.csv", files, probs, classes, thresholds)
+    outputs.write_predictions(tmp_path, "val", files, torch.from_numpy(probs), classes, thresholds, targets=targets)
+    outputs.write_predictions(tmp_path, "predictions", files, probs, classes, thresholds)
+    outputs.write_submission(tmp_path / "submission.csv", files, probs, classes, thresholds)
     return tmp_path, classes, files
 
 
@@ -101,7 +101,7 @@ def test_a_class_named_like_an_output_column_is_refused_naming_its_annotation_fi
                                         rf"rename the file \(e\.g\. to {name}_class\.txt\)"):
         build_index(root)
     with pytest.raises(DataError, match=f"class '{name}'"):  # a late writer refuses too, before writing a byte
-        report.write_predictions(root, "val", ["im1.jpg"], np.zeros((1, 2), F32), ["cat", name])
+        outputs.write_predictions(root, "val", ["im1.jpg"], np.zeros((1, 2), F32), ["cat", name])
     assert not (root / "val.csv").exists()
 
 
@@ -119,8 +119,8 @@ def test_compare_recomputes_the_runs_own_map_from_its_written_probabilities(tmp_
     probs = torch.from_numpy((0.5 + steps * 2.0**-24).astype(F32))  # 2**-24: float32's ulp in [0.5, 1)
     run_map = compute(probs, torch.from_numpy(targets))["mAP"]
     files = [f"im{i}.jpg" for i in range(n)]
-    report.write_predictions(tmp_path, "val", files, probs, classes, 0.5, targets=targets)
-    monkeypatch.setattr(groups.tracking, "artifact_text", lambda uri, run_id, path: (tmp_path / "val.csv").read_text())
+    outputs.write_predictions(tmp_path, "val", files, probs, classes, 0.5, targets=targets)
+    monkeypatch.setattr(groups.query, "artifact_text", lambda uri, run_id, path: (tmp_path / "val.csv").read_text())
     frame = groups._predictions("unused", "run", "val")
     truth, (read,) = groups._arrays([frame])
     order = np.argsort(files)  # compare reads the images sorted by name

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from mlabel_exp.config import CONF_DIR, project_root
-from mlabel_exp.tracking.runs import default_uri, git_commit
+from mlabel_exp.tracking.client import default_uri
+from mlabel_exp.tracking.runs import git_commit
 from tests.conftest import compose_cfg, mlflow_runs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from mlabel_exp.training import trainer as engine
 from mlabel_exp.config import ConfigError, project_root, validate
 from mlabel_exp.models.backbones import ModelError
 from mlabel_exp.cli.run import train
-from mlabel_exp.tracking.runs import default_uri, resolve_uri
+from mlabel_exp.tracking.client import default_uri, resolve_uri
 from mlabel_exp.training.precision import cpu_computes_bf16
 from tests.conftest import artifact_paths, assert_labels_are_the_written_decisions, compose_cfg, mlflow_runs, tiny_overrides
 
@@ -90,7 +90,7 @@ def checkout_head(folder: Path) -> str | None:
 def test_dataset_digests_follow_the_images_labels_content_and_split(synthetic_root, tmp_path):
     from mlabel_exp.data.formats.folder import build_index
     from mlabel_exp.data.cache import content_hashes
-    from mlabel_exp.tracking.report import dataset_digests
+    from mlabel_exp.tracking.record import dataset_digests
 
     index = build_index(synthetic_root)
     content = content_hashes(index, tmp_path / "cache")
@@ -219,12 +219,12 @@ def test_random_weights_with_frozen_layers_are_refused_naming_both_settings(over
 
 @pytest.mark.integration
 def test_a_registry_that_refuses_costs_the_run_its_registration_not_its_results(tmp_path, monkeypatch):
-    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.tracking import registry
 
     def refuse(*args, **kwargs):
         raise ConfigError("cannot register runs:/x/model as 'mine': no registry here")
 
-    monkeypatch.setattr(tracking, "register_model", refuse)
+    monkeypatch.setattr(registry, "register_model", refuse)
     train(compose_cfg(*tiny_overrides(tmp_path, "tracking.log_model=true", "tracking.register=mine")))
     _, (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED" and "val/best_mAP" in run.data.metrics

@@ -89,10 +89,11 @@ def test_parallel_regularisation_sweep_gives_one_run_per_combination_under_one_p
 def _open_store_and_parent(uri: str, barrier, results) -> None:
     """One sweep job's first steps: open (create) the store and ask for the sweep's parent run, all at once."""
     from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.tracking.sweeps import sweep_parent
 
     barrier.wait(timeout=120)  # mlflow imported in every process: the store is created truly concurrently
     tracker = tracking.Tracker(uri, "mlabel-exp")
-    results.put(tracker.sweep_parent("sweep-1", "/tmp/sweep-1"))
+    results.put(sweep_parent(tracker, "sweep-1", "/tmp/sweep-1"))
 
 
 def test_jobs_that_start_at_once_create_one_store_and_one_sweep_parent(tmp_path):

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from mlabel_exp.analysis import stats
-from mlabel_exp.tracking import runs as tracking
+from mlabel_exp.tracking import query
+from mlabel_exp.tracking.runs import BEST_SCORE
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,14 @@ log = logging.getLogger(__name__)
 NOT_SETTINGS = ("seed", "device", "precision", "world_size", "data.num_workers", "data.num_workers_used",
                 "data.decoded_cache_used", "data.root_resolved", "trainer.device", "trainer.num_threads",
                 "trainer.channels_last", "trainer.amp", "trainer.amp_dtype")
-LEGACY_BEST_SCORE = "best/val_mAP"  # tracking.BEST_SCORE in runs logged before the metric names were unified
+LEGACY_BEST_SCORE = "best/val_mAP"  # BEST_SCORE in runs logged before the metric names were unified
 COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "eval_mAP", "difference", "diff_ci_low",
            "diff_ci_high", "p_value", "seeds", "values", "run_ids"]
 
 
 def objective(metrics: dict) -> float:
     """A run's best val mAP (also from runs logged before the rename); NaN when it has none."""
-    return metrics.get(tracking.BEST_SCORE, metrics.get(LEGACY_BEST_SCORE, float("nan")))
+    return metrics.get(BEST_SCORE, metrics.get(LEGACY_BEST_SCORE, float("nan")))
 
 
 @dataclass
@@ -80,7 +81,7 @@ def _predictions(uri: str, run_id: str, split: str) -> pd.DataFrame | None:
     """A run's per-image probabilities and true labels on ``split`` (predictions/<split>.csv), by file name. The
     probabilities are read back as the float32 the run scored (floats.written: lossless), so an mAP recomputed from
     them is the run's own to float32 precision (a file from before that was written at 6 decimals)."""
-    text = tracking.artifact_text(uri, run_id, f"predictions/{split}.csv")
+    text = query.artifact_text(uri, run_id, f"predictions/{split}.csv")
     if text is None:
         return None
     frame = pd.read_csv(io.StringIO(text), keep_default_na=False)

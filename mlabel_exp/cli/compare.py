@@ -3,7 +3,7 @@
 Why: the MLflow UI shows runs one metric at a time, while the question after a sweep is "which
 setting won, and where": one table sorted by best val mAP and three figures (the original project's
 curves of every run, per-class AP as a heatmap, val mAP against the regularisation settings).
-Runs are read through tracking.py (the only mlflow import); the results go to
+Runs are read through tracking.query (the tracking package is the only mlflow importer); the results go to
 ``outputs/compare/<time>`` and to a new run tagged ``mlabel.kind=comparison``, which later
 comparisons leave out. ``compare()`` is the plain function; ``main`` is its command line.
 """
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlabel_exp.tracking import runs as tracking
+from mlabel_exp.tracking import query, registry
+from mlabel_exp.tracking.client import quiet_logger, resolve_uri
+from mlabel_exp.tracking.runs import KIND_TAG, file_run
 from mlabel_exp.config import ConfigError, project_root
 
 if TYPE_CHECKING:
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KIND_TAG = tracking.KIND_TAG
 KIND = "comparison"
 CURVES = ("train/loss", "val/loss", "val/mAP")
 REGULARISATION = ("dropout_value", "weight_decay_value")
@@ -199,7 +200,7 @@ def per_class_ap(uri: str, table: pd.DataFrame, names: list[str]) -> tuple[pd.Da
 
     rows, missing = {}, []
     for run_id, name in zip(table["run_id"], names):
-        text = tracking.artifact_text(uri, run_id, "per_class.csv")
+        text = query.artifact_text(uri, run_id, "per_class.csv")
         if text is None:
             missing.append(name)
             continue
@@ -281,20 +282,11 @@ def log_comparison(uri: str, experiment: str, table: pd.DataFrame, files: list[P
                    filter_string: str | None, sweep_name: str | None = None) -> str:
     """A new run, tagged mlabel.kind=comparison, holding the table and figures, in the experiment's own comparisons
     experiment (``<experiment>-comparisons``): kept out of the training runs' table in the UI."""
-    tracker = tracking.Tracker(uri, comparisons_experiment(experiment))
     name = f"comparison of {len(table)} runs" + (f" (sweep {sweep_name or sweep})" if sweep else "")
     tags = {KIND_TAG: KIND, **({"mlabel.compared_sweep": sweep} if sweep else {})}
     params = {"experiment": experiment, "sweep": sweep or "", "filter": filter_string or "",
               "num_runs": len(table), "run_ids": ",".join(table["run_id"])}
-    tracker.start(name, tags, params)
-    try:
-        for path in files:
-            tracker.log_artifact(path)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    return tracker.run_id
+    return file_run(uri, comparisons_experiment(experiment), name, tags, params, files)
 
 
 CHAMPION = "champion"  # the alias --register-best sets on the version it registers
@@ -306,7 +298,7 @@ def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple
 
     members = set(found.table["run_ids"].iloc[0].split())
     best = max((r for r in runs if r["run_id"] in members), key=lambda r: objective(r["metrics"]))
-    return best["run_id"], tracking.register_model(uri, f"runs:/{best['run_id']}/model", name, CHAMPION)
+    return best["run_id"], registry.register_model(uri, f"runs:/{best['run_id']}/model", name, CHAMPION)
 
 
 def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, sweep: str | None = None,
@@ -319,16 +311,16 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     from mlabel_exp.analysis import figures as plots
     from mlabel_exp.fsutil import write_atomic
 
-    uri = tracking.resolve_uri(tracking_uri)
+    uri = resolve_uri(tracking_uri)
     where = describe(experiment, uri, sweep, filter_string)
-    all_runs = tracking.list_runs(uri, experiment, filter_string)
+    all_runs = query.list_runs(uri, experiment, filter_string)
     runs, sweep, notes = select(all_runs, sweep, where)
     if not runs:
         error = no_runs_error([r for r in all_runs if r["tags"].get(KIND_TAG) != KIND], notes, where)
         if filter_string:  # a misspelt key finds nothing without a word: name the keys the runs do have
-            error = ConfigError(f"{error}{filter_hint(filter_string, tracking.list_runs(uri, experiment))}")
+            error = ConfigError(f"{error}{filter_hint(filter_string, query.list_runs(uri, experiment))}")
         raise error
-    histories = {r["run_id"]: {k: tracking.metric_history(uri, r["run_id"], k) for k in (*CURVES, "time/epoch_s")}
+    histories = {r["run_id"]: {k: query.metric_history(uri, r["run_id"], k) for k in (*CURVES, "time/epoch_s")}
                  for r in runs}
     table = build_table([run_row(r, histories[r["run_id"]]) for r in runs])
 
@@ -350,7 +342,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     run_id = None
     if log_to_mlflow:
         files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *figures.values()]
-        with tracking.quiet_logger():
+        with quiet_logger():
             run_id = log_comparison(uri, experiment, table, files, sweep, filter_string, sweep_name)
     registered = register_best(uri, found, runs, register_best_as) if register_best_as else None
     return Comparison(table, figures, out_dir, run_id, notes, found, registered)
@@ -401,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow run: {result.run_id} (experiment {comparisons_experiment(args.experiment)})")
     if result.registered:
         run_id, version = result.registered
-        uri = tracking.resolve_uri(args.tracking_uri)
+        uri = resolve_uri(args.tracking_uri)
         print(f"registered: models:/{args.register_best}/{version} (alias @{CHAMPION}) from run {run_id}; serve it:\n"
               f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{args.register_best}@{CHAMPION} "
               "--env-manager local --port 5001")

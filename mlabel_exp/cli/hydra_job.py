@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from mlabel_exp.config import Config, UserError, project_root, resolve_path
 from mlabel_exp.tracking.runs import BEST_SCORE
-from mlabel_exp.tracking.sweeps import sweep_id_of, swept
+from mlabel_exp.tracking.sweeps import end_sweep_parent, sweep_id_of, swept
 from mlabel_exp.training.stop import scheduler_job
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,8 @@ class SweepSummary(Callback):
         lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
         summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
         if config.tracking.enabled:
-            from mlabel_exp.tracking import runs as tracking
-
             try:
-                children = tracking.end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+                children = end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
                                                      "FAILED" if failed else "FINISHED", summary)
                 print(sweep_table(children, config.hydra.sweep.dir), flush=True)
             except Exception as e:  # the jobs' own runs are complete either way

@@ -99,18 +99,18 @@ def _load(cfg: PredictConfig) -> tuple[dict, str]:
         return load_checkpoint(path), str(path)
     import tempfile
 
-    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.tracking.query import download_best_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        path, source = tracking.download_best_checkpoint(cfg.tracking.uri, cfg.run, Path(tmp))
+        path, source = download_best_checkpoint(cfg.tracking.uri, cfg.run, Path(tmp))
         return load_checkpoint(path), source
 
 
 def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     import numpy as np
 
-    from mlabel_exp.tracking import report
-    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.inference.outputs import label_names, write_predictions, write_submission
+    from mlabel_exp.tracking.runs import log_files
     from mlabel_exp.data.loaders import default_workers
     from mlabel_exp.training.precision import select_device
     from mlabel_exp.floats import decide
@@ -129,19 +129,19 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     for name, err in skipped.items():
         log.warning("skipped %s: %s", name, err)
     classes, thresholds = predictor.classes, predictor.thresholds
-    outputs = report.write_predictions(out_dir, "predictions", files, p, classes, thresholds)
-    outputs.append(report.write_submission(out_dir / "submission.csv", files, p, classes, thresholds))
+    outputs = write_predictions(out_dir, "predictions", files, p, classes, thresholds)
+    outputs.append(write_submission(out_dir / "submission.csv", files, p, classes, thresholds))
     summary = {"input": cfg.input, "images": len(files), "skipped": len(skipped), "skipped_files": skipped,
                "checkpoint": source, "run": cfg.run}
     outputs.append(write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1)))
     for name, hits in zip(files, decide(p[:SHOWN], thresholds)):  # a handful: the labels at a glance
-        print(f"  {name}: {', '.join(report.label_names(hits, classes)) or '(no label)'}")
+        print(f"  {name}: {', '.join(label_names(hits, classes)) or '(no label)'}")
     if len(files) > SHOWN:
         print(f"  ... {len(files) - SHOWN} more in predictions.csv")
     print(f"predicted {len(files)} image(s), skipped {len(skipped)} unreadable file(s); outputs in {out_dir}")
     if cfg.run and cfg.log_to_run:
         where = f"predictions/{Path(cfg.input.rstrip('/*')).name or 'input'}"
-        tracking.log_files(cfg.tracking.uri, cfg.run, outputs, where)
+        log_files(cfg.tracking.uri, cfg.run, outputs, where)
         print(f"outputs logged to run {cfg.run} under {where}/")
     return PredictResult(files, p, classes, thresholds, skipped, outputs)
 

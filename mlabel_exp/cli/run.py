@@ -3,7 +3,7 @@
 ``main`` is a thin Hydra wrapper around ``train(cfg)``, which tests, sweeps and the search call directly and
 which returns the objective (best validation mAP). ``train`` only wires the parts together: settings become
 objects in ``data`` (loaders), ``models`` and ``training.optim``, training runs in ``training.trainer``, and
-``tracking.report`` records the run. Heavy imports (torch, mlflow) happen inside ``train`` so that ``--help`` and
+``tracking.record`` records the run. Heavy imports (torch, mlflow) happen inside ``train`` so that ``--help`` and
 ``--cfg job`` stay fast.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import traceback
-from contextlib import contextmanager
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,7 +18,7 @@ from mlabel_exp.training import distributed
 from mlabel_exp.cli import hydra_job as job
 from mlabel_exp.cli.app import command
 from mlabel_exp.training.output_folder import output_folder
-from mlabel_exp.training.stop import StopRequest, stop_on_signals
+from mlabel_exp.training.stop import StopRequest
 from mlabel_exp.config import Config, ConfigError, register, validate
 
 log = logging.getLogger(__name__)
@@ -109,7 +107,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     from mlabel_exp.data.loaders import build_loaders, check_validation_images
     from mlabel_exp.models.weights import weights_description
     from mlabel_exp.models.zoo import build_model
-    from mlabel_exp.tracking import report
+    from mlabel_exp.tracking import record
     from mlabel_exp.training import optim
     from mlabel_exp.training.callbacks import RunCallbacks
     from mlabel_exp.training.precision import memory_format, precision
@@ -127,23 +125,23 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     loaders = build_loaders(typed, index, split, device.type == "cuda")
     check_validation_images(index, split, loaders.cache)
     weights = weights_description(m.name, m.weights)
-    facts = report.run_facts(index, split, weights=weights, device=device, precision=precision(typed.trainer, device),
+    facts = record.run_facts(index, split, weights=weights, device=device, precision=precision(typed.trainer, device),
                              workers=loaders.workers, cache=loaders.cache)
-    params = report.run_params(cfg, typed, facts, cuda=device.type == "cuda")
-    report.start(tracker, cfg, identity, out, index, split, content, params, {"weights": weights}, resume)
+    params = record.run_params(cfg, typed, facts, cuda=device.type == "cuda")
+    record.start(tracker, cfg, identity, out, index, split, content, params, {"weights": weights}, resume)
     log.info("training %s on %s (%s): %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
-             facts["precision"], report.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
+             facts["precision"], record.images_used(split, typed.trainer), len(index.classes), callbacks.trainable, out)
     trainer = _trainer(model, net, optimizer, callbacks, loaders, index, split, device, out, cfg, typed, data, weights,
                        resume)
-    with _run_status(tracker, stop):
+    with record.run_status(tracker, stop):
         result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
                              resume_best=resume and resume["best"])
         test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
-        held_out = report.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
-    report.log_data_problems(tracker, out, index, trainer.bad_images)
-    report.finish(tracker, result, held_out)
+        held_out = record.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
+    record.log_data_problems(tracker, out, index, trainer.bad_images)
+    record.finish(tracker, result, held_out)
     if main_rank:
-        print(report.closing_block(tracker, out, result, held_out), flush=True)
+        print(record.closing_block(tracker, out, result, held_out), flush=True)
     return float(result.best_score)
 
 
@@ -190,35 +188,6 @@ def _trainer(model, net, optimizer, callbacks, loaders, index, split, device, ou
         metadata={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name, "weights_used": weights,
                   "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if loaders.cache else None),
                   "data": data, "hydra_choices": resume["choices"] if resume else job.group_choices()})
-
-
-@contextmanager
-def _run_status(tracker, stop: StopRequest):
-    """Signals become stop requests; a stop, a pruned trial or an error ends the MLflow run with the matching status.
-    A stopped run exits 128 + signal (SIGUSR2: 140, SIGTERM: 143), after a scheduler's own handler had its turn."""
-    from mlabel_exp.training.callbacks import TrainingInterrupted, TrialPruned
-
-    try:
-        with stop_on_signals(stop):
-            yield
-    except TrialPruned:
-        tracker.set_tags({"pruned": "true"})
-        tracker.end("KILLED")
-        raise
-    except TrainingInterrupted as e:
-        log.warning("run interrupted: %s", e)
-        tracker.set_tags({"preempted": str(stop.preempted).lower()})  # true: the same command continues it
-        tracker.end("KILLED")
-        stop.hand_over()  # under submitit its own handler now checkpoints the job and requeues it (and exits)
-        raise SystemExit(128 + int(stop.signum)) from None
-    except BaseException as e:
-        if isinstance(e, KeyboardInterrupt):
-            tracker.set_tags({"preempted": "false"})
-            tracker.end("KILLED")
-        else:
-            tracker.log_text(traceback.format_exc(), "error/traceback.txt")
-            tracker.end("FAILED")
-        raise
 
 
 def _job(cfg: DictConfig) -> float:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def storage_uri(storage: str | None) -> str:
     """The study's storage: next to the MLflow database unless ``search.storage`` says otherwise."""
-    from mlabel_exp.tracking.runs import resolve_sqlite
+    from mlabel_exp.tracking.client import resolve_sqlite
 
     return resolve_sqlite(storage) if storage else f"sqlite:///{project_root() / 'mlruns' / 'optuna.db'}"
 
@@ -46,7 +46,7 @@ def search(cfg: DictConfig):
     import optuna
 
     from mlabel_exp.training.callbacks import TrialPruned
-    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.tracking.sweeps import end_sweep_parent
     from mlabel_exp.cli.run import train
 
     s = validate(cfg).search
@@ -99,7 +99,7 @@ def search(cfg: DictConfig):
     log.info("study %r: %s", s.study, summary)
     print(summary)
     if cfg.tracking.enabled:
-        tracking.end_sweep_parent(cfg.tracking, group["sweep_id"], "FINISHED", summary)
+        end_sweep_parent(cfg.tracking, group["sweep_id"], "FINISHED", summary)
     return study
 
 

@@ -38,8 +38,8 @@ class DatasetIndex:
         return [self.root / "images" / self.files[r] for r in rows]
 
 
-#: The columns the prediction files and the pyfunc model write beside one column per class (report.write_predictions,
-#: report.write_submission, pyfunc_model.py): a class of one of these names would overwrite it or be overwritten.
+#: The columns the prediction files and the pyfunc model write beside one column per class (outputs.write_predictions,
+#: outputs.write_submission, pyfunc_model.py): a class of one of these names would overwrite it or be overwritten.
 OUTPUT_COLUMNS = ("file", "image", "labels", "true_labels", "error")
 
 

@@ -1,6 +1,6 @@
 """The MLflow pyfunc model of a run, as MLflow's "models from code": MLflow runs this file when it
-loads ``runs:/<id>/model``, so nothing is unpickled. Our own code never imports it (tracking.py stays
-the only module that imports mlflow); tracking.Tracker.log_model hands MLflow its path.
+loads ``runs:/<id>/model``, so nothing is unpickled. Our own code never imports it (the tracking package
+stays the only importer of mlflow); tracking.pyfunc.log_model hands MLflow its path.
 
 Input: a DataFrame with an ``image`` column of encoded image bytes (base64 strings in a served model's JSON: MLflow
 decodes them by the signature). Output per row: one probability per class in the run's class order, ``labels`` (the

@@ -1,8 +1,15 @@
-"""Sweeps as MLflow sees them: a sweep's id, and what it varies (read from the multirun.yaml Hydra writes)."""
+"""Sweeps as MLflow sees them: a sweep's id, what it varies (read from the multirun.yaml Hydra writes), and its parent
+run: created by the first job that asks, closed by the process that launched the sweep with the winner on it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from mlabel_exp.tracking.client import store_exists, store_lock
+from mlabel_exp.tracking.query import run_record
+from mlabel_exp.tracking.runs import BEST_SCORE, KIND_TAG, Tracker
+
 
 def sweep_id_of(folder: str | Path) -> str:
     """A sweep's id: its output folder, which Hydra makes unique per `-m` invocation."""
@@ -19,3 +26,60 @@ def swept(folder: Path | None) -> list[str]:
         return []
     overrides = OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=[])
     return [o for o in overrides if "," in o or "(" in o.split("=", 1)[-1]]
+
+
+def _sweep_parent_query(sweep_id: str) -> str:
+    """MLflow filter for the parent run of one sweep."""
+    return f"tags.`{KIND_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'"
+
+
+def sweep_parent(tracker: Tracker, sweep_id: str, sweep_dir: str, name: str | None = None) -> str:
+    """The parent run of a Hydra sweep in ``tracker``'s experiment, created by whichever job asks first.
+
+    Jobs of one sweep run in other processes (joblib) or on other nodes (SLURM). On a local SQLite
+    store the file lock makes creation one-at-a-time; on a server two jobs may both create one,
+    so each then keeps the oldest parent and deletes its own extra.
+    """
+    query, store = _sweep_parent_query(sweep_id), tracker.client
+
+    def parents():
+        runs = store.search_runs([tracker.experiment_id], query, max_results=10)
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    with store_lock(tracker.uri):
+        found = parents()
+        if found:
+            return found[0].info.run_id
+        name = name or f"sweep {Path(sweep_dir).name or sweep_id}"
+        mine = store.create_run(tracker.experiment_id, run_name=name, tags={
+            KIND_TAG: "sweep", "sweep_id": sweep_id, "sweep_dir": sweep_dir, "mlflow.runName": name})
+    first = parents()[0].info.run_id
+    if first != mine.info.run_id:
+        store.delete_run(mine.info.run_id)
+    return first
+
+
+def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> list[dict[str, Any]]:
+    """Close a sweep's parent run (from the process that launched the sweep) with the winner on it: the best child's
+    val mAP as a metric, its id and settings as tags and in the run description. Returns the children, best first."""
+    if not store_exists(tracking_cfg.uri):  # no job got as far as starting a run: no store to create now
+        return []
+    tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
+    store, children = tracker.client, []
+    for run in store.search_runs([tracker.experiment_id], _sweep_parent_query(sweep_id), max_results=10):
+        parent = run.info.run_id
+        found = store.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
+        children = sorted((run_record(r) for r in found), key=lambda r: -r["metrics"].get(BEST_SCORE, float("-inf")))
+        best = next((c for c in children if BEST_SCORE in c["metrics"]), None)
+        tags = {"summary": summary[:5000]}
+        if best is not None:
+            settings, score = best["tags"].get("overrides", ""), best["metrics"][BEST_SCORE]
+            store.log_metric(parent, BEST_SCORE, score)
+            tags |= {"best_run_id": best["run_id"], "best_run_name": best["name"], "best_settings": settings,
+                     "mlflow.note.content": f"**Best of {len(children)} runs**: {best['name']} "
+                                            f"(val mAP {score:.4f}; {settings}; "
+                                            f"run {best['run_id']})\n\n{summary[:2000]}"}
+        for k, v in tags.items():
+            store.set_tag(parent, k, v)
+        store.set_terminated(parent, status)
+    return children

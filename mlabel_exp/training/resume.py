@@ -116,11 +116,10 @@ def recorded_choices(state: dict, folder: Path) -> dict | None:
 def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig, dict]:
     """The interrupted run's own config (with the allowed ``overrides`` applied) and its checkpoints, recorded group
     choices and run id."""
-    from mlabel_exp.tracking import runs as tracking
     from mlabel_exp.training.checkpoints import load_checkpoint
+    from mlabel_exp.tracking.query import find_resumable
 
-    tracker = tracking.open_tracker(validate(cfg).tracking)
-    run_id, tags = tracker.find_resumable(cfg.resume, why_not)
+    run_id, tags = find_resumable(validate(cfg).tracking, cfg.resume, why_not)
     folder = Path(tags.get("output_dir", "")) / "checkpoints"
     last = folder / "last.pt"
     if not last.is_file():
@@ -228,14 +227,14 @@ SAME_JOB = ("overrides", "sweep_id", "job_num", "scheduler_job")
 
 def preempted_run(tracking_cfg, identity: dict[str, str]) -> str | None:
     """The newest run this very job started (the tags SAME_JOB of ``identity``) that its scheduler stopped (tracking.
-    preempted_runs), with its last.pt and no live process on it: the same command continues it. None: a new run.
+    query.preempted_runs), with its last.pt and no live process on it: the same command continues it. None: a new run.
     Under torchrun only rank 0 looks at the run's lock (it takes the lock itself soon after; another rank looking
     could find it held, or hold it for an instant when rank 0 wants it)."""
-    from mlabel_exp.tracking import runs as tracking
+    from mlabel_exp.tracking.query import preempted_runs
     from mlabel_exp.training.distributed import launched_by_torchrun
 
     lock_is_mine = not launched_by_torchrun() or os.environ.get("RANK") == "0"
-    for run_id, tags in tracking.preempted_runs(tracking_cfg, identity):
+    for run_id, tags in preempted_runs(tracking_cfg, identity):
         if all(tags.get(k) == identity.get(k) for k in SAME_JOB) and (not lock_is_mine or why_not(tags, True) is None) \
                 and (Path(tags.get("output_dir", "")) / "checkpoints" / "last.pt").is_file():
             return run_id

@@ -1,17 +1,19 @@
-"""What a run records: its settings and inputs at the start, its results, figures, predictions and data problems
-at the end, and the prediction files (also written by the predict command). Calls tracking and plots."""
+"""What a training run records: its settings and inputs at the start, its results, figures, predictions and data
+problems at the end, and how it ends (FINISHED, KILLED on a stop or a pruned trial, FAILED on an error)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import Config
 from mlabel_exp.fsutil import write_atomic
-from mlabel_exp.tracking.runs import BEST_SCORE
+from mlabel_exp.tracking.runs import BEST_SCORE, NullTracker, flatten
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,6 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
     the regularisation as typed (a preset name or 'model') and the model's recommendation, both replaced by the
     value in effect (``dropout_value``, ``weight_decay_value``), and where things are written (tracking, output)."""
     from mlabel_exp.models.backbones import backbone
-    from mlabel_exp.tracking.runs import flatten
 
     t, d, o = typed.trainer, typed.data, typed.optimizer
     loss_keys = {"bce": ("pos_weight", "pos_weight_max") if typed.loss.pos_weight != "none" else ("pos_weight",),
@@ -111,6 +112,8 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
     """Continue the ``resume``d run (with the param of a changed length), or start one (a child of its sweep's parent)
     with what defines it: settings, data (MLflow datasets, one per split; ``content``: the files' hashes), config and
     split files."""
+    if isinstance(tracker, NullTracker):  # nothing recorded: no parent run to find, no digest to compute
+        return
     if resume:
         from mlabel_exp.training.resume import length_params
 
@@ -118,10 +121,10 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
         return
     run_name, run_tags = identity
     if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
-        from mlabel_exp.tracking.sweeps import swept
+        from mlabel_exp.tracking.sweeps import sweep_parent, swept
 
         name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
-        run_tags["mlflow.parentRunId"] = tracker.sweep_parent(run_tags["sweep_id"], run_tags["sweep_dir"], name)
+        run_tags["mlflow.parentRunId"] = sweep_parent(tracker, run_tags["sweep_id"], run_tags["sweep_dir"], name)
     tracker.start(run_name, {**run_tags, **tags, "output_dir": str(out)}, params)
     tracker.log_datasets(dataset_name(cfg.data), index.root, dataset_digests(index, split, content))
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")  # at the start: a killed run has it too
@@ -138,6 +141,7 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
     weights (in the model, once). ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights.
     Returns the held-out figures (test split, out-of-fold tuned F1) for the closing lines."""
     from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.inference.outputs import write_predictions
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}", loss=cfg.loss.name)
     fig.savefig(out / "curves.png", dpi=100)
@@ -169,7 +173,7 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
     if t.log_model:
         model_uri = tracker.log_model(best, classes, cfg.model.input_size)
         stored[best] = tracker.stored_file(f"artifacts/{best.name}", in_model=True)
-        if t.register:
+        if t.register and model_uri is not None:  # None: nothing recorded (NullTracker)
             _register(tracker, model_uri, t.register)
     elif t.log_checkpoints != "none":
         tracker.log_artifact(best, "checkpoints")
@@ -185,9 +189,10 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
 def _register(tracker, model_uri: str, name: str) -> None:
     """A registry that refuses (a store without one, a bad name) costs the run its registration, not its results."""
     from mlabel_exp.config import UserError
+    from mlabel_exp.tracking import registry
 
     try:
-        tracker.register(model_uri, name)
+        registry.register_model(tracker.uri, model_uri, name)
     except UserError as e:
         log.warning("the model was not registered: %s", e)
         tracker.set_tags({"registration_error": str(e)[:500]})
@@ -196,6 +201,7 @@ def _register(tracker, model_uri: str, name: str) -> None:
 def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> dict[str, float]:
     """The held-out estimate: the test split, never seen in training or tuning, at the thresholds tuned on validation."""
     from mlabel_exp.analysis import metrics as M
+    from mlabel_exp.inference.outputs import write_predictions
 
     probs, targets, loss, names = test
     scores = M.compute(probs, targets, tuned, classes)
@@ -282,7 +288,7 @@ def finish(tracker, result, held_out: dict[str, dict[str, float]]) -> None:
 
 def closing_block(tracker, out: Path, result, held_out: dict[str, dict[str, float]]) -> str:
     """What a person reads last: the best and held-out figures, where the files are, how to look at the run."""
-    from mlabel_exp.tracking.runs import run_url, ui_command
+    from mlabel_exp.tracking.client import run_url, ui_command
 
     epochs = len(result.history)
     stop = " (early stop)" if result.stopped_early else ""
@@ -300,54 +306,32 @@ def closing_block(tracker, out: Path, result, held_out: dict[str, dict[str, floa
     return "\n".join([rule, *lines, rule])
 
 
-# ------------------------------------------------------------------ prediction files
+@contextmanager
+def run_status(tracker, stop):
+    """Signals become stop requests (``stop``: a training.stop.StopRequest); a stop, a pruned trial or an error ends the
+    MLflow run with the matching status. A stopped run exits 128 + signal (SIGUSR2: 140, SIGTERM: 143), after a
+    scheduler's own handler had its turn."""
+    from mlabel_exp.training.callbacks import TrainingInterrupted, TrialPruned
+    from mlabel_exp.training.stop import stop_on_signals
 
-def label_names(row, classes) -> list[str]:
-    return [c for c, on in zip(classes, row) if on]
-
-
-def write_predictions(folder: Path, stem: str, files: list[str], probs, classes: list[str], thresholds=0.5,
-                      targets=None) -> list[Path]:
-    """``<stem>.csv`` and ``<stem>.json`` keyed by file: a probability per class and the labels at ``thresholds``
-    (one number or one per class); with ``targets`` also the true labels. Probabilities and thresholds are written
-    losslessly and the labels decided from exactly the numbers written (``floats``)."""
-    import numpy as np
-    import pandas as pd
-
-    from mlabel_exp.data.index import check_class_names
-    from mlabel_exp.floats import written
-
-    check_class_names(classes)  # a class named like a column would overwrite it: refused at indexing, asserted here
-    p = written(probs.numpy() if hasattr(probs, "numpy") else probs)
-    t = written(np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(classes),)))
-    predicted = p >= t
-    frame = pd.DataFrame(p, columns=classes)
-    frame.insert(0, "file", files)
-    frame["labels"] = [" ".join(label_names(row, classes)) for row in predicted]
-    records = {f: {"probabilities": dict(zip(classes, row.tolist())), "labels": label_names(hit, classes)}
-               for f, row, hit in zip(files, p, predicted)}
-    if targets is not None:
-        true = np.asarray(targets) > 0.5
-        frame["true_labels"] = [" ".join(label_names(row, classes)) for row in true]
-        for f, row in zip(files, true):
-            records[f]["true_labels"] = label_names(row, classes)
-    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    write_atomic(csv_path, frame.to_csv(index=False))  # float64 fields as repr: the same decimals as the JSON
-    payload = {"classes": classes, "thresholds": dict(zip(classes, t.tolist())), "predictions": records}
-    write_atomic(json_path, json.dumps(payload, indent=1))
-    return [csv_path, json_path]
-
-
-def write_submission(path: Path, files: list[str], probs, classes: list[str], thresholds=0.5) -> Path:
-    """One row per image, 0/1 columns in alphabetical class order (the original course's format); the same decisions
-    as the predictions files."""
-    import pandas as pd
-
-    from mlabel_exp.floats import decide
-
-    order = sorted(range(len(classes)), key=lambda i: classes[i])
-    hits = decide(probs, thresholds).astype(int)[:, order]
-    frame = pd.DataFrame(hits, columns=[classes[i] for i in order])
-    frame.insert(0, "image", files)
-    write_atomic(path, frame.to_csv(index=False))
-    return path
+    try:
+        with stop_on_signals(stop):
+            yield
+    except TrialPruned:
+        tracker.set_tags({"pruned": "true"})
+        tracker.end("KILLED")
+        raise
+    except TrainingInterrupted as e:
+        log.warning("run interrupted: %s", e)
+        tracker.set_tags({"preempted": str(stop.preempted).lower()})  # true: the same command continues it
+        tracker.end("KILLED")
+        stop.hand_over()  # under submitit its own handler now checkpoints the job and requeues it (and exits)
+        raise SystemExit(128 + int(stop.signum)) from None
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            tracker.set_tags({"preempted": "false"})
+            tracker.end("KILLED")
+        else:
+            tracker.log_text(traceback.format_exc(), "error/traceback.txt")
+            tracker.end("FAILED")
+        raise
