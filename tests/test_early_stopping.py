@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlabel_exp.analysis import metrics
+from mlabel_exp.analysis import metrics, thresholds
 from mlabel_exp.config import TrainerConfig
 from mlabel_exp.data.loaders import make_loader
 from mlabel_exp.training import trainer as engine
@@ -36,7 +36,7 @@ class _Recorder(Callbacks):
 
     def on_new_best(self, epoch, probs, targets):
         self.new_best.append(epoch)
-        return metrics.tune_thresholds(probs, targets)
+        return thresholds.tune_thresholds(probs, targets)
 
     def on_epoch_end(self, epoch, metrics):
         self.weights[epoch] = {k: v.clone() for k, v in self.net.state_dict().items()}
@@ -139,7 +139,7 @@ def test_state_dict_round_trips_into_a_fresh_trainer(tmp_path, scripted):
 
 @pytest.mark.precision
 def test_best_checkpoint_holds_the_thresholds_tuned_on_its_epoch(tmp_path, scripted):
-    from mlabel_exp.analysis.metrics import tune_thresholds
+    from mlabel_exp.analysis.thresholds import tune_thresholds
 
     scripted(0.5, 0.7, 0.6)
     t, recorder = _trainer(tmp_path, epochs=3, patience=0)

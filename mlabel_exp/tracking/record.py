@@ -234,6 +234,7 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
 
     from mlabel_exp.analysis import metrics as M
     from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.analysis.thresholds import cross_fitted
     from mlabel_exp.floats import as_threshold, written
 
     probs, targets, thresholds = result.best_probs, result.best_targets, result.thresholds
@@ -245,7 +246,7 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     write_atomic(out / "thresholds.json", json.dumps({"classes": classes, **thresholds}, indent=1))
     tracker.log_artifact(out / "thresholds.json")
     # tuned/*: out-of-fold on validation (thresholds tuned on the other folds); in-sample figures would be optimistic
-    scores = M.cross_fitted(probs, targets, classes=classes)  # quiet: validation's classes were named already
+    scores = cross_fitted(probs, targets, classes=classes)  # quiet: validation's classes were named already
     _log_summary(tracker, out, "tuned", scores, result.best_epoch, global_threshold=thresholds["global"])
     table = M.per_class_table(probs, targets, classes, tuned)  # in-sample at the tuned thresholds: say so
     table = table.rename(columns={c: f"{c} (in-sample)" for c in ("F1", "precision", "recall")})

@@ -75,10 +75,10 @@ class RunCallbacks(Callbacks):
         keep_frozen_bn_in_eval(model)
 
     def on_new_best(self, epoch: int, probs, targets) -> dict:
-        """Per-class and global thresholds tuned on the best epoch's validation outputs (metrics.tune_thresholds)."""
-        from mlabel_exp.analysis import metrics as M
+        """Per-class and global thresholds tuned on the best epoch's validation outputs (thresholds.tune_thresholds)."""
+        from mlabel_exp.analysis.thresholds import tune_thresholds
 
-        return M.tune_thresholds(probs, targets)
+        return tune_thresholds(probs, targets)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=epoch)
