@@ -12,9 +12,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, ClassVar, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -111,14 +111,24 @@ class SyntheticConfig:
     unlabeled_fraction: float = 0.4
     grayscale_fraction: float = 0.03
     max_objects: int = 4
+    prefix: ClassVar[str] = "data.synthetic."  # how messages name these settings
 
     def __post_init__(self):
-        _check(self.num_images >= 1, "data.synthetic.num_images", self.num_images, "an integer >= 1")
-        _check(self.image_size >= 16, "data.synthetic.image_size", self.image_size, "an integer >= 16")
-        _fraction("data.synthetic.unlabeled_fraction", self.unlabeled_fraction)
-        _fraction("data.synthetic.grayscale_fraction", self.grayscale_fraction, upper_open=False)
-        _check(self.max_objects >= 1, "data.synthetic.max_objects", self.max_objects, "an integer >= 1")
-        _check(self.seed >= 0, "data.synthetic.seed", self.seed, "an integer >= 0")
+        p = self.prefix
+        _check(self.num_images >= 1, f"{p}num_images", self.num_images, "an integer >= 1")
+        _check(self.image_size >= 16, f"{p}image_size", self.image_size, "an integer >= 16")
+        _fraction(f"{p}unlabeled_fraction", self.unlabeled_fraction)
+        _fraction(f"{p}grayscale_fraction", self.grayscale_fraction, upper_open=False)
+        _check(self.max_objects >= 1, f"{p}max_objects", self.max_objects, "an integer >= 1")
+        _check(self.seed >= 0, f"{p}seed", self.seed, "an integer >= 0")
+
+
+@dataclass
+class SyntheticCommandConfig(SyntheticConfig):
+    """python -m mlabel_exp.synthetic: the generator's parameters, top-level, and where to write (conf/synthetic.yaml)."""
+
+    out: str = MISSING                   # output folder (created; must not hold a data set)
+    prefix: ClassVar[str] = ""
 
 
 @dataclass
@@ -345,7 +355,7 @@ class Config:
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
-    resume: Optional[str] = None         # an MLflow run id, or "latest" (the newest unfinished run): continue it
+    resume: Optional[str] = None         # a run id or a unique prefix, or "latest" (the newest unfinished run): continue it
 
     def __post_init__(self):
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
@@ -393,15 +403,29 @@ class SearchJobConfig(Config):
     search: SearchConfig = field(default_factory=SearchConfig)
 
 
-def register(schema: type = Config) -> None:
-    """The typed schema that conf/config.yaml starts from: a training run's, or the search command's (a training
-    config plus ``search``)."""
+@dataclass
+class CompareConfig:
+    """python -m mlabel_exp.compare: which runs, and where the table goes (conf/compare.yaml)."""
+
+    sweep: Optional[str] = None          # latest | a sweep parent's run id (or a prefix) | a sweep_id tag; null: every run
+    filter: Optional[str] = None         # an MLflow filter string, e.g. "params.model.name = 'resnet50'"
+    experiment: str = "${tracking.experiment}"
+    out: Optional[str] = None            # default: <project root>/outputs/compare/<time>
+    log_to_mlflow: bool = True           # log the comparison as a run tagged mlabel.kind=comparison
+    register_best: Optional[str] = None  # register the best run's model under this name, aliased champion
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def register(schema: type = Config, name: str = "config_schema") -> None:
+    """A command's typed schema, under the name its conf/<command>.yaml starts from: a training run's (config_schema;
+    the search command's is a training config plus ``search``), compare's, synthetic's, predict's."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="config_schema", node=schema)
+    ConfigStore.instance().store(name=name, node=schema)
 
 
-def _not_a_setting(key: str, names: list[str], prefix: str) -> str:
+def not_a_setting(key: str, names: list[str], prefix: str) -> str:
+    """'<key> is not a setting', with the closest valid name (or every valid one)."""
     import difflib
 
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
@@ -418,34 +442,9 @@ def _unknown_keys(node, schema: type, prefix: str = "") -> list[str]:
     problems = []
     for key in node.keys():
         if key not in hints:
-            problems.append(_not_a_setting(str(key), list(hints), prefix))
+            problems.append(not_a_setting(str(key), list(hints), prefix))
         elif dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
             problems += _unknown_keys(node[key], hints[key], f"{prefix}{key}.")
-    return problems
-
-
-def override_problems(args: list[str], schema: type) -> list[str]:
-    """Command-line ``key=value`` overrides whose key the schema lacks, with the closest valid name: checked before
-    Hydra, whose own message would suggest adding the misspelt key with '+'. Config groups (model=..., hydra/...)
-    and additions (+key=...) are left to Hydra and ``validate``."""
-    import dataclasses
-    import typing
-
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
-    problems = []
-    for arg in args:
-        key = arg.split("=", 1)[0]
-        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")) or "/" in key or key in groups:
-            continue
-        node, prefix = schema, ""
-        for part in key.split("."):
-            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else None
-            if hints is None:  # below a free-form setting (presets, search.space): anything goes
-                break
-            if part not in hints:
-                problems.append(_not_a_setting(part, list(hints), prefix))
-                break
-            node, prefix = hints[part], f"{prefix}{part}."
     return problems
 
 
@@ -459,5 +458,17 @@ def validate(cfg: DictConfig, schema: type = Config) -> Config:
         return OmegaConf.to_object(cfg)  # builds the dataclasses, which runs every __post_init__
     except ConfigError:
         raise
-    except Exception as e:  # OmegaConf type errors already name the key
-        raise ConfigError(str(e)) from e
+    except Exception as e:  # OmegaConf errors: the first line, with the key they are about
+        raise ConfigError(one_line(e)) from e
+
+
+def one_line(error: Exception) -> str:
+    """An OmegaConf error as one line: its first line, prefixed with the setting it names (its full_key)."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    key = getattr(error, "full_key", None)
+    if isinstance(error, MissingMandatoryValue):
+        key = key or first.rsplit(" ", 1)[-1]
+        return f"{key} is required: give {key}=..."
+    return f"{key}: {first}" if key and key not in first else first

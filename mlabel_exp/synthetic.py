@@ -1,4 +1,4 @@
-"""``python -m mlabel_exp.synthetic``: the command lives in mlabel_exp.data.synthetic."""
+"""``python -m mlabel_exp.synthetic``: the command lives in mlabel_exp.cli.synthetic."""
 
 from mlabel_exp.cli.synthetic import main
 

@@ -4,7 +4,6 @@ One module-scoped store holds three finished runs (a, b: dropout 0 / 0.5, "sweep
 decay 1e-3 with sgd, "sweep" multirun_second, the latest), one FAILED run and one still RUNNING.
 """
 
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -14,7 +13,9 @@ import pytest
 from PIL import Image
 
 from mlabel_exp.training import trainer as engine
-from mlabel_exp.cli.compare import COLUMNS, compare, main
+from mlabel_exp.analysis.comparison import compare
+from mlabel_exp.analysis.comparison_table import COLUMNS
+from mlabel_exp.cli.compare import main
 from mlabel_exp.config import ConfigError
 from mlabel_exp.cli.run import train
 from mlabel_exp.tracking.runs import Tracker
@@ -168,7 +169,7 @@ def test_sweep_selects_its_runs_and_latest_is_the_most_recent_sweep(store, tmp_p
 def test_empty_selection_names_the_experiment_and_the_store(store, tmp_path):
     with pytest.raises(ConfigError, match=r"no finished runs .*experiment='mlabel-exp'.*filter=.*at sqlite:///") as e:
         compare(tracking_uri=store.uri, filter_string="params.model.name = 'vgg16'", out_dir=tmp_path)
-    assert store.uri in str(e.value) and "--filter" in str(e.value)
+    assert store.uri in str(e.value) and "filter=" in str(e.value)
     with pytest.raises(ConfigError, match="recent sweep ids: multirun_second, multirun_first"):
         compare(tracking_uri=store.uri, sweep="multirun_nope", out_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"experiment='nope' not found .*experiments there: .*mlabel-exp"):
@@ -179,7 +180,7 @@ def test_bad_filter_and_missing_store_are_clear_errors(store, tmp_path):
     with pytest.raises(ConfigError, match=r"filter=.* is not a valid MLflow filter"):
         compare(tracking_uri=store.uri, filter_string="params.model.name === 'x'", out_dir=tmp_path)
     nowhere = tmp_path / "nowhere" / "mlflow.db"
-    with pytest.raises(ConfigError, match="no MLflow store at .*--tracking-uri"):
+    with pytest.raises(ConfigError, match="no MLflow store at .*tracking.uri="):
         compare(tracking_uri=f"sqlite:///{nowhere}", out_dir=tmp_path)
     assert not nowhere.exists()  # reading never creates an empty store
 
@@ -189,23 +190,42 @@ def test_a_filter_on_a_key_no_run_has_names_the_keys_they_do_have(store, tmp_pat
         compare(tracking_uri=store.uri, filter_string="params.model = 'resnet18'", out_dir=tmp_path)
 
 
-def test_cli_error_is_one_line_and_exit_code_2(store, tmp_path, capsys):
-    assert main(["--experiment", "nope", "--tracking-uri", store.uri, "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("error: experiment='nope' not found")
+def _command(monkeypatch, *args: str) -> None:
+    """``python -m mlabel_exp.compare ARGS``, in this process."""
+    monkeypatch.setattr(sys, "argv", ["compare", *args])
+    main()
 
 
-def test_help_does_not_import_torch_or_mlflow():
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlabel_exp.compare", "--help"],
-                         capture_output=True, text=True, check=True)
-    assert "--sweep" in out.stdout and "--no-log" in out.stdout
-    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
-    assert not {"torch", "mlflow", "pandas", "matplotlib"} & imported
+@pytest.mark.parametrize("args, expected", [
+    (["experiment=nope"], "error: experiment='nope' not found"),
+    (["--sweep", "latest"], "error: --sweep is not an option: settings are key=value, here sweep=latest"),
+    (["sweeep=latest"], "error: sweeep is not a setting (did you mean sweep?)"),
+    (["sweep=0"], "error: no finished runs to compare for experiment='mlabel-exp', sweep='0'"),
+])
+def test_cli_errors_are_one_line_and_exit_code_2(store, tmp_path, monkeypatch, capsys, args, expected):
+    with pytest.raises(SystemExit) as e:
+        _command(monkeypatch, f"tracking.uri={store.uri}", f"out={tmp_path}", *args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(expected) and err.count("\n") == 1, err
 
 
-def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, capsys):
-    code = main(["--experiment", "mlabel-exp", "--tracking-uri", store.uri, "--out", str(tmp_path / "cli")])
+def test_cli_takes_a_sweep_by_its_parent_runs_id_prefix_and_a_filter_as_typed(store, tmp_path, monkeypatch, capsys):
+    from mlabel_exp.tracking.runs import KIND_TAG
+
+    parent = store.client.create_run(store.client.get_run(store.ids["a"]).info.experiment_id, run_name="sweep first",
+                                     tags={KIND_TAG: "sweep", "sweep_id": "multirun_first"}).info.run_id
+    try:
+        _command(monkeypatch, f"tracking.uri={store.uri}", f"out={tmp_path}", f"sweep={parent[:7]}",
+                 "filter=params.dropout_value = '0.5'", "log_to_mlflow=false")
+    finally:
+        store.client.delete_run(parent)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 and f"| {store.ids['b'][:8]} |" in rows[1]
+
+
+def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, monkeypatch, capsys):
+    _command(monkeypatch, "experiment=mlabel-exp", f"tracking.uri={store.uri}", f"out={tmp_path / 'cli'}")
     out = capsys.readouterr()
-    assert code == 0, out.err[-3000:]
     runs, groups = out.out.split("Groups across seeds (paired bootstrap over the ")
     rows = [line for line in runs.splitlines() if line.startswith("|")]
     assert rows[0].startswith("| run_id | run_name | model |") and len(rows) == 2 + 3

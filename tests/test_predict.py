@@ -250,14 +250,14 @@ def test_tracking_register_makes_a_version_of_the_runs_model(trained):
 
 
 def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_image(trained, new_images, tmp_path):
-    """compare --register-best, then the real `mlflow models serve` on 127.0.0.1, called as the README's curl does."""
+    """compare register_best=, then the real `mlflow models serve` on 127.0.0.1, called as the README's curl does."""
     import base64
     import os
     import subprocess
     import time
     import urllib.request
 
-    from mlabel_exp.cli.compare import compare
+    from mlabel_exp.analysis.comparison import compare
     from mlabel_exp.training.distributed import free_port
 
     tmp, _, run_id, _ = trained
@@ -306,16 +306,36 @@ def test_bad_predict_settings_are_named(trained, tmp_path):
         _cfg(tmp, run=run_id, input="x", threshold="high")
     with pytest.raises(ConfigError, match="no files found"):
         predict(_cfg(tmp, run=run_id, input=str(tmp_path / "empty*")), tmp_path / "o")
-    with pytest.raises(ConfigError, match="cannot read artifact"):
+    with pytest.raises(ConfigError, match="run=0123456789abcdef: no run of experiment 'mlabel-exp' at sqlite:///.* "
+                                          "has an id starting with '0123456789abcdef'"):
         predict(_cfg(tmp, run="0123456789abcdef", input=str(images)), tmp_path / "o")
+    with pytest.raises(ConfigError, match=f"run={'0' * 32}: no such run at sqlite:///"):
+        predict(_cfg(tmp, run="0" * 32, input=str(images)), tmp_path / "o")
+
+
+def test_a_run_is_named_by_a_prefix_latest_best_or_its_sweep_parent(trained, new_images, tmp_path):
+    """Each names the trained run (the only one): a sweep parent's id stands for its winning run, whose outputs
+    these are (the parent has no checkpoint)."""
+    from mlabel_exp.tracking.runs import KIND_TAG
+
+    tmp, client, run_id, _ = trained
+    parent = client.create_run(client.get_run(run_id).info.experiment_id, run_name="sweep x",
+                               tags={KIND_TAG: "sweep", "sweep_id": "x", "best_run_id": run_id}).info.run_id
+    try:
+        for ref in (run_id[:6], "latest", "best", parent[:8]):
+            predict(_cfg(tmp, run=ref, input=str(new_images), log_to_run=False), tmp_path / ref)
+            assert json.loads((tmp_path / ref / "summary.json").read_text())["run"] == run_id, ref
+    finally:
+        client.delete_run(parent)
 
 
 def test_predict_command(trained, new_images, tmp_path, monkeypatch, capsys, caplog):
-    """The command line through Hydra, in this process (a subprocess would prove nothing more here)."""
+    """The command line through Hydra, in this process (a subprocess would prove nothing more here); run=latest is
+    the newest finished run."""
     from mlabel_exp.cli.predict import main
 
     tmp, _, run_id, _ = trained
-    monkeypatch.setattr(sys, "argv", ["predict", f"run={run_id}", f"input={new_images}",
+    monkeypatch.setattr(sys, "argv", ["predict", "run=latest", f"input={new_images}",
                                       f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", f"out={tmp_path / 'cli'}",
                                       f"hydra.run.dir={tmp_path / 'job'}"])
     main()

@@ -370,7 +370,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
 
     import numpy as np
 
-    from mlabel_exp.cli.compare import compare
+    from mlabel_exp.analysis.comparison import compare
     from mlabel_exp.analysis.metrics import compute
 
     out = tmp_path / "out"
@@ -440,16 +440,3 @@ def test_a_smoke_run_logs_no_third_party_warning_and_ends_by_saying_where_to_loo
     assert f"outputs:  {tmp_path / 'out'}" in tail and "--workers 1" in " ".join(tail)
     assert tail[-2] == (f"run:      http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
                         "?workflowType=machine_learning")
-
-
-@pytest.mark.integration
-def test_help_is_a_page_of_examples_groups_and_presets_without_importing_torch():
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "mlabel_exp.run", "--help"],
-                          capture_output=True, text=True, check=True)
-    page = done.stdout
-    assert len(page.splitlines()) < 50 and "Examples" in page
-    for expected in ("-m model=resnet50,vgg16,inception", "resume=latest", "model: inception, resnet18, resnet50",
-                     "dropout=none|light|standard|heavy|model|<number>", "python -m mlabel_exp.compare --sweep latest"):
-        assert expected in page, expected
-    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
-    assert "torch" not in imported and "mlflow" not in imported

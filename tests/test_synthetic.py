@@ -1,5 +1,6 @@
 import hashlib
 import re
+import sys
 
 from PIL import Image
 
@@ -61,7 +62,19 @@ def test_cache_generates_once_and_is_keyed_by_parameters(tmp_path, monkeypatch):
 def test_cli_writes_the_layout_and_refuses_an_existing_data_set(tmp_path, capsys):
     import pytest
 
-    synthetic_cli.main(["--out", str(tmp_path / "s"), "--num-images", "12", "--image-size", "32"])
+    def command(*args):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "argv", ["synthetic", *args])
+            synthetic_cli.main()
+
+    command(f"out={tmp_path / 's'}", "num_images=12", "image_size=32")
     assert len(list((tmp_path / "s" / "images").iterdir())) == 12
-    with pytest.raises(SystemExit):
-        synthetic_cli.main(["--out", str(tmp_path / "s"), "--num-images", "3"])
+    assert "wrote 12 images and 14 annotation files" in capsys.readouterr().out
+    for args, expected in (([f"out={tmp_path / 's'}", "num_images=3"], "already holds images/ or annotations/"),
+                           ([f"out={tmp_path / 't'}", "image_size=8"], "image_size=8 is invalid: expected an integer >= 16"),
+                           (["num_images=3"], "out is required: give out=..."),
+                           ([f"out={tmp_path / 't'}", "--num-images", "3"], "here num_images=3")):
+        with pytest.raises(SystemExit) as e:
+            command(*args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and expected in err and err.count("\n") == 1, err

@@ -132,4 +132,4 @@ def sweep_table(children: list[dict], folder: str) -> str:
         return f"sweep {folder}: no run was started"
     rows = [f"  {c['metrics'].get(BEST_SCORE, float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
     return "\n".join([f"sweep {folder}: {len(children)} run(s), best val mAP first", *rows,
-                      "compare them: python -m mlabel_exp.compare --sweep latest"])
+                      "compare them: python -m mlabel_exp.compare sweep=latest"])

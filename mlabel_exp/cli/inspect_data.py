@@ -22,7 +22,7 @@ def main() -> None:
     from mlabel_exp.cli.app import command
 
     register()
-    command(_main, "config")()
+    command(_main, "inspect")()
 
 
 if __name__ == "__main__":

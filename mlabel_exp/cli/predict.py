@@ -1,4 +1,5 @@
-"""Predictions on new images: ``python -m mlabel_exp.predict run=<mlflow run id> input=<folder or glob>``.
+"""Predictions on new images: ``python -m mlabel_exp.predict run=<run> input=<folder or glob>``; a run is named by its
+id, any unique prefix of it, ``latest``, ``best`` or a sweep parent's id (its winning run): tracking.run_ids.
 
 Uses the trained run's class names, input transform and tuned thresholds (from its best
 checkpoint), and writes ``predictions.csv`` and ``predictions.json`` (per image: one probability per
@@ -29,7 +30,7 @@ SHOWN = 20  # images whose labels predict prints
 @dataclass
 class PredictConfig:
     input: str = MISSING                 # a folder of images or a glob such as 'images/im2*.jpg'
-    run: Optional[str] = None            # an MLflow run id: its best.pt (in its model, or checkpoints/) is used
+    run: Optional[str] = None            # a run id (or prefix, latest, best): its best.pt (in its model, or checkpoints/)
     checkpoint: Optional[str] = None     # or a checkpoint file (best.pt)
     out: Optional[str] = None            # output folder; default: Hydra's job folder (outputs/predict/...)
     threshold: Any = "tuned"             # tuned (the run's per-class thresholds, else 0.5) | a number
@@ -107,6 +108,8 @@ def _load(cfg: PredictConfig) -> tuple[dict, str]:
 
 
 def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
+    import dataclasses
+
     import numpy as np
 
     from mlabel_exp.inference.outputs import label_names, write_predictions, write_submission
@@ -118,6 +121,10 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
 
     device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line
     paths, names = list_inputs(cfg.input)
+    if cfg.run:  # a prefix, latest, best or a sweep parent: the full id of the training run it names
+        from mlabel_exp.tracking.run_ids import resolve_run
+
+        cfg = dataclasses.replace(cfg, run=resolve_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.run))
     ckpt, source = _load(cfg)
     predictor = Predictor.from_checkpoint(ckpt, device)
     if cfg.threshold != "tuned":
@@ -147,22 +154,20 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
 
 
 def _main(cfg) -> None:
-    from omegaconf import OmegaConf
-
     from mlabel_exp.cli.hydra_job import output_dir_of_job
+    from mlabel_exp.config import validate
 
-    typed: PredictConfig = OmegaConf.to_object(cfg)
+    typed: PredictConfig = validate(cfg, PredictConfig)
     out = resolve_path(typed.out) if typed.out else output_dir_of_job()
     out.mkdir(parents=True, exist_ok=True)
     predict(typed, out)
 
 
 def main() -> None:
-    from hydra.core.config_store import ConfigStore
-
     from mlabel_exp.cli.app import command
+    from mlabel_exp.config import register
 
-    ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
+    register(PredictConfig, "predict_schema")
     command(_main, "predict", PredictConfig)()
 
 

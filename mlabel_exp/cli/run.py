@@ -45,7 +45,7 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
             typed = validate(cfg)
     resume = None
     if typed.resume:  # the interrupted run's own config, checked again
-        cfg, resume = resume_point(cfg, overrides)
+        cfg, resume = resume_point(_resume_by_full_id(cfg, typed), overrides)
         typed = validate(cfg)
     if typed.trainer.devices > 1 and not distributed.launched_by_torchrun():
         if on_epoch is not None:
@@ -55,6 +55,16 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
         pinned["trainer"]["output_dir"] = str(job.output_dir(typed))
         return distributed.spawn(_train_process, typed.trainer.devices, pinned, job.run_identity(typed, group), resume)
     return _train(cfg, typed, resume, on_epoch, job.run_identity(typed, group))
+
+
+def _resume_by_full_id(cfg: DictConfig, typed: Config) -> DictConfig:
+    """resume=<a unique prefix of a run id>: the full id; latest keeps its meaning (the newest unfinished run)."""
+    from mlabel_exp.tracking.run_ids import FULL_ID, resolve_run
+
+    if typed.resume == "latest" or FULL_ID.fullmatch(typed.resume):
+        return cfg
+    full = resolve_run(typed.tracking.uri, typed.tracking.experiment, typed.resume, setting="resume")
+    return OmegaConf.merge(cfg, {"resume": full})
 
 
 def _train_process(container: dict, identity, resume) -> float:

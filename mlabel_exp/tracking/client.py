@@ -106,7 +106,7 @@ def client(uri: str | None, create: bool = False):
     if db is not None and not db.is_file():
         if not create:
             raise ConfigError(f"tracking URI {uri!r}: no MLflow store at {db}; pass the store the runs were logged "
-                              f"to (--tracking-uri / tracking_uri=, default {default_uri()})")
+                              f"to (tracking.uri=, default {default_uri()})")
         _CLIENTS.pop(uri, None)  # a store removed since: a new client creates it again
     if uri not in _CLIENTS:
         with store_lock(uri):  # the client creates (migrates) the SQLite schema: one process at a time

@@ -30,7 +30,7 @@ def list_runs(uri: str | None, experiment: str, filter_string: str | None = None
     if exp is None:
         names = sorted(e.name for e in store.search_experiments())
         raise ConfigError(f"experiment={experiment!r} not found at {resolve_uri(uri)} (experiments there: "
-                          f"{', '.join(names) or 'none'}); pass one of them with --experiment NAME")
+                          f"{', '.join(names) or 'none'}); pass one of them with experiment=NAME")
     runs, token = [], None
     while True:
         try:
@@ -38,7 +38,7 @@ def list_runs(uri: str | None, experiment: str, filter_string: str | None = None
                                      order_by=["attributes.start_time DESC"], page_token=token)
         except MlflowException as e:
             raise ConfigError(f"filter={filter_string!r} is not a valid MLflow filter ({e.message}); "
-                              "e.g. --filter \"params.model.name = 'resnet18'\"") from e
+                              "e.g. filter=\"params.model.name = 'resnet18'\"") from e
         runs += [run_record(r) for r in page]
         token = page.token
         if not token:
@@ -87,6 +87,9 @@ def download_best_checkpoint(uri: str | None, run_id: str, dst: Path) -> tuple[P
     if "checkpoints/best.pt" in listed:
         return download_artifact(uri, run_id, "checkpoints/best.pt", dst), f"runs:/{run_id}/checkpoints/best.pt"
     source = f"runs:/{run_id}/model/artifacts/best.pt"
+    # MLflow 3 finds a run's logged model through the default store whatever tracking_uri a download is given: in a
+    # fresh process (python -m mlabel_exp.predict) that is ./mlflow.db, which it would create, and where the model is not
+    mlflow.set_tracking_uri(resolve_uri(uri))
     try:
         with quiet_downloads():
             path = mlflow.artifacts.download_artifacts(source, dst_path=str(dst), tracking_uri=resolve_uri(uri))

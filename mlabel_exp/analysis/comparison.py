@@ -1,0 +1,245 @@
+"""Compare finished runs side by side: the question after a sweep is "which setting won, and where", while the
+MLflow UI shows runs one metric at a time. ``compare()`` selects the FINISHED training runs (of one sweep, matching a
+filter), builds the table (comparison_table), the figures (the original project's curves of every run, per-class AP
+as a heatmap, val mAP against the regularisation settings), the groups across seeds, writes them to a folder and logs
+them to a new run tagged ``mlabel.kind=comparison``, which later comparisons leave out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlabel_exp.analysis.comparison_table import (REGULARISATION, SETTINGS, build_table, groups_table, labels,
+                                                  run_row, to_markdown, write_groups)
+from mlabel_exp.config import ConfigError, project_root
+from mlabel_exp.tracking import query, registry
+from mlabel_exp.tracking.client import quiet_logger, resolve_uri
+from mlabel_exp.tracking.run_ids import sweep_parent_id
+from mlabel_exp.tracking.runs import KIND_TAG, file_run
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlabel_exp.analysis.groups import Groups
+
+log = logging.getLogger(__name__)
+
+KIND = "comparison"
+CURVES = ("train/loss", "val/loss", "val/mAP")
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame                  # one row per run, best val mAP first (COLUMNS)
+    figures: dict[str, Path]             # file name -> path under out_dir
+    out_dir: Path
+    run_id: str | None                   # the comparison's own MLflow run (None with log_to_mlflow=False)
+    notes: list[str] = field(default_factory=list)  # what was skipped, and why
+    groups: Groups | None = None         # runs grouped by settings across seeds, with intervals and verdicts
+    registered: tuple[str, int] | None = None  # (run id, model version) registered by register_best_as
+
+
+# ------------------------------------------------------------------ selecting runs
+
+def describe(experiment: str, uri: str, sweep: str | None, filter_string: str | None) -> str:
+    parts = [f"experiment={experiment!r}"]
+    parts += [f"sweep={sweep!r}"] if sweep else []
+    parts += [f"filter={filter_string!r}"] if filter_string else []
+    return f"{', '.join(parts)} at {uri}"
+
+
+def latest_sweep(runs: list[dict]) -> str | None:
+    """The sweep_id of the most recent run that has one."""
+    swept = [r for r in runs if r["tags"].get("sweep_id")]
+    return max(swept, key=lambda r: r["start_time"])["tags"]["sweep_id"] if swept else None
+
+
+def select(runs: list[dict], sweep: str | None, where: str) -> tuple[list[dict], str | None, list[str]]:
+    """The FINISHED runs (of ``sweep``: 'latest', a sweep parent's run id or a prefix of it, or a sweep_id), comparison
+    runs left out; the sweep_id; notes."""
+    if sweep and sweep != "latest" and not any(r["tags"].get("sweep_id") == sweep for r in runs):
+        sweep = sweep_parent_id(runs, sweep, where) or sweep
+    runs = [r for r in runs if KIND_TAG not in r["tags"]]  # training runs only: no comparisons, no sweep parents
+    if sweep == "latest":
+        sweep = latest_sweep(runs)
+        if sweep is None:
+            raise ConfigError(f"sweep='latest': no run has a sweep_id tag ({where}); only multirun jobs "
+                              "(python -m mlabel_exp.run -m ...) have one: leave sweep= out to compare every run")
+        folder = next(r["tags"].get("sweep_dir", sweep) for r in runs if r["tags"].get("sweep_id") == sweep)
+        log.info("latest sweep: %s", folder)
+    if sweep:
+        runs = [r for r in runs if r["tags"].get("sweep_id") == sweep]
+    finished = [r for r in runs if r["status"] == "FINISHED"]
+    notes = []
+    if len(finished) < len(runs):
+        statuses = sorted({r["status"] for r in runs if r["status"] != "FINISHED"})
+        counts = ", ".join(f"{s}: {sum(r['status'] == s for r in runs)}" for s in statuses)
+        notes.append(f"skipped {len(runs) - len(finished)} run(s) that did not finish ({counts})")
+    return finished, sweep, notes
+
+
+def filter_hint(filter_string: str, runs: list[dict]) -> str:
+    """For params.X / tags.X / metrics.X in a filter that no run has: the closest keys the runs do have."""
+    import difflib
+    import re
+
+    known = {kind: sorted({k for r in runs for k in r[kind]}) for kind in ("params", "tags", "metrics")}
+    hints = []
+    for kind, key in re.findall(r"\b(params|tags|metrics)\.`?([A-Za-z0-9_./-]+?)`?\s*(?:=|!=|<|>|LIKE|ILIKE)",
+                                filter_string):
+        if key not in known[kind]:
+            close = difflib.get_close_matches(key, known[kind], n=2, cutoff=0.3)
+            close += [f"tags.{t}" for t in difflib.get_close_matches(key, known["tags"], n=1, cutoff=0.6)
+                      if kind != "tags"]
+            hints.append(f"no run has {kind}.{key}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    return "; " + "; ".join(hints) if hints else ""
+
+
+def no_runs_error(all_runs: list[dict], skipped: list[str], where: str) -> ConfigError:
+    sweeps = list(dict.fromkeys(r["tags"]["sweep_id"] for r in all_runs if r["tags"].get("sweep_id")))[:5]
+    hint = f"; recent sweep ids: {', '.join(sweeps)}" if sweeps else ""
+    why = f" ({skipped[0]})" if skipped else ""
+    return ConfigError(f"no finished runs to compare for {where}{why}{hint}. Check experiment=, sweep=, filter= "
+                       "and tracking.uri= (the store python -m mlabel_exp.run logged to)")
+
+
+# ------------------------------------------------------------------ figures
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def per_class_ap(uri: str, table: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
+    """Runs x classes AP from each run's per_class.csv; runs without the file are left out (noted)."""
+    import io
+
+    import pandas as pd
+
+    rows, missing = {}, []
+    for run_id, name in zip(table["run_id"], names):
+        text = query.artifact_text(uri, run_id, "per_class.csv")
+        if text is None:
+            missing.append(name)
+            continue
+        per_class = pd.read_csv(io.StringIO(text))
+        rows[name] = per_class.set_index("class")["AP"]
+    notes = [f"per_class_ap.png: left out {len(missing)} run(s) without per_class.csv ({', '.join(missing)})"] \
+        if missing else []
+    return (pd.DataFrame(rows).T if rows else None), notes
+
+
+def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_dir: Path,
+                 title: str) -> tuple[dict[str, Path], list[str]]:
+    from mlabel_exp.analysis import figures as plots
+
+    names = labels(table)
+    lengths = table["epochs"].dropna()
+    if lengths.nunique() > 1:  # a 2-epoch smoke run beside a 28-epoch run says so
+        title += f"  (runs differ in length: {int(lengths.min())}-{int(lengths.max())} epochs)"
+    figures = {"model_comparison.png": _save(
+        plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title),
+        out_dir / "model_comparison.png")}
+    ap, notes = per_class_ap(uri, table, names)
+    if ap is None:
+        notes.append("per_class_ap.png skipped: no run has a per_class.csv artifact")
+    else:
+        figures["per_class_ap.png"] = _save(plots.per_class_heatmap(ap), out_dir / "per_class_ap.png")
+    varying = [c for c in SETTINGS if table[c].nunique(dropna=True) > 1]
+    swept = [c for c in REGULARISATION if c in varying]
+    constant = [c for c in REGULARISATION if c not in varying]
+    if not swept:
+        notes.append("regularisation.png skipped: dropout_value and weight_decay_value are the same in every run")
+    else:
+        groups = varying + (["epochs"] if table["epochs"].nunique(dropna=True) > 1 else [])
+        figures["regularisation.png"] = _save(plots.regularisation(table, swept, groups),
+                                              out_dir / "regularisation.png")
+        if constant:
+            notes.append(f"regularisation.png: no panel for {constant[0]} (the same in every run)")
+    return figures, notes
+
+
+# ------------------------------------------------------------------ the comparison
+
+def default_out_dir() -> Path:
+    return project_root() / "outputs" / "compare" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def comparisons_experiment(experiment: str) -> str:
+    return f"{experiment}-comparisons"
+
+
+def log_comparison(uri: str, experiment: str, table: pd.DataFrame, files: list[Path], sweep: str | None,
+                   filter_string: str | None, sweep_name: str | None = None) -> str:
+    """A new run, tagged mlabel.kind=comparison, holding the table and figures, in the experiment's own comparisons
+    experiment (``<experiment>-comparisons``): kept out of the training runs' table in the UI."""
+    name = f"comparison of {len(table)} runs" + (f" (sweep {sweep_name or sweep})" if sweep else "")
+    tags = {KIND_TAG: KIND, **({"mlabel.compared_sweep": sweep} if sweep else {})}
+    params = {"experiment": experiment, "sweep": sweep or "", "filter": filter_string or "",
+              "num_runs": len(table), "run_ids": ",".join(table["run_id"])}
+    return file_run(uri, comparisons_experiment(experiment), name, tags, params, files)
+
+
+CHAMPION = "champion"  # the alias register_best= sets on the version it registers
+
+
+def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple[str, int]:
+    """Register the model of the best run of the best group as a new version of ``name``, aliased champion."""
+    from mlabel_exp.analysis.groups import objective
+
+    members = set(found.table["run_ids"].iloc[0].split())
+    best = max((r for r in runs if r["run_id"] in members), key=lambda r: objective(r["metrics"]))
+    return best["run_id"], registry.register_model(uri, f"runs:/{best['run_id']}/model", name, CHAMPION)
+
+
+def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, sweep: str | None = None,
+            filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True,
+            register_best_as: str | None = None) -> Comparison:
+    """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: see ``select``;
+    matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run;
+    ``register_best_as``: register the best run's model under that name, aliased champion."""
+    from mlabel_exp.analysis import groups
+    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.fsutil import write_atomic
+
+    uri = resolve_uri(tracking_uri)
+    where = describe(experiment, uri, sweep, filter_string)
+    all_runs = query.list_runs(uri, experiment, filter_string)
+    runs, sweep, notes = select(all_runs, sweep, where)
+    if not runs:
+        error = no_runs_error([r for r in all_runs if r["tags"].get(KIND_TAG) != KIND], notes, where)
+        if filter_string:  # a misspelt key finds nothing without a word: name the keys the runs do have
+            error = ConfigError(f"{error}{filter_hint(filter_string, query.list_runs(uri, experiment))}")
+        raise error
+    histories = {r["run_id"]: {k: query.metric_history(uri, r["run_id"], k) for k in (*CURVES, "time/epoch_s")}
+                 for r in runs}
+    table = build_table([run_row(r, histories[r["run_id"]]) for r in runs])
+
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
+    sweep_name = runs[0]["tags"].get("sweep_dir", sweep) if sweep else None  # its folder, not the mangled id
+    title = f"{experiment}" + (f", sweep {sweep_name}" if sweep else "") + f": {len(table)} runs"
+    figures, figure_notes = make_figures(uri, table, histories, out_dir, title)
+    notes += figure_notes
+    found = groups.compare_groups(uri, runs)
+    notes += found.notes
+    write_groups(found, out_dir)
+    write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}\n## Groups across seeds "
+                 f"({found.evaluated_on})\n\n{to_markdown(groups_table(found))}")
+    if len(found.table) > 1:
+        figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
+                                              out_dir / "seed_intervals.png")
+    run_id = None
+    if log_to_mlflow:
+        files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *figures.values()]
+        with quiet_logger():
+            run_id = log_comparison(uri, experiment, table, files, sweep, filter_string, sweep_name)
+    registered = register_best(uri, found, runs, register_best_as) if register_best_as else None
+    return Comparison(table, figures, out_dir, run_id, notes, found, registered)

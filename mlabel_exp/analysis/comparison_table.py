@@ -1,0 +1,112 @@
+"""The comparison table: one row per run (its settings and figures), best val mAP first; as Markdown, and the
+groups across seeds as a table for reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlabel_exp.analysis.groups import Groups
+
+REGULARISATION = ("dropout_value", "weight_decay_value")
+SETTINGS = ("model", *REGULARISATION, "optimizer", "lr", "trainable")  # what a sweep varies
+TEST_COLUMNS = ["test_mAP", "test_f1_micro", "test_f1_macro"]  # shown when a compared run has a test split
+COLUMNS = ["run_id", "run_name", *SETTINGS, "seed", "best_epoch", "best_val_mAP", "tuned_f1_micro", "tuned_f1_macro",
+           "train_time_s", "epochs"]
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
+    from mlabel_exp.analysis.groups import objective
+
+    p, m = run["params"], run["metrics"]
+    epochs = histories.get("val/mAP") or histories.get("train/loss") or []
+    return {
+        "run_id": run["run_id"], "run_name": run["name"], "model": run["tags"].get("model", p.get("model.name")),
+        "dropout_value": _float(p.get("dropout_value")), "weight_decay_value": _float(p.get("weight_decay_value")),
+        "optimizer": p.get("optimizer.name"), "lr": _float(p.get("optimizer.lr")), "trainable": p.get("model.trainable"),
+        "seed": p.get("seed"),
+        "best_epoch": m.get("val/best_epoch", m.get("best/epoch")), "best_val_mAP": objective(m),
+        "tuned_f1_micro": m.get("tuned/f1_micro", float("nan")), "tuned_f1_macro": m.get("tuned/f1_macro", float("nan")),
+        **{c: m.get(c.replace("test_", "test/"), float("nan")) for c in TEST_COLUMNS},
+        "train_time_s": sum(v for _, v in histories.get("time/epoch_s", [])), "epochs": len(epochs),
+    }
+
+
+def build_table(rows: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
+    with_test = any(pd.notna(r[c]) for r in rows for c in TEST_COLUMNS)  # a compared run was scored on a test split
+    table = pd.DataFrame(rows, columns=COLUMNS[:-2] + TEST_COLUMNS * with_test + COLUMNS[-2:])
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
+    table["epochs"] = table["epochs"].astype("Int64")
+    return table.sort_values("best_val_mAP", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def _cell(column: str, value) -> str:
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if column == "run_id":
+        return str(value)[:8]
+    if isinstance(value, float):
+        if column == "train_time_s":
+            return f"{value:.1f}"
+        return f"{value:.4g}" if column in ("lr", *REGULARISATION) else f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs tabulate, not a dependency); run ids shortened to 8."""
+    import pandas as pd
+
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    lines = ["| " + " | ".join(table.columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(_cell(c, v) for c, v in zip(table.columns, row)) + " |"
+              for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def labels(table: pd.DataFrame) -> list[str]:
+    """Run names for legends, without the words every name shares (what tells runs apart, not what they share),
+    with a short run id where a name repeats."""
+    words = [str(n).split() for n in table["run_name"].fillna("")]
+    common = set.intersection(*(set(w) for w in words)) if len(words) > 1 else set()
+    names = [" ".join(w for w in ws if w not in common) or " ".join(ws) for ws in words]
+    return [f"{n} ({i[:6]})" if names.count(n) > 1 or not n else n for n, i in zip(names, table["run_id"])]
+
+
+def groups_table(found: Groups) -> pd.DataFrame:
+    """The groups for reading: intervals as [low, high]. mean/std/95% CI: best val mAP over seeds; mAP (paired images)
+    and the difference: on the images the paired test used (found.evaluated_on)."""
+    import pandas as pd
+
+    t = found.table
+
+    def interval(low, high):
+        return "" if low is None or low != low else f"[{low:.4f}, {high:.4f}]"
+
+    return pd.DataFrame({
+        "group": t["group"], "verdict": t["verdict"], "n": t["n"], "mean": t["mean"], "std": t["std"],
+        "95% CI": [interval(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
+        "mAP (paired images)": t["eval_mAP"], "best - this": t["difference"], "95% CI of difference": [interval(lo, hi) for lo, hi in
+                                                                 zip(t["diff_ci_low"], t["diff_ci_high"])],
+        "p": t["p_value"], "seeds": t["seeds"]})
+
+
+def write_groups(found: Groups, out_dir: Path) -> None:
+    from mlabel_exp.fsutil import write_atomic
+
+    plain = found.table.assign(values=[" ".join(repr(float(v)) for v in vs) for vs in found.table["values"]])
+    write_atomic(out_dir / "groups.csv", plain.to_csv(index=False))

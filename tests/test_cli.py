@@ -1,0 +1,106 @@
+"""Every command takes key=value settings the same way: an unknown option, key or group option is one line with exit
+status 2 (with the closest valid name), run ids and MLflow filters reach the command as typed, and --help is a page of
+examples, printed without importing torch or mlflow."""
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from mlabel_exp.cli import arguments
+from mlabel_exp.config import CompareConfig, Config, SyntheticCommandConfig
+
+COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic")
+MODULES = {"run": "run", "predict": "predict", "compare": "compare", "search": "search", "inspect": "inspect_data",
+           "synthetic": "synthetic"}
+MODELS = "choices: inception, resnet18, resnet50, smallcnn, vgg16"
+
+
+def _error(capsys, command: str, *args: str) -> str:
+    """``python -m mlabel_exp.<command> ARGS`` in this process, which must fail: its one line on stderr."""
+    main = importlib.import_module(f"mlabel_exp.cli.{MODULES[command]}").main
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", [command, *args])
+        with pytest.raises(SystemExit) as e:
+            main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err[len("error: "):].strip()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_unknown_option_or_key_is_one_line_naming_it(command, capsys):
+    assert _error(capsys, command, "--foo") == "--foo is not an option (settings are key=value; see --help)"
+    assert _error(capsys, command, "--hlep") == "--hlep is not an option (did you mean --help?)"
+    assert _error(capsys, command, "trackin.uri=x").startswith("trackin is not a setting")
+
+
+@pytest.mark.parametrize("command", ["run", "search", "inspect"])
+def test_a_wrong_group_option_is_one_line_with_the_choices(command, capsys):
+    assert _error(capsys, command, "model=resnet5") == f"model=resnet5: no such model; did you mean resnet50? {MODELS}"
+    assert _error(capsys, command, "experiment=nope") == "experiment=nope: no such experiment; choices: seed"
+    assert _error(capsys, command, "modle.name=x") == "modle is not a setting (did you mean model?)"
+
+
+def test_hydra_decides_group_options_when_another_config_folder_may_add_some(tmp_path, capsys):
+    """With --config-dir the check is Hydra's own (it sees every folder), its error made the same one line."""
+    (tmp_path / "model").mkdir()
+    assert arguments.group_problems(["model=mine", "-cd", str(tmp_path)]) == []
+    assert _error(capsys, "inspect", "-cd", str(tmp_path), "model=resnet5") == \
+        f"model=resnet5: no such model; did you mean resnet50? {MODELS}"
+
+
+def test_errors_hydra_finds_while_composing_are_one_line(capsys):
+    assert _error(capsys, "inspect", "trainer.epochs=abc") == \
+        "trainer.epochs=abc: Value 'abc' of type 'str' could not be converted to Integer"
+    assert _error(capsys, "inspect", "data=folder,synthetic") == "Ambiguous value for argument 'data=folder,synthetic'"
+    assert _error(capsys, "synthetic", "num_images=3") == "out is required: give out=..."
+
+
+def test_options_and_settings_are_told_apart():
+    assert arguments.problems(["-m", "--cfg", "job", "-cd", "/x", "--info", "searchpath", "trainer.epochs=2",
+                               "+model.extra=1", "~tracking.register", "hydra.job.chdir=false",
+                               "presets.dropout.mine=0.1", "hydra/launcher=slurm"], Config) == []
+    assert arguments.problems(["resnet50"], Config) == ["'resnet50' is not a setting (did you mean model=resnet50?)"]
+    assert arguments.problems(["--sweep", "latest", "--filter", "params.a = 'b'", "--register-best=m",
+                               "--tracking-uri", "sqlite:///x.db"], CompareConfig) == [
+        "--sweep is not an option: settings are key=value, here sweep=latest",
+        "--filter is not an option: settings are key=value, here filter=\"params.a = 'b'\"",
+        "--register-best is not an option: settings are key=value, here register_best=m",
+        "--tracking-uri is not an option: settings are key=value, here tracking.uri=sqlite:///x.db"]
+    assert arguments.problems(["--num-images", "12", "prefix=x"], SyntheticCommandConfig) == [
+        "--num-images is not an option: settings are key=value, here num_images=12",
+        "prefix is not a setting (valid keys: num_images, image_size, seed, unlabeled_fraction, grayscale_fraction, "
+        "max_objects, out)"]
+
+
+@pytest.mark.parametrize("value", ["params.model = 'resnet50'", "tags.sweep_id LIKE '%a,b%'", "0123", "1e5", "12",
+                                   "metrics.`val/best_mAP` > 0.5", "a\\b", "x\\'y\\", "latest", "true"])
+def test_run_ids_and_filters_reach_the_command_as_typed(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (arg,) = arguments.verbatim([f"filter={value}"])
+    assert OverridesParser.create().parse_override(arg).value() == value
+    assert arguments.verbatim(["run=latest", "trainer.epochs=12"]) == ["run=latest", "trainer.epochs=12"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command, expected", [
+    ("run", ("-m model=resnet50,vgg16,inception", "resume=latest", "model: inception, resnet18, resnet50",
+             "dropout=none|light|standard|heavy|model|<number>", "python -m mlabel_exp.compare sweep=latest")),
+    ("predict", ("run=latest input=", "run=best", "checkpoint=", "threshold=tuned|<number>")),
+    ("compare", ("sweep=latest", "filter=\"params.model.name = 'resnet50'\"", "register_best=NAME", "log_to_mlflow")),
+    ("search", ("search.n_trials=40", "search=regularisation", "model: inception, resnet18, resnet50")),
+    ("inspect", ("data=folder data.root=/path/to/data", "data.verify_images=true")),
+    ("synthetic", ("out=/tmp/syn", "num_images=20000 image_size=128 seed=0", "grayscale_fraction=F")),
+])
+def test_help_is_a_page_of_examples_and_settings_without_importing_torch(command, expected):
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"mlabel_exp.{command}", "--help"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    page = done.stdout
+    assert page.startswith(f"python -m mlabel_exp.{command} ") and len(page.splitlines()) < 50 and "Examples" in page
+    for line in expected:
+        assert line in page, line
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not {"torch", "mlflow", "pandas", "matplotlib"} & imported
