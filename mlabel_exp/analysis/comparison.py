@@ -58,10 +58,7 @@ def latest_sweep(runs: list[dict]) -> str | None:
 
 
 def select(runs: list[dict], sweep: str | None, where: str) -> tuple[list[dict], str | None, list[str]]:
-    """The FINISHED runs (of ``sweep``: 'latest', a sweep parent's run id or a prefix of it, or a sweep_id), comparison
-    runs left out; the sweep_id; notes."""
-    if sweep and sweep != "latest" and not any(r["tags"].get("sweep_id") == sweep for r in runs):
-        sweep = sweep_parent_id(runs, sweep, where) or sweep
+    """The FINISHED runs (of ``sweep``, a sweep_id or 'latest'), comparison runs left out; the sweep_id; notes."""
     runs = [r for r in runs if KIND_TAG not in r["tags"]]  # training runs only: no comparisons, no sweep parents
     if sweep == "latest":
         sweep = latest_sweep(runs)
@@ -79,6 +76,14 @@ def select(runs: list[dict], sweep: str | None, where: str) -> tuple[list[dict],
         counts = ", ".join(f"{s}: {sum(r['status'] == s for r in runs)}" for s in statuses)
         notes.append(f"skipped {len(runs) - len(finished)} run(s) that did not finish ({counts})")
     return finished, sweep, notes
+
+
+def sweep_named(uri: str, experiment: str, sweep: str | None, runs: list[dict], filtered: bool, where: str) -> str | None:
+    """The sweep_id ``sweep`` names: itself, 'latest', or the sweep of the parent run whose id starts with it (looked
+    for among every run of the experiment where a filter left the parents out)."""
+    if not sweep or sweep == "latest" or any(r["tags"].get("sweep_id") == sweep for r in runs):
+        return sweep
+    return sweep_parent_id(query.list_runs(uri, experiment) if filtered else runs, sweep, where) or sweep
 
 
 def filter_hint(filter_string: str, runs: list[dict]) -> str:
@@ -201,7 +206,7 @@ def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple
 def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, sweep: str | None = None,
             filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True,
             register_best_as: str | None = None) -> Comparison:
-    """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: see ``select``;
+    """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: see ``sweep_named``;
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run;
     ``register_best_as``: register the best run's model under that name, aliased champion."""
     from mlabel_exp.analysis import groups
@@ -211,6 +216,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     uri = resolve_uri(tracking_uri)
     where = describe(experiment, uri, sweep, filter_string)
     all_runs = query.list_runs(uri, experiment, filter_string)
+    sweep = sweep_named(uri, experiment, sweep, all_runs, bool(filter_string), where)
     runs, sweep, notes = select(all_runs, sweep, where)
     if not runs:
         error = no_runs_error([r for r in all_runs if r["tags"].get(KIND_TAG) != KIND], notes, where)
