@@ -409,11 +409,13 @@ class CompareConfig:
 
     sweep: Optional[str] = None          # latest | a sweep parent's run id (or a prefix) | a sweep_id tag; null: every run
     filter: Optional[str] = None         # an MLflow filter string, e.g. "params.model.name = 'resnet50'"
-    experiment: str = "${tracking.experiment}"
     out: Optional[str] = None            # default: <project root>/outputs/compare/<time>
     log_to_mlflow: bool = True           # log the comparison as a run tagged mlabel.kind=comparison
     register_best: Optional[str] = None  # register the best run's model under this name, aliased champion
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # experiment=NAME is short for tracking.experiment=NAME (a setting of its own would be taken by Hydra for the
+    # config group conf/experiment/ of a run)
+    aliases: ClassVar[dict[str, str]] = {"experiment": "tracking.experiment"}
 
 
 def register(schema: type = Config, name: str = "config_schema") -> None:

@@ -46,7 +46,7 @@ def test_a_wrong_group_option_is_one_line_with_the_choices(command, capsys):
 def test_hydra_decides_group_options_when_another_config_folder_may_add_some(tmp_path, capsys):
     """With --config-dir the check is Hydra's own (it sees every folder), its error made the same one line."""
     (tmp_path / "model").mkdir()
-    assert arguments.group_problems(["model=mine", "-cd", str(tmp_path)]) == []
+    assert arguments.group_problems(["model=mine", "-cd", str(tmp_path)], {"model"}) == []
     assert _error(capsys, "inspect", "-cd", str(tmp_path), "model=resnet5") == \
         f"model=resnet5: no such model; did you mean resnet50? {MODELS}"
 
@@ -58,18 +58,29 @@ def test_errors_hydra_finds_while_composing_are_one_line(capsys):
     assert _error(capsys, "synthetic", "num_images=3") == "out is required: give out=..."
 
 
+def test_each_command_takes_the_config_groups_of_its_own_config():
+    assert arguments.command_groups("config") == {"data", "model", "optimizer", "trainer", "loss", "tracking",
+                                                  "experiment", "local"}
+    assert arguments.command_groups("search") == arguments.command_groups("config") | {"search"}
+    assert arguments.command_groups("compare") == arguments.command_groups("predict") == {"tracking"}
+    assert arguments.command_groups("synthetic") == set()
+    assert arguments.problems(["model=resnet50"], CompareConfig, "compare") == [
+        "model is not a setting (valid keys: sweep, filter, out, log_to_mlflow, register_best, tracking)"]
+    assert arguments.aliased(["experiment=x", "-m"], CompareConfig) == ["tracking.experiment=x", "-m"]
+
+
 def test_options_and_settings_are_told_apart():
     assert arguments.problems(["-m", "--cfg", "job", "-cd", "/x", "--info", "searchpath", "trainer.epochs=2",
                                "+model.extra=1", "~tracking.register", "hydra.job.chdir=false",
                                "presets.dropout.mine=0.1", "hydra/launcher=slurm"], Config) == []
     assert arguments.problems(["resnet50"], Config) == ["'resnet50' is not a setting (did you mean model=resnet50?)"]
     assert arguments.problems(["--sweep", "latest", "--filter", "params.a = 'b'", "--register-best=m",
-                               "--tracking-uri", "sqlite:///x.db"], CompareConfig) == [
+                               "--tracking-uri", "sqlite:///x.db", "experiment=x"], CompareConfig, "compare") == [
         "--sweep is not an option: settings are key=value, here sweep=latest",
         "--filter is not an option: settings are key=value, here filter=\"params.a = 'b'\"",
         "--register-best is not an option: settings are key=value, here register_best=m",
         "--tracking-uri is not an option: settings are key=value, here tracking.uri=sqlite:///x.db"]
-    assert arguments.problems(["--num-images", "12", "prefix=x"], SyntheticCommandConfig) == [
+    assert arguments.problems(["--num-images", "12", "prefix=x"], SyntheticCommandConfig, "synthetic") == [
         "--num-images is not an option: settings are key=value, here num_images=12",
         "prefix is not a setting (valid keys: num_images, image_size, seed, unlabeled_fraction, grayscale_fraction, "
         "max_objects, out)"]

@@ -63,10 +63,11 @@ def command(task, config_name: str, schema: type = Config):
     def main() -> None:
         import hydra
 
-        problems = arguments.problems(sys.argv[1:], schema)
+        args = arguments.aliased(sys.argv[1:], schema)
+        problems = arguments.problems(args, schema, config_name)
         if problems:
             raise user_error(ConfigError("; ".join(problems)))
-        sys.argv[1:] = arguments.verbatim(sys.argv[1:])
+        sys.argv[1:] = arguments.verbatim(args)
         started = []
 
         @functools.wraps(task)  # Hydra names the job after the task's module

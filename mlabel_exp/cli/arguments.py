@@ -32,7 +32,9 @@ def _fields(schema) -> dict[str, typing.Any] | None:
 
 
 def key_problem(key: str, schema: type) -> str | None:
-    """Why ``key`` (dotted) is not a setting of ``schema``, with the closest valid name; None when it is one."""
+    """Why ``key`` (dotted) is not a setting of ``schema`` (or a short name it declares), with the closest valid name;
+    None when it is one."""
+    key = getattr(schema, "aliases", {}).get(key, key)
     node, prefix = schema, ""
     for part in key.split("."):
         fields = _fields(node)
@@ -72,8 +74,9 @@ def _group_of(word: str) -> str | None:
 
 
 def setting_problem(arg: str, schema: type, groups: set[str]) -> str | None:
-    """Why ``arg`` (not an option) is not a setting of ``schema``. Config groups (model=...), Hydra's own settings,
-    additions (+key=) and deletions (~key) are left to Hydra, whose errors app.command turns into one line."""
+    """Why ``arg`` (not an option) is not a setting of ``schema``. The command's config groups (``groups``: checked by
+    group_problems), Hydra's own settings, additions (+key=) and deletions (~key) are left to Hydra, whose errors
+    app.command turns into one line."""
     if "=" not in arg:
         if arg.startswith("~"):
             return None
@@ -103,16 +106,31 @@ def _sees_every_option(args: list[str]) -> bool:
     return not any("searchpath" in p.read_text() for p in (CONF_DIR / "local").glob("*.yaml"))
 
 
-def group_problems(args: list[str]) -> list[str]:
+def command_groups(config_name: str) -> set[str]:
+    """The config groups a command's config composes: those of its defaults list, and of the configs it extends
+    (search's is a run's). Only they take ``group=option``: compare's ``experiment=`` is a setting."""
+    from omegaconf import OmegaConf
+
+    groups = set()
+    for entry in OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults", []):
+        if isinstance(entry, str):
+            groups |= command_groups(entry) if (CONF_DIR / f"{entry}.yaml").is_file() else set()
+        else:
+            groups |= {k.removeprefix("optional ").split("@")[0] for k in entry if not k.startswith("override ")}
+    return groups
+
+
+def group_problems(args: list[str], groups: set[str]) -> list[str]:
     """``group=option`` settings naming an option that CONF_DIR/<group>/ lacks (Hydra would skip a missing option
-    of an optional group, such as experiment=, without a word)."""
+    of an optional group, such as experiment=, without a word); ``groups``: the command's."""
     if not _sees_every_option(args):
         return []
     found = []
     for arg in args:
-        key, _, value = arg.lstrip("+").partition("=")
-        folder = CONF_DIR / key.split("@", 1)[0]
-        if not value or key.startswith("hydra") or not folder.is_dir() or re.search(r"[$(]", value):
+        key, _, value = arg.partition("=")
+        folder = CONF_DIR / key.lstrip("+").split("@", 1)[0]
+        if key.lstrip("+") not in groups and not key.startswith("+") or not value or not folder.is_dir() \
+                or key.startswith("hydra") or re.search(r"[$(]", value):
             continue
         options = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
         found += [group_message(f"{folder.name}/{v}", options) for v in value.split(",")
@@ -120,9 +138,10 @@ def group_problems(args: list[str]) -> list[str]:
     return found
 
 
-def problems(args: list[str], schema: type) -> list[str]:
-    """One line per argument that is neither an option Hydra has nor a setting of ``schema``."""
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+def problems(args: list[str], schema: type, config_name: str = "config") -> list[str]:
+    """One line per argument that is neither an option Hydra has nor a setting of ``schema`` or an option of a config
+    group of the command's config (conf/<config_name>.yaml)."""
+    groups = command_groups(config_name)
     found, i = [], 0
     while i < len(args):
         arg, following = args[i], args[i + 1] if i + 1 < len(args) else None
@@ -138,7 +157,18 @@ def problems(args: list[str], schema: type) -> list[str]:
         problem = setting_problem(arg, schema, groups)
         found += [problem] if problem else []
         i += 1
-    return found + group_problems([a for a in args if "=" in a])
+    return found + group_problems([a for a in args if "=" in a], groups)
+
+
+def aliased(args: list[str], schema: type) -> list[str]:
+    """The arguments with each short name the schema declares (its ``aliases``) spelt out: compare's
+    ``experiment=NAME`` is ``tracking.experiment=NAME``."""
+    aliases = getattr(schema, "aliases", {})
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        out.append(f"{aliases[key]}={value}" if sep and key in aliases else arg)
+    return out
 
 
 def quote(value: str) -> str:

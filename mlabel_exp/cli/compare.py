@@ -22,7 +22,7 @@ def report(result, typed: CompareConfig) -> None:
         print(f"{name}: {path}")
     print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")
     if result.run_id:
-        print(f"MLflow run: {result.run_id} (experiment {comparisons_experiment(typed.experiment)})")
+        print(f"MLflow run: {result.run_id} (experiment {comparisons_experiment(typed.tracking.experiment)})")
     if result.registered:
         run_id, version = result.registered
         name, uri = typed.register_best, resolve_uri(typed.tracking.uri)
@@ -36,7 +36,7 @@ def _main(cfg) -> None:
     from mlabel_exp.config import resolve_path
 
     typed: CompareConfig = validate(cfg, CompareConfig)
-    result = compare(typed.experiment, tracking_uri=typed.tracking.uri, sweep=typed.sweep,
+    result = compare(typed.tracking.experiment, tracking_uri=typed.tracking.uri, sweep=typed.sweep,
                      filter_string=typed.filter, out_dir=resolve_path(typed.out) if typed.out else None,
                      log_to_mlflow=typed.log_to_mlflow, register_best_as=typed.register_best)
     report(result, typed)
