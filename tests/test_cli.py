@@ -72,7 +72,8 @@ def test_each_command_takes_the_config_groups_of_its_own_config():
 def test_options_and_settings_are_told_apart():
     assert arguments.problems(["-m", "--cfg", "job", "-cd", "/x", "--info", "searchpath", "trainer.epochs=2",
                                "+model.extra=1", "~tracking.register", "hydra.job.chdir=false",
-                               "presets.dropout.mine=0.1", "hydra/launcher=slurm"], Config) == []
+                               "presets.dropout.mine=0.1", "hydra/launcher=joblib", "+hydra/launcher=basic"],
+                              Config) == []
     assert arguments.problems(["resnet50"], Config) == ["'resnet50' is not a setting (did you mean model=resnet50?)"]
     assert arguments.problems(["--sweep", "latest", "--filter", "params.a = 'b'", "--register-best=m",
                                "--tracking-uri", "sqlite:///x.db", "experiment=x"], CompareConfig, "compare") == [

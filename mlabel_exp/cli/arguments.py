@@ -128,9 +128,10 @@ def group_problems(args: list[str], groups: set[str]) -> list[str]:
     found = []
     for arg in args:
         key, _, value = arg.partition("=")
-        folder = CONF_DIR / key.lstrip("+").split("@", 1)[0]
-        if key.lstrip("+") not in groups and not key.startswith("+") or not value or not folder.is_dir() \
-                or key.startswith("hydra") or re.search(r"[$(]", value):
+        name = key.lstrip("+").split("@", 1)[0]  # +group=option adds a group the config does not name
+        folder = CONF_DIR / name
+        if not (name in groups or key.startswith("+")) or not value or not folder.is_dir() \
+                or name.startswith("hydra") or re.search(r"[$(]", value):
             continue
         options = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
         found += [group_message(f"{folder.name}/{v}", options) for v in value.split(",")
