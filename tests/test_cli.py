@@ -47,6 +47,8 @@ def test_hydra_decides_group_options_when_another_config_folder_may_add_some(tmp
     """With --config-dir the check is Hydra's own (it sees every folder), its error made the same one line."""
     (tmp_path / "model").mkdir()
     assert arguments.group_problems(["model=mine", "-cd", str(tmp_path)], {"model"}) == []
+    for given in (["--config-dir", str(tmp_path)], [f"--config-dir={tmp_path}"], ["-cd", str(tmp_path)]):
+        assert arguments.problems([*given, "model=mine"], Config) == []  # as the command line reaches the check
     assert _error(capsys, "inspect", "-cd", str(tmp_path), "model=resnet5") == \
         f"model=resnet5: no such model; did you mean resnet50? {MODELS}"
 

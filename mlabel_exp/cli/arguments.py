@@ -158,7 +158,7 @@ def problems(args: list[str], schema: type, config_name: str = "config") -> list
         problem = setting_problem(arg, schema, groups)
         found += [problem] if problem else []
         i += 1
-    return found + group_problems([a for a in args if "=" in a], groups)
+    return found + group_problems(args, groups)
 
 
 def aliased(args: list[str], schema: type) -> list[str]:
