@@ -404,6 +404,35 @@ class SearchJobConfig(Config):
 
 
 @dataclass
+class PredictConfig:
+    input: str = MISSING                 # a folder of images or a glob such as 'images/im2*.jpg'
+    run: Optional[str] = None            # a run id (or prefix, latest, best): its best.pt (in its model, or checkpoints/)
+    checkpoint: Optional[str] = None     # or a checkpoint file (best.pt)
+    out: Optional[str] = None            # output folder; default: Hydra's job folder (outputs/predict/...)
+    threshold: Any = "tuned"             # tuned (the run's per-class thresholds, else 0.5) | a number
+    batch_size: int = 64
+    num_workers: int = -1
+    device: str = "auto"
+    log_to_run: bool = True              # with run=: log the outputs to that run as artifacts
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        if not str(self.input).strip():
+            raise ConfigError("input= is empty: give a folder of images or a glob such as input='images/*.jpg'")
+        if bool(self.run) == bool(self.checkpoint):
+            raise ConfigError("predict needs exactly one of run=<mlflow run id> or checkpoint=<path to best.pt>")
+        if isinstance(self.threshold, str) and self.threshold != "tuned":
+            try:
+                self.threshold = float(self.threshold)
+            except ValueError:
+                raise ConfigError(f"threshold={self.threshold!r} is invalid: expected 'tuned' or a number") from None
+        if not isinstance(self.threshold, str) and not 0 < float(self.threshold) < 1:
+            raise ConfigError(f"threshold={self.threshold!r} is invalid: expected a number in (0, 1)")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
+
+
+@dataclass
 class CompareConfig:
     """python -m mlabel_exp.compare: which runs, and where the table goes (conf/compare.yaml)."""
 

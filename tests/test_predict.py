@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mlabel_exp.config import ConfigError
-from mlabel_exp.cli.predict import PredictConfig, predict
+from mlabel_exp.cli.predict import predict
+from mlabel_exp.config import PredictConfig
 from mlabel_exp.cli.run import train
 from tests.conftest import artifact_paths, compose_cfg, huge_png, mlflow_runs, peak_memory_growth, tiny_overrides
 
