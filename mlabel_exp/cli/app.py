@@ -10,7 +10,7 @@ import os
 import sys
 
 from mlabel_exp.cli import arguments
-from mlabel_exp.config import CONF_DIR, Config, ConfigError, UserError, one_line
+from mlabel_exp.config import CONF_DIR, Config, ConfigError, UserError, one_line, register
 
 
 def user_error(e: UserError) -> SystemExit:
@@ -55,13 +55,16 @@ def _hydra_raises():
             os.environ["HYDRA_FULL_ERROR"] = before
 
 
-def command(task, config_name: str, schema: type = Config):
-    """``main()`` of a Hydra command: options and keys checked first, run ids and filters passed as typed, and every
-    UserError or composition error one line with exit status 2. In a sweep a job's error is the task's to handle
-    (run.py records it and the sweep goes on)."""
+def command(task, config_name: str, schema: type = Config, schema_name: str = "config_schema"):
+    """``main()`` of a Hydra command: its typed schema registered under the name conf/<config_name>.yaml starts from,
+    options and keys checked first, run ids and filters passed as typed, and every UserError or composition error one
+    line with exit status 2. In a sweep a job's error is the task's to handle (run.py records it and the sweep goes
+    on)."""
 
     def main() -> None:
         import hydra
+
+        register(schema, schema_name)
 
         args = arguments.aliased(sys.argv[1:], schema)
         problems = arguments.problems(args, schema, config_name)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mlabel_exp.config import CompareConfig, register, validate
+from mlabel_exp.config import CompareConfig, validate
 
 
 def report(result, typed: CompareConfig) -> None:
@@ -45,8 +45,7 @@ def _main(cfg) -> None:
 def main() -> None:
     from mlabel_exp.cli.app import command
 
-    register(CompareConfig, "compare_schema")
-    command(_main, "compare", CompareConfig)()
+    command(_main, "compare", CompareConfig, "compare_schema")()
 
 
 if __name__ == "__main__":

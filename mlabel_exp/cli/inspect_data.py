@@ -18,10 +18,8 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    from mlabel_exp.config import register
     from mlabel_exp.cli.app import command
 
-    register()
     command(_main, "inspect")()
 
 

@@ -136,10 +136,8 @@ def _main(cfg) -> None:
 
 def main() -> None:
     from mlabel_exp.cli.app import command
-    from mlabel_exp.config import register
 
-    register(PredictConfig, "predict_schema")
-    command(_main, "predict", PredictConfig)()
+    command(_main, "predict", PredictConfig, "predict_schema")()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import Config, SearchJobConfig, project_root, register, validate
+from mlabel_exp.config import Config, SearchJobConfig, project_root, validate
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,6 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     from mlabel_exp.cli.app import command
 
-    register(SearchJobConfig)
     command(_main, "search", SearchJobConfig)()
 
 

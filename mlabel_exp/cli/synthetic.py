@@ -3,7 +3,7 @@ own, in the real on-disk layout (images/imN.jpg, annotations/<class>.txt)."""
 
 from __future__ import annotations
 
-from mlabel_exp.config import SyntheticCommandConfig, register, validate
+from mlabel_exp.config import SyntheticCommandConfig, validate
 
 
 def _main(cfg) -> None:
@@ -21,8 +21,7 @@ def _main(cfg) -> None:
 def main() -> None:
     from mlabel_exp.cli.app import command
 
-    register(SyntheticCommandConfig, "synthetic_schema")
-    command(_main, "synthetic", SyntheticCommandConfig)()
+    command(_main, "synthetic", SyntheticCommandConfig, "synthetic_schema")()
 
 
 if __name__ == "__main__":
