@@ -70,7 +70,8 @@ def _choice(setting: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 # Every choice a setting offers, declared once: the schema checks against these and the builders read them.
-DATA_SOURCES = ("synthetic", "folder")
+DATA_SOURCES = ("synthetic", "folder", "csv", "coco", "voc")
+SYNTHETIC_FORMATS = ("folder", "csv", "onehot", "coco", "voc")
 ON_BAD = ("skip", "error")
 DECODED_CACHE_MODES = ("auto", "on", "off")
 TRAINABLE_MODES = ("head", "partial", "all")
@@ -128,15 +129,28 @@ class SyntheticCommandConfig(SyntheticConfig):
     """python -m mlabel_exp.synthetic: the generator's parameters, top-level, and where to write (conf/synthetic.yaml)."""
 
     out: str = MISSING                   # output folder (created; must not hold a data set)
+    format: str = "folder"               # folder | csv (labels column) | onehot (a column per class) | coco | voc
     prefix: ClassVar[str] = ""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("format", self.format, SYNTHETIC_FORMATS)
 
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"              # synthetic (generated, cached) | folder (images/ + annotations/ at root)
-    root: Optional[str] = None           # folder: the data root; synthetic: where to generate (default: cache)
-    image_pattern: str = "im{id}.jpg"
-    strict: bool = False                 # annotated ids without an image file: error instead of warning
+    name: str = "synthetic"              # synthetic (generated, cached) | folder (images/ + annotations/) | csv | coco | voc
+    root: Optional[str] = None           # folder, csv, coco, voc: the data root; synthetic: where to generate (default: cache)
+    image_pattern: str = "im{id}.jpg"    # folder
+    strict: bool = False                 # annotated images without a file: error instead of warning
+    images_dir: Optional[str] = None     # csv, coco: folder the image paths are relative to (default root/images, else root)
+    csv_file: Optional[str] = None       # csv: the labels file, relative to root (default: the one .csv/.tsv there)
+    csv_delimiter: Optional[str] = None  # csv: field delimiter (default: detected from the header; tab as \t)
+    image_column: Optional[str] = None   # csv: column of image paths (default: image, image_name, file, filename, path, id ...)
+    labels_column: Optional[str] = None  # csv: column of class names; unset: detected (or one column per class, 1/0/-1)
+    label_separator: Optional[str] = None  # csv: between class names in labels_column (default: space , ; or |)
+    annotations_file: Optional[str] = None  # coco: the instances JSON, relative to root (default: the one .json)
+    voc_split: str = "trainval"          # voc: ImageSets/Main/<voc_split>.txt (every XML when absent)
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     split_seed: int = 0
@@ -153,9 +167,17 @@ class DataConfig:
 
     def __post_init__(self):
         _choice("data.name", self.name, DATA_SOURCES)
-        if self.name == "folder":
+        holds = {"folder": "holding images/ and annotations/", "csv": "holding the labels CSV and the images",
+                 "coco": "holding the COCO JSON and the images", "voc": "of a VOC devkit (Annotations/, JPEGImages/)"}
+        if self.name in holds:
             _check(bool(self.root), "data.root", self.root,
-                   "the path of a folder holding images/ and annotations/ (data=folder data.root=PATH)")
+                   f"the path of a folder {holds[self.name]} (data={self.name} data.root=PATH)")
+        _check(self.csv_delimiter is None or len(self.csv_delimiter) == 1 or self.csv_delimiter in ("\\t", "tab"),
+               "data.csv_delimiter", self.csv_delimiter, "one character such as , or ; (\\t or tab for a tab)")
+        _check(self.label_separator is None or len(self.label_separator) >= 1, "data.label_separator",
+               self.label_separator, "a non-empty string such as ' ' or '|', or null (any of space , ; |)")
+        _check(bool(self.voc_split.strip()) and "/" not in self.voc_split, "data.voc_split", self.voc_split,
+               "the name of a file in ImageSets/Main/ without .txt, e.g. trainval")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a number in (0, 1)")
         _fraction("data.test_fraction", self.test_fraction)
         _check(self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",

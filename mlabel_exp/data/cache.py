@@ -36,9 +36,9 @@ def fingerprint(index: DatasetIndex, size: int) -> str:
     image its name, size, modification and change times and inode (a copy that keeps names, sizes and times, as
     ``cp -p`` or ``rsync -a`` make, still has other inodes and change times), plus the decode size."""
     h = hashlib.sha256(f"v{VERSION} size={size} n={len(index)} root={Path(index.root).resolve()}\n".encode())
-    for path in index.paths():
+    for name, path in zip(index.files, index.paths()):  # name: the file name in the folder format, as ever
         st = path.stat()
-        h.update(f"{path.name} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_dev}:{st.st_ino}\n".encode())
+        h.update(f"{name} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_dev}:{st.st_ino}\n".encode())
     return h.hexdigest()[:24]
 
 
@@ -148,6 +148,8 @@ def content_hashes(index: DatasetIndex, cache_dir: str | Path, *, threads: int =
     data root, with the size, times and inode each file had (as ``fingerprint`` reads them): a file is read again only
     when one of them changed. A read-only cache folder costs every run the reading, nothing else."""
     root = Path(index.root).resolve()
+    if Path(index.image_dir).resolve() != root / "images":  # other formats: keyed by their image folder
+        root = Path(index.image_dir).resolve()
     folder = Path(cache_dir).expanduser() / "hashes"
     path = folder / f"{hashlib.sha256(str(root).encode()).hexdigest()[:24]}.json"
     try:
@@ -164,7 +166,7 @@ def _hashes(index: DatasetIndex, path: Path, threads: int, keep: bool) -> np.nda
     except (OSError, ValueError, KeyError):
         known = {}
     out = np.zeros((len(index), HASH_BYTES), dtype=np.uint8)
-    folder = str(Path(index.root) / "images")
+    folder = str(index.image_dir)
     paths = [os.path.join(folder, name) for name in index.files]  # strings: Path objects cost 3x the stat calls
     stats, todo = [], []
     for r, p in enumerate(paths):

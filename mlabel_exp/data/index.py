@@ -25,17 +25,25 @@ class DatasetIndex:
 
     root: Path
     classes: list[str]
-    ids: np.ndarray            # image numbers, ascending
-    files: list[str]           # file names inside images/, aligned with ids
-    labels: np.ndarray         # uint8, len(ids) x len(classes), multi-hot
+    ids: np.ndarray            # image numbers where the format has them (folder, COCO), else 1..N in file order
+    files: list[str]           # paths relative to image_dir (sub-folders allowed), aligned with ids
+    labels: np.ndarray         # int8, len(ids) x len(classes): 1 positive, 0 negative, -1 unknown
     problems: list[str] = field(default_factory=list)
+    image_dir: Path | None = None  # the folder ``files`` are relative to; default root / "images" (the folder format)
+    #: what a format knows beyond the labels, for the run to record: COCO puts {"category_ids": {name: id}} here
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.image_dir = self.root / "images" if self.image_dir is None else Path(self.image_dir)
+        self.labels = np.asarray(self.labels, dtype=np.int8)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def paths(self, rows: Sequence[int] | None = None) -> list[Path]:
         rows = range(len(self.files)) if rows is None else rows
-        return [self.root / "images" / self.files[r] for r in rows]
+        return [self.image_dir / self.files[r] for r in rows]
 
 
 #: The columns the prediction files and the pyfunc model write beside one column per class (outputs.write_predictions,

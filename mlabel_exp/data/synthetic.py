@@ -13,6 +13,7 @@ give byte-identical files.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -209,3 +210,77 @@ def ensure_generated(cache_dir: str | Path, spec: SyntheticSpec) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def write_format(root: str | Path, fmt: str) -> Path:
+    """Convert the folder-format data set at ``root`` in place into another format, same images and labels:
+
+    - ``csv``: ``labels.csv`` as Kaggle's Planet set (``image_name,tags``: names without extension, space-separated);
+    - ``onehot``: ``labels.csv`` with an ``image`` column and one 1/0 column per class;
+    - ``coco``: ``instances.json`` (one whole-image box per label, category ids in generator order);
+    - ``voc``: a devkit: ``JPEGImages/``, ``Annotations/<id>.xml`` and ``ImageSets/Main/trainval.txt``.
+
+    ``folder`` leaves the data set as it is. The images stay in ``images/`` except for voc."""
+    from mlabel_exp.data.formats.folder import build_index
+    from mlabel_exp.fsutil import write_atomic
+
+    root = Path(root)
+    if fmt == "folder":
+        return root
+    index = build_index(root)
+    names = [[c for c, v in zip(index.classes, row) if v == 1] for row in index.labels]
+    if fmt in ("csv", "onehot"):
+        if fmt == "csv":
+            lines = ["image_name,tags"] + [f"{Path(f).stem},{' '.join(n)}" for f, n in zip(index.files, names)]
+        else:
+            lines = [",".join(["image", *index.classes])] + [
+                ",".join([f, *(str(int(v)) for v in row)]) for f, row in zip(index.files, index.labels)]
+        write_atomic(root / "labels.csv", "\n".join(lines) + "\n")
+    elif fmt == "coco":
+        write_atomic(root / "instances.json", json.dumps(_coco(index, names)))
+    elif fmt == "voc":
+        _voc(root, index, names)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    shutil.rmtree(root / "annotations")
+    return root
+
+
+def _coco(index, names: list[list[str]]) -> dict:
+    category_id = {c: i for i, c in enumerate(PREVALENCE, start=1)}  # not the sorted order: readers must sort
+    images, annotations = [], []
+    for image_id, file, labels in zip(index.ids, index.files, names):
+        with Image.open(index.image_dir / file) as im:
+            w, h = im.size
+        images.append({"id": int(image_id), "file_name": file, "width": w, "height": h})
+        for c in labels:
+            annotations.append({"id": len(annotations) + 1, "image_id": int(image_id), "category_id": category_id[c],
+                                "bbox": [0, 0, w, h], "area": w * h, "iscrowd": 0})
+    categories = [{"id": i, "name": c, "supercategory": "shape"} for c, i in category_id.items()]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _voc(root: Path, index, names: list[list[str]]) -> None:
+    import xml.etree.ElementTree as ET
+
+    os.rename(root / "images", root / "JPEGImages")
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for file, labels in zip(index.files, names):
+        with Image.open(root / "JPEGImages" / file) as im:
+            w, h = im.size
+        node = ET.Element("annotation")
+        ET.SubElement(node, "filename").text = file
+        size = ET.SubElement(node, "size")
+        for tag, v in (("width", w), ("height", h), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(v)
+        for c in labels:
+            obj = ET.SubElement(node, "object")
+            ET.SubElement(obj, "name").text = c
+            ET.SubElement(obj, "difficult").text = "0"
+            box = ET.SubElement(obj, "bndbox")
+            for tag, v in (("xmin", 1), ("ymin", 1), ("xmax", w), ("ymax", h)):
+                ET.SubElement(box, tag).text = str(v)
+        (root / "Annotations" / f"{Path(file).stem}.xml").write_bytes(ET.tostring(node))
+    stems = "".join(f"{Path(f).stem}\n" for f in index.files)
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text(stems)

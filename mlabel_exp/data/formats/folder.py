@@ -85,7 +85,7 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
     if len(ids) == 0:
         raise DataError(f"no usable images: nothing in {images_dir} matches data.image_pattern={image_pattern!r}")
     row_of = {int(i): r for r, i in enumerate(ids)}
-    labels = np.zeros((len(ids), len(classes)), dtype=np.uint8)
+    labels = np.zeros((len(ids), len(classes)), dtype=np.int8)
     missing_ids: list[tuple[str, int]] = []
     for c, path in enumerate(ann_files):
         class_ids = _read_annotation(path, problems if skip_bad_lines else None)
@@ -105,7 +105,7 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
         problems.append(msg + "; skipped")
     for p in problems:
         log.warning(p)
-    return DatasetIndex(root, classes, ids, [file_of[int(i)] for i in ids], labels, problems)
+    return DatasetIndex(root, classes, ids, [file_of[int(i)] for i in ids], labels, problems, image_dir=images_dir)
 
 
 def _image_files(images_dir: Path, image_pattern: str, problems: list[str]) -> dict[int, str]:

@@ -1,0 +1,74 @@
+"""``data=coco``: a COCO instances JSON (``images``, ``annotations``, ``categories``). An image's labels are the
+category names of its annotations; an image without annotation is all-negative. Classes are sorted by name as in
+every format; the category ids are kept in ``index.meta["category_ids"]`` ({name: id}) for the run's record.
+Images are found under data.images_dir by their ``file_name``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlabel_exp.data.formats.common import images_folder, index_of, list_files, missing_images, resolve_file, some
+from mlabel_exp.data.index import DataError, DatasetIndex
+
+
+def find_json(root: Path, annotations_file: str | None) -> Path:
+    """data.annotations_file relative to the root (or absolute); unset: the one .json file in the root or in
+    <root>/annotations/."""
+    if annotations_file:
+        path = Path(annotations_file).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise DataError(f"data.annotations_file={annotations_file!r}: {path} does not exist; set "
+                            "data.annotations_file to the COCO instances JSON")
+        return path
+    found = sorted(p for d in (root, root / "annotations") if d.is_dir() for p in d.glob("*.json") if p.is_file())
+    if len(found) != 1:
+        what = f"{len(found)} .json files ({some(p.name for p in found)})" if found else "no .json file"
+        raise DataError(f"data root {root} has {what}; set data.annotations_file to the COCO instances JSON")
+    return found[0]
+
+
+def _load(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except ValueError as e:
+        raise DataError(f"{path}: not valid JSON ({e}); data.annotations_file must be a COCO instances JSON") from e
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(doc.get(k) if isinstance(doc, dict)
+                                                                                    else None, list)]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)} list; a COCO instances JSON has images, annotations and "
+                        "categories (set data.annotations_file to one)")
+    return doc
+
+
+def read_coco(root: str | Path, annotations_file: str | None = None, images_dir: str | None = None,
+              strict: bool = False) -> DatasetIndex:
+    root = Path(root)
+    path = find_json(root, annotations_file)
+    doc = _load(path)
+    try:
+        name_of = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
+        images = sorted((int(im["id"]), str(im["file_name"])) for im in doc["images"])
+        labelled: dict[int, set[str]] = {}
+        for a in doc["annotations"]:
+            labelled.setdefault(int(a["image_id"]), set()).add(name_of[int(a["category_id"])])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: an entry lacks or has a bad {e} field; images need id and file_name, categories id "
+                        "and name, annotations image_id and a category_id listed in categories") from e
+    folder = images_folder(root, images_dir)
+    existing = list_files(folder)
+    problems: list[str] = []
+    files, ids, positives, missing = [], [], [], []
+    for image_id, name in images:
+        file = resolve_file(name, existing)
+        if file is None:
+            missing.append(name)
+            continue
+        files.append(file)
+        ids.append(image_id)
+        positives.append(labelled.get(image_id, set()))
+    missing_images(missing, len(images), folder, str(path), strict, problems)
+    meta = {"category_ids": {n: i for i, n in sorted(name_of.items())}}
+    return index_of(root, folder, files, positives, [set()] * len(files), sorted(set(name_of.values())), ids,
+                    problems, str(path), meta)
