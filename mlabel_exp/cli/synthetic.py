@@ -13,14 +13,14 @@ def _main(cfg) -> None:
 
     typed: SyntheticCommandConfig = validate(cfg, SyntheticCommandConfig)
     out = resolve_path(typed.out)
-    taken = [d for d in ("annotations", "images", "JPEGImages", "Annotations") if (out / d).exists()]
-    if taken:
-        raise ConfigError(f"out={typed.out}: {out} already holds {taken[0]}/; choose an empty folder")
+    if any((out / d).exists() for d in ("annotations", "images", "Annotations", "JPEGImages")):
+        raise ConfigError(f"out={typed.out}: {out} already holds images/ or annotations/ (or a VOC devkit); "
+                          "choose an empty folder")
     generate(out, typed)
     write_format(out, typed.format)
-    data = {"folder": "folder", "onehot": "csv"}.get(typed.format, typed.format)
-    print(f"wrote {typed.num_images} images with {len(PREVALENCE)} classes to {out} in the {typed.format} format; "
-          f"train on it with: python -m mlabel_exp.run data={data} data.root={out}")
+    data = "csv" if typed.format == "onehot" else typed.format
+    print(f"wrote {typed.num_images} images and {len(PREVALENCE)} annotation files to {out} ({typed.format} format); "
+          f"train on it: python -m mlabel_exp.run data={data} data.root={out}")
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def missing_images(missing: list[str], total: int, folder: Path, source: str, st
         raise DataError(msg + "; set data.images_dir to the folder the image paths are relative to")
     if strict:
         raise DataError(msg + "; add the files, fix data.images_dir, or set data.strict=false to skip them")
-    problems.append(msg + "; skipped")
+    problems.append(msg + "; skipped (set data.strict=true to stop instead)")
 
 
 def index_of(root: Path, image_dir: Path, files: list[str], positives: list[set[str]], unknown: list[set[str]],

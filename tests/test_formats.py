@@ -1,0 +1,148 @@
+"""The readers of data=csv, coco and voc against the folder format: one synthetic set written in every format by the
+generator must read back as the same images, classes and labels; bad input names its file and the setting."""
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from mlabel_exp.config import ConfigError, validate
+from mlabel_exp.data.formats import index_from_config
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.index import DataError
+from mlabel_exp.data.synthetic import SyntheticSpec, generate, write_format
+from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
+
+FORMATS = {"csv": "csv", "onehot": "csv", "coco": "coco", "voc": "voc"}  # generator format -> data= reader
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The same 40 images in the folder format and in each other format."""
+    base = tmp_path_factory.mktemp("formats")
+    folder = generate(base / "folder", SyntheticSpec(num_images=40, image_size=32, seed=1))
+    out = {"folder": folder}
+    for fmt in FORMATS:
+        shutil.copytree(folder, base / fmt)
+        out[fmt] = write_format(base / fmt, fmt)
+    return out
+
+
+def read(*overrides):
+    return index_from_config(validate(compose_cfg(*overrides)).data)
+
+
+def labels_by_content(index) -> dict[bytes, set[str]]:
+    """image bytes -> its positive class names: independent of file names, order and class order."""
+    return {p.read_bytes(): {c for c, v in zip(index.classes, row) if v == 1}
+            for p, row in zip(index.paths(), index.labels)}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_format_reads_as_the_folder_format(written, fmt):
+    ref = build_index(written["folder"])
+    index = read(f"data={FORMATS[fmt]}", f"data.root={written[fmt]}")
+    assert index.labels.dtype == np.int8 and len(index) == 40 and not index.problems
+    # a labels column or VOC objects cannot name a class without positives: those formats hold the classes that occur
+    present = [c for c, n in zip(ref.classes, ref.labels.sum(0)) if n > 0]
+    assert index.classes == (present if fmt in ("csv", "voc") else ref.classes)
+    positives = dict(zip(index.classes, index.labels.sum(0).tolist()))
+    assert positives == {c: int(n) for c, n in zip(ref.classes, ref.labels.sum(0)) if c in positives}
+    assert labels_by_content(index) == labels_by_content(ref)
+    assert set(np.unique(index.labels)) <= {0, 1}
+
+
+def test_coco_keeps_category_ids_and_sorts_classes_by_name(written):
+    index = read("data=coco", f"data.root={written['coco']}")
+    assert index.classes == sorted(index.classes)
+    assert index.meta["category_ids"]["circle"] == 1 and index.meta["category_ids"]["zigzag"] == 14
+
+
+def test_one_hot_minus_one_and_empty_are_unknown_and_tsv_is_detected(tmp_path):
+    (tmp_path / "pics" / "a").mkdir(parents=True)
+    for name in ("a/x.png", "y.bmp", "z.webp"):
+        (tmp_path / "pics" / name).write_bytes(b"")
+    (tmp_path / "train.tsv").write_text("filename\tcat\tdog\na/x.png\t1\t-1\ny.bmp\t0\t\nz.webp\t0\t1\n")
+    index = read("data=csv", f"data.root={tmp_path}", "data.images_dir=pics")
+    assert index.classes == ["cat", "dog"] and index.files == ["a/x.png", "y.bmp", "z.webp"]
+    assert index.labels.tolist() == [[1, -1], [0, -1], [0, 1]]
+    assert index.paths()[0] == tmp_path / "pics" / "a" / "x.png"
+
+
+def test_labels_column_with_any_separator_and_names_without_extension(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("t0.jpg", "t1.jpeg", "t2.png", "t3.jpg"):
+        (tmp_path / "images" / name).write_bytes(b"")
+    (tmp_path / "labels.csv").write_text('id,tags\nt0,haze primary\nt1,"haze,water"\nt2,water;primary|clear\nt3,\n')
+    index = read("data=csv", f"data.root={tmp_path}")
+    assert index.classes == ["clear", "haze", "primary", "water"]
+    assert index.files == ["t0.jpg", "t1.jpeg", "t2.png", "t3.jpg"]
+    assert index.labels.tolist() == [[0, 1, 1, 0], [0, 1, 0, 1], [1, 0, 1, 1], [0, 0, 0, 0]]
+
+
+def test_a_csv_of_neither_shape_names_its_header_and_the_setting(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels.csv").write_text("image,colour,size\nim1.jpg,red,big\n")
+    with pytest.raises(DataError, match=r"header image, colour, size fits neither shape: set data.labels_column"):
+        read("data=csv", f"data.root={tmp_path}")
+
+
+def test_missing_images_name_the_file_and_the_setting(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("image,labels\na.jpg,cat\nb.jpg,dog\n")
+    index = read("data=csv", f"data.root={tmp_path}")
+    assert index.files == ["a.jpg"] and "b.jpg" in index.problems[0] and "data.strict" in index.problems[0]
+    with pytest.raises(DataError, match=r"labels.csv: 1 of 2 image\(s\) have no file in .*b.jpg.*data.strict=false"):
+        read("data=csv", f"data.root={tmp_path}", "data.strict=true")
+    (tmp_path / "labels.csv").write_text("image_name,tags\ntrain_0,cat\n")
+    with pytest.raises(DataError, match=r"train_0; tried the name as given and with .jpg.*set data.images_dir"):
+        read("data=csv", f"data.root={tmp_path}")
+
+
+def test_voc_difficult_only_is_unknown(tmp_path):
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / d).mkdir(parents=True)
+    objects = {"a": [("cat", 1), ("dog", 0)], "b": [("cat", 1), ("cat", 0)], "c": []}
+    for stem, objs in objects.items():
+        (tmp_path / "JPEGImages" / f"{stem}.jpg").write_bytes(b"")
+        body = "".join(f"<object><name>{n}</name><difficult>{d}</difficult></object>" for n, d in objs)
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text(f"<annotation><filename>{stem}.jpg</filename>{body}"
+                                                             "</annotation>")
+    (tmp_path / "ImageSets/Main/trainval.txt").write_text("a\nb\nc\n")
+    (tmp_path / "ImageSets/Main/val.txt").write_text("c\na\n")
+    index = read("data=voc", f"data.root={tmp_path}")
+    assert index.classes == ["cat", "dog"] and index.files == ["a.jpg", "b.jpg", "c.jpg"]
+    assert index.labels.tolist() == [[-1, 1], [1, 0], [0, 0]]
+    val = read("data=voc", f"data.root={tmp_path}", "data.voc_split=val")
+    assert val.files == ["c.jpg", "a.jpg"] and val.labels.tolist() == [[0, 0], [-1, 1]]
+
+
+def test_new_settings_are_checked_and_root_is_required():
+    with pytest.raises(ConfigError, match=r"data.root=None is invalid: .*data=coco data.root=PATH"):
+        validate(compose_cfg("data=coco"))
+    with pytest.raises(ConfigError, match=r"data.csv_delimiter=';;' is invalid"):
+        validate(compose_cfg("data=csv", "data.root=/x", "data.csv_delimiter=';;'"))
+
+
+def test_synthetic_command_writes_a_format(tmp_path, capsys, monkeypatch):
+    from mlabel_exp.cli import synthetic as synthetic_cli
+
+    monkeypatch.setattr(sys, "argv", ["synthetic", f"out={tmp_path / 'v'}", "num_images=6", "image_size=32",
+                                      "format=voc"])
+    synthetic_cli.main()
+    assert "data=voc" in capsys.readouterr().out
+    assert len(read("data=voc", f"data.root={tmp_path / 'v'}")) == 6
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt", ["csv", "coco"])
+def test_smoke_training_on_csv_and_coco(written, tmp_path, fmt):
+    from mlabel_exp.cli.run import train
+
+    best = train(compose_cfg(*tiny_overrides(tmp_path, f"data={fmt}", f"data.root={written[fmt]}",
+                                             f"trainer.output_dir={tmp_path / 'out'}")))
+    _, runs = mlflow_runs(tmp_path)
+    assert 0.0 <= best <= 1.0 and len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["data.num_images"] == "40"
