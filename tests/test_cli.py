@@ -86,7 +86,7 @@ def test_options_and_settings_are_told_apart():
     assert arguments.problems(["--num-images", "12", "prefix=x"], SyntheticCommandConfig, "synthetic") == [
         "--num-images is not an option: settings are key=value, here num_images=12",
         "prefix is not a setting (valid keys: num_images, image_size, seed, unlabeled_fraction, grayscale_fraction, "
-        "max_objects, out)"]
+        "max_objects, out, format)"]
 
 
 @pytest.mark.parametrize("value", ["params.model = 'resnet50'", "tags.sweep_id LIKE '%a,b%'", "0123", "1e5", "12",
