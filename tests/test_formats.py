@@ -1,8 +1,10 @@
 """The readers of data=csv, coco and voc against the folder format: one synthetic set written in every format by the
 generator must read back as the same images, classes and labels; bad input names its file and the setting."""
 
+import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from mlabel_exp.data.formats import index_from_config
 from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.data.index import DataError
 from mlabel_exp.data.synthetic import SyntheticSpec, generate, write_format
-from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
+from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 
 FORMATS = {"csv": "csv", "onehot": "csv", "coco": "coco", "voc": "voc"}  # generator format -> data= reader
 
@@ -143,6 +145,11 @@ def test_smoke_training_on_csv_and_coco(written, tmp_path, fmt):
 
     best = train(compose_cfg(*tiny_overrides(tmp_path, f"data={fmt}", f"data.root={written[fmt]}",
                                              f"trainer.output_dir={tmp_path / 'out'}")))
-    _, runs = mlflow_runs(tmp_path)
+    client, runs = mlflow_runs(tmp_path)
     assert 0.0 <= best <= 1.0 and len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["data.num_images"] == "40"
+    recorded = artifact_paths(client, runs[0].info.run_id)
+    assert ("data_meta.json" in recorded) == (fmt == "coco")
+    if fmt == "coco":
+        meta = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "data_meta.json", str(tmp_path))).read_text())
+        assert meta["category_ids"]["circle"] == 1

@@ -129,6 +129,8 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
     tracker.log_datasets(dataset_name(cfg.data), index.root, dataset_digests(index, split, content))
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")  # at the start: a killed run has it too
     tracker.log_text(json.dumps(index.classes, indent=1), "classes.json")
+    if index.meta:  # what the format knows beyond the labels (COCO: category_ids {name: id}); absent otherwise
+        tracker.log_text(json.dumps(index.meta, indent=1), "data_meta.json")
     tracker.log_artifact(out / "split.json")
     if (out / ".hydra").is_dir():
         tracker.log_artifacts(out / ".hydra", "hydra")
