@@ -19,7 +19,8 @@ def _main(cfg) -> None:
     generate(out, typed)
     write_format(out, typed.format)
     data = "csv" if typed.format == "onehot" else typed.format
-    print(f"wrote {typed.num_images} images and {len(PREVALENCE)} annotation files to {out} ({typed.format} format); "
+    what = "annotation files" if typed.format == "folder" else f"classes in the {typed.format} format"
+    print(f"wrote {typed.num_images} images and {len(PREVALENCE)} {what} to {out}; "
           f"train on it: python -m mlabel_exp.run data={data} data.root={out}")
 
 

@@ -227,7 +227,12 @@ def write_format(root: str | Path, fmt: str) -> Path:
     root = Path(root)
     if fmt == "folder":
         return root
-    index = build_index(root)
+    folder_log = logging.getLogger("mlabel_exp.data.formats.folder")
+    level, _ = folder_log.level, folder_log.setLevel(logging.ERROR)  # rare classes without positives: expected here
+    try:
+        index = build_index(root)
+    finally:
+        folder_log.setLevel(level)
     names = [[c for c, v in zip(index.classes, row) if v == 1] for row in index.labels]
     if fmt in ("csv", "onehot"):
         if fmt == "csv":
