@@ -149,22 +149,25 @@ def regularisation(table, x_columns: list[str], group_columns: list[str], score:
 
 def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall (val, best epoch)"):
     """One precision-recall step curve per class, with its AP and support in the legend, in distinct colours;
-    classes without a validation positive have no curve (and say so in the legend's title)."""
+    classes without a validation positive have no curve (and say so in the legend's title). Unknown labels (-1) are
+    left out of each class's curve."""
     import matplotlib
 
-    from mlabel_exp.analysis.metrics import per_class_ap
+    from mlabel_exp.analysis.metrics import ignored, per_class_ap, positives
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
     fig, ax = _figure(figsize=(8, 6.5))
     targets = targets.int()
-    precision, recall, _ = multilabel_precision_recall_curve(probs.float(), targets, num_labels=len(classes))
+    precision, recall, _ = multilabel_precision_recall_curve(probs.float(), targets, num_labels=len(classes),
+                                                             ignore_index=ignored(targets))
     ap = per_class_ap(probs.float(), targets)
     colours = matplotlib.colormaps["tab20"]
-    without = [name for c, name in enumerate(classes) if int(targets[:, c].sum()) == 0]
+    support = positives(targets).tolist()
+    without = [name for c, name in enumerate(classes) if support[c] == 0]
     order = sorted((c for c in range(len(classes)) if classes[c] not in without), key=lambda c: -float(ap[c]))
     for i, c in enumerate(order):
         ax.step(recall[c].numpy(), precision[c].numpy(), where="post", color=colours(i % 20), linewidth=1.4,
-                label=f"{classes[c]}  AP {float(ap[c]):.2f}  ({int(targets[:, c].sum())})")
+                label=f"{classes[c]}  AP {float(ap[c]):.2f}  ({support[c]})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     legend_title = "class, AP (positives)" + (f"; no positive: {', '.join(without)}" if without else "")

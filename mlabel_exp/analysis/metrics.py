@@ -5,6 +5,10 @@ per batch). A class with no positive in validation has no defined AP, recall or 
 macro average (precision, recall, F1, CP/CR/CF1) with a warning, so all averages cover the same classes. Label-wise accuracy
 is kept for comparison with the original project, but predicting "nothing" already scores ~93% on
 the real data: mAP and the F1 family are the numbers to read.
+
+Unknown labels (target -1) are left out of every metric: AP, F1, precision and recall of a class count only its known
+entries, the micro averages, Hamming loss and accuracy only known entries, and an image matches exactly when all its
+known labels are right (torchmetrics' ``ignore_index=-1``). Without a -1 the figures are computed as they always were.
 """
 
 from __future__ import annotations
@@ -47,11 +51,25 @@ def logged_name(split: str, metric: str) -> str:
 
 
 
+UNKNOWN = -1  # the target of an unknown label
+
+
+def ignored(targets: torch.Tensor) -> int | None:
+    """torchmetrics' ``ignore_index``: -1 where some target is unknown; None otherwise (the computation of old)."""
+    return UNKNOWN if bool((targets < 0).any()) else None
+
+
+def positives(targets: torch.Tensor) -> torch.Tensor:
+    """Known positives per class (an unknown -1 is not one)."""
+    return (targets == 1).sum(0)
+
+
 def per_class_ap(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """AP of each class; NaN where the class has no positive (AP is undefined there)."""
+    """AP of each class over its known entries; NaN where the class has no (known) positive (AP is undefined there)."""
     targets = targets.int()
-    ap = multilabel_average_precision(probs, targets, num_labels=probs.shape[1], average="none")
-    return torch.where(targets.sum(0) > 0, ap, torch.full_like(ap, float("nan")))
+    ap = multilabel_average_precision(probs, targets, num_labels=probs.shape[1], average="none",
+                                      ignore_index=ignored(targets))
+    return torch.where(positives(targets) > 0, ap, torch.full_like(ap, float("nan")))
 
 
 def binarize(probs: torch.Tensor, thresholds: float | torch.Tensor = 0.5) -> torch.Tensor:
@@ -62,9 +80,9 @@ def binarize(probs: torch.Tensor, thresholds: float | torch.Tensor = 0.5) -> tor
 
 def compute(probs: torch.Tensor, targets: torch.Tensor, thresholds: float | torch.Tensor = 0.5,
             classes: list[str] | None = None, preds: torch.Tensor | None = None, quiet: bool = False) -> dict[str, float]:
-    """Every metric of EPOCH_METRICS from N x C probabilities and 0/1 targets; the decisions are ``probs >=
-    thresholds``, or ``preds`` when given (decisions made elsewhere, e.g. out of fold). ``quiet``: the classes without
-    positives were named already (every epoch validates the same images)."""
+    """Every metric of EPOCH_METRICS from N x C probabilities and 0/1 targets (-1: unknown, left out); the decisions are
+    ``probs >= thresholds``, or ``preds`` when given (decisions made elsewhere, e.g. out of fold). ``quiet``: the classes
+    without positives were named already (every epoch validates the same images)."""
     probs, targets = probs.float().cpu(), targets.int().cpu()
     c = probs.shape[1]
     ap = per_class_ap(probs, targets)
@@ -73,7 +91,7 @@ def compute(probs: torch.Tensor, targets: torch.Tensor, thresholds: float | torc
         names = [classes[i] if classes else str(i) for i in torch.nonzero(~defined).flatten().tolist()]
         log.warning("no positive validation image for class(es) %s: left out of mAP", ", ".join(names))
     preds = binarize(probs, thresholds) if preds is None else preds.int().cpu()  # int: torchmetrics takes decisions
-    kw = dict(num_labels=c)
+    kw = dict(num_labels=c, ignore_index=ignored(targets))
     out = {"mAP": float(ap[defined].mean()) if bool(defined.any()) else 0.0}
     for name, fn in (("f1", multilabel_f1_score), ("precision", multilabel_precision), ("recall", multilabel_recall)):
         out[f"{name}_micro"] = float(fn(preds, targets, average="micro", **kw))
@@ -93,15 +111,16 @@ def compute(probs: torch.Tensor, targets: torch.Tensor, thresholds: float | torc
 
 def per_class_table(probs: torch.Tensor, targets: torch.Tensor, classes: list[str],
                     thresholds: float | torch.Tensor = 0.5):
-    """pandas DataFrame: class, support, AP, threshold, F1, precision, recall."""
+    """pandas DataFrame: class, support (known positives), AP, threshold, F1, precision, recall; each over the class's
+    known entries."""
     import pandas as pd
 
     probs, targets = probs.float().cpu(), targets.int().cpu()
     preds = binarize(probs, thresholds)
-    kw = dict(num_labels=len(classes), average="none")
+    kw = dict(num_labels=len(classes), average="none", ignore_index=ignored(targets))
     return pd.DataFrame({
         "class": classes,
-        "support": targets.sum(0).tolist(),
+        "support": positives(targets).tolist(),
         "AP": per_class_ap(probs, targets).tolist(),  # NaN (empty in the CSV) where a class has no positive
         "threshold": torch.as_tensor(thresholds, dtype=torch.float32).expand(len(classes)).tolist(),
         "F1": multilabel_f1_score(preds, targets, **kw).tolist(),

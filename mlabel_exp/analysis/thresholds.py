@@ -2,6 +2,9 @@
 
 Kept apart from the metrics themselves: the thresholds are fitted to data, so where they are tuned and where they
 are scored decides whether a figure is an estimate or an in-sample fit.
+
+Unknown labels (target -1) take no part: each threshold is tuned on the known entries only (the global one on every
+known entry, a class's on that class's known entries), and the cross-fitted metrics score known entries only.
 """
 
 from __future__ import annotations
@@ -51,20 +54,22 @@ def cut_between(lowest_in: float, highest_out: float | None) -> float:
 
 def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor,
                     min_positives: int = MIN_POSITIVES_PER_CLASS_THRESHOLD) -> dict:
-    """One global threshold (max micro F1) and per-class thresholds (max F1 of each class).
+    """One global threshold (max micro F1) and per-class thresholds (max F1 of each class), over known entries only.
 
     A class with fewer than ``min_positives`` validation positives keeps the global threshold:
     its own optimum would be fitted to a handful of images.
     """
     probs, targets = probs.float().cpu(), targets.float().cpu()
-    global_t, _ = best_f1_threshold(probs, targets)
+    known = targets >= 0  # all of them without unknown labels: the same entries, in the same order, as ever
+    global_t, _ = best_f1_threshold(probs[known], targets[known])
     per_class, fallback = [], []
     for c in range(probs.shape[1]):
-        if targets[:, c].sum() < min_positives:
+        k = known[:, c]
+        if (targets[k, c] == 1).sum() < min_positives:
             per_class.append(global_t)
             fallback.append(c)
         else:
-            per_class.append(best_f1_threshold(probs[:, c], targets[:, c])[0])
+            per_class.append(best_f1_threshold(probs[k, c], targets[k, c])[0])
     return {"global": global_t, "per_class": per_class, "fallback_to_global": fallback,
             "min_positives": min_positives}
 

@@ -191,9 +191,11 @@ def _trainer(model, net, optimizer, callbacks, loaders, index, split, device, ou
 
     m, t = typed.model, typed.trainer
     scheduler = optim.build_scheduler(t.scheduler, optimizer, t.epochs, epoch_steps(loaders.train, t))
+    # unknown labels (-1) anywhere, validation included: masked out of the loss; none: the plain mean, as ever
+    loss = losses.build_loss(typed.loss, index.labels[split["train"]], unknown=bool((index.labels < 0).any()))
     return Trainer(
         model, optimizer, t, device=device, classes=index.classes, aux_weight=m.aux_weight, scheduler=scheduler,
-        loss_fn=losses.build_loss(typed.loss, index.labels[split["train"]]).to(device), batch_transform=loaders.transform,
+        loss_fn=loss.to(device), batch_transform=loaders.transform,
         callbacks=callbacks, checkpoint_dir=out / "checkpoints" if distributed.is_main() else None, net=net,
         metadata={"config": OmegaConf.to_container(cfg, resolve=True), "model_name": m.name, "weights_used": weights,
                   "preprocessing": preprocessing_of(m, typed.data.decoded_cache_size if loaders.cache else None),

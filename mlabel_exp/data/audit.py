@@ -15,7 +15,7 @@ from mlabel_exp.data.index import DatasetIndex
 @dataclass
 class Audit:
     summary: dict
-    per_class: "object"       # pandas DataFrame: class, images, share
+    per_class: "object"       # pandas DataFrame: class, images (known positives), share[, unknown: labels unknown]
     cooccurrence: "object"    # pandas DataFrame: classes x classes, images holding both
     image_sizes: Counter
     image_modes: Counter
@@ -50,12 +50,15 @@ def audit(index: DatasetIndex, decode: bool = False) -> Audit:
                     im.load()
         except Exception as e:  # any unreadable file is a finding, not a crash
             problems.append(f"{path}: unreadable image ({type(e).__name__}: {e})")
-    labels = index.labels.astype(np.int64)
+    labels = (np.asarray(index.labels) == 1).astype(np.int64)  # positives; an unknown (-1) is not one
+    unknown = (np.asarray(index.labels) < 0).sum(0)
     n = len(index)
     counts = labels.sum(0)
     per_image = labels.sum(1)
     per_class = pd.DataFrame({"class": index.classes, "images": counts,
                               "share": np.round(counts / max(n, 1), 4)})
+    if unknown.any():  # partial annotation: how many labels of each class are unknown
+        per_class["unknown"] = unknown
     co = pd.DataFrame(labels.T @ labels, index=index.classes, columns=index.classes)
     grayscale = sum(v for m, v in modes.items() if m in ("L", "LA", "1", "I", "I;16", "F"))
     summary = {
@@ -69,4 +72,6 @@ def audit(index: DatasetIndex, decode: bool = False) -> Audit:
         "rarest class": f"{index.classes[int(counts.argmin())]} ({int(counts.min())})",
         "most frequent class": f"{index.classes[int(counts.argmax())]} ({int(counts.max())})",
     }
+    if unknown.any():
+        summary["unknown labels"] = f"{int(unknown.sum())} ({unknown.sum() / max(labels.size, 1):.1%} of all labels)"
     return Audit(summary, per_class, co, sizes, modes, problems)

@@ -32,7 +32,7 @@ class MultiLabelImages:
     """A map-style torch Dataset over image paths with optional multi-hot targets.
 
     Items are dicts: ``image`` (tensor), ``name`` (file name) and, with labels, ``target`` (float
-    multi-hot). An unreadable file gives a ``BadSample`` (``on_bad_image="skip"``, dropped by
+    multi-hot: 1.0, 0.0, and -1.0 for an unknown label, which the losses and metrics mask out). An unreadable file gives a ``BadSample`` (``on_bad_image="skip"``, dropped by
     ``collate``) or a DataError naming it (``on_bad_image="error"``), so an epoch never dies halfway.
     """
 
@@ -43,7 +43,7 @@ class MultiLabelImages:
             raise ValueError(f"{len(paths)} paths but {len(labels)} label rows")
         self.paths = list(paths)
         self.names = list(names) if names is not None else [p.name for p in self.paths]
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)  # an unknown -1 stays -1.0
         self.transform = transform
         self.on_bad_image = on_bad_image
 
@@ -76,13 +76,14 @@ class CachedImages:
     """A Dataset over rows of a decoded-image cache: a batch is one gather from the memory-mapped array.
 
     ``__getitems__`` (which the DataLoader calls with a whole batch of indices) returns the batch itself;
-    rows that failed to decode are left out and reported in ``bad``, as ``collate`` does for files.
+    rows that failed to decode are left out and reported in ``bad``, as ``collate`` does for files. Targets as in
+    ``MultiLabelImages``: float 1/0, -1 for an unknown label.
     ``crop`` (a RandomResizedCrop) runs per image; without it the cache's pixels go out as they are.
     """
 
     def __init__(self, cache, rows: Sequence[int], labels: np.ndarray | None, names: Sequence[str], crop=None):
         self.cache, self.rows, self.names, self.crop = cache, np.asarray(rows, dtype=np.int64), list(names), crop
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)  # an unknown -1 stays -1.0
 
     def __len__(self) -> int:
         return len(self.rows)

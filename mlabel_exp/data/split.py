@@ -20,9 +20,11 @@ SPLIT_ALGORITHM = 1  # make_split's version: bump when it changes, so that remem
 
 def make_split(labels: np.ndarray, val_fraction: float, test_fraction: float = 0.0,
                seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded multi-label stratified split (iterative stratification) into train/val[/test] rows."""
+    """Seeded multi-label stratified split (iterative stratification) into train/val[/test] rows. The stratification
+    sees the known positives only: an unknown label (-1) counts as absent, so 0/1 labels split as they always did."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
+    labels = (np.asarray(labels) == 1).astype(np.uint8)  # what iterstrat was always given: uint8 0/1
     rows = np.arange(len(labels))
 
     def cut(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +51,8 @@ def remembered_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     import zipfile
     from importlib.metadata import version
 
-    content = np.ascontiguousarray(labels, dtype=np.uint8).tobytes()
+    # int8 labels as their bytes (an unknown -1 as 255): 0/1 labels keep the key they always had
+    content = np.ascontiguousarray(np.asarray(labels).astype(np.int8)).view(np.uint8).tobytes()
     key = hashlib.sha256(repr((labels.shape, val_fraction, test_fraction, seed, version("iterative-stratification"),
                                SPLIT_ALGORITHM)).encode() + content).hexdigest()[:24]
     file = folder / f"{key}.npz"

@@ -34,7 +34,7 @@ def write_predictions(folder: Path, stem: str, files: list[str], probs, classes:
     records = {f: {"probabilities": dict(zip(classes, row.tolist())), "labels": label_names(hit, classes)}
                for f, row, hit in zip(files, p, predicted)}
     if targets is not None:
-        true = np.asarray(targets) > 0.5
+        true = np.asarray(targets) > 0.5  # positives only: an unknown label (-1) is not a true label
         frame["true_labels"] = [" ".join(label_names(row, classes)) for row in true]
         for f, row in zip(files, true):
             records[f]["true_labels"] = label_names(row, classes)

@@ -56,16 +56,36 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
 
 
 def run_facts(index, split, *, weights: str, device, precision: str, workers: int, cache) -> dict:
-    """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score."""
+    """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score
+    (no known positive), and, only where the data set has any, the number of unknown labels (``data.unknown_labels``;
+    per class and split in unknown_labels.json)."""
     from mlabel_exp.training import distributed
 
-    without = [c for c, n in zip(index.classes, index.labels[split["val"]].sum(0)) if n == 0]
+    without = [c for c, n in zip(index.classes, (index.labels[split["val"]] == 1).sum(0)) if n == 0]
+    unknown = unknown_label_counts(index, split)
     return {"model.weights_used": weights, "device": str(device), "precision": precision,
             "data.root_resolved": str(index.root), "data.num_images": len(index), "data.num_train": len(split["train"]), "data.num_val": len(split["val"]),
             "data.num_test": len(split.get("test", ())), "data.num_workers_used": workers,
             "data.decoded_cache_used": cache is not None, "world_size": distributed.world_size(),
             # left out of mAP and of every macro average (no validation positive)
-            "metrics.classes_left_out": f"{len(without)}: {', '.join(without)}" if without else "0"}
+            "metrics.classes_left_out": f"{len(without)}: {', '.join(without)}" if without else "0",
+            **({"data.unknown_labels": unknown["total"]} if unknown else {})}
+
+
+def unknown_label_counts(index, split) -> dict | None:
+    """How many labels are unknown (-1): in all, per class, and per class in each split (what unknown_labels.json
+    holds); None when every label is known (a run on such data records nothing about them)."""
+    import numpy as np
+
+    unknown = np.asarray(index.labels) < 0
+    if not unknown.any():
+        return None
+
+    def per_class(rows) -> dict[str, int]:
+        return {c: int(n) for c, n in zip(index.classes, unknown[rows].sum(0))}
+
+    return {"total": int(unknown.sum()), "per_class": per_class(slice(None)),
+            "per_split": {part: per_class(rows) for part, rows in split.items()}}
 
 
 def images_used(split, trainer_cfg) -> str:
@@ -101,7 +121,8 @@ def dataset_digests(index, split, content) -> dict[str, str]:
             continue
         h = hashlib.sha256("\n".join(index.classes).encode())
         h.update(np.asarray(index.ids[rows], dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(index.labels[rows], dtype=np.uint8).tobytes())
+        # the labels' int8 bytes (an unknown -1 as 255): a change of unknowns changes the digest, 0/1 labels keep theirs
+        h.update(np.ascontiguousarray(np.asarray(index.labels[rows]).astype(np.int8)).view(np.uint8).tobytes())
         h.update(np.ascontiguousarray(content[rows], dtype=np.uint8).tobytes())
         digests[context] = h.hexdigest()[:10]
     return digests
@@ -131,6 +152,12 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
     tracker.log_text(json.dumps(index.classes, indent=1), "classes.json")
     if index.meta:  # what the format knows beyond the labels (COCO: category_ids {name: id}); absent otherwise
         tracker.log_text(json.dumps(index.meta, indent=1), "data_meta.json")
+    unknown = unknown_label_counts(index, split)
+    if unknown:  # only data with unknown labels: the record of a run on fully labelled data is what it always was
+        log.info("%d unknown label(s) (per class in unknown_labels.json): masked out of the loss and every metric",
+                 unknown["total"])
+        write_atomic(out / "unknown_labels.json", json.dumps(unknown, indent=1))
+        tracker.log_artifact(out / "unknown_labels.json")
     tracker.log_artifact(out / "split.json")
     if (out / ".hydra").is_dir():
         tracker.log_artifacts(out / ".hydra", "hydra")

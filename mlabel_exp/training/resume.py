@@ -163,11 +163,12 @@ def length_params(state: dict, epochs: int) -> dict[str, int]:
 
 def data_record(index, content: np.ndarray) -> dict:
     """What a resume compares the data with, kept in last.pt: file names, classes, labels and each file's content
-    hash (image_cache.content_hashes)."""
+    hash (image_cache.content_hashes). The labels are kept as the bytes of their int8 values (uint8, as before unknown
+    labels existed: an unknown -1 is 255), so 0/1 records are unchanged; ``check_data`` reads them back as int8."""
     import torch
 
     return {"files": list(index.files), "classes": list(index.classes),
-            "labels": torch.from_numpy(np.ascontiguousarray(index.labels, dtype=np.uint8)),
+            "labels": torch.from_numpy(np.ascontiguousarray(np.asarray(index.labels).astype(np.int8)).view(np.uint8)),
             "content": torch.from_numpy(np.ascontiguousarray(content, dtype=np.uint8))}
 
 
@@ -183,7 +184,7 @@ def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
         log.warning("resume: run %s was started by an earlier version that kept no record of its labels and file "
                     "content: those could not be checked (only its file names and classes are)", run_id)
         return
-    t_labels, t_content = then["labels"].numpy(), then["content"].numpy()
+    t_labels, t_content = then["labels"].numpy().view(np.int8), then["content"].numpy()  # 1, 0, -1: unknown
     t_row = {f: r for r, f in enumerate(then["files"])}
     n_row = {f: r for r, f in enumerate(now["files"])}
     changes = []
@@ -202,7 +203,7 @@ def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
     classes = [c for c in now["classes"] if c in then["classes"]]
     cols_now = [now["classes"].index(c) for c in classes]
     cols_then = [list(then["classes"]).index(c) for c in classes]
-    a = now["labels"].numpy()[np.ix_(rows_now, cols_now)]
+    a = now["labels"].numpy().view(np.int8)[np.ix_(rows_now, cols_now)]
     b = t_labels[np.ix_(rows_then, cols_then)]
     relabelled = np.flatnonzero((a != b).any(axis=1))
     if len(relabelled):
