@@ -139,17 +139,44 @@ def test_synthetic_command_writes_a_format(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fmt", ["csv", "coco"])
-def test_smoke_training_on_csv_and_coco(written, tmp_path, fmt):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_smoke_training_on_every_format(written, tmp_path, fmt):
     from mlabel_exp.cli.run import train
 
-    best = train(compose_cfg(*tiny_overrides(tmp_path, f"data={fmt}", f"data.root={written[fmt]}",
+    best = train(compose_cfg(*tiny_overrides(tmp_path, f"data={FORMATS[fmt]}", f"data.root={written[fmt]}",
                                              f"trainer.output_dir={tmp_path / 'out'}")))
     client, runs = mlflow_runs(tmp_path)
     assert 0.0 <= best <= 1.0 and len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["data.num_images"] == "40"
     recorded = artifact_paths(client, runs[0].info.run_id)
-    assert ("data_meta.json" in recorded) == (fmt == "coco")
+    assert ("data_meta.json" in recorded) == (fmt == "coco") and "unknown_labels.json" not in recorded
     if fmt == "coco":
         meta = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "data_meta.json", str(tmp_path))).read_text())
         assert meta["category_ids"]["circle"] == 1
+
+
+@pytest.mark.integration
+def test_a_one_hot_csv_with_unknown_entries_trains_and_the_run_counts_them(written, tmp_path):
+    """-1 and empty cells of a one-hot CSV are unknown: the run trains, and records how many per class."""
+    import csv
+
+    from mlabel_exp.cli.run import train
+
+    root = tmp_path / "data"
+    shutil.copytree(written["onehot"], root)
+    rows = list(csv.reader((root / "labels.csv").open()))
+    header, body = rows[0], rows[1:]
+    hidden = {"circle": 0, "star": 0}
+    for i, row in enumerate(body):
+        for c in hidden:
+            if i % 3 == 0:  # every third image: this class unknown, as -1 or as an empty cell
+                row[header.index(c)] = "-1" if i % 2 else ""
+                hidden[c] += 1
+    with (root / "labels.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *body])
+    train(compose_cfg(*tiny_overrides(tmp_path, "data=csv", f"data.root={root}", f"trainer.output_dir={tmp_path / 'out'}")))
+    client, (run,) = mlflow_runs(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.params["data.unknown_labels"] == str(sum(hidden.values()))
+    counts = json.loads((tmp_path / "out" / "unknown_labels.json").read_text())
+    assert {c: counts["per_class"].get(c, 0) for c in hidden} == hidden and counts["total"] == sum(hidden.values())
+    assert "unknown_labels.json" in artifact_paths(client, run.info.run_id)
