@@ -46,6 +46,7 @@ def search(cfg: DictConfig):
     import optuna
 
     from mlabel_exp.training.callbacks import TrialPruned
+    from mlabel_exp.config import resolved_tracking
     from mlabel_exp.tracking.sweeps import end_sweep_parent
     from mlabel_exp.cli.run import train
 
@@ -99,7 +100,7 @@ def search(cfg: DictConfig):
     log.info("study %r: %s", s.study, summary)
     print(summary)
     if cfg.tracking.enabled:
-        end_sweep_parent(cfg.tracking, group["sweep_id"], "FINISHED", summary)
+        end_sweep_parent(resolved_tracking(cfg), group["sweep_id"], "FINISHED", summary)
     return study
 
 
