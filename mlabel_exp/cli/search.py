@@ -14,7 +14,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import Config, SearchJobConfig, project_root, validate
+from mlabel_exp.config import Config, SearchJobConfig, project_root, resolved_tracking, validate
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ def search(cfg: DictConfig):
     import optuna
 
     from mlabel_exp.training.callbacks import TrialPruned
-    from mlabel_exp.config import resolved_tracking
     from mlabel_exp.tracking.sweeps import end_sweep_parent
     from mlabel_exp.cli.run import train
 

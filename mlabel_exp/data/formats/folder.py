@@ -113,10 +113,7 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
             r = row_of.get(i)
             if r is None:
                 missing_ids.append((path.name, i))
-                if collect is not None:
-                    collect.append(Problem("annotated image without a file", f"no {image_pattern.format(id=i)} in "
-                                           f"{images_dir}", f"{path}:{lineno}", "add the file, or data.strict=false "
-                                           "(the default) skips it"))
+                _note_missing(collect, path, lineno, image_pattern.format(id=i), images_dir)
             else:
                 labels[r, c] = 1  # duplicates in a file simply set the same bit again
     if missing_ids:
@@ -131,6 +128,12 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
     for p in problems if collect is None else []:  # the audit reports its findings itself
         log.warning(p)
     return DatasetIndex(root, classes, ids, [file_of[int(i)] for i in ids], labels, problems)
+
+
+def _note_missing(collect: list[Problem] | None, path: Path, lineno: int, name: str, images_dir: Path) -> None:
+    if collect is not None:
+        collect.append(Problem("annotated image without a file", f"no {name} in {images_dir}", f"{path}:{lineno}",
+                               "add the file, or data.strict=false (the default) skips it"))
 
 
 def _image_files(images_dir: Path, image_pattern: str, problems: list[str]) -> dict[int, str]:
