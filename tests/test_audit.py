@@ -127,3 +127,20 @@ def test_runs_on_two_data_sets_land_in_two_experiments(tmp_path, monkeypatch, ca
         assert len(runs) == 1
     _, runs = mlflow_runs(tmp_path)  # the old default: nothing
     assert runs == []
+
+
+def test_compare_and_predict_default_to_the_experiment_of_the_newest_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mlabel_exp.config import ConfigError
+    from mlabel_exp.tracking.run_ids import newest_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(uri)
+    with pytest.raises(ConfigError, match="tracking.experiment is not set and the store .* holds no run"):
+        newest_experiment(uri, None)
+    for start, name in enumerate(("birds", "cars", "birds-comparisons"), start=1):  # runs started in this order
+        client.create_run(client.create_experiment(name), start_time=start * 1000)
+    assert newest_experiment(uri, None) == "cars"  # the newest run but for the comparison
+    assert newest_experiment(uri, "birds") == "birds"
