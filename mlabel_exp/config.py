@@ -308,6 +308,7 @@ def experiment_name(tracking_cfg, data_cfg) -> str:
 def resolved_tracking(cfg) -> "TrackingConfig":
     """A composed config's tracking settings (typed) with the experiment resolved (experiment_name)."""
     tracking = OmegaConf.to_object(cfg.tracking) if isinstance(cfg.tracking, DictConfig) else cfg.tracking
+    tracking = TrackingConfig(**tracking) if isinstance(tracking, dict) else tracking  # an untyped config's
     tracking.experiment = experiment_name(tracking, cfg.data)
     return tracking
 
