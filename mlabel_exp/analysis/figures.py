@@ -281,7 +281,7 @@ def split_per_class(classes: list[str], counts: dict[str, list[int]], title: str
     y = np.arange(n)
     height = 0.8 / max(len(counts), 1)
     for k, (name, values) in enumerate(counts.items()):
-        bars = ax.barh(y + (k - (len(counts) - 1) / 2) * height, values, height, label=f"{name} ({sum(values)})")
+        bars = ax.barh(y + (k - (len(counts) - 1) / 2) * height, values, height, label=name)
         ax.bar_label(bars, [str(int(v)) for v in values], fontsize=7, padding=2)
     ax.set_yticks(y, classes)
     ax.invert_yaxis()
