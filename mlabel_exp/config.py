@@ -312,12 +312,36 @@ class LossConfig:
         _check(0 <= self.asl_clip < 1, "loss.asl_clip", self.asl_clip, "a number in [0, 1)")
 
 
+def dataset_name(data_cfg) -> str:
+    """The data set's name: the synthetic set's spec, else its root folder's name. Runs land in the experiment of this
+    name unless tracking.experiment says otherwise, so runs on different data are not one table."""
+    if data_cfg.name == "synthetic":
+        s = data_cfg.synthetic
+        return f"synthetic ({s.num_images} images, {s.image_size} px, seed {s.seed})"
+    root = resolve_path(str(data_cfg.root))
+    return root.name or str(root)
+
+
+def experiment_name(tracking_cfg, data_cfg) -> str:
+    """The experiment a run (or a search, an audit) lands in: tracking.experiment, else the data set's name."""
+    return tracking_cfg.experiment or dataset_name(data_cfg)
+
+
+def resolved_tracking(cfg) -> "TrackingConfig":
+    """A composed config's tracking settings (typed) with the experiment resolved (experiment_name)."""
+    tracking = OmegaConf.to_object(cfg.tracking) if isinstance(cfg.tracking, DictConfig) else cfg.tracking
+    tracking = TrackingConfig(**tracking) if isinstance(tracking, dict) else tracking  # an untyped config's
+    tracking.experiment = experiment_name(tracking, cfg.data)
+    return tracking
+
+
 @dataclass
 class TrackingConfig:
     enabled: bool = True
     uri: Optional[str] = None            # default: sqlite:///<project root>/mlruns/mlflow.db; or http://HOST:PORT
     artifact_location: Optional[str] = None  # new experiments' artifact root; default <project root>/mlruns/artifacts
-    experiment: str = "mlabel-exp"
+    experiment: Optional[str] = None     # default: the data set's name (dataset_name) for run, search and inspect;
+    #                                      compare and predict: the experiment of the store's newest run
     run_name: Optional[str] = None       # default: the model and the overrides
     log_checkpoints: str = "best"        # best: the best weights, once (in the model, else checkpoints/best.pt);
     #                                      all: also checkpoints/last.pt (weights + optimizer state); none: neither
@@ -381,6 +405,7 @@ class Config:
 
     def __post_init__(self):
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        self.tracking.experiment = experiment_name(self.tracking, self.data)
         # Resolved to floats here: the composed config keeps what the user typed (e.g. "heavy").
         self.dropout = _regularisation("dropout", self.dropout, self.presets.dropout, self.model.dropout)
         _fraction("dropout", self.dropout)
@@ -423,6 +448,13 @@ class SearchJobConfig(Config):
     """python -m mlabel_exp.search: a training run's config plus the study's settings (conf/search.yaml)."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
+
+
+@dataclass
+class InspectConfig(Config):
+    """python -m mlabel_exp.inspect: a training run's config (its data settings) plus where the audit goes."""
+
+    out: Optional[str] = None            # the report and figures; default <project root>/outputs/inspect/<time>
 
 
 @dataclass

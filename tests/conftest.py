@@ -136,7 +136,8 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
     """
     return ["trainer=smoke", "trainer.device=cpu", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
             "model.input_size=32", "data.num_workers=0", f"data.cache_dir={tmp / 'cache'}",
-            f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "tracking.log_model=false", *extra]
+            f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "tracking.experiment=mlabel-exp",
+            "tracking.log_model=false", *extra]
 
 
 def mlflow_runs(tmp: Path, experiment: str = "mlabel-exp"):

@@ -35,7 +35,10 @@ def _main(cfg) -> None:
     from mlabel_exp.analysis.comparison import compare
     from mlabel_exp.config import resolve_path
 
+    from mlabel_exp.tracking.run_ids import newest_experiment
+
     typed: CompareConfig = validate(cfg, CompareConfig)
+    typed.tracking.experiment = newest_experiment(typed.tracking.uri, typed.tracking.experiment)
     result = compare(typed.tracking.experiment, tracking_uri=typed.tracking.uri, sweep=typed.sweep,
                      filter_string=typed.filter, out_dir=resolve_path(typed.out) if typed.out else None,
                      log_to_mlflow=typed.log_to_mlflow, register_best_as=typed.register_best)

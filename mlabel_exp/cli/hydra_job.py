@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mlabel_exp.config import Config, UserError, project_root, resolve_path
+from mlabel_exp.config import Config, UserError, project_root, resolve_path, resolved_tracking
 from mlabel_exp.tracking.runs import BEST_SCORE
 from mlabel_exp.tracking.sweeps import end_sweep_parent, sweep_id_of, swept
 from mlabel_exp.training.stop import scheduler_job
@@ -116,7 +116,7 @@ class SweepSummary(Callback):
         summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
         if config.tracking.enabled:
             try:
-                children = end_sweep_parent(config.tracking, sweep_id_of(config.hydra.sweep.dir),
+                children = end_sweep_parent(resolved_tracking(config), sweep_id_of(config.hydra.sweep.dir),
                                                      "FAILED" if failed else "FINISHED", summary)
                 print(sweep_table(children, config.hydra.sweep.dir), flush=True)
             except Exception as e:  # the jobs' own runs are complete either way

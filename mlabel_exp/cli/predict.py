@@ -93,9 +93,10 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line
     paths, names = list_inputs(cfg.input)
     if cfg.run:  # a prefix, latest, best or a sweep parent: the full id of the training run it names
-        from mlabel_exp.tracking.run_ids import resolve_run
+        from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
 
-        cfg = dataclasses.replace(cfg, run=resolve_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.run))
+        experiment = newest_experiment(cfg.tracking.uri, cfg.tracking.experiment)
+        cfg = dataclasses.replace(cfg, run=resolve_run(cfg.tracking.uri, experiment, cfg.run))
     ckpt, source = _load(cfg)
     predictor = Predictor.from_checkpoint(ckpt, device)
     if cfg.threshold != "tuned":

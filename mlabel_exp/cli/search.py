@@ -14,7 +14,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import Config, SearchJobConfig, project_root, validate
+from mlabel_exp.config import Config, SearchJobConfig, project_root, resolved_tracking, validate
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def search(cfg: DictConfig):
     log.info("study %r: %s", s.study, summary)
     print(summary)
     if cfg.tracking.enabled:
-        end_sweep_parent(cfg.tracking, group["sweep_id"], "FINISHED", summary)
+        end_sweep_parent(resolved_tracking(cfg), group["sweep_id"], "FINISHED", summary)
     return study
 
 

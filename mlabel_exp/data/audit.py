@@ -1,5 +1,6 @@
 """Data audit: class counts, unlabeled images, label cardinality, grayscale images, image sizes, class co-occurrence
-and every problem found, read from an index before any training."""
+and every problem found in one pass (grouped by kind, with counts, examples and the setting that skips or fixes each),
+read from an index before any training."""
 
 from __future__ import annotations
 
@@ -9,38 +10,57 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlabel_exp.data.images import open_image
-from mlabel_exp.data.index import DatasetIndex
+from mlabel_exp.data.index import DatasetIndex, Problem
+
+EXAMPLES = 3  # examples shown per kind of problem
 
 
 @dataclass
 class Audit:
     summary: dict
-    per_class: "object"       # pandas DataFrame: class, images (known positives), share[, unknown: labels unknown]
+    per_class: "object"       # pandas DataFrame: class, images (positives), share, unknown (when any)
     cooccurrence: "object"    # pandas DataFrame: classes x classes, images holding both
     image_sizes: Counter
     image_modes: Counter
-    problems: list[str] = field(default_factory=list)
+    findings: list[Problem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        """Each finding as one line: where it is, then what."""
+        return [f"{p.where}: {p.message}" if p.where else p.message for p in self.findings]
+
+    def grouped(self) -> dict[str, list[Problem]]:
+        """Findings by kind, in the order each kind was first found."""
+        groups: dict[str, list[Problem]] = {}
+        for p in self.findings:
+            groups.setdefault(p.kind, []).append(p)
+        return groups
+
+    def problems_text(self) -> list[str]:
+        groups = self.grouped()
+        lines = [f"Problems ({len(self.findings)} in {len(groups)} kind(s))"]
+        for kind, found in groups.items():
+            lines.append(f"  {kind}: {len(found)}" + (f"  -> {found[0].fix}" if found[0].fix else ""))
+            lines += [f"    - {p.where + ': ' if p.where else ''}{p.message}" for p in found[:EXAMPLES]]
+            if len(found) > EXAMPLES:
+                lines.append(f"    ... and {len(found) - EXAMPLES} more")
+        return lines if groups else lines + ["  none"]
 
     def to_text(self, top_sizes: int = 5) -> str:
         lines = ["Data set audit", "=============="]
         lines += [f"{k:<28} {v}" for k, v in self.summary.items()]
-        lines += ["", "Images per class", self.per_class.to_string(index=False),
+        lines += ["", "Images per class (positives)", self.per_class.to_string(index=False),
                   "", "Co-occurrence (images holding both classes)", self.cooccurrence.to_string(),
                   "", "Image sizes (width x height: images)"]
         lines += [f"  {w}x{h}: {n}" for (w, h), n in self.image_sizes.most_common(top_sizes)]
         lines += ["", "Image modes: " + ", ".join(f"{m}: {n}" for m, n in self.image_modes.most_common())]
-        lines += ["", f"Problems ({len(self.problems)})"] + [f"  - {p}" for p in self.problems or ["none"]]
-        return "\n".join(lines)
+        return "\n".join(lines + [""] + self.problems_text())
 
 
-def audit(index: DatasetIndex, decode: bool = False) -> Audit:
-    """Audit an index. Reads each image header (mode, size); ``decode`` also decodes every pixel,
-    which finds truncated files at the cost of a full pass over the data."""
-    import pandas as pd
-
+def _image_findings(index: DatasetIndex, decode: bool) -> tuple[Counter, Counter, list[Problem]]:
     sizes: Counter = Counter()
     modes: Counter = Counter()
-    problems = list(index.problems)
+    found = []
     for path in index.paths():
         try:
             with open_image(path) as im:  # the loader's guard: an image it would refuse is a finding
@@ -49,17 +69,52 @@ def audit(index: DatasetIndex, decode: bool = False) -> Audit:
                 if decode:
                     im.load()
         except Exception as e:  # any unreadable file is a finding, not a crash
-            problems.append(f"{path}: unreadable image ({type(e).__name__}: {e})")
-    labels = (np.asarray(index.labels) == 1).astype(np.int64)  # positives; an unknown (-1) is not one
-    unknown = (np.asarray(index.labels) < 0).sum(0)
+            found.append(Problem("unreadable image", f"unreadable image ({type(e).__name__}: {e})", str(path),
+                                 "replace or delete the file (a run skips unreadable images)"))
+    return sizes, modes, found
+
+
+def label_findings(classes: list[str], labels: np.ndarray, files: list[str]) -> list[Problem]:
+    """Class names that differ only by case, classes without a positive, images in no class."""
+    found = []
+    by_lower: dict[str, list[str]] = {}
+    for c in classes:
+        by_lower.setdefault(c.casefold(), []).append(c)
+    for names in by_lower.values():
+        if len(names) > 1:
+            found.append(Problem("class names differing only by case", " and ".join(repr(n) for n in names),
+                                 "", "rename one so they are one class, or distinct names"))
+    positives = (labels == 1).sum(0)
+    for c, n in zip(classes, positives):
+        if n == 0:
+            found.append(Problem("class without any positive", f"class {c!r} has no positive image", "",
+                                 "annotate some images, or remove the class (its AP is undefined)"))
+    for r in np.flatnonzero(~(labels == 1).any(1)):
+        found.append(Problem("image in no class", f"{files[r]} has no positive label", "",
+                             "fine for background images; otherwise annotate it"))
+    return found
+
+
+def audit(index: DatasetIndex, decode: bool = False, reader_findings: list[Problem] | None = None) -> Audit:
+    """Audit an index. Reads each image header (mode, size); ``decode`` also decodes every pixel,
+    which finds truncated files at the cost of a full pass over the data. ``reader_findings``: what a reader in
+    collecting mode found (else the index's own problems, as found)."""
+    import pandas as pd
+
+    found = list(reader_findings) if reader_findings is not None else \
+        [Problem("reader finding", p) for p in index.problems]
+    sizes, modes, unreadable = _image_findings(index, decode)
+    found += unreadable + label_findings(index.classes, index.labels, index.files)
+    known = index.labels.astype(np.int64)
+    positive = (known == 1).astype(np.int64)
     n = len(index)
-    counts = labels.sum(0)
-    per_image = labels.sum(1)
-    per_class = pd.DataFrame({"class": index.classes, "images": counts,
-                              "share": np.round(counts / max(n, 1), 4)})
-    if unknown.any():  # partial annotation: how many labels of each class are unknown
+    counts = positive.sum(0)
+    per_image = positive.sum(1)
+    per_class = pd.DataFrame({"class": index.classes, "images": counts, "share": np.round(counts / max(n, 1), 4)})
+    unknown = (known == -1).sum(0)
+    if unknown.any():
         per_class["unknown"] = unknown
-    co = pd.DataFrame(labels.T @ labels, index=index.classes, columns=index.classes)
+    co = pd.DataFrame(positive.T @ positive, index=index.classes, columns=index.classes)
     grayscale = sum(v for m, v in modes.items() if m in ("L", "LA", "1", "I", "I;16", "F"))
     summary = {
         "root": str(index.root),
@@ -73,5 +128,17 @@ def audit(index: DatasetIndex, decode: bool = False) -> Audit:
         "most frequent class": f"{index.classes[int(counts.argmax())]} ({int(counts.max())})",
     }
     if unknown.any():
-        summary["unknown labels"] = f"{int(unknown.sum())} ({unknown.sum() / max(labels.size, 1):.1%} of all labels)"
-    return Audit(summary, per_class, co, sizes, modes, problems)
+        summary["unknown labels"] = f"{int(unknown.sum())} ({unknown.sum() / max(known.size, 1):.1%} of entries)"
+    return Audit(summary, per_class, co, sizes, modes, found)
+
+
+def read_for_audit(data_cfg) -> tuple[DatasetIndex, list[Problem] | None]:
+    """The configured data set's index and every problem its reader found, without stopping at the first (the
+    folder format, synthetic included, collects them; other formats report what their reader reports)."""
+    from mlabel_exp.data.formats import index_from_config, resolve_data_root
+    from mlabel_exp.data.formats.folder import build_index
+
+    if data_cfg.name not in ("folder", "synthetic"):
+        return index_from_config(data_cfg), None
+    found: list[Problem] = []
+    return build_index(resolve_data_root(data_cfg), data_cfg.image_pattern, collect=found), found

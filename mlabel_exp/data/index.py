@@ -59,3 +59,14 @@ def check_class_names(classes: Sequence[str], where: str = "classes", fix: str =
     if clash:
         raise DataError(f"{where}: class {clash[0]!r} has the name of a column of the prediction files "
                         f"({', '.join(OUTPUT_COLUMNS)}), which it would overwrite; {fix}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of a reader in collecting mode (the audit): ``kind`` groups findings, ``where`` is file:line (or a
+    file, or empty), ``fix`` the setting that skips or fixes it."""
+
+    kind: str
+    message: str
+    where: str = ""
+    fix: str = ""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import Config
+from mlabel_exp.config import Config, dataset_name
 from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.tracking.runs import BEST_SCORE, NullTracker, flatten
 
@@ -97,13 +97,6 @@ def images_used(split, trainer_cfg) -> str:
     cap = steps * trainer_cfg.batch_size
     return (f"{min(n_train, cap)} of {n_train} train / {min(n_val, cap)} of {n_val} val images an epoch "
             f"(trainer.max_steps_per_epoch={steps})")
-
-
-def dataset_name(data_cfg) -> str:
-    if data_cfg.name == "synthetic":
-        s = data_cfg.synthetic
-        return f"synthetic ({s.num_images} images, {s.image_size} px, seed {s.seed})"
-    return Path(str(data_cfg.root)).name or str(data_cfg.root)
 
 
 def dataset_digests(index, split, content) -> dict[str, str]:

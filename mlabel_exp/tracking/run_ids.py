@@ -121,3 +121,23 @@ def sweep_parent_id(runs: list[dict], ref: str, where: str) -> str | None:
     if not any(r["run_id"].startswith(ref.lower()) for r in parents):
         return None
     return match_prefix(parents, ref, "sweep", where)["tags"]["sweep_id"]
+
+
+def newest_experiment(uri: str | None, experiment: str | None, setting: str = "tracking.experiment") -> str:
+    """``experiment``, or where none is given (compare, predict: commands without data settings) the experiment of the
+    newest run in the store, a comparison's excepted: where the last run, search or audit landed (a run's experiment
+    is its data set's name, config.experiment_name)."""
+    if experiment:
+        return experiment
+    uri = resolve_uri(uri)
+    if not store_exists(uri):  # the command's own check names the missing store
+        return ""
+    store = client(uri)
+    ids = {e.experiment_id: e.name for e in store.search_experiments() if not e.name.endswith("-comparisons")}
+    runs = store.search_runs(list(ids), order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    if not runs:
+        raise ConfigError(f"{setting} is not set and the store at {uri} holds no run to take it from; "
+                          f"set {setting}=NAME (a data set's name: python -m mlabel_exp.run prints it)")
+    name = ids[runs[0].info.experiment_id]
+    log.info("%s not set: using %r, the experiment of the newest run at %s", setting, name, uri)
+    return name

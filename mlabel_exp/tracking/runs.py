@@ -207,3 +207,11 @@ def file_run(uri: str, experiment: str, name: str, tags: dict[str, str], params:
         raise
     tracker.end("FINISHED")
     return tracker.run_id
+
+
+AUDIT = "audit"  # the KIND_TAG of a data audit's run (python -m mlabel_exp.inspect)
+
+
+def log_audit(tracking_cfg, experiment: str, name: str, params: dict[str, Any], files: list[Path]) -> str:
+    """A data audit as a run tagged mlabel.kind=audit in ``experiment`` (the data set's): its report and figures."""
+    return file_run(tracking_cfg.uri, experiment, name, {KIND_TAG: AUDIT}, params, files)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlabel_exp.data.index import DataError, DatasetIndex, check_class_names
+from mlabel_exp.data.index import DataError, DatasetIndex, Problem, check_class_names
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,14 @@ def _read_annotation(path: Path, problems: list[str] | None = None) -> list[int]
 
     A malformed line is an error, or, when a ``problems`` list is given, noted there and skipped.
     """
-    ids = []
+    return [i for _, i in _annotation_lines(path, problems)]
+
+
+def _annotation_lines(path: Path, problems: list[str] | None = None,
+                      collect: list[Problem] | None = None) -> list[tuple[int, int]]:
+    """(line number, image number) of each valid line; ``collect`` (the audit) also receives every malformed and
+    every repeated line as a ``Problem``, and nothing raises."""
+    ids, seen = [], {}
     text = path.read_bytes().decode("utf-8-sig", errors="replace")
     for lineno, line in enumerate(text.splitlines(), start=1):
         token = line.strip()
@@ -44,22 +51,33 @@ def _read_annotation(path: Path, problems: list[str] | None = None) -> list[int]
         if not (token.isascii() and token.isdigit()) or int(token) == 0:  # ASCII digits only: not '²', not '٣'
 
             msg = f"{path}:{lineno}: {token[:40]!r} is not a positive image number"
+            if collect is not None:
+                collect.append(Problem("malformed annotation line", f"{token[:40]!r} is not a positive image number",
+                                       f"{path}:{lineno}", "data.on_bad_annotation=skip skips the line"))
+                continue
             if problems is None:
                 raise DataError(msg + "; each line of an annotation file must hold one image number such as 123 "
                                 "(or set data.on_bad_annotation=skip)")
             problems.append(msg + "; line skipped")
             continue
-        ids.append(int(token))
+        if collect is not None and int(token) in seen:
+            collect.append(Problem("duplicate annotation line", f"image {int(token)} listed again (first on line "
+                                   f"{seen[int(token)]})", f"{path}:{lineno}", "harmless (read once); delete the line"))
+        seen.setdefault(int(token), lineno)
+        ids.append((lineno, int(token)))
     return ids
 
 
 def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: bool = False,
-                skip_bad_lines: bool = False) -> DatasetIndex:
+                skip_bad_lines: bool = False, collect: list[Problem] | None = None) -> DatasetIndex:
     """Index a data root in O(images + annotation lines).
 
     ``strict`` turns annotated ids without an image file into an error instead of a warning;
-    ``skip_bad_lines`` turns malformed annotation lines into reported problems instead of an error.
+    ``skip_bad_lines`` turns malformed annotation lines into reported problems instead of an error;
+    ``collect`` (the audit) receives every problem as a ``Problem``, each line on its own, and overrides both.
     """
+    if collect is not None:
+        strict = False
     root = Path(root)
     images_dir, ann_dir = root / "images", root / "annotations"
     missing = [d.name + "/" for d in (images_dir, ann_dir) if not d.is_dir()]
@@ -88,13 +106,14 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
     labels = np.zeros((len(ids), len(classes)), dtype=np.int8)
     missing_ids: list[tuple[str, int]] = []
     for c, path in enumerate(ann_files):
-        class_ids = _read_annotation(path, problems if skip_bad_lines else None)
-        if not class_ids:
+        class_ids = _annotation_lines(path, problems if skip_bad_lines else None, collect)
+        if not class_ids and collect is None:  # the audit counts classes without a positive itself
             problems.append(f"{path.name}: empty annotation file, class {path.stem!r} has no positives")
-        for i in class_ids:
+        for lineno, i in class_ids:
             r = row_of.get(i)
             if r is None:
                 missing_ids.append((path.name, i))
+                _note_missing(collect, path, lineno, image_pattern.format(id=i), images_dir)
             else:
                 labels[r, c] = 1  # duplicates in a file simply set the same bit again
     if missing_ids:
@@ -103,9 +122,18 @@ def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: boo
         if strict:
             raise DataError(msg + "; add the files or set data.strict=false to skip them")
         problems.append(msg + "; skipped")
-    for p in problems:
+    if collect is not None:
+        collect += [Problem("file in the data root not read", p, "", "rename or move it (see the message)")
+                    for p in problems if "annotated image(s) have no file" not in p]
+    for p in problems if collect is None else []:  # the audit reports its findings itself
         log.warning(p)
     return DatasetIndex(root, classes, ids, [file_of[int(i)] for i in ids], labels, problems, image_dir=images_dir)
+
+
+def _note_missing(collect: list[Problem] | None, path: Path, lineno: int, name: str, images_dir: Path) -> None:
+    if collect is not None:
+        collect.append(Problem("annotated image without a file", f"no {name} in {images_dir}", f"{path}:{lineno}",
+                               "add the file, or data.strict=false (the default) skips it"))
 
 
 def _image_files(images_dir: Path, image_pattern: str, problems: list[str]) -> dict[int, str]:
