@@ -72,6 +72,10 @@ def _choice(setting: str, value: Any, choices: tuple[str, ...]) -> None:
 # Every choice a setting offers, declared once: the schema checks against these and the builders read them.
 DATA_SOURCES = ("synthetic", "folder", "csv", "coco", "voc")
 SYNTHETIC_FORMATS = ("folder", "csv", "onehot", "coco", "voc")
+#: The data settings of one reader only: a run records those of its own data= format, not the others'.
+FORMAT_SETTINGS = {
+    "csv": ("images_dir", "csv_file", "csv_delimiter", "image_column", "labels_column", "label_separator"),
+    "coco": ("images_dir", "annotations_file"), "voc": ("voc_split",)}
 ON_BAD = ("skip", "error")
 DECODED_CACHE_MODES = ("auto", "on", "off")
 TRAINABLE_MODES = ("head", "partial", "all")

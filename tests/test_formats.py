@@ -148,6 +148,9 @@ def test_smoke_training_on_every_format(written, tmp_path, fmt):
     client, runs = mlflow_runs(tmp_path)
     assert 0.0 <= best <= 1.0 and len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["data.num_images"] == "40"
+    params = runs[0].data.params  # a run records its own reader's settings, not the other formats'
+    assert ("data.csv_file" in params, "data.annotations_file" in params, "data.voc_split" in params) == \
+        (FORMATS[fmt] == "csv", FORMATS[fmt] == "coco", FORMATS[fmt] == "voc")
     recorded = artifact_paths(client, runs[0].info.run_id)
     assert ("data_meta.json" in recorded) == (fmt == "coco") and "unknown_labels.json" not in recorded
     if fmt == "coco":

@@ -127,7 +127,7 @@ def test_an_installed_wheel_trains_from_an_empty_directory_with_the_users_own_da
                           cwd=work, env=users_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in work.iterdir()) == ["mlruns", "outputs"] and (work / "mlruns" / "mlflow.db").is_file()
-    client, (run,) = mlflow_runs(work)
+    client, (run,) = mlflow_runs(work, "synthetic (80 images, 32 px, seed 5)")  # the experiment: its data set
     assert run.info.status == "FINISHED"
     assert run.data.params["data.synthetic.seed"] == "5" and run.data.params["data.num_images"] == "80"  # mydata's
     assert Path(run.data.tags["output_dir"]).parent.parent == work / "outputs"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import Config, dataset_name
+from mlabel_exp.config import FORMAT_SETTINGS, Config, dataset_name
 from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.tracking.runs import BEST_SCORE, NullTracker, flatten
 
@@ -40,6 +40,8 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
         "model.": lambda k: k not in ("dropout", "weight_decay") and
         (k not in ("aux_logits", "aux_weight") or backbone(typed.model.name).aux_classifier is not None),
         "data.synthetic.": lambda k: d.name == "synthetic",
+        "data.": lambda k: k in FORMAT_SETTINGS.get(d.name, ()) or
+        all(k not in keys for keys in FORMAT_SETTINGS.values()),
         "data.augment.": lambda k: k != "crop_scale_min" or d.augment.random_resized_crop,
         "trainer.": lambda k: k != "amp_dtype" or cuda,  # amp also applies on the CPU (bfloat16 where native)
     }
