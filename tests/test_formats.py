@@ -53,6 +53,11 @@ def test_every_format_reads_as_the_folder_format(written, fmt):
     assert positives == {c: int(n) for c, n in zip(ref.classes, ref.labels.sum(0)) if c in positives}
     assert labels_by_content(index) == labels_by_content(ref)
     assert set(np.unique(index.labels)) <= {0, 1}
+    # and so does what `inspect` shows: the same positives per class (the folder format also lists its empty ones)
+    from mlabel_exp.data.audit import audit
+
+    seen = audit(index).per_class.set_index("class")["images"]
+    assert seen.to_dict() == audit(ref).per_class.set_index("class")["images"].loc[index.classes].to_dict()
 
 
 def test_coco_keeps_category_ids_and_sorts_classes_by_name(written):
