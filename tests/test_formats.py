@@ -144,7 +144,7 @@ def test_synthetic_command_writes_a_format(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", ["csv", "coco", "voc"])  # onehot: trained below, with unknown entries
 def test_smoke_training_on_every_format(written, tmp_path, fmt):
     from mlabel_exp.cli.run import train
 
