@@ -107,6 +107,8 @@ def test_the_experiment_defaults_to_the_data_set_name_and_an_explicit_one_wins(t
     assert validate(compose_cfg("data=folder", f"data.root={tmp_path / 'birds'}")).tracking.experiment == "birds"
     assert validate(compose_cfg("data.synthetic.num_images=80")).tracking.experiment == \
         "synthetic (80 images, 128 px, seed 0)"
+    assert validate(compose_cfg("data.synthetic.num_images=90")).tracking.experiment == \
+        "synthetic (90 images, 128 px, seed 0)"  # another data set, another experiment
     assert validate(compose_cfg("data=folder", f"data.root={tmp_path / 'birds'}", "tracking.experiment=mine")) \
         .tracking.experiment == "mine"
     search = validate(compose_cfg("data=folder", f"data.root={tmp_path / 'birds'}", command="search"))
@@ -114,17 +116,17 @@ def test_the_experiment_defaults_to_the_data_set_name_and_an_explicit_one_wins(t
 
 
 @pytest.mark.integration
-def test_runs_on_two_data_sets_land_in_two_experiments(tmp_path, monkeypatch, capsys):
+def test_a_run_lands_in_its_data_sets_experiment(tmp_path, monkeypatch, capsys):
+    """Through the command line, without tracking.experiment: the experiment is the data set's name (which differs
+    between data sets: test_the_experiment_defaults_to_the_data_set_name_and_an_explicit_one_wins)."""
     from mlabel_exp.cli.run import main
     from tests.conftest import tiny_overrides
 
-    for n in (80, 90):  # two synthetic sets: two names
-        args = [a for a in tiny_overrides(tmp_path) if not a.startswith("tracking.experiment=")]
-        monkeypatch.setattr(sys, "argv", ["run", *args, f"data.synthetic.num_images={n}"])
-        main()
-    for n in (80, 90):
-        _, runs = mlflow_runs(tmp_path, f"synthetic ({n} images, 32 px, seed 0)")
-        assert len(runs) == 1
+    args = [a for a in tiny_overrides(tmp_path) if not a.startswith("tracking.experiment=")]
+    monkeypatch.setattr(sys, "argv", ["run", *args])
+    main()
+    _, runs = mlflow_runs(tmp_path, "synthetic (80 images, 32 px, seed 0)")
+    assert len(runs) == 1
     _, runs = mlflow_runs(tmp_path)  # the old default: nothing
     assert runs == []
 

@@ -86,5 +86,6 @@ def test_audit_reports_unreadable_files(tree):
 @pytest.mark.integration
 def test_inspect_command_prints_the_audit(synthetic_root, tmp_path):
     out = subprocess.run([sys.executable, "-m", "mlabel_exp.inspect", "data=folder", f"data.root={synthetic_root}",
-                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, check=True).stdout
+                          f"hydra.run.dir={tmp_path}", f"out={tmp_path / 'audit'}", "tracking.enabled=false"],
+                         capture_output=True, text=True, check=True).stdout
     assert "images with no label" in out and "Co-occurrence" in out and "circle" in out
