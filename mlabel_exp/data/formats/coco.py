@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlabel_exp.data.formats.common import images_folder, index_of, list_files, missing_images, resolve_file, some
+from mlabel_exp.data.formats.common import (images_folder, index_of, list_files, missing_images, resolve_file, some,
+                                            under_root)
 from mlabel_exp.data.index import DataError, DatasetIndex
 
 
@@ -16,12 +17,7 @@ def find_json(root: Path, annotations_file: str | None) -> Path:
     """data.annotations_file relative to the root (or absolute); unset: the one .json file in the root or in
     <root>/annotations/."""
     if annotations_file:
-        path = Path(annotations_file).expanduser()
-        path = path if path.is_absolute() else root / path
-        if not path.is_file():
-            raise DataError(f"data.annotations_file={annotations_file!r}: {path} does not exist; set "
-                            "data.annotations_file to the COCO instances JSON")
-        return path
+        return under_root(root, annotations_file, "data.annotations_file", "the COCO instances JSON")
     found = sorted(p for d in (root, root / "annotations") if d.is_dir() for p in d.glob("*.json") if p.is_file())
     if len(found) != 1:
         what = f"{len(found)} .json files ({some(p.name for p in found)})" if found else "no .json file"

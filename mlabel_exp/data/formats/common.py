@@ -21,15 +21,21 @@ def some(names, n: int = 3) -> str:
     return ", ".join(str(v) for v in names[:n]) + (", ..." if len(names) > n else "")
 
 
+def under_root(root: Path, value: str, setting: str, what: str, folder: bool = False) -> Path:
+    """A path setting relative to the data root (or absolute) that must exist: a file, or a ``folder``."""
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not (path.is_dir() if folder else path.is_file()):
+        raise DataError(f"{setting}={value!r}: {path} {'is not a folder' if folder else 'does not exist'}; "
+                        f"set {setting} to {what}")
+    return path
+
+
 def images_folder(root: Path, images_dir: str | None, default: str = "images") -> Path:
     """data.images_dir relative to the root (or absolute); unset: ``<root>/<default>`` when it exists, else the root."""
     if images_dir:
-        folder = Path(images_dir).expanduser()
-        folder = folder if folder.is_absolute() else root / folder
-        if not folder.is_dir():
-            raise DataError(f"data.images_dir={images_dir!r}: {folder} is not a folder; set data.images_dir to the "
-                            "folder the image paths are relative to")
-        return folder
+        return under_root(root, images_dir, "data.images_dir", "the folder the image paths are relative to",
+                          folder=True)
     return root / default if (root / default).is_dir() else root
 
 

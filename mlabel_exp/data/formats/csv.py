@@ -15,7 +15,8 @@ import csv
 import re
 from pathlib import Path
 
-from mlabel_exp.data.formats.common import images_folder, index_of, list_files, missing_images, resolve_file, some
+from mlabel_exp.data.formats.common import (images_folder, index_of, list_files, missing_images, resolve_file, some,
+                                            under_root)
 from mlabel_exp.data.index import DataError, DatasetIndex
 
 IMAGE_COLUMNS = ("image", "image_name", "image_id", "file", "filename", "file_name", "path", "id", "img", "name")
@@ -27,11 +28,7 @@ ONE_HOT = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": -1}
 def find_csv(root: Path, csv_file: str | None) -> Path:
     """data.csv_file relative to the root (or absolute); unset: the one .csv/.tsv file in the root."""
     if csv_file:
-        path = Path(csv_file).expanduser()
-        path = path if path.is_absolute() else root / path
-        if not path.is_file():
-            raise DataError(f"data.csv_file={csv_file!r}: {path} does not exist; set data.csv_file to the labels CSV")
-        return path
+        return under_root(root, csv_file, "data.csv_file", "the labels CSV")
     found = sorted(p for p in root.iterdir() if p.suffix.lower() in (".csv", ".tsv") and p.is_file())
     if len(found) != 1:
         what = f"{len(found)} .csv/.tsv files ({some(p.name for p in found)})" if found else "no .csv/.tsv file"
