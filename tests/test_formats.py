@@ -165,8 +165,12 @@ def test_smoke_training_on_every_format(written, tmp_path, fmt):
 
 @pytest.mark.integration
 def test_a_one_hot_csv_with_unknown_entries_trains_and_the_run_counts_them(written, tmp_path):
-    """-1 and empty cells of a one-hot CSV are unknown: the run trains, and records how many per class."""
+    """-1 and empty cells of a one-hot CSV are unknown: the run trains (a loss that weighs positives), records how
+    many per class and split, keeps the -1 in its validation targets and scores known entries only."""
     import csv
+
+    import torch
+    from sklearn import metrics as skm
 
     from mlabel_exp.cli.run import train
 
@@ -182,9 +186,28 @@ def test_a_one_hot_csv_with_unknown_entries_trains_and_the_run_counts_them(writt
                 hidden[c] += 1
     with (root / "labels.csv").open("w", newline="") as fh:
         csv.writer(fh).writerows([header, *body])
-    train(compose_cfg(*tiny_overrides(tmp_path, "data=csv", f"data.root={root}", f"trainer.output_dir={tmp_path / 'out'}")))
+    out = tmp_path / "out"
+    best = train(compose_cfg(*tiny_overrides(tmp_path, "data=csv", f"data.root={root}", f"trainer.output_dir={out}",
+                                             "loss=bce_balanced")))
     client, (run,) = mlflow_runs(tmp_path)
-    assert run.info.status == "FINISHED" and run.data.params["data.unknown_labels"] == str(sum(hidden.values()))
-    counts = json.loads((tmp_path / "out" / "unknown_labels.json").read_text())
+    assert run.info.status == "FINISHED" and np.isfinite(best)
+    assert run.data.params["data.unknown_labels"] == str(sum(hidden.values()))
+    counts = json.loads((out / "unknown_labels.json").read_text())
     assert {c: counts["per_class"].get(c, 0) for c in hidden} == hidden and counts["total"] == sum(hidden.values())
     assert "unknown_labels.json" in artifact_paths(client, run.info.run_id)
+    index = read("data=csv", f"data.root={root}")
+    rows_of = {f: r for r, f in enumerate(index.files)}
+    split = json.loads((out / "split.json").read_text())
+    unknown = index.labels == -1
+    assert counts["per_split"]["val"] == dict(zip(index.classes, unknown[[rows_of[f] for f in split["val"]]].sum(0)
+                                                  .tolist()))
+    # the validation targets kept their -1, and the recorded val/mAP counts known entries only (as scikit-learn)
+    val = torch.load(out / "checkpoints" / "best.pt", weights_only=True)["val"]
+    probs, targets = val["probs"].numpy(), val["targets"].numpy()
+    np.testing.assert_array_equal(targets, index.labels[[rows_of[f] for f in val["names"]]])
+    assert (targets == -1).any()
+    aps = [skm.average_precision_score(targets[k, c], probs[k, c]) for c in range(targets.shape[1])
+           for k in [targets[:, c] >= 0] if (targets[k, c] == 1).any()]
+    assert run.data.metrics["val/best_mAP"] == pytest.approx(np.mean(aps), abs=1e-5)
+    for m in ("train/loss", "val/loss"):
+        assert all(np.isfinite(h.value) for h in client.get_metric_history(run.info.run_id, m))

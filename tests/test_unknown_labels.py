@@ -2,7 +2,6 @@
 checked against a hand computation (numpy) or scikit-learn over the known entries only."""
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from sklearn import metrics as skm
 from mlabel_exp.analysis.metrics import compute, per_class_table
 from mlabel_exp.analysis.thresholds import best_f1_threshold, cross_fitted, tune_thresholds
 from mlabel_exp.models.losses import AsymmetricLoss, FocalLoss, MaskedBCE, build_loss, pos_weight
-from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+from tests.conftest import compose_cfg
 
 
 #: AP in float32 sums one rounded precision x recall step per image: at most n float32 roundings of values <= 1
@@ -235,44 +234,3 @@ def test_a_resume_notices_a_label_that_became_unknown(partial_index):
     with pytest.raises(DataError, match=f"{partial_index.files[row]}: {partial_index.classes[0]} 1->-1"):
         check_data(data_record(dataclasses.replace(partial_index, labels=labels), content), then, "r1",
                    partial_index.root)
-
-
-@pytest.mark.integration
-def test_a_run_on_data_with_unknown_labels_trains_and_records_them(tmp_path, monkeypatch):
-    from mlabel_exp.cli.run import train
-    from mlabel_exp.data import formats
-
-    read, indexes = formats.index_from_config, []
-
-    def partial(data_cfg):
-        index = read(data_cfg)
-        unknown = np.random.default_rng(1).random(index.labels.shape) < 0.2
-        indexes.append(dataclasses.replace(index, labels=np.where(unknown, -1, index.labels).astype(np.int8)))
-        return indexes[-1]
-
-    monkeypatch.setattr(formats, "index_from_config", partial)
-    out = tmp_path / "out"
-    best = train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={out}", "loss=bce_balanced")))
-    client, runs = mlflow_runs(tmp_path)
-    run = runs[0]
-    assert run.info.status == "FINISHED" and np.isfinite(best)
-    recorded = json.loads((out / "unknown_labels.json").read_text())
-    assert "unknown_labels.json" in artifact_paths(client, run.info.run_id)
-    index = indexes[-1]
-    unknown = index.labels == -1
-    assert int(run.data.params["data.unknown_labels"]) == recorded["total"] == unknown.sum() > 0
-    assert recorded["per_class"] == dict(zip(index.classes, unknown.sum(0).tolist()))
-    split = json.loads((out / "split.json").read_text())
-    rows = {f: r for r, f in enumerate(index.files)}
-    assert recorded["per_split"]["val"] == dict(zip(index.classes, unknown[[rows[f] for f in split["val"]]].sum(0)
-                                                    .tolist()))
-    # the validation targets kept their -1, and the recorded val/mAP counts known entries only
-    val = torch.load(out / "checkpoints" / "best.pt", weights_only=True)["val"]
-    probs, targets = val["probs"].numpy(), val["targets"].numpy()
-    np.testing.assert_array_equal(targets, index.labels[[rows[f] for f in val["names"]]])
-    assert (targets == -1).any()
-    aps = [skm.average_precision_score(targets[k, c], probs[k, c]) for c in range(targets.shape[1])
-           for k in [targets[:, c] >= 0] if (targets[k, c] == 1).any()]
-    assert run.data.metrics["val/best_mAP"] == pytest.approx(np.mean(aps), abs=1e-5)
-    for m in ("train/loss", "val/loss"):
-        assert all(np.isfinite(h.value) for h in client.get_metric_history(run.info.run_id, m))
