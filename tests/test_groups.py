@@ -11,16 +11,21 @@ from mlabel_exp.analysis import stats
 CLASSES = ["bird", "car", "dog", "sea"]
 
 
-def constructed(monkeypatch, spread: dict[str, float], seeds=(0, 1, 2), n=300, moved: str | None = None):
+def constructed(monkeypatch, spread: dict[str, float], seeds=(0, 1, 2), n=300, moved: str | None = None,
+                frames: dict | None = None, data: str | None = None, label_seed: int = 0):
     """Runs of groups ``model=<name>`` (one per seed) whose val probabilities are the truth plus noise of the given
-    spread (the same noise for every group at a seed): a smaller spread is a better model. ``moved``: that run scores one other image (unpaired)."""
-    rng = np.random.default_rng(0)
+    spread (the same noise for every group at a seed): a smaller spread is a better model. ``moved``: that run scores
+    one other image (unpaired). ``data``: the validation digest the runs logged (none: like a run of an older version),
+    ``label_seed`` draws their labels; ``frames``: add the predictions to those of an earlier call."""
+    rng = np.random.default_rng(label_seed)
     y = (rng.random((n, len(CLASSES))) < 0.3).astype(int)
     files = [f"im{i}.jpg" for i in range(n)]
-    runs, frames = [], {}
+    runs, frames = [], {} if frames is None else frames
     for name, sd in spread.items():
         for seed in seeds:
-            run_id = f"{name}-{seed}"
+            run_id = f"{name}-{seed}" + (f"-{data}" if data else "")
+            while run_id in frames:  # a repeat of the same seed
+                run_id += "+"
             noise = np.random.default_rng(seed).normal(0, 1, y.shape)  # model=twin is model=good, seed for seed
             probs = 1 / (1 + np.exp(-(4 * (y - 0.5) + sd * noise)))
             frame = pd.DataFrame(probs, columns=CLASSES, index=pd.Index(files, name="file"))
@@ -30,9 +35,11 @@ def constructed(monkeypatch, spread: dict[str, float], seeds=(0, 1, 2), n=300, m
             frames[run_id] = frame
             runs.append({"run_id": run_id, "params": {"seed": str(seed), "model.name": name, "optimizer.lr": "0.001"},
                          "tags": {"overrides": f"seed={seed} model={name} trainer=smoke"},
-                         "metrics": {"val/best_mAP": float(stats.weighted_map(probs, y)[0])}})
+                         "metrics": {"val/best_mAP": float(stats.weighted_map(probs, y)[0])},
+                         "datasets": {"train": "t", "validation": data} if data else {}})
     monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: frames[run_id] if split == "val" else None)
     return runs
+
 
 
 def test_groups_are_named_by_what_differs_and_summarised_over_seeds(monkeypatch):
@@ -45,10 +52,18 @@ def test_groups_are_named_by_what_differs_and_summarised_over_seeds(monkeypatch)
     expected = stats.seed_interval(values)
     assert t.loc["model=bad", "mean"] == pytest.approx(np.mean(values), rel=1e-12)
     assert (t.loc["model=bad", "ci_low"], t.loc["model=bad", "ci_high"]) == (expected.ci_low, expected.ci_high)
-    assert "paired bootstrap over the 300 validation images" in found.evaluated_on
+    assert found.evaluated_on == "Welch's t-test of the mAP on the 300 validation images every run scored"
+
+
+def welch(a, b):
+    from scipy.stats import ttest_ind
+
+    result = ttest_ind(a, b, equal_var=False)
+    return result.pvalue, tuple(result.confidence_interval(0.95))
 
 
 def test_a_clearly_worse_group_is_worse_and_an_equal_one_is_not_distinguishable(monkeypatch):
+    """Welch's t-test over seeds of the mAP on the shared images, as scipy computes it from the same values."""
     runs = constructed(monkeypatch, {"good": 1.0, "twin": 1.0, "bad": 6.0})
     found = groups.compare_groups("unused", runs, n_resamples=500)
     t = found.table.set_index("group")
@@ -57,35 +72,95 @@ def test_a_clearly_worse_group_is_worse_and_an_equal_one_is_not_distinguishable(
     assert t.loc["model=bad", "difference"] > 0 and t.loc["model=bad", "diff_ci_low"] > 0
     assert t.loc[other, "verdict"] == "not distinguishable from best"
     assert t.loc[other, "diff_ci_low"] < 0 < t.loc[other, "diff_ci_high"]
+    on_images = {g: t.loc[g, "values"] for g in t.index}  # the runs' own val mAP: the same images
+    p, interval = welch(on_images[best], on_images["model=bad"])
+    assert t.loc["model=bad", "p_value"] == pytest.approx(p, rel=1e-6)
+    assert (t.loc["model=bad", "diff_ci_low"], t.loc["model=bad", "diff_ci_high"]) == pytest.approx(interval, abs=1e-6)
 
 
-def test_runs_on_different_images_fall_back_to_the_across_seed_test(monkeypatch):
+def test_runs_on_two_data_sets_are_never_grouped_or_paired(monkeypatch):
+    """Same settings, other labels: the runs on data B (fewer) are their own group, set apart, untested; every value
+    of data A's groups is computed against A's own labels (as if B's runs were not there)."""
+    frames = {}
+    b_runs = constructed(monkeypatch, {"good": 1.0}, seeds=(0, 1), frames=frames, data="B", label_seed=5)
+    a_runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, frames=frames, data="A")
+    for run in a_runs:
+        run["start_time"] = 1  # B is newer: the data most runs share wins all the same
+    found = groups.compare_groups("unused", a_runs + b_runs, n_resamples=200)
+    t = found.table.set_index("group")
+    assert list(t.index) == ["model=good data=A", "model=bad data=A", "model=good data=B"]
+    assert t.loc["model=good data=B", "verdict"] == "set apart: other data"
+    assert pd.isna(t.loc["model=good data=B", "p_value"]) and t.loc["model=good data=B", "n"] == 2
+    assert set(t.loc["model=good data=B", "run_ids"].split()) == {r["run_id"] for r in b_runs}
+    alone = groups.compare_groups("unused", a_runs, n_resamples=200).table.set_index("group")
+    for column in ("eval_mAP", "difference", "diff_ci_low", "diff_ci_high", "p_value"):
+        assert t.loc["model=bad data=A", column] == alone.loc["model=bad", column], column
+    (note,) = [n for n in found.notes if n.startswith("set apart")]
+    assert "2 run(s)" in note and "data=B" in note and "good-0-B" in note
+
+
+def test_runs_of_an_older_version_on_other_images_are_set_apart_too(monkeypatch):
+    """No digest logged: the ids and labels in predictions/val.csv tell the data apart."""
     runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, moved="bad-1")
     found = groups.compare_groups("unused", runs, n_resamples=200)
-    assert found.evaluated_on.startswith("no paired test: run(s) ")  # no test split; validation images differ
-    assert "the runs were scored on different images on the val split" in found.evaluated_on
-    assert any("Welch" in note for note in found.notes)
     t = found.table.set_index("group")
-    assert pd.isna(t.loc["model=bad", "difference"])
-    from scipy.stats import ttest_ind
+    moved = [g for g in t.index if t.loc[g, "run_ids"] == "bad-1"]
+    assert len(moved) == 1 and t.loc[moved[0], "verdict"] == "set apart: other data"
+    main = t.loc[[g for g in t.index if g not in moved]]
+    assert sorted(main["n"]) == [2, 3] and "validation images every run scored" in found.evaluated_on
 
-    scores = {g: [r["metrics"]["val/best_mAP"] for r in runs if r["params"]["model.name"] == g] for g in ("good", "bad")}
-    assert t.loc["model=bad", "p_value"] == pytest.approx(ttest_ind(scores["good"], scores["bad"], equal_var=False).pvalue)
+
+def test_repeated_seeds_are_one_observation_each(monkeypatch):
+    frames = {}
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 3.0}, seeds=(0, 1), frames=frames)
+    runs += constructed(monkeypatch, {"good": 1.0, "bad": 3.0}, seeds=(0, 1), frames=frames)  # seeds 0 0 1 1
+    for i, run in enumerate(runs):
+        run["metrics"]["val/best_mAP"] += 0.001 * i  # repeats differ a little (no bitwise determinism)
+    found = groups.compare_groups("unused", runs, n_resamples=200)
+    t = found.table.set_index("group")
+    assert t["n"].tolist() == [2, 2] and t.loc["model=bad", "seeds"] == "0 1"
+    per_seed = {s: np.mean([r["metrics"]["val/best_mAP"] for r in runs
+                            if r["params"]["model.name"] == "bad" and r["params"]["seed"] == s]) for s in ("0", "1")}
+    assert t.loc["model=bad", "values"] == pytest.approx([per_seed["0"], per_seed["1"]], rel=1e-12)
+    assert t.loc["model=bad", "ci_low"] == pytest.approx(stats.seed_interval(list(per_seed.values())).ci_low)
+    assert sum("4 runs of 2 seed(s)" in n and "n counts seeds" in n for n in found.notes) == 2
 
 
-def test_one_seed_a_group_gives_no_interval_and_says_so(monkeypatch):
+def test_precision_and_every_differing_setting_name_the_groups(monkeypatch):
+    frames = {}
+    runs = constructed(monkeypatch, {"a": 1.0, "b": 1.5}, seeds=(0, 1), frames=frames)
+    for run in runs:
+        p = run["params"]
+        p |= {"precision": "float32", "dropout_value": "0.5" if p["model.name"] == "a" else "0.2",
+              "model.weights_used": f"/weights/{p['model.name']}.pth", "device": "cpu"}
+        if p["model.name"] == "b":
+            p["optimizer.momentum"] = "0.9"  # a setting group a does not have: it follows from another one
+    twin = [{**r, "run_id": r["run_id"] + "-bf16", "params": {**r["params"], "precision": "bfloat16",
+                                                               "device": "cuda"}} for r in runs]
+    for run in twin:
+        run["metrics"] = dict(run["metrics"])
+        frames[run["run_id"]] = frames[run["run_id"][:-len("-bf16")]]
+    found = groups.compare_groups("unused", runs + twin, n_resamples=200)
+    assert sorted(found.table["group"]) == [
+        "model=a dropout_value=0.5 precision=bfloat16", "model=a dropout_value=0.5 precision=float32",
+        "model=b dropout_value=0.2 precision=bfloat16", "model=b dropout_value=0.2 precision=float32"]
+    assert found.table["n"].tolist() == [2, 2, 2, 2]
+
+
+def test_one_seed_a_group_compares_the_runs_over_the_images_and_says_so(monkeypatch):
     runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,))
     found = groups.compare_groups("unused", runs, n_resamples=200)
     assert found.table["ci_low"].isna().all() and found.table["n"].tolist() == [1, 1]
-    assert any("one seed" in note and "image noise only" in note for note in found.notes)
+    assert found.table["verdict"].tolist() == ["best", "worse run (p<0.05, 1 seed)"]
+    assert any("one seed" in note and "not which setting" in note for note in found.notes)
     unpaired = groups.compare_groups("unused", constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,),
                                                            moved="bad-0"), n_resamples=200)
-    assert unpaired.table["verdict"].tolist() == ["best", "not tested (one seed, no shared images)"]
+    assert unpaired.table["verdict"].tolist() == ["", "set apart: other data"]  # nothing left to compare with
 
 
-def test_groups_are_ranked_on_the_images_the_paired_test_used(monkeypatch):
+def test_groups_are_ranked_on_the_images_the_test_used(monkeypatch):
     """The verdict's direction and the ranking come from the same probabilities: a group whose logged best val mAP is
-    higher but which is worse on the paired images is not called best."""
+    higher but which is worse on the shared images is not called best."""
     runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0})
     for run in runs:
         if run["params"]["model.name"] == "bad":

@@ -1,14 +1,19 @@
-"""Which settings win, and is it more than noise: ``compare``'s runs grouped by their settings (every param but the
-seed), each group's objective over its seeds with a t-interval, and the best group against each other one by a paired
-bootstrap over the evaluation images (``stats``), using the per-image probabilities every run logged.
+"""Which settings win, and is it more than noise: ``compare``'s runs grouped by the data they were evaluated on and
+their settings (every param but the seed and where it ran), each group's objective over its seeds with a t-interval,
+and the best group tested against each other one over seeds (``stats.seed_difference``: Welch's t-test).
 
-Runs are paired only when they were scored on the same images (the test split when every run has one, otherwise
-validation; ``data.split_seed`` keeps the split fixed across seeds). Otherwise no paired test is made and the
-verdicts come from the across-seed intervals (Welch's t-test), which needs two or more seeds per group.
+Runs evaluated on other data (another validation or test digest: other images, classes or labels) are never in one
+group with, nor compared against, the runs of the main data (the data most runs share); they are listed, set apart,
+and the notes say which and why. A seed run again is the same observation: a group's repeats of one seed count once
+(their mean). When every compared run scored the same evaluation images (the test split when each has one, otherwise
+validation; ``data.split_seed`` keeps the split fixed across seeds), the values tested are the mAP recomputed on them
+from each run's per-image probabilities; groups of a single run each are then compared run against run by a paired
+bootstrap over those images (what it says is about the two trained models, not their settings).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -23,13 +28,20 @@ from mlabel_exp.tracking.runs import BEST_SCORE
 log = logging.getLogger(__name__)
 
 #: Params that are not settings: the seed (what a group repeats over), and where and how fast a run happened to run
-#: (the device, threads, workers, memory layout, precision, the data root's absolute path on that machine).
-NOT_SETTINGS = ("seed", "device", "precision", "world_size", "data.num_workers", "data.num_workers_used",
+#: (the device, threads, workers, memory layout, the data root's absolute path on that machine). The precision in
+#: effect (``precision``: float32, bfloat16) is a setting: it changes the results; trainer.amp only asks for it.
+NOT_SETTINGS = ("seed", "device", "world_size", "data.num_workers", "data.num_workers_used",
                 "data.decoded_cache_used", "data.root_resolved", "trainer.device", "trainer.num_threads",
                 "trainer.channels_last", "trainer.amp", "trainer.amp_dtype")
+#: Params that follow from the settings and the data (counts, the weights file a model name picks): they split no
+#: group the settings do not, and would only lengthen the groups' names.
+FACTS = ("model.weights_used", "data.num_images", "data.num_train", "data.num_val", "data.num_test",
+         "metrics.classes_left_out", "data.unknown_labels")
+EVALUATION = ("validation", "test")  # the data set contexts a run is scored on (record.dataset_digests)
 LEGACY_BEST_SCORE = "best/val_mAP"  # BEST_SCORE in runs logged before the metric names were unified
 COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "eval_mAP", "difference", "diff_ci_low",
-           "diff_ci_high", "p_value", "seeds", "values", "run_ids"]
+           "diff_ci_high", "p_value", "seeds", "values", "run_ids", "test"]
+ALPHA = 0.05
 
 
 def objective(metrics: dict) -> float:
@@ -39,8 +51,8 @@ def objective(metrics: dict) -> float:
 
 @dataclass
 class Groups:
-    table: pd.DataFrame      # one row per group, best first (COLUMNS)
-    evaluated_on: str        # how the paired test was made, or why none was
+    table: pd.DataFrame      # one row per group, best first, groups set apart (other data) last (COLUMNS)
+    evaluated_on: str        # what the verdicts test, on which values
     notes: list[str]
 
 
@@ -50,32 +62,105 @@ def settings_key(run: dict) -> tuple:
 
 def _typed_settings(run: dict) -> list[str]:
     """The overrides the run was started with (its ``overrides`` tag), the seed left out: what the user typed."""
-    return [w for w in run["tags"].get("overrides", "").split() if not w.startswith("seed=")]
+    return [w for w in run["tags"].get("overrides", "").split() if not w.startswith("seed=") and w != "(none)"]
 
 
-def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
-    """Runs by their settings, seed runs of a group in seed order. A group is named by what its runs were started
-    with, less what every group shares (``model=resnet18``); failing that, by the params that differ between groups."""
+# ------------------------------------------------------------------ the data a run was evaluated on
+
+class _Frames:
+    """Each run's predictions/<split>.csv, read once per comparison."""
+
+    def __init__(self, uri: str):
+        self.uri, self.read = uri, {}
+
+    def get(self, run_id: str, split: str) -> pd.DataFrame | None:
+        if (run_id, split) not in self.read:
+            self.read[run_id, split] = _predictions(self.uri, run_id, split)
+        return self.read[run_id, split]
+
+
+def data_key(run: dict, frames: _Frames) -> tuple[str, ...]:
+    """The evaluation data of a run: its validation and test digests (ids, classes, labels, pixels); for a run that
+    logged none (an older one), a digest of the ids and true labels in its predictions/val.csv."""
+    digests = run.get("datasets") or {}
+    if any(c in digests for c in EVALUATION):
+        return tuple(digests.get(c, "") for c in EVALUATION)
+    frame = frames.get(run["run_id"], "val")
+    if frame is None or "true_labels" not in frame.columns:
+        return ("unknown", "")
+    h = hashlib.sha256("\n".join(frame.columns).encode())
+    h.update("\n".join(f"{i} {t}" for i, t in zip(frame.index, frame["true_labels"])).encode())
+    return ("files:" + h.hexdigest()[:10], "")
+
+
+def _data_label(key: tuple[str, ...]) -> str:
+    return "data=" + "/".join(d for d in key if d)
+
+
+def main_data(runs: list[dict], keys: dict[str, tuple]) -> tuple:
+    """The data most runs were evaluated on (a tie: the newest run's)."""
+    counts: dict[tuple, int] = {}
+    for run in runs:
+        counts[keys[run["run_id"]]] = counts.get(keys[run["run_id"]], 0) + 1
+    newest = {k: max(r.get("start_time", 0) for r in runs if keys[r["run_id"]] == k) for k in counts}
+    return max(counts, key=lambda k: (counts[k], newest[k]))
+
+
+# ------------------------------------------------------------------ groups and their names
+
+def group_runs(runs: list[dict], keys: dict[str, tuple] | None = None) -> dict[str, list[dict]]:
+    """Runs by their evaluation data (``keys``: run id -> data key) and settings, seed runs of a group in seed order."""
+    keys = keys or {r["run_id"]: ("",) for r in runs}
     by_key: dict[tuple, list[dict]] = {}
     for run in runs:
-        by_key.setdefault(settings_key(run), []).append(run)
+        by_key.setdefault((keys[run["run_id"]], settings_key(run)), []).append(run)
     members = [sorted(rs, key=_seed_order) for rs in by_key.values()]
+    return dict(zip(group_names(list(by_key), members), members))
+
+
+def _covers(typed_key: str, param: str) -> bool:
+    """A typed override names a param: model=resnet50 is model.name, dropout=heavy is dropout_value."""
+    return param in (typed_key, f"{typed_key}.name", f"{typed_key}_value")
+
+
+def group_names(keys: list[tuple], members: list[list[dict]]) -> list[str]:
+    """Every setting that differs between the groups: what their runs were started with (``model=resnet50``), less
+    what every group shares, then each param that differs and that no typed word names (``precision=bfloat16``,
+    ``dropout_value=0.5`` where only the model was typed), then the data (``data=<digest>``) where it differs. A param
+    some groups lack (sgd's momentum) follows from one that differs and is left out; so are FACTS."""
     typed = [set.intersection(*(set(_typed_settings(r)) for r in rs)) for rs in members]
     shared = set.intersection(*typed) if typed else set()
-    names = [" ".join(sorted(t - shared)) for t in typed]
-    if len(set(names)) < len(names) or not all(names):
-        params = [dict(k) for k in by_key]
-        differing = sorted({k for p in params for k in p if len({q.get(k) for q in params}) > 1})
-        shared = [k for k in differing if all(k in p for p in params)]  # e.g. optimizer.name, not sgd's momentum
-        keys = shared if len({tuple(p[k] for k in shared) for p in params}) == len(params) else differing
-        names = [" ".join(f"{k}={p.get(k, '-')}" for k in keys) or "all runs" for p in params]
-    return dict(zip(names, members))
+    typed = [sorted(t - shared) for t in typed]
+    params = [dict(settings) for _, settings in keys]
+    differing = sorted(k for k in set().union(*params) if k not in FACTS and all(k in p for p in params)
+                       and len({p[k] for p in params}) > 1)
+    names = []
+    for words, p, (data, _) in zip(typed, params, keys):
+        typed_keys = [w.split("=", 1)[0] for w in words]
+        extra = [f"{k}={p[k]}" for k in differing if not any(_covers(t, k) for t in typed_keys)]
+        names.append(words + extra)
+    if len({data for data, _ in keys}) > 1:
+        names = [n + [_data_label(data)] for n, (data, _) in zip(names, keys)]
+    names = [" ".join(n) or "all runs" for n in names]
+    if len(set(names)) < len(names):  # typed words that tell groups apart no param does (a facts-only difference)
+        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    return names
 
 
 def _seed_order(run: dict) -> tuple:
     seed = run["params"].get("seed", "")
     return (0, int(seed), "") if str(seed).isdigit() else (1, 0, str(seed))
 
+
+def per_seed(members: list[dict], value) -> tuple[list[str], list[float]]:
+    """One observation per seed: the mean of ``value(run)`` over a seed's repeats (a run without a seed is its own)."""
+    by_seed: dict[str, list[float]] = {}
+    for run in members:
+        by_seed.setdefault(str(run["params"].get("seed", run["run_id"])), []).append(value(run))
+    return list(by_seed), [float(np.mean(v)) for v in by_seed.values()]
+
+
+# ------------------------------------------------------------------ the images every run scored
 
 def _predictions(uri: str, run_id: str, split: str) -> pd.DataFrame | None:
     """A run's per-image probabilities and true labels on ``split`` (predictions/<split>.csv), by file name. The
@@ -91,103 +176,153 @@ def _predictions(uri: str, run_id: str, split: str) -> pd.DataFrame | None:
 
 
 def _arrays(frames: list[pd.DataFrame]) -> tuple[np.ndarray, list[np.ndarray]] | str:
-    """Targets and each run's probabilities on the same images and classes, or why the runs cannot be paired."""
+    """Targets and each run's probabilities on the same images, classes and labels, or why the runs cannot be
+    paired (each run is scored against its own labels: they must be the same)."""
     first = frames[0]
     classes = [c for c in first.columns if c not in ("labels", "true_labels")]
+    if "true_labels" not in first.columns:
+        return "the predictions hold no true labels"
     for frame in frames[1:]:
         if list(frame.index) != list(first.index):
             return "the runs were scored on different images"
         if [c for c in frame.columns if c not in ("labels", "true_labels")] != classes:
             return "the runs have different classes"
-    if "true_labels" not in first.columns:
-        return "the predictions hold no true labels"
+        if "true_labels" not in frame.columns or list(frame["true_labels"]) != list(first["true_labels"]):
+            return "the runs' true labels differ"
     truth = [set(s.split()) for s in first["true_labels"]]
     targets = np.array([[c in t for c in classes] for t in truth], dtype=np.int64)
     return targets, [f[classes].to_numpy(np.float64) for f in frames]
 
 
-def _paired_inputs(uri: str, runs: list[dict]) -> tuple[str, np.ndarray, dict[str, np.ndarray]] | str:
-    """(split, targets, run_id -> probabilities) for a paired test, or why none can be made: the test split when every
-    run scored the same test images, else validation."""
+def _paired_inputs(frames: _Frames, runs: list[dict]) -> tuple[str, np.ndarray, dict[str, np.ndarray]] | str:
+    """(split, targets, run_id -> probabilities) of the images every run scored, or why there are none: the test
+    split when every run scored the same test images, else validation."""
     why = []
     for split in ("test", "val"):
-        frames = {r["run_id"]: _predictions(uri, r["run_id"], split) for r in runs}
-        missing = [run_id[:8] for run_id, f in frames.items() if f is None]
+        found = {r["run_id"]: frames.get(r["run_id"], split) for r in runs}
+        missing = [run_id[:8] for run_id, f in found.items() if f is None]
         if missing:
             why.append(f"run(s) {', '.join(missing[:5])} have no predictions/{split}.csv")
             continue
-        arrays = _arrays(list(frames.values()))
+        arrays = _arrays(list(found.values()))
         if isinstance(arrays, str):
             why.append(f"{arrays} on the {split} split")
             continue
         targets, probs = arrays
-        return split, targets, dict(zip(frames, probs))
+        return split, targets, dict(zip(found, probs))
     return "; ".join(why)
 
 
-def _welch_p(best: list[float], other: list[float]) -> float | None:
-    from scipy import stats as scipy_stats
+# ------------------------------------------------------------------ the comparison
 
-    if len(best) < 2 or len(other) < 2:
-        return None
-    return float(scipy_stats.ttest_ind(best, other, equal_var=False).pvalue)
+@dataclass
+class _Group:
+    name: str
+    members: list[dict]
+    seeds: list[str]
+    scores: list[float]      # the objective, one a seed
+    tested: list[float]      # what the verdict tests, one a seed (scores, or the mAP on the shared images)
+    apart: str = ""          # why this group is not compared (other data)
+
+
+def _test(best: _Group, other: _Group, paired, n_resamples: int, seed: int) -> dict:
+    """best - other: difference, interval, p-value, test name; {} where no test can be made."""
+    if len(best.tested) + len(other.tested) >= 3:
+        d = stats.seed_difference(best.tested, other.tested, 1 - ALPHA)
+        return {"difference": d.difference, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high, "p_value": d.p_value,
+                "test": d.method}
+    if isinstance(paired, str):
+        return {}
+    _, targets, probs = paired
+    d = stats.paired_bootstrap(targets, [probs[r["run_id"]] for r in best.members],
+                               [probs[r["run_id"]] for r in other.members], n_resamples=n_resamples, seed=seed,
+                               confidence=1 - ALPHA, draw_runs=False)
+    return {"difference": d.difference, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high, "p_value": d.p_value,
+            "test": "paired bootstrap over images (one seed a group: the runs, not the settings)"}
+
+
+def _row(group: _Group, best: _Group, paired, eval_map: dict, n_groups: int, n_resamples: int, seed: int) -> dict:
+    s = stats.seed_interval(group.scores)
+    row = {"group": group.name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high,
+           "eval_mAP": eval_map.get(group.name), "seeds": " ".join(group.seeds), "values": group.scores,
+           "run_ids": " ".join(r["run_id"] for r in group.members), "test": ""}
+    if group.apart:
+        return row | {"verdict": group.apart}
+    if group is not best:
+        row |= _test(best, group, paired, n_resamples, seed)
+    interval = (row["diff_ci_low"], row["diff_ci_high"]) if "diff_ci_low" in row else None
+    runs_only = row["test"].startswith("paired bootstrap")
+    word = stats.verdict(group is best, row.get("p_value"), ALPHA, interval, runs_only) if n_groups > 1 else ""
+    return row | {"verdict": word}
 
 
 def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAULT_RESAMPLES,
                    seed: int = 0) -> Groups:
-    """Per group: n, mean, std and t-interval of the best val mAP over seeds. With paired evaluation images, each
-    group's mean mAP on them (``eval_mAP``) ranks the groups, and the best one is tested against each other one by the
-    paired bootstrap (best - other: difference, interval, p-value, verdict), all from the same per-image
-    probabilities. Without, the best val mAP ranks them and Welch's t-test across seeds gives the p-value."""
-    groups = group_runs(runs)
-    scores = {name: [objective(r["metrics"]) for r in members] for name, members in groups.items()}
-    summaries = {name: stats.seed_interval(v) for name, v in scores.items()}
-    notes = []
-    paired = _paired_inputs(uri, runs) if len(groups) > 1 else "one group: nothing to compare"
-    eval_map = {}
+    """Per group: n (seeds), mean, std and t-interval of the best val mAP over seeds. The groups on the main data are
+    ranked by their mean over seeds of what the test uses (``eval_mAP``: the mAP on the images every run scored, or
+    else the best val mAP), and the best is tested against each other one (best - other: difference, interval,
+    p-value, verdict: ``_test``). Groups on other data are listed last, set apart, untested."""
+    frames = _Frames(uri)
+    keys = {r["run_id"]: data_key(r, frames) for r in runs}
+    main = main_data(runs, keys) if runs else ("",)
+    groups = group_runs(runs, keys)
+    compared = [r for r in runs if keys[r["run_id"]] == main]
+    n_main = sum(keys[rs[0]["run_id"]] == main for rs in groups.values())
+    paired = _paired_inputs(frames, compared) if n_main > 1 else "one group: nothing to compare"
+    value = (lambda r: objective(r["metrics"])) if isinstance(paired, str) else \
+        (lambda r: float(stats.weighted_map(paired[2][r["run_id"]], paired[1])[0]))
+    built = []
+    for name, members in groups.items():
+        seeds, scores = per_seed(members, lambda r: objective(r["metrics"]))
+        apart = "" if keys[members[0]["run_id"]] == main else "set apart: other data"
+        tested = per_seed(members, value)[1] if not apart else scores
+        built.append(_Group(name, members, seeds, scores, tested, apart))
+    eval_map = {} if isinstance(paired, str) else {g.name: float(np.mean(g.tested)) for g in built if not g.apart}
+    built.sort(key=lambda g: (bool(g.apart), -np.nan_to_num(np.mean(g.tested), nan=-np.inf)))
+    rows = [_row(g, built[0], paired, eval_map, n_main, n_resamples, seed) for g in built]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return Groups(table, evaluated_on(paired, table), _notes(built, paired, keys, main, table))
+
+
+def evaluated_on(paired, table: pd.DataFrame) -> str:
+    """What the verdicts test, on which values."""
+    tests = sorted({t for t in table["test"] if t})
+    how = "; ".join(tests) if tests else "no test"
     if isinstance(paired, str):
-        evaluated_on = f"no paired test: {paired}"
-        if len(groups) > 1:
-            notes.append(f"{evaluated_on}; verdicts from the across-seed intervals (Welch's t-test, 2+ seeds a group)")
-        rank = {name: summaries[name].mean for name in groups}
-    else:
-        split, targets, probs = paired
-        eval_map = {name: float(np.mean([stats.weighted_map(probs[r["run_id"]], targets)[0] for r in members]))
-                    for name, members in groups.items()}
-        rank = eval_map
-        where = "test" if split == "test" else "validation"
-        evaluated_on = (f"paired bootstrap over the {len(targets)} {where} images, seed runs drawn too "
-                        f"({n_resamples} resamples)")
-        if split == "val":
-            notes.append("paired on validation, the images that also chose each run's best epoch: the differences "
-                         "are slightly optimistic; a test split (data.test_fraction) gives held-out ones")
-    order = sorted(groups, key=lambda n: -np.nan_to_num(rank[n], nan=-np.inf))
-    best = order[0]
-    rows = []
-    for name in order:
-        s, members = summaries[name], groups[name]
-        row = {"group": name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high,
-               "eval_mAP": eval_map.get(name), "seeds": " ".join(str(r["params"].get("seed", "?")) for r in members),
-               "values": scores[name], "run_ids": " ".join(r["run_id"] for r in members)}
-        p_value = None
-        if name != best:
-            if isinstance(paired, str):
-                p_value = _welch_p(scores[best], scores[name])
-            else:
-                d = stats.paired_bootstrap(targets, [probs[r["run_id"]] for r in groups[best]],
-                                           [probs[r["run_id"]] for r in members], n_resamples=n_resamples, seed=seed)
-                row |= {"difference": d.difference, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high}
-                p_value = d.p_value
-        row |= {"p_value": p_value, "verdict": stats.verdict(name == best, p_value) if len(groups) > 1 else ""}
-        rows.append(row)
-    if len(groups) > 2:
-        notes.append(f"{len(groups) - 1} groups are each tested against the best, without a correction for "
+        return f"{how} of the best val mAP over seeds (no shared images: {paired})"
+    split, targets, _ = paired
+    where = "test" if split == "test" else "validation"
+    return f"{how} of the mAP on the {len(targets)} {where} images every run scored"
+
+
+def _notes(built: list[_Group], paired, keys: dict, main: tuple, table: pd.DataFrame) -> list[str]:
+    """What qualifies the verdicts: runs set apart, repeats, few seeds, validation pairing, several tests."""
+    notes = []
+    for data in dict.fromkeys(keys[g.members[0]["run_id"]] for g in built if g.apart):
+        ids = [r["run_id"][:8] for g in built if g.apart for r in g.members if keys[r["run_id"]] == data]
+        notes.append(f"set apart {len(ids)} run(s) evaluated on other data ({_data_label(data)}, not the compared "
+                     f"runs' {_data_label(main)}: other images, classes or labels): {' '.join(ids[:8])}"
+                     f"{' ...' if len(ids) > 8 else ''}; never grouped or tested with them")
+    for g in built:
+        if len(g.members) > len(g.seeds):
+            notes.append(f"{g.name}: {len(g.members)} runs of {len(g.seeds)} seed(s) ({' '.join(g.seeds)}): a seed run "
+                         "again is one observation (the mean of its repeats), n counts seeds")
+    compared = [g for g in built if not g.apart]
+    if len(compared) > 1 and isinstance(paired, str):
+        notes.append(f"no shared evaluation images ({paired}): the verdicts test the best val mAP over seeds")
+    elif len(compared) > 1 and paired[0] == "val":
+        notes.append("compared on validation, the images that also chose each run's best epoch: the values are "
+                     "slightly optimistic; a test split (data.test_fraction) gives held-out ones")
+    if len(compared) > 2:
+        notes.append(f"{len(compared) - 1} groups are each tested against the best, without a correction for "
                      "multiple comparisons: read a p just under 0.05 with care")
-    if any(s.n < 2 for s in summaries.values()):
+    if any(len(g.seeds) < 2 for g in compared) and len(compared) > 1:
+        runs_only = any(t.startswith("paired bootstrap") for t in table["test"])
         notes.append("a group with one seed has no across-seed interval" + (
-            ", and its paired test measures image noise only, not seed noise" if not isinstance(paired, str) else "")
-            + ": repeat it, e.g. -m seed=0,1,2")
-    elif any(s.n < 5 for s in summaries.values()):
-        notes.append("with fewer than 5 seeds a group's seed noise is only roughly known (the bootstrap draws from "
-                     "the few runs there are): more seeds narrow the intervals")
-    return Groups(pd.DataFrame(rows, columns=COLUMNS), evaluated_on, notes)
+            "; groups of one run each are compared run against run over the images (`worse run`): that says which "
+            "trained model is better on such images, not which setting (seed noise is not measured)" if runs_only
+            else "") + ": repeat it, e.g. -m seed=0,1,2")
+    elif any(len(g.seeds) < 5 for g in compared) and len(compared) > 1:
+        notes.append("with 2-4 seeds a group the t-test holds its 5% error rate but sees only large differences "
+                     "(wide intervals): 'not distinguishable' is not 'equal'; more seeds make it more sensitive")
+    return notes

@@ -1,8 +1,9 @@
 """Is one group of runs really better than another, or is it seed noise? Used by ``compare``.
 
-Two sources of noise are measured: the training seed (``seed_interval``: a t-interval over runs) and the evaluation
-images (``paired_bootstrap``: the same image resample scores every run of both groups, so what the groups share about
-the images cancels out). mAP is ``metrics``' definition: the macro average, over classes with at least one positive,
+Two sources of noise are measured: the training seed (``seed_interval``: a t-interval over runs; ``seed_difference``:
+the t-test and interval of a difference of group means over seeds, the verdict's test) and the evaluation images
+(``paired_bootstrap``: the same image resample scores every run of both groups, so what the groups share about the
+images cancels out; compare uses it only to tell two single runs apart). mAP is ``metrics``' definition: the macro average, over classes with at least one positive,
 of step-wise average precision, tied scores sharing one threshold (scikit-learn's ``average_precision_score``).
 """
 
@@ -47,6 +48,57 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> SeedSumm
     std = float(x.std(ddof=1))
     half_width = float(scipy_stats.t.ppf((1 + confidence) / 2, df=n - 1)) * std / math.sqrt(n)
     return SeedSummary(n=n, mean=mean, std=std, ci_low=mean - half_width, ci_high=mean + half_width)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Group A's mean minus group B's, with its interval and two-sided p-value from one test (``method``). Arrays
+    where ``seed_difference`` was given a batch of comparisons."""
+    difference: float | np.ndarray
+    ci_low: float | np.ndarray
+    ci_high: float | np.ndarray
+    p_value: float | np.ndarray
+    df: float | np.ndarray
+    method: str
+
+    @property
+    def excludes_zero(self) -> bool | np.ndarray:
+        """The verdict: the interval, not the p-value, decides it, so the two never disagree at the boundary."""
+        return (np.asarray(self.ci_low) > 0) | (np.asarray(self.ci_high) < 0)
+
+
+def seed_difference(a, b, confidence: float = 0.95) -> Difference:
+    """Difference of mean (A - B) over seed runs, one value a seed: Welch's t-test and its interval when both groups
+    have 2 seeds or more; Student's pooled t when one has a single seed (the other's spread stands for both).
+
+    Its false-positive rate stays at or under the nominal level with 2, 3 or 5 seeds a group (tests/test_groups.py
+    simulates it), where a bootstrap over 2-3 seed runs cannot see how far seeds spread. ``a`` and ``b`` may be
+    (..., n) arrays: a batch of comparisons at once (the simulation's)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    na, nb = a.shape[-1], b.shape[-1]
+    if na + nb < 3:
+        raise ValueError(f"a t-test needs 3 seed runs or more in all (one group with 2), got {na} and {nb}")
+    d = a.mean(-1) - b.mean(-1)
+    va = a.var(-1, ddof=1) / na if na > 1 else None
+    vb = b.var(-1, ddof=1) / nb if nb > 1 else None
+    if va is not None and vb is not None:
+        method, var = "Welch's t-test", va + vb
+        with np.errstate(invalid="ignore", divide="ignore"):
+            df = var**2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+        df = np.where(np.isfinite(df), df, na + nb - 2.0)  # both spreads 0: any df; the interval is the point
+    else:
+        method = "Student's t-test (pooled: one group has one seed)"
+        ss = sum(x.var(-1, ddof=0) * x.shape[-1] for x in (a, b))
+        df = np.asarray(na + nb - 2.0)
+        var = ss / df * (1 / na + 1 / nb)
+    se = np.sqrt(var)
+    half = scipy_stats.t.ppf((1 + confidence) / 2, df) * se
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(se > 0, np.abs(d) / np.where(se > 0, se, 1), np.where(d == 0, 0.0, np.inf))
+    p = 2 * scipy_stats.t.sf(t, df)
+    scalar = np.ndim(d) == 0
+    out = [float(x) if scalar else x for x in (d, d - half, d + half, p, df)]
+    return Difference(*out, method=method)
 
 
 # ------------------------------------------------------------------ mAP of resamples
@@ -168,13 +220,16 @@ def _bootstrap_rng_keyword() -> str:
 
 def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b: Sequence[np.ndarray], *,
                      n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95, seed: int = 0,
-                     batch: int = RESAMPLE_BATCH) -> PairedDifference:
+                     batch: int = RESAMPLE_BATCH, draw_runs: bool = True) -> PairedDifference:
     """Difference of mean mAP (A - B) over runs scored on the same N images, with a percentile bootstrap.
 
     Each resample draws one set of image indices and scores every run of both groups on it (paired), so the interval
     shows how much the difference depends on which images happened to be in the evaluation set. A group of several
     seed runs also has its runs drawn with replacement in each resample (a two-level bootstrap), so the interval
-    holds the seed noise too: a difference that one lucky seed makes is not called significant.
+    holds the seed noise too, but only roughly with 2-3 runs: a bootstrap of so few cannot see how far seeds spread,
+    and calls a difference significant too often (``seed_difference`` is the test for that). ``draw_runs=False``
+    scores each group's runs as they are (their mean), the images alone resampled: how sure the difference between
+    these trained models is, not between their settings.
     """
     targets = np.asarray(targets)
     group_a, group_b = [np.asarray(p) for p in group_a], [np.asarray(p) for p in group_b]
@@ -185,7 +240,8 @@ def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b
     ranked = _RankedRuns(group_a + group_b, targets)
     # samples scipy resamples independently: the images (shared by every run: the pairing), and the runs of each
     # group with more than one (scipy needs two or more observations per sample)
-    samples = [np.arange(n_images)] + [np.arange(n) for n in (n_a, n_b) if n > 1]
+    drawn_groups = [n > 1 and draw_runs for n in (n_a, n_b)]
+    samples = [np.arange(n_images)] + [np.arange(n) for n, drawn in zip((n_a, n_b), drawn_groups) if drawn]
 
     def counts_of(indices: np.ndarray, n: int) -> np.ndarray:
         """Times each of ``n`` items is drawn in each resample (row) of ``indices``."""
@@ -196,7 +252,8 @@ def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b
         drawn = [np.atleast_2d(d) for d in drawn]
         per_run = ranked.map(counts_of(drawn[0], n_images))  # runs x B
         rest = iter(drawn[1:])
-        weights = [counts_of(next(rest), n) / n if n > 1 else np.ones((len(drawn[0]), 1)) for n in (n_a, n_b)]
+        weights = [counts_of(next(rest), n) / n if was_drawn else np.full((len(drawn[0]), n), 1 / n)
+                   for n, was_drawn in zip((n_a, n_b), drawn_groups)]
         return (weights[0].T * per_run[:n_a]).sum(0) - (weights[1].T * per_run[n_a:]).sum(0)
 
     observed = float(statistic(*[s[None, :] for s in samples])[0])
@@ -214,13 +271,17 @@ def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b
 
 # ------------------------------------------------------------------ verdicts
 
-def verdict(best: bool, p_value: float | None, alpha: float = 0.05) -> str:
+def verdict(best: bool, p_value: float | None, alpha: float = 0.05, interval: tuple[float, float] | None = None,
+            runs_only: bool = False) -> str:
     """The word for a group next to the best one (ranked on the data the test used): worse only when the test says
-    so at ``alpha``; no test (one seed each and no shared images) is said as such."""
+    so at ``alpha``; with the test's (1 - alpha) ``interval`` of best - this, the interval decides (they agree but
+    for rounding at the boundary, where the interval shown must not contradict the word). ``runs_only``: one run a
+    group, compared over the images: the run is worse, the setting is not tested. No test is said as such."""
     if best:
         return "best"
     if p_value is None:
         return "not tested (one seed, no shared images)"
-    if p_value < alpha:
-        return f"worse (p<{alpha:g})"
+    worse = (interval[0] > 0 or interval[1] < 0) if interval is not None else p_value < alpha
+    if worse:
+        return f"worse run (p<{alpha:g}, 1 seed)" if runs_only else f"worse (p<{alpha:g})"
     return "not distinguishable from best"

@@ -14,11 +14,24 @@ from mlabel_exp.tracking.runs import KIND_TAG, Tracker
 
 
 def run_record(run) -> dict[str, Any]:
-    """An MLflow run as a plain dict: run_id, name, status, start_time (ms), tags, params, metrics (last values)."""
+    """An MLflow run as a plain dict: run_id, name, status, start_time (ms), tags, params, metrics (last values), and
+    datasets: the digest of each data set it logged, by context (train, validation, test; record.dataset_digests)."""
     info, data = run.info, run.data
     return {"run_id": info.run_id, "name": info.run_name or data.tags.get("mlflow.runName", ""),
             "status": info.status, "start_time": info.start_time or 0,
-            "tags": dict(data.tags), "params": dict(data.params), "metrics": dict(data.metrics)}
+            "tags": dict(data.tags), "params": dict(data.params), "metrics": dict(data.metrics),
+            "datasets": dataset_digests(run)}
+
+
+def dataset_digests(run) -> dict[str, str]:
+    """{context: digest} of the data sets a run logged as inputs ({} for a run that logged none)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    found = {}
+    for entry in (run.inputs.dataset_inputs if run.inputs is not None else []):
+        context = next((t.value for t in entry.tags if t.key == MLFLOW_DATASET_CONTEXT), "")
+        found[context] = entry.dataset.digest
+    return found
 
 
 def list_runs(uri: str | None, experiment: str, filter_string: str | None = None) -> list[dict[str, Any]]:
