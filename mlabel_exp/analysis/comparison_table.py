@@ -110,3 +110,73 @@ def write_groups(found: Groups, out_dir: Path) -> None:
 
     plain = found.table.assign(values=[" ".join(repr(float(v)) for v in vs) for vs in found.table["values"]])
     write_atomic(out_dir / "groups.csv", plain.to_csv(index=False))
+
+
+# ------------------------------------------------------------------ the console
+
+#: Kept however alike the rows: what a row is and what it scored.
+KEEP = ("run_id", "run_name", "group", "verdict", "best_val_mAP", "mean")
+#: Left out first (from the left of this list) when a table is wider than the console.
+LEAST_NEEDED = ("epochs", "train_time_s", "tuned_f1_macro", "best_epoch", "seeds", "std", "95% CI",
+                "mAP (paired images)", "trainable", "lr", "tuned_f1_micro", "test_f1_macro", "test_f1_micro")
+CONSOLE_WIDTH = 120
+COMFORTABLE_TEXT = 40  # a name column is cut to this before any column is left out
+NARROWEST_TEXT = 16  # and no narrower than this
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def console_table(table: pd.DataFrame, width: int = CONSOLE_WIDTH, wide: bool = False) -> str:
+    """A table for the terminal: columns equal in every row said once above it, run names without the words every
+    run's name shares, then the longest names cut and the least needed columns left out until it fits ``width`` (said
+    below it); ``wide``: every column in full. Cells as in the Markdown file, padded to line up."""
+    import pandas as pd
+
+    cells = {c: [_cell(c, v) for v in table[c]] for c in table.columns}
+    above, below = [], []
+    if len(table) > 1 and not wide:
+        same = [c for c in cells if c not in KEEP and len(set(cells[c])) == 1]
+        above += [f"{c}={cells[c][0]}" for c in same if cells[c][0]]
+        cells = {c: v for c, v in cells.items() if c not in same}
+        if "run_name" in cells:  # what tells the runs apart (run_id is beside it)
+            words = [n.split() for n in cells["run_name"]]
+            common = set.intersection(*(set(w) for w in words))
+            cells["run_name"] = [" ".join(w for w in ws if w not in common) for ws in words]
+
+    def line_width() -> int:
+        return sum(max(len(c), *map(len, v)) + 3 for c, v in cells.items()) + 1
+
+    def cut_names(narrowest: int) -> None:
+        for column in ("run_name", "group", "seeds", "verdict"):
+            if column in cells and line_width() > width:
+                room = max(narrowest, max(map(len, cells[column])) - (line_width() - width))
+                cells[column] = [_cut(v, room) for v in cells[column]]
+
+    if not wide:  # names to a readable width, then the least needed columns out, then the names shorter still
+        cut_names(COMFORTABLE_TEXT)
+        for column in LEAST_NEEDED:
+            if column in cells and line_width() > width:
+                del cells[column]
+                below.append(column)
+        cut_names(NARROWEST_TEXT)
+    widths = {c: max(len(c), *map(len, v)) for c, v in cells.items()}
+    numeric = {c: c in table.columns and pd.api.types.is_numeric_dtype(table[c]) for c in cells}
+
+    def row(values) -> str:
+        return "| " + " | ".join(v.rjust(widths[c]) if numeric[c] else v.ljust(widths[c])
+                                 for c, v in zip(cells, values)) + " |"
+
+    lines = _wrapped("same in every row: ", above, width) if above else []
+    lines += [row(cells), "|" + "|".join("-" * (widths[c] + 1) + (":" if numeric[c] else "-") for c in cells) + "|"]
+    lines += [row(values) for values in zip(*cells.values())]
+    if below:
+        lines += _wrapped("left out to fit the console (wide=true shows them): ", below, width)
+    return "\n".join(lines)
+
+
+def _wrapped(lead: str, words: list[str], width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(lead + ", ".join(words), width, subsequent_indent="  ", break_on_hyphens=False)

@@ -79,13 +79,13 @@ class _Frames:
         return self.read[run_id, split]
 
 
-def data_key(run: dict, frames: _Frames) -> tuple[str, ...]:
+def data_key(run: dict, frames: _Frames | None) -> tuple[str, ...]:
     """The evaluation data of a run: its validation and test digests (ids, classes, labels, pixels); for a run that
     logged none (an older one), a digest of the ids and true labels in its predictions/val.csv."""
     digests = run.get("datasets") or {}
     if any(c in digests for c in EVALUATION):
         return tuple(digests.get(c, "") for c in EVALUATION)
-    frame = frames.get(run["run_id"], "val")
+    frame = frames.get(run["run_id"], "val") if frames is not None else None
     if frame is None or "true_labels" not in frame.columns:
         return ("unknown", "")
     h = hashlib.sha256("\n".join(frame.columns).encode())
@@ -158,6 +158,31 @@ def per_seed(members: list[dict], value) -> tuple[list[str], list[float]]:
     for run in members:
         by_seed.setdefault(str(run["params"].get("seed", run["run_id"])), []).append(value(run))
     return list(by_seed), [float(np.mean(v)) for v in by_seed.values()]
+
+
+@dataclass
+class Setting:
+    """One setting of a sweep: its runs, and its best val mAP over seeds (one value a seed: repeats averaged)."""
+    name: str
+    seeds: list[str]
+    values: list[float]
+    runs: list[dict]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+
+def rank_settings(runs: list[dict]) -> list[Setting]:
+    """The settings of a sweep's runs that have a best val mAP, best mean over seeds first: what the sweep's parent
+    names as its winner (not the luckiest seed). Grouped as compare groups them, on the logged digests."""
+    scored = [r for r in runs if objective(r["metrics"]) == objective(r["metrics"])]
+    keys = {r["run_id"]: data_key(r, None) for r in scored}
+    found = []
+    for name, members in group_runs(scored, keys).items():
+        seeds, values = per_seed(members, lambda r: objective(r["metrics"]))
+        found.append(Setting(name, seeds, values, members))
+    return sorted(found, key=lambda s: -s.mean)
 
 
 # ------------------------------------------------------------------ the images every run scored

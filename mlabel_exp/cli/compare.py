@@ -8,16 +8,19 @@ from mlabel_exp.config import CompareConfig, validate
 
 def report(result, typed: CompareConfig) -> None:
     """The tables, then the notes that qualify them, the files and the comparison's run."""
+    import textwrap
+
     from mlabel_exp.analysis.comparison import CHAMPION, comparisons_experiment
-    from mlabel_exp.analysis.comparison_table import groups_table, to_markdown
+    from mlabel_exp.analysis.comparison_table import console_table, groups_table
     from mlabel_exp.tracking.client import resolve_uri
 
-    print(to_markdown(result.table))
+    print(console_table(result.table, wide=typed.wide) + "\n")
     if result.groups is not None and len(result.groups.table) > 1:
         print(f"Groups across seeds ({result.groups.evaluated_on}):")
-        print(to_markdown(groups_table(result.groups)))
+        print(console_table(groups_table(result.groups), wide=typed.wide) + "\n")
     for note in result.notes:  # after the tables they qualify
-        print(f"note: {note}")
+        print(f"note: {note}" if typed.wide else textwrap.fill(f"note: {note}", 120, subsequent_indent="  ",
+                                                                break_on_hyphens=False))
     for name, path in result.figures.items():
         print(f"{name}: {path}")
     print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")

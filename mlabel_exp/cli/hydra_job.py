@@ -12,7 +12,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mlabel_exp.config import Config, UserError, project_root, resolve_path, resolved_tracking
-from mlabel_exp.tracking.runs import BEST_SCORE
 from mlabel_exp.tracking.sweeps import end_sweep_parent, sweep_id_of, swept
 from mlabel_exp.training.stop import scheduler_job
 
@@ -106,19 +105,93 @@ def record_failed_job(error: BaseException) -> None:
                              "error": f"{type(error).__name__}: {error}"[:500]}) + "\n")
 
 
+#: A console line of a sweep or a search: longer ones are cut (the job's run.log and the runs hold it all).
+LINE = 120
+#: Loggers of Hydra and its launchers: their INFO lines (each job's full override list) are the sweep's job lines now.
+LAUNCHER_LOGGERS = ("hydra", "hydra_plugins")
+
+
+def shorten(line: str, width: int = LINE) -> str:
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+class WarningCount(logging.Handler):
+    """Counts the warnings a quiet console left out (the job's log file has them)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record) -> None:
+        if record.levelno < logging.ERROR:
+            self.count += 1
+
+
+_quiet: list[WarningCount] = []  # the counter of the quiet console, while there is one
+
+
+def quiet_console() -> WarningCount:
+    """The console of a sweep job or a search trial shows errors only (its log file keeps every line); returns the
+    counter of the warnings it did not show, for the job's one line. Called again, it counts anew."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if isinstance(handler, WarningCount):
+            root.removeHandler(handler)
+        elif type(handler) is logging.StreamHandler:  # the console, not a FileHandler (a subclass)
+            handler.setLevel(logging.ERROR)
+    counter = WarningCount()
+    root.addHandler(counter)
+    _quiet[:] = [counter]
+    return counter
+
+
+def quiet_warnings() -> int | None:
+    """Warnings the quiet console left out so far; None when the console is not quiet (a single run)."""
+    return _quiet[0].count if _quiet else None
+
+
+def finished_label(tags: dict[str, str]) -> str:
+    """How a run's one line starts: ``trial N`` in a search, ``job N`` in a sweep."""
+    return f"trial {tags['optuna_trial']}" if "optuna_trial" in tags else job_label()
+
+
+def finished_line(label: str, run_name: str, result, held_out: dict, warnings: int) -> str:
+    """One line for a finished sweep job or search trial: its best val mAP (and test mAP), then its name."""
+    test = held_out.get("test", {}).get("mAP")
+    figures = f"val mAP {result.best_score:.4f} (epoch {result.best_epoch}/{len(result.history)})" + (
+        f", test mAP {test:.4f}" if test is not None else "")
+    told = f"  [{warnings} warning(s) in its log]" if warnings else ""
+    return shorten(f"{label}: {figures}  {run_name}", LINE - len(told)) + told
+
+
+def job_label() -> str:
+    hc = hydra_config()
+    return f"job {hc.job.num}" if hc is not None else "run"
+
+
 class SweepSummary(Callback):
-    """Hydra callback: after a sweep, name the failed jobs and exit non-zero if there were any."""
+    """Hydra callback: a sweep's console is one line per finished job, then the settings best first and where to look;
+    failed jobs are named at the end, and the sweep exits non-zero if there were any."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        for name in LAUNCHER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        print(shorten(f"sweep into {config.hydra.sweep.dir}: one line per finished job (its log: <job number>/"
+                      f"{config.hydra.job.name}.log)"), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from mlabel_exp.analysis.groups import rank_settings
+
         path = Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE
         failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
         lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
         summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
         if config.tracking.enabled:
             try:
-                children = end_sweep_parent(resolved_tracking(config), sweep_id_of(config.hydra.sweep.dir),
-                                                     "FAILED" if failed else "FINISHED", summary)
-                print(sweep_table(children, config.hydra.sweep.dir), flush=True)
+                children, settings, look = end_sweep_parent(
+                    resolved_tracking(config), sweep_id_of(config.hydra.sweep.dir), "FAILED" if failed else "FINISHED",
+                    summary, rank_settings)
+                print(settings_table(children, settings, f"sweep {config.hydra.sweep.dir}", look), flush=True)
             except Exception as e:  # the jobs' own runs are complete either way
                 log.warning("could not close the sweep's parent run: %s", e)
         if failed:
@@ -126,10 +199,23 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
-def sweep_table(children: list[dict], folder: str) -> str:
-    """The end of a sweep: its runs best first (settings, best val mAP, status) and the command that compares them."""
+def settings_table(children: list[dict], settings: list, title: str, look: list[str],
+                   compare: str = "python -m mlabel_exp.compare sweep=latest") -> str:
+    """The end of a sweep or a search: its settings best first (mean best val mAP over seeds, each seed's value), the
+    runs that did not finish, the winner, the command that tests it, and where to look: each once."""
     if not children:
-        return f"sweep {folder}: no run was started"
-    rows = [f"  {c['metrics'].get(BEST_SCORE, float('nan')):.4f}  {c['status']:<8}  {c['name']}" for c in children]
-    return "\n".join([f"sweep {folder}: {len(children)} run(s), best val mAP first", *rows,
-                      "compare them: python -m mlabel_exp.compare sweep=latest"])
+        return f"{title}: no run was started"
+    unfinished = [c for c in children if c["status"] != "FINISHED"]
+    lines = [shorten(f"{title}: {len(children)} run(s), {len(settings)} setting(s), best mean val mAP first")]
+    for s in settings[:20]:
+        seeds = f"{len(s.seeds)} seeds: " + " ".join(f"{v:.4f}" for v in s.values) if len(s.seeds) > 1 else "1 seed"
+        lines.append(shorten(f"  {s.mean:.4f}  {s.name}  ({seeds})"))
+    if len(settings) > 20:
+        lines.append(f"  ... and {len(settings) - 20} more (compare lists them all)")
+    if unfinished:
+        lines.append(shorten("  not finished: " + ", ".join(f"{c['name']} ({c['status']})" for c in unfinished)))
+    if settings:
+        more = "" if all(len(s.seeds) > 1 for s in settings[:2]) else " (one seed: repeat it, e.g. -m seed=0,1,2)"
+        lines.append(shorten(f"best setting: {settings[0].name}{more}"))
+    lines.append(f"is it more than seed noise? {compare}")
+    return "\n".join([*lines, *look])

@@ -150,8 +150,10 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         held_out = record.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
     record.log_data_problems(tracker, out, index, trainer.bad_images)
     record.finish(tracker, result, held_out)
-    if main_rank:
-        print(record.closing_block(tracker, out, result, held_out), flush=True)
+    if main_rank:  # a sweep job or a search trial: one line (the console is quiet); a single run: the closing block
+        warnings = job.quiet_warnings()
+        print(record.closing_block(tracker, out, result, held_out) if warnings is None else
+              job.finished_line(job.finished_label(identity[1]), identity[0], result, held_out, warnings), flush=True)
     return float(result.best_score)
 
 
@@ -204,6 +206,8 @@ def _trainer(model, net, optimizer, callbacks, loaders, index, split, device, ou
 
 def _job(cfg: DictConfig) -> float:
     """One Hydra job. In a sweep a failing job is recorded and the sweep goes on (see hydra_job.SweepSummary)."""
+    if job.sweep_dir() is not None:  # one line per finished job: its log file keeps the rest
+        job.quiet_console()
     try:
         return train(cfg)
     except Exception as e:

@@ -46,6 +46,8 @@ def search(cfg: DictConfig):
     import optuna
 
     from mlabel_exp.training.callbacks import TrialPruned
+    from mlabel_exp.analysis.groups import rank_settings
+    from mlabel_exp.cli.hydra_job import quiet_console, settings_table, shorten
     from mlabel_exp.tracking.sweeps import end_sweep_parent
     from mlabel_exp.cli.run import train
 
@@ -79,7 +81,8 @@ def search(cfg: DictConfig):
         def on_epoch(epoch: int, metrics: dict) -> None:
             trial.report(metrics["val/mAP"], epoch)
             if trial.should_prune():
-                log.info("trial %d pruned after epoch %d (val/mAP %.4f)", trial.number, epoch, metrics["val/mAP"])
+                print(shorten(f"trial {trial.number}: pruned after epoch {epoch} (val mAP {metrics['val/mAP']:.4f})  "
+                              f"{tags['overrides']}"), flush=True)
                 raise TrialPruned()
 
         tags = {**group, "optuna_trial": str(trial.number),
@@ -90,6 +93,8 @@ def search(cfg: DictConfig):
             raise optuna.TrialPruned() from None
 
     if remaining > 0:
+        quiet_console()  # one line per trial; the search's log file keeps every line
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(objective, n_trials=remaining, catch=())
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
@@ -97,9 +102,13 @@ def search(cfg: DictConfig):
     if finished:
         summary += f"; best val mAP {study.best_value:.4f} with {study.best_params}"
     log.info("study %r: %s", s.study, summary)
-    print(summary)
     if cfg.tracking.enabled:
-        end_sweep_parent(resolved_tracking(cfg), group["sweep_id"], "FINISHED", summary)
+        children, settings, look = end_sweep_parent(resolved_tracking(cfg), group["sweep_id"], "FINISHED", summary,
+                                                    rank_settings)
+        print(settings_table(children, settings, f"study {s.study!r} ({summary.split(';')[0]})", look,
+                             f"python -m mlabel_exp.compare sweep=optuna_{s.study}"), flush=True)
+    else:
+        print(shorten(summary), flush=True)
     return study
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlabel_exp.tracking.client import store_exists, store_lock
+from mlabel_exp.tracking.client import run_url, store_exists, store_lock, ui_command
 from mlabel_exp.tracking.query import run_record
 from mlabel_exp.tracking.runs import BEST_SCORE, KIND_TAG, Tracker
 
@@ -59,27 +59,45 @@ def sweep_parent(tracker: Tracker, sweep_id: str, sweep_dir: str, name: str | No
     return first
 
 
-def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str) -> list[dict[str, Any]]:
-    """Close a sweep's parent run (from the process that launched the sweep) with the winner on it: the best child's
-    val mAP as a metric, its id and settings as tags and in the run description. Returns the children, best first."""
+def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str,
+                     rank=None) -> tuple[list[dict[str, Any]], list, list[str]]:
+    """Close a sweep's parent run (from the process that launched the sweep) with the winning setting on it.
+    ``rank(children)``: the settings best first, each with ``name``, ``mean`` (best val mAP over seeds, repeats of a
+    seed counted once), ``seeds``, ``values`` and ``runs`` (analysis.groups.rank_settings). The parent gets the winning
+    setting's mean as its val mAP, its name as ``best_settings``, its best run as ``best_run_id`` (what run=<sweep>
+    predicts with), and says so in its description. Returns the children, the settings, and where to look (the UI
+    command for a local store, the parent's page)."""
     if not store_exists(tracking_cfg.uri):  # no job got as far as starting a run: no store to create now
-        return []
+        return [], [], []
     tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
-    store, children = tracker.client, []
+    store, children, settings, parent = tracker.client, [], [], None
     for run in store.search_runs([tracker.experiment_id], _sweep_parent_query(sweep_id), max_results=10):
         parent = run.info.run_id
         found = store.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
         children = sorted((run_record(r) for r in found), key=lambda r: -r["metrics"].get(BEST_SCORE, float("-inf")))
-        best = next((c for c in children if BEST_SCORE in c["metrics"]), None)
+        settings = rank(children) if rank is not None else []
         tags = {"summary": summary[:5000]}
-        if best is not None:
-            settings, score = best["tags"].get("overrides", ""), best["metrics"][BEST_SCORE]
-            store.log_metric(parent, BEST_SCORE, score)
-            tags |= {"best_run_id": best["run_id"], "best_run_name": best["name"], "best_settings": settings,
-                     "mlflow.note.content": f"**Best of {len(children)} runs**: {best['name']} "
-                                            f"(val mAP {score:.4f}; {settings}; "
-                                            f"run {best['run_id']})\n\n{summary[:2000]}"}
+        if settings:
+            best = settings[0]
+            store.log_metric(parent, BEST_SCORE, best.mean)
+            tags |= _winner_tags(best, len(settings), len(children), summary, parent)
         for k, v in tags.items():
             store.set_tag(parent, k, v)
         store.set_terminated(parent, status)
-    return children
+    look = [] if tracker.uri.startswith(("http://", "https://")) else [f"look:  {ui_command(tracker.uri)}"]
+    if parent is not None:
+        look.append(f"sweep: {run_url(tracker.uri, tracker.experiment_id, parent)}")
+    return children, settings, look
+
+
+def _winner_tags(best, n_settings: int, n_runs: int, summary: str, parent: str) -> dict[str, str]:
+    """The parent's tags naming the winning setting (not its luckiest seed), and its description."""
+    top = max(best.runs, key=lambda r: r["metrics"].get(BEST_SCORE, float("-inf")))
+    over = (f"mean val mAP {best.mean:.4f} over {len(best.seeds)} seeds "
+            f"({', '.join(f'{v:.4f}' for v in best.values)})" if len(best.seeds) > 1
+            else f"val mAP {best.mean:.4f}, one seed")
+    note = (f"**Best setting of {n_settings}** ({n_runs} runs): {best.name} ({over}). Whether it is more than seed "
+            f"noise: `python -m mlabel_exp.compare sweep={parent[:8]}`.")
+    return {"best_settings": best.name, "best_setting_runs": " ".join(r["run_id"] for r in best.runs),
+            "best_run_id": top["run_id"], "best_run_name": top["name"],
+            "mlflow.note.content": f"{note}\n\n{summary[:2000]}"}
