@@ -130,11 +130,12 @@ def test_runs_are_grouped_by_settings_and_paired_on_their_validation_images(stor
     # a, b and c differ in their settings: three groups of one seed, scored on the same validation images
     found = compared.groups
     assert sorted(found.table["n"]) == [1, 1, 1] and found.table["verdict"].iloc[0] == "best"
-    assert found.evaluated_on.startswith("paired bootstrap over the ") and "validation images" in found.evaluated_on
+    assert found.evaluated_on.startswith("paired bootstrap over images (one seed a group: the runs, not the settings)")
+    assert "validation images every run scored" in found.evaluated_on
     assert list(found.table["mean"]) == sorted(compared.table["best_val_mAP"], reverse=True)
     # one run a group: its mAP recomputed from its val.csv is the run's own logged val/best_mAP, up to torchmetrics'
     # float32 arithmetic (n + 3 float32 ulps of 1 on n validation images)
-    n = int(found.evaluated_on.split("over the ")[1].split()[0])
+    n = int(found.evaluated_on.split("on the ")[1].split()[0])
     for row in found.table.itertuples():
         assert row.eval_mAP == pytest.approx(row.mean, abs=(n + 3) * 2**-24), row.group
     saved = pd.read_csv(compared.out_dir / "groups.csv")
@@ -226,10 +227,19 @@ def test_cli_takes_a_sweep_by_its_parent_runs_id_prefix_and_a_filter_as_typed(st
 def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, monkeypatch, capsys):
     _command(monkeypatch, "experiment=mlabel-exp", f"tracking.uri={store.uri}", f"out={tmp_path / 'cli'}")
     out = capsys.readouterr()
-    runs, groups = out.out.split("Groups across seeds (paired bootstrap over the ")
+    runs, groups = out.out.split("Groups across seeds (paired bootstrap over images")
     rows = [line for line in runs.splitlines() if line.startswith("|")]
-    assert rows[0].startswith("| run_id | run_name | model |") and len(rows) == 2 + 3
+    assert rows[0].split() == ["|", "run_id", "|", "run_name", "|", "dropout_value", "|", "weight_decay_value", "|",
+                               "optimizer", "|", "lr", "|", "best_val_mAP", "|", "tuned_f1_micro", "|"]
+    assert len(rows) == 2 + 3 and all(len(line) <= 120 for line in out.out.splitlines() if "/" not in line)
+    # what every run shares is said once, above the table
+    assert "same in every row: model=smallcnn, trainable=all, seed=0, best_epoch=" in runs
     rows = [line for line in groups.splitlines() if line.startswith("|")]
-    assert rows[0].startswith("| group | verdict | n | mean |") and len(rows) == 2 + 3 and "| best |" in rows[2]
+    assert rows[0].split()[:6] == ["|", "group", "|", "verdict", "|", "mean"] and len(rows) == 2 + 3
+    assert rows[2].split()[-2:] != ["|", "|"] and "| best " in rows[2]
+    _command(monkeypatch, "experiment=mlabel-exp", f"tracking.uri={store.uri}", f"out={tmp_path / 'wide'}",
+             "log_to_mlflow=false", "wide=true")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| run_id")]
+    assert rows[0].replace(" ", "").startswith("|run_id|run_name|model|dropout_value|")  # every column, in full
     assert {"comparison.csv", "comparison.md", *FIGURES} <= {p.name for p in (tmp_path / "cli").iterdir()}
     assert "MLflow run:" in out.out and "note: skipped 2 run(s)" in out.out

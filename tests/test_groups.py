@@ -169,3 +169,22 @@ def test_groups_are_ranked_on_the_images_the_test_used(monkeypatch):
     assert found.table["group"].tolist() == ["model=good", "model=bad"]
     t = found.table.set_index("group")
     assert t.loc["model=good", "eval_mAP"] > t.loc["model=bad", "eval_mAP"] and t.loc["model=bad", "difference"] > 0
+
+
+def test_a_sweep_is_won_by_the_best_setting_on_average_not_by_its_luckiest_seed():
+    """dropout=light has the single best run (0.70, seed 0) but the lower mean; heavy's seed 1 ran twice (0.64, 0.66:
+    one observation, 0.65). What a sweep's parent is closed with (tracking.sweeps.end_sweep_parent)."""
+    def run(i, dropout, seed, score):
+        return {"run_id": f"r{i}", "name": f"dropout={dropout} seed={seed} smallcnn", "status": "FINISHED",
+                "params": {"seed": str(seed), "dropout_value": {"light": "0.2", "heavy": "0.6"}[dropout]},
+                "tags": {"overrides": f"dropout={dropout} seed={seed} trainer=smoke"},
+                "metrics": {"val/best_mAP": score}, "datasets": {"validation": "v"}}
+
+    runs = [run(0, "light", 0, 0.70), run(1, "light", 1, 0.52), run(2, "heavy", 0, 0.63), run(3, "heavy", 1, 0.64),
+            run(4, "heavy", 1, 0.66), run(5, "heavy", 2, float("nan"))]  # no score: a run that failed
+    ranked = groups.rank_settings(runs)
+    assert [s.name for s in ranked] == ["dropout=heavy", "dropout=light"]
+    assert ranked[0].seeds == ["0", "1"] and ranked[0].values == pytest.approx([0.63, 0.65])
+    assert ranked[0].mean == pytest.approx(0.64) and ranked[1].mean == pytest.approx(0.61)
+    (alone,) = groups.rank_settings(runs[:2])  # one setting: named by what its runs' names share
+    assert alone.name == "dropout=light smallcnn"

@@ -65,7 +65,11 @@ def test_three_architectures_side_by_side(tmp_path, imagenet_weights):
     top = max(r.data.metrics["val/best_mAP"] for r in runs)
     winners = {r.info.run_id for r in runs if r.data.metrics["val/best_mAP"] == top}  # untrained models may tie
     assert parent.data.metrics["val/best_mAP"] == top and parent.data.tags["best_run_id"] in winners
-    assert "Best of 3 runs" in parent.data.tags["mlflow.note.content"]
+    # named by the setting, with what else differs between the models (their own input size and regularisation)
+    models = {f"model={r.data.tags['model']}" for r in runs if r.info.run_id in winners}
+    assert parent.data.tags["best_settings"].split()[0] in models
+    assert "model.input_size=" in parent.data.tags["best_settings"]
+    assert "Best setting of 3" in parent.data.tags["mlflow.note.content"]
 
 
 def test_parallel_regularisation_sweep_gives_one_run_per_combination_under_one_parent(tmp_path):
@@ -84,6 +88,19 @@ def test_parallel_regularisation_sweep_gives_one_run_per_combination_under_one_p
     for r in children:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/mAP")] == [1, 2]
     assert "database is locked" not in logs
+    # the console: one line per finished job, then the settings best first and where to look, each once
+    lines = [line for line in logs.splitlines() if "SADeprecationWarning" not in line and "configure_mappers" not in line]
+    jobs = [line for line in lines if line.startswith("job ")]
+    assert len(jobs) == 4 and all("val mAP 0." in line for line in jobs), logs
+    assert len(lines) == 1 + 4 + 1 + 4 + 4, logs  # start, jobs, title, settings, best / compare / look / sweep
+    assert sum(line.startswith("look:") for line in lines) == 1 and sum("compare sweep=" in line for line in lines) == 1
+    assert all(len(line) <= 120 for line in lines if str(tmp_path) not in line), logs
+    # the parent names the winning setting (one seed each here: the best run's) and carries its mean
+    best = max(children, key=lambda r: r.data.metrics["val/best_mAP"])
+    typed = {w for w in best.data.tags["overrides"].split() if w.startswith(("dropout=", "weight_decay="))}
+    assert set(parent.data.tags["best_settings"].split()) == typed, parent.data.tags["best_settings"]
+    assert parent.data.metrics["val/best_mAP"] == best.data.metrics["val/best_mAP"]
+    assert parent.data.tags["mlflow.note.content"].startswith(f"**Best setting of 4** (4 runs): ")
 
 
 def _open_store_and_parent(uri: str, barrier, results) -> None:

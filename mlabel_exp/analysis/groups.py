@@ -141,6 +141,10 @@ def group_names(keys: list[tuple], members: list[list[dict]]) -> list[str]:
         names.append(words + extra)
     if len({data for data, _ in keys}) > 1:
         names = [n + [_data_label(data)] for n, (data, _) in zip(names, keys)]
+    if len(keys) == 1:  # nothing differs: what its runs' names share, the seed left out
+        words = [set(r.get("name", "").split()) for r in members[0]]
+        names = [[w for w in members[0][0].get("name", "").split() if w in set.intersection(*words)
+                  and not w.startswith("seed=")]]
     names = [" ".join(n) or "all runs" for n in names]
     if len(set(names)) < len(names):  # typed words that tell groups apart no param does (a facts-only difference)
         names = [f"{n} ({i + 1})" for i, n in enumerate(names)]

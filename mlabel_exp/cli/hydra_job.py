@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -130,19 +131,25 @@ class WarningCount(logging.Handler):
 _quiet: list[WarningCount] = []  # the counter of the quiet console, while there is one
 
 
-def quiet_console() -> WarningCount:
-    """The console of a sweep job or a search trial shows errors only (its log file keeps every line); returns the
-    counter of the warnings it did not show, for the job's one line. Called again, it counts anew."""
+@contextmanager
+def quiet_console():
+    """While in it, the console of a sweep job or a search shows errors only (the log file keeps every line) and a
+    finished run prints one line (``finished_line``) with the count of warnings the console did not show."""
     root = logging.getLogger()
-    for handler in root.handlers:
-        if isinstance(handler, WarningCount):
-            root.removeHandler(handler)
-        elif type(handler) is logging.StreamHandler:  # the console, not a FileHandler (a subclass)
-            handler.setLevel(logging.ERROR)
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]  # not a FileHandler (a subclass)
+    levels = [h.level for h in consoles]
     counter = WarningCount()
+    for handler in consoles:
+        handler.setLevel(logging.ERROR)
     root.addHandler(counter)
     _quiet[:] = [counter]
-    return counter
+    try:
+        yield counter
+    finally:
+        _quiet.clear()
+        root.removeHandler(counter)
+        for handler, level in zip(consoles, levels):
+            handler.setLevel(level)
 
 
 def quiet_warnings() -> int | None:
@@ -213,7 +220,8 @@ def settings_table(children: list[dict], settings: list, title: str, look: list[
     if len(settings) > 20:
         lines.append(f"  ... and {len(settings) - 20} more (compare lists them all)")
     if unfinished:
-        lines.append(shorten("  not finished: " + ", ".join(f"{c['name']} ({c['status']})" for c in unfinished)))
+        states = [("pruned" if c["tags"].get("pruned") == "true" else c["status"]) for c in unfinished]
+        lines.append("  not finished: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))))
     if settings:
         more = "" if all(len(s.seeds) > 1 for s in settings[:2]) else " (one seed: repeat it, e.g. -m seed=0,1,2)"
         lines.append(shorten(f"best setting: {settings[0].name}{more}"))

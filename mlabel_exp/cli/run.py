@@ -206,10 +206,11 @@ def _trainer(model, net, optimizer, callbacks, loaders, index, split, device, ou
 
 def _job(cfg: DictConfig) -> float:
     """One Hydra job. In a sweep a failing job is recorded and the sweep goes on (see hydra_job.SweepSummary)."""
-    if job.sweep_dir() is not None:  # one line per finished job: its log file keeps the rest
-        job.quiet_console()
+    from contextlib import nullcontext
+
     try:
-        return train(cfg)
+        with job.quiet_console() if job.sweep_dir() is not None else nullcontext():  # one line a job; its log: all
+            return train(cfg)
     except Exception as e:
         if job.sweep_dir() is None:
             raise

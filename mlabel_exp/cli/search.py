@@ -46,9 +46,7 @@ def search(cfg: DictConfig):
     import optuna
 
     from mlabel_exp.training.callbacks import TrialPruned
-    from mlabel_exp.analysis.groups import rank_settings
-    from mlabel_exp.cli.hydra_job import quiet_console, settings_table, shorten
-    from mlabel_exp.tracking.sweeps import end_sweep_parent
+    from mlabel_exp.cli.hydra_job import quiet_console, shorten
     from mlabel_exp.cli.run import train
 
     s = validate(cfg).search
@@ -93,23 +91,38 @@ def search(cfg: DictConfig):
             raise optuna.TrialPruned() from None
 
     if remaining > 0:
-        quiet_console()  # one line per trial; the search's log file keeps every line
+        verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective, n_trials=remaining, catch=())
+        try:
+            with quiet_console():  # one line per trial; the search's log file keeps every line
+                study.optimize(objective, n_trials=remaining, catch=())
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+    _report(cfg, study, group["sweep_id"])
+    return study
+
+
+def _report(cfg: DictConfig, study, sweep_id: str) -> None:
+    """The end of a search: its parent run closed with the winning setting; the settings best first and where to look,
+    printed once."""
+    import optuna
+
+    from mlabel_exp.analysis.groups import rank_settings
+    from mlabel_exp.cli.hydra_job import settings_table, shorten
+    from mlabel_exp.tracking.sweeps import end_sweep_parent
+
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     summary = f"{len(finished)} complete, {pruned} pruned"
     if finished:
         summary += f"; best val mAP {study.best_value:.4f} with {study.best_params}"
-    log.info("study %r: %s", s.study, summary)
-    if cfg.tracking.enabled:
-        children, settings, look = end_sweep_parent(resolved_tracking(cfg), group["sweep_id"], "FINISHED", summary,
-                                                    rank_settings)
-        print(settings_table(children, settings, f"study {s.study!r} ({summary.split(';')[0]})", look,
-                             f"python -m mlabel_exp.compare sweep=optuna_{s.study}"), flush=True)
-    else:
+    log.info("study %r: %s", study.study_name, summary)
+    if not cfg.tracking.enabled:
         print(shorten(summary), flush=True)
-    return study
+        return
+    children, settings, look = end_sweep_parent(resolved_tracking(cfg), sweep_id, "FINISHED", summary, rank_settings)
+    print(settings_table(children, settings, f"study {study.study_name!r} ({summary.split(';')[0]})", look,
+                         f"python -m mlabel_exp.compare sweep={sweep_id}"), flush=True)
 
 
 def _main(cfg: DictConfig) -> None:
