@@ -227,16 +227,18 @@ def test_cli_takes_a_sweep_by_its_parent_runs_id_prefix_and_a_filter_as_typed(st
 def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, monkeypatch, capsys):
     _command(monkeypatch, "experiment=mlabel-exp", f"tracking.uri={store.uri}", f"out={tmp_path / 'cli'}")
     out = capsys.readouterr()
-    runs, groups = out.out.split("Groups across seeds (paired bootstrap over images")
+    runs, groups = out.out.split("Groups across seeds (paired bootstrap over images ")
     rows = [line for line in runs.splitlines() if line.startswith("|")]
     assert rows[0].split() == ["|", "run_id", "|", "run_name", "|", "dropout_value", "|", "weight_decay_value", "|",
                                "optimizer", "|", "lr", "|", "best_val_mAP", "|", "tuned_f1_micro", "|"]
-    assert len(rows) == 2 + 3 and all(len(line) <= 120 for line in out.out.splitlines() if "/" not in line)
+    assert len(rows) == 2 + 3
+    assert [line for line in out.out.splitlines() if len(line) > 120 and "/" not in line] == []
     # what every run shares is said once, above the table
     assert "same in every row: model=smallcnn, trainable=all, seed=0, best_epoch=" in runs
     rows = [line for line in groups.splitlines() if line.startswith("|")]
     assert rows[0].split()[:6] == ["|", "group", "|", "verdict", "|", "mean"] and len(rows) == 2 + 3
-    assert rows[2].split()[-2:] != ["|", "|"] and "| best " in rows[2]
+    assert "| best " in rows[2]  # one run a group: the others compared run against run over the images
+    assert all("| worse run (p<0.05, 1 seed) " in row or "| not distinguishable from best " in row for row in rows[3:])
     _command(monkeypatch, "experiment=mlabel-exp", f"tracking.uri={store.uri}", f"out={tmp_path / 'wide'}",
              "log_to_mlflow=false", "wide=true")
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| run_id")]

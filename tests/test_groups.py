@@ -188,3 +188,28 @@ def test_a_sweep_is_won_by_the_best_setting_on_average_not_by_its_luckiest_seed(
     assert ranked[0].mean == pytest.approx(0.64) and ranked[1].mean == pytest.approx(0.61)
     (alone,) = groups.rank_settings(runs[:2])  # one setting: named by what its runs' names share
     assert alone.name == "dropout=light smallcnn"
+
+
+def test_the_console_table_fits_120_characters_and_says_once_what_every_row_shares():
+    from mlabel_exp.analysis.comparison_table import LEAST_NEEDED, console_table
+
+    shared = "smallcnn trainer=smoke data.synthetic.num_images=80 data.synthetic.image_size=32 data.cache_dir=/x/y"
+    table = pd.DataFrame({
+        "run_id": [f"{i:032x}" for i in range(3)], "run_name": [f"dropout={d} {shared}" for d in ("0.2", "0.4", "0.6")],
+        "model": ["smallcnn"] * 3, "dropout_value": [0.2, 0.4, 0.6], "optimizer": ["adamw"] * 3,
+        "best_val_mAP": [0.61, 0.6, 0.55], **{c: [0.123456, 0.2, 0.3] for c in
+                                              ("tuned_f1_micro", "tuned_f1_macro", "test_mAP", "test_f1_micro",
+                                               "test_f1_macro", "train_time_s")}, "epochs": [2, 3, 4]})
+    text = console_table(table)
+    lines = text.splitlines()
+    assert all(len(line) <= 120 for line in lines), text
+    assert lines[0] == "same in every row: model=smallcnn, optimizer=adamw"
+    header = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert header[:4] == ["run_id", "run_name", "dropout_value", "best_val_mAP"]
+    assert lines[3].split("|")[2].strip() == "dropout=0.2"  # the words every run's name shares left out
+    left_out = lines[-1].split(": ", 1)[1].split(", ")
+    assert lines[-1].startswith("left out to fit the console (wide=true shows them)")
+    assert set(left_out) <= set(LEAST_NEEDED) and set(left_out) | set(header) | {"model", "optimizer"} == set(table)
+    wide = console_table(table, wide=True).splitlines()
+    assert [c.strip() for c in wide[0].strip("|").split("|")] == list(table.columns)
+    assert f"dropout=0.6 {shared}" in wide[4] and len(wide) == 2 + 3
