@@ -33,12 +33,19 @@ def scripted_reports(monkeypatch):
     monkeypatch.setattr(run, "train", train)
 
 
-def test_search_prunes_and_nests_trials_and_resumes_its_study(tmp_path, scripted_reports):
+def test_search_prunes_and_nests_trials_and_resumes_its_study(tmp_path, scripted_reports, capsys):
     import optuna
 
     from mlabel_exp.cli.search import search
 
     study = search(_cfg(tmp_path, 4))
+    # the console: one line per trial (finished or pruned), then the settings and where to look, once each
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == ["trial 0", "trial 1", "trial 2", "trial 3"], lines
+    assert "val mAP" in lines[0] and all("pruned after epoch 1" in line for line in lines[1:4])
+    assert lines[4].startswith("study 'regularisation' (1 complete, 3 pruned)") and "  not finished: 3 pruned" in lines
+    assert sum(line.startswith("look:") for line in lines) == 1 and not any(line.startswith("outputs:") for line in lines)
+    assert all(len(line) <= 120 for line in lines if str(tmp_path) not in line)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.PRUNED] * 3
     client, runs = mlflow_runs(tmp_path)

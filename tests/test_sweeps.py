@@ -100,7 +100,7 @@ def test_parallel_regularisation_sweep_gives_one_run_per_combination_under_one_p
     typed = {w for w in best.data.tags["overrides"].split() if w.startswith(("dropout=", "weight_decay="))}
     assert set(parent.data.tags["best_settings"].split()) == typed, parent.data.tags["best_settings"]
     assert parent.data.metrics["val/best_mAP"] == best.data.metrics["val/best_mAP"]
-    assert parent.data.tags["mlflow.note.content"].startswith(f"**Best setting of 4** (4 runs): ")
+    assert parent.data.tags["mlflow.note.content"].startswith("**Best setting of 4** (4 runs): ")
 
 
 def _open_store_and_parent(uri: str, barrier, results) -> None:
