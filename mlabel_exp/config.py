@@ -499,6 +499,7 @@ class CompareConfig:
     out: Optional[str] = None            # default: <project root>/outputs/compare/<time>
     log_to_mlflow: bool = True           # log the comparison as a run tagged mlabel.kind=comparison
     register_best: Optional[str] = None  # register the best run's model under this name, aliased champion
+    cost: bool = True                    # measure each group's best model: parameters, checkpoint size, images/s
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # experiment=NAME is short for tracking.experiment=NAME (a setting of its own would be taken by Hydra for the
     # config group conf/experiment/ of a run)
