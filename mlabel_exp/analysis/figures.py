@@ -223,7 +223,9 @@ def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall
     from mlabel_exp.analysis.metrics import ignored, per_class_ap, positives
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
-    fig, ax = _figure(figsize=(8, 6.5))
+    import textwrap
+
+    fig, ax = _figure(figsize=(10, 6.5))
     targets = targets.int()
     precision, recall, _ = multilabel_precision_recall_curve(probs.float(), targets, num_labels=len(classes),
                                                              ignore_index=ignored(targets))
@@ -234,11 +236,13 @@ def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall
     for i, c in enumerate(order):
         # a colour of its own among ten distinct ones; past ten, the colours repeat with another line style
         ax.step(recall[c].numpy(), precision[c].numpy(), where="post", color=_QUALITATIVE[i % len(_QUALITATIVE)],
-                linestyle=_DASHES[i // len(_QUALITATIVE) % len(_DASHES)], linewidth=1.4, label=f"{classes[c]}  AP {float(ap[c]):.2f}  ({support[c]})")
+                linestyle=_DASHES[i // len(_QUALITATIVE) % len(_DASHES)], linewidth=1.4,
+                label=f"{classes[c]}  AP {float(ap[c]):.2f}  ({support[c]})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
-    legend_title = "class, AP (positives)" + (f"; no positive: {', '.join(without)}" if without else "")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title=legend_title, title_fontsize=7)
+    legend_title = "class, AP (validation positives)" + (f"\nno positive: {', '.join(without)}" if without else "")
+    wrapped = "\n".join(textwrap.fill(line, 40) for line in legend_title.split("\n"))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title=wrapped, title_fontsize=8)
     fig.tight_layout()
     return fig
 

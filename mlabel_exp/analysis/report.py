@@ -70,13 +70,20 @@ def _figure(item: Figure) -> str:
     return f'{title}<figure><img alt="{alt}" src="data:image/png;base64,{_png(item.image)}">{caption}</figure>'
 
 
-def _table(item: Table) -> str:
-    import pandas as pd
+def _cell(value, digits: int) -> str:
+    if getattr(getattr(value, "dtype", None), "kind", "") == "f":  # numpy's float32 is no Python float
+        value = float(value)
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
+
+def _table(item: Table) -> str:
     frame = item.frame.copy()
     for column in frame.columns:  # floats at a fixed precision; an empty cell for NaN / None
-        if pd.api.types.is_float_dtype(frame[column]):
-            frame[column] = [("" if v != v else f"{v:.{item.digits}f}") for v in frame[column]]
+        frame[column] = [_cell(v, item.digits) for v in frame[column]]
     body = frame.to_html(index=False, border=0, na_rep="", escape=True)
     title = f"<h3>{html.escape(item.title)}</h3>" if item.title else ""
     caption = f'<div class="caption">{html.escape(item.caption)}</div>' if item.caption else ""
