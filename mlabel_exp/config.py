@@ -500,6 +500,7 @@ class CompareConfig:
     log_to_mlflow: bool = True           # log the comparison as a run tagged mlabel.kind=comparison
     register_best: Optional[str] = None  # register the best run's model under this name, aliased champion
     wide: bool = False                   # print the tables at full width (default: fit 120 characters)
+    cost: bool = True                    # measure each group's best model: parameters, checkpoint size, images/s
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # experiment=NAME is short for tracking.experiment=NAME (a setting of its own would be taken by Hydra for the
     # config group conf/experiment/ of a run)

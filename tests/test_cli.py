@@ -67,7 +67,7 @@ def test_each_command_takes_the_config_groups_of_its_own_config():
     assert arguments.command_groups("compare") == arguments.command_groups("predict") == {"tracking"}
     assert arguments.command_groups("synthetic") == set()
     assert arguments.problems(["model=resnet50"], CompareConfig, "compare") == [
-        "model is not a setting (valid keys: sweep, filter, out, log_to_mlflow, register_best, wide, tracking)"]
+        "model is not a setting (valid keys: sweep, filter, out, log_to_mlflow, register_best, wide, cost, tracking)"]
     assert arguments.aliased(["experiment=x", "-m"], CompareConfig) == ["tracking.experiment=x", "-m"]
 
 

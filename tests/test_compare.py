@@ -4,15 +4,20 @@ One module-scoped store holds three finished runs (a, b: dropout 0 / 0.5, "sweep
 decay 1e-3 with sgd, "sweep" multirun_second, the latest), one FAILED run and one still RUNNING.
 """
 
+import html
+import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from mlabel_exp.training import trainer as engine
+from mlabel_exp.analysis import comparison_report
 from mlabel_exp.analysis.comparison import compare
 from mlabel_exp.analysis.comparison_table import COLUMNS
 from mlabel_exp.cli.compare import main
@@ -20,10 +25,11 @@ from mlabel_exp.config import ConfigError
 from mlabel_exp.cli.run import train
 from mlabel_exp.tracking.runs import Tracker
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+from tests.test_report import assert_self_contained, embedded_images
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
 
-FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png", "seed_intervals.png"}
+FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png", "seed_intervals.png", "cost.png"}
 RUNS = {"a": ("dropout=0.0", "weight_decay=0"), "b": ("dropout=0.5", "weight_decay=0"),
         "c": ("dropout=0.0", "weight_decay=0.001", "optimizer=sgd")}
 SWEEPS = {"a": "multirun_first", "b": "multirun_first", "c": "multirun_second"}
@@ -124,6 +130,76 @@ def test_comparison_is_logged_to_its_own_run(store, compared):
     assert run.data.tags["mlabel.kind"] == "comparison"
     assert run.data.params["num_runs"] == "3" and set(run.data.params["run_ids"].split(",")) == set(store.ids.values())
     assert {"comparison.csv", "comparison.md", "groups.csv", *FIGURES} <= artifact_paths(store.client, compared.run_id)
+
+
+def test_report_html_holds_the_verdict_groups_every_figure_and_per_class_differences(store, compared):
+    page = compared.report.read_text()
+    assert compared.report == compared.out_dir / "report.html"
+    assert html.escape(comparison_report.verdict(compared.groups)) in page
+    for group in compared.groups.table["group"]:
+        assert f"<td>{html.escape(group)}</td>" in page
+    assert sorted(embedded_images(page)) == sorted(p.read_bytes() for p in compared.figures.values())
+    assert_self_contained(page)
+    # per class: each group's AP minus the best group's, as each run's own per_class.csv says (one run a group)
+    differences = pd.read_csv(compared.out_dir / "per_class_differences.csv")
+    by_group = {g: pd.read_csv(store.tmp / names_of(store)[ids] / "per_class.csv").set_index("class")["AP"]
+                for g, ids in zip(compared.groups.table["group"], compared.groups.table["run_ids"])}
+    best, *others = list(by_group)
+    for other in others:
+        expected = (by_group[other] - by_group[best]).reindex(differences["class"]).to_numpy()
+        assert np.allclose(differences[f"{other} - best"], expected, equal_nan=True, atol=1e-7)
+    assert "Per-class AP: each group against the best" in page
+
+
+def names_of(store) -> dict[str, str]:
+    return {v: k for k, v in store.ids.items()}
+
+
+def test_cost_table_counts_each_best_runs_checkpoint_and_times_its_predictor(store, compared):
+    cost = pd.read_csv(compared.out_dir / "cost.csv")
+    assert list(cost["group"]) == list(compared.groups.table["group"])  # one run a group: each its best
+    for row in cost.itertuples():
+        best = store.tmp / names_of(store)[row.run_id] / "checkpoints" / "best.pt"
+        state = torch.load(best, weights_only=True)["model"]
+        buffers = ("running_mean", "running_var", "num_batches_tracked")
+        parameters = sum(v.numel() for k, v in state.items() if not k.endswith(buffers))
+        assert row.total_params == row.trainable_params == parameters  # model.trainable=all
+        assert row.checkpoint_bytes == best.stat().st_size and row.model == "smallcnn"
+        assert row.images_per_s > 0 and row.ms_per_image == pytest.approx(1000 / row.images_per_s)
+        assert row.inputs == f"{row.batch_size} validation images" and row.precision == "float32"
+        assert row.mean == compared.groups.table.set_index("group").loc[row.group, "mean"]
+
+
+def test_comparison_run_has_a_description_and_each_groups_metrics(store, compared):
+    run = store.client.get_run(compared.run_id)
+    note = run.data.tags["mlflow.note.content"]
+    assert f"**Verdict:** {comparison_report.verdict(compared.groups)}" in note and "Compared **3 runs**" in note
+    metrics = run.data.metrics
+    assert metrics["runs"] == 3 and metrics["groups"] == 3
+    for i, row in enumerate(compared.groups.table.itertuples(), start=1):
+        assert metrics[f"group_{i}/mean_best_val_mAP"] == row.mean and metrics[f"group_{i}/n"] == row.n
+        assert f"| group_{i} | {row.group} |" in note
+    assert {"report.html", "cost.csv", "per_class_differences.csv"} <= artifact_paths(store.client, compared.run_id)
+
+
+def test_the_printed_runs_table_link_opens_sorted_by_best_val_map_with_its_column(store):
+    from mlabel_exp.tracking.client import VIEW_KEY, VIEW_TAG, run_url
+
+    experiment = store.client.get_experiment_by_name("mlabel-exp")
+    url = run_url(store.uri, experiment.experiment_id)
+    assert url.endswith(f"/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+                        "&workflowType=machine_learning")
+    view = json.loads(experiment.tags[VIEW_TAG])  # what the UI loads for that key (docs/mlflow-ui.md)
+    assert view["orderByKey"] == "metrics.`val/best_mAP`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][0] == "metrics.`val/best_mAP`" and "params.`model.name`" in view["selectedColumns"]
+
+
+def test_each_run_writes_and_logs_its_report(store):
+    for name, run_id in store.ids.items():
+        page = (store.tmp / name / "report.html").read_text()
+        best = store.client.get_run(run_id).data.metrics["val/best_mAP"]
+        assert f"Best val mAP {best:.4f} at epoch" in page and len(embedded_images(page)) == 3
+        assert "report.html" in artifact_paths(store.client, run_id)
 
 
 def test_runs_are_grouped_by_settings_and_paired_on_their_validation_images(store, compared):

@@ -2,14 +2,18 @@
 
     run_page.png            a run's overview page
     run_metrics.png         the same run's "Model metrics" tab (its metric charts)
-    runs_table.png          the experiment's runs table: the sweep parent collapsed, next to the single run
+    runs_table.png          the experiment's runs table as the printed link opens it (tracking.client.run_url): sorted
+                            by val/best_mAP, the key metrics and settings as columns; the sweep parent collapsed
     runs_table_expanded.png the same table after a click on the sweep parent's expander: its child runs (jobs) shown
     compare_runs.png        the compare-runs view of the sweep's jobs
+    comparison_run.png      the run `python -m mlabel_exp.compare sweep=latest` logs: its description and metrics
+    report.png              that comparison's report.html (a local file, no server)
+    run_report.png          the single run's report.html
 
     .venv/bin/python tools/ui_screenshots.py [--out ui-screenshots]
 
-Makes its own small store in a temporary folder (a 2-job smoke sweep and one run with a test split), so it
-needs nothing but Debian's chromium (`apt-get install chromium`); without it, it says so and exits 3.
+Makes its own small store in a temporary folder (a 2-job smoke sweep, one run with a test split and a comparison of
+the sweep), so it needs nothing but Debian's chromium (`apt-get install chromium`); without it, it says so and exits 3.
 Most pages are plain `chromium --screenshot`; the expanded table needs a click, so that one drives Chromium over
 its DevTools protocol (CDP) with aiohttp's websocket client (aiohttp comes with mlflow).
 """
@@ -38,11 +42,20 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def train(tmp: Path, *overrides: str) -> None:
     tiny = ["trainer=smoke", "trainer.device=cpu", "data.synthetic.num_images=120", "data.synthetic.image_size=32",
             "model.input_size=32", f"data.cache_dir={tmp / 'cache'}", "tracking.log_model=false",
+            "tracking.experiment=mlabel-exp",
             f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"]
     flags = [o for o in overrides if o.startswith("-")]  # Hydra's -m goes before the overrides
     settings = [o for o in overrides if not o.startswith("-")]
     subprocess.run([sys.executable, "-m", "mlabel_exp.run", *flags, *tiny, *settings], check=True, cwd=REPO,
                    env={**os.environ, "MLABEL_EXP_ROOT": str(tmp)}, capture_output=True, text=True)
+
+
+def compare_sweep(tmp: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mlabel_exp.compare", "sweep=latest", f"out={tmp / 'compare'}",
+                           f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "experiment=mlabel-exp"],
+                          cwd=REPO, env={**os.environ, "MLABEL_EXP_ROOT": str(tmp)}, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"compare failed: {done.stderr.strip()[-500:]}")
 
 
 def serve(tmp: Path, port: int) -> subprocess.Popen:
@@ -163,14 +176,15 @@ def main() -> int:
         print("chromium is not installed (apt-get install chromium): no screenshots taken", file=sys.stderr)
         return 3
     sys.path.insert(0, str(REPO))
-    from mlabel_exp.distributed import free_port
-    from mlabel_exp.tracking import UI_VIEW, run_url
+    from mlabel_exp.tracking.client import UI_VIEW, run_url
+    from mlabel_exp.training.distributed import free_port
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         train(tmp, "-m", "dropout=none,heavy", f"hydra.sweep.dir={tmp / 'multirun'}")
         train(tmp, "data.test_fraction=0.2", f"trainer.output_dir={tmp / 'single'}")
+        compare_sweep(tmp)
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
@@ -179,6 +193,10 @@ def main() -> int:
         single = runs[0].info.run_id
         children = [r.info.run_id for r in runs if "mlflow.parentRunId" in r.data.tags]
         parent = next(r.data.tags["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in r.data.tags)
+        comparisons = client.get_experiment_by_name("mlabel-exp-comparisons").experiment_id
+        comparison = client.search_runs([comparisons])[0].info.run_id
+        shoot(chromium, (tmp / "compare" / "report.html").as_uri(), out / "report.png", tmp / "profile")
+        shoot(chromium, (tmp / "single" / "report.html").as_uri(), out / "run_report.png", tmp / "profile")
         port = free_port()
         server = serve(tmp, port)
         base = f"http://127.0.0.1:{port}"
@@ -187,11 +205,14 @@ def main() -> int:
             metrics = run_url(base, exp, single).replace(f"/runs/{single}?", f"/runs/{single}/model-metrics?")
             shoot(chromium, metrics, out / "run_metrics.png", tmp / "profile")
             shoot(chromium, run_url(base, exp), out / "runs_table.png", tmp / "profile")
-            shoot_expanded(chromium, run_url(base, exp), out / "runs_table_expanded.png", tmp / "profile",
+            # sorted by a metric the UI lists runs flat: the parent's expander shows in the default order only
+            shoot_expanded(chromium, f"{base}/#/experiments/{exp}/runs?{UI_VIEW}", out / "runs_table_expanded.png",
+                           tmp / "profile",
                            parent, children)
             compare = (f"{base}/#/compare-runs?runs={json.dumps(children)}&experiments={json.dumps([exp])}"
                        f"&{UI_VIEW}")
             shoot(chromium, compare, out / "compare_runs.png", tmp / "profile")
+            shoot(chromium, run_url(base, comparisons, comparison), out / "comparison_run.png", tmp / "profile")
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlabel_exp.analysis.comparison_report import PerClass
 from mlabel_exp.analysis.comparison_table import (REGULARISATION, SETTINGS, build_table, groups_table, labels,
                                                   run_row, to_markdown, write_groups)
 from mlabel_exp.config import ConfigError, project_root
@@ -40,6 +41,8 @@ class Comparison:
     notes: list[str] = field(default_factory=list)  # what was skipped, and why
     groups: Groups | None = None         # runs grouped by settings across seeds, with intervals and verdicts
     registered: tuple[str, int] | None = None  # (run id, model version) registered by register_best_as
+    report: Path | None = None           # report.html: the verdict, groups, figures, per class and cost on one page
+    cost: pd.DataFrame | None = None     # each group's best run: parameters, checkpoint size, inference speed
 
 
 # ------------------------------------------------------------------ selecting runs
@@ -121,27 +124,46 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def per_class_ap(uri: str, table: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
+def per_class_ap(uri: str, table: pd.DataFrame, names: list[str]) -> tuple[PerClass, list[str]]:
     """Runs x classes AP from each run's per_class.csv; runs without the file are left out (noted)."""
     import io
 
     import pandas as pd
 
-    rows, missing = {}, []
+    rows, ids, missing, positives = {}, [], [], None
     for run_id, name in zip(table["run_id"], names):
         text = query.artifact_text(uri, run_id, "per_class.csv")
         if text is None:
             missing.append(name)
             continue
-        per_class = pd.read_csv(io.StringIO(text))
-        rows[name] = per_class.set_index("class")["AP"]
+        per_class = pd.read_csv(io.StringIO(text)).set_index("class")
+        rows[name] = per_class["AP"]
+        ids.append(run_id)
+        positives = per_class["support"] if positives is None else positives
     notes = [f"per_class_ap.png: left out {len(missing)} run(s) without per_class.csv ({', '.join(missing)})"] \
         if missing else []
-    return (pd.DataFrame(rows).T if rows else None), notes
+    n_images = None
+    if ids:
+        n_val = query.run_param(uri, ids[0], "data.num_val")
+        n_images = int(n_val) if n_val and str(n_val).isdigit() else None
+    return PerClass(pd.DataFrame(rows).T if rows else None, ids, positives, n_images), notes
+
+
+def swept_axes(table: pd.DataFrame, varying: list[str]) -> tuple[list[str], list[str]]:
+    """The regularisation settings a sweep varied (runs equal in every other setting differ in it), and those that
+    only follow another setting (each model's default dropout in an architecture sweep: confounded, no axis)."""
+    swept, confounded = [], []
+    for column in REGULARISATION:
+        if column not in varying:
+            continue
+        others = [c for c in varying if c != column]
+        groups = table.groupby(others, dropna=False) if others else [((), table)]
+        (swept if any(g[column].nunique(dropna=True) > 1 for _, g in groups) else confounded).append(column)
+    return swept, confounded
 
 
 def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_dir: Path,
-                 title: str) -> tuple[dict[str, Path], list[str]]:
+                 title: str) -> tuple[dict[str, Path], list[str], PerClass]:
     from mlabel_exp.analysis import figures as plots
 
     names = labels(table)
@@ -151,23 +173,29 @@ def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_
     figures = {"model_comparison.png": _save(
         plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title),
         out_dir / "model_comparison.png")}
-    ap, notes = per_class_ap(uri, table, names)
-    if ap is None:
+    per_class, notes = per_class_ap(uri, table, names)
+    if per_class.ap is None:
         notes.append("per_class_ap.png skipped: no run has a per_class.csv artifact")
     else:
-        figures["per_class_ap.png"] = _save(plots.per_class_heatmap(ap), out_dir / "per_class_ap.png")
+        figures["per_class_ap.png"] = _save(plots.per_class_heatmap(
+            per_class.ap, positives=per_class.positives, n_images=per_class.n_images), out_dir / "per_class_ap.png")
     varying = [c for c in SETTINGS if table[c].nunique(dropna=True) > 1]
-    swept = [c for c in REGULARISATION if c in varying]
-    constant = [c for c in REGULARISATION if c not in varying]
+    swept, confounded = swept_axes(table, varying)
+    for column in confounded:
+        others = ", ".join(c for c in varying if c != column)
+        notes.append(f"regularisation.png: no panel for {column}: it never changes alone, only with {others} (e.g. "
+                     "each model's default dropout), so its effect cannot be told apart")
     if not swept:
-        notes.append("regularisation.png skipped: dropout_value and weight_decay_value are the same in every run")
+        notes.append("regularisation.png skipped: no run differs from another in dropout_value or weight_decay_value "
+                     "alone")
     else:
         groups = varying + (["epochs"] if table["epochs"].nunique(dropna=True) > 1 else [])
         figures["regularisation.png"] = _save(plots.regularisation(table, swept, groups),
                                               out_dir / "regularisation.png")
+        constant = [c for c in REGULARISATION if c not in varying]
         if constant:
             notes.append(f"regularisation.png: no panel for {constant[0]} (the same in every run)")
-    return figures, notes
+    return figures, notes, per_class
 
 
 # ------------------------------------------------------------------ the comparison
@@ -181,14 +209,17 @@ def comparisons_experiment(experiment: str) -> str:
 
 
 def log_comparison(uri: str, experiment: str, table: pd.DataFrame, files: list[Path], sweep: str | None,
-                   filter_string: str | None, sweep_name: str | None = None) -> str:
+                   filter_string: str | None, sweep_name: str | None = None, summary: tuple[str, dict] = ("", {})) -> str:
     """A new run, tagged mlabel.kind=comparison, holding the table and figures, in the experiment's own comparisons
-    experiment (``<experiment>-comparisons``): kept out of the training runs' table in the UI."""
+    experiment (``<experiment>-comparisons``): kept out of the training runs' table in the UI. ``summary``: its
+    description (Markdown) and metrics."""
     name = f"comparison of {len(table)} runs" + (f" (sweep {sweep_name or sweep})" if sweep else "")
-    tags = {KIND_TAG: KIND, **({"mlabel.compared_sweep": sweep} if sweep else {})}
+    note, metrics = summary
+    tags = {KIND_TAG: KIND, **({"mlabel.compared_sweep": sweep} if sweep else {}),
+            **({"mlflow.note.content": note} if note else {})}
     params = {"experiment": experiment, "sweep": sweep or "", "filter": filter_string or "",
               "num_runs": len(table), "run_ids": ",".join(table["run_id"])}
-    return file_run(uri, comparisons_experiment(experiment), name, tags, params, files)
+    return file_run(uri, comparisons_experiment(experiment), name, tags, params, files, metrics)
 
 
 CHAMPION = "champion"  # the alias register_best= sets on the version it registers
@@ -203,13 +234,27 @@ def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple
     return best["run_id"], registry.register_model(uri, f"runs:/{best['run_id']}/model", name, CHAMPION)
 
 
+def cost_figure(uri: str, found: Groups, runs: list[dict], out_dir: Path) -> tuple[pd.DataFrame, dict, list[str]]:
+    """Accuracy against cost (analysis.cost) for each group's best run: the table (cost.csv) and cost.png."""
+    from mlabel_exp.analysis import comparison_report, cost
+    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.fsutil import write_atomic
+
+    frame, notes = cost.cost_table(uri, comparison_report.best_runs(found, runs))
+    frame = comparison_report.with_accuracy(frame, found)
+    write_atomic(out_dir / "cost.csv", frame.to_csv(index=False))
+    figures = {"cost.png": _save(plots.cost(frame), out_dir / "cost.png")} if len(frame) else {}
+    return frame, figures, notes
+
+
 def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, sweep: str | None = None,
             filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True,
-            register_best_as: str | None = None) -> Comparison:
+            register_best_as: str | None = None, cost: bool = True) -> Comparison:
     """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: see ``sweep_named``;
-    matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run;
-    ``register_best_as``: register the best run's model under that name, aliased champion."""
-    from mlabel_exp.analysis import groups
+    matching ``filter_string``, an MLflow filter), written to ``out_dir`` with report.html and logged as a comparison
+    run; ``register_best_as``: register the best run's model under that name, aliased champion; ``cost``: measure
+    each group's best model (parameters, size, inference speed)."""
+    from mlabel_exp.analysis import comparison_report, groups
     from mlabel_exp.analysis import figures as plots
     from mlabel_exp.fsutil import write_atomic
 
@@ -232,7 +277,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     write_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     sweep_name = runs[0]["tags"].get("sweep_dir", sweep) if sweep else None  # its folder, not the mangled id
     title = f"{experiment}" + (f", sweep {sweep_name}" if sweep else "") + f": {len(table)} runs"
-    figures, figure_notes = make_figures(uri, table, histories, out_dir, title)
+    figures, figure_notes, per_class = make_figures(uri, table, histories, out_dir, title)
     notes += figure_notes
     found = groups.compare_groups(uri, runs)
     notes += found.notes
@@ -243,10 +288,23 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if len(found.table) > 1:
         figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
+    costs, files = None, [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv"]
+    if cost:
+        costs, cost_figures, cost_notes = cost_figure(uri, found, runs, out_dir)
+        figures |= cost_figures
+        notes += cost_notes
+        files.append(out_dir / "cost.csv")
+    differences = comparison_report.class_differences(per_class, found)
+    if differences is not None:
+        write_atomic(out_dir / "per_class_differences.csv", differences.to_csv(index=False))
+        files.append(out_dir / "per_class_differences.csv")
+    report = comparison_report.write(out_dir, f"Comparison: {title}", where, found, groups_table(found), figures,
+                                     differences, costs, table, notes)
     run_id = None
     if log_to_mlflow:
-        files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *figures.values()]
+        summary = (comparison_report.description(found, where, len(table)), comparison_report.metrics(found, len(table)))
         with quiet_logger():
-            run_id = log_comparison(uri, experiment, table, files, sweep, filter_string, sweep_name)
+            run_id = log_comparison(uri, experiment, table, [*files, report, *figures.values()], sweep, filter_string,
+                                    sweep_name, summary)
     registered = register_best(uri, found, runs, register_best_as) if register_best_as else None
-    return Comparison(table, figures, out_dir, run_id, notes, found, registered)
+    return Comparison(table, figures, out_dir, run_id, notes, found, registered, report, costs)

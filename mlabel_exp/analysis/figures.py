@@ -104,20 +104,37 @@ def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: 
     return fig
 
 
-def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)"):
-    """Runs x classes heatmap of AP; ``ap`` is a DataFrame indexed by run label with one column per class."""
+def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)", positives=None, n_images: int | None = None):
+    """Runs x classes heatmap of AP; ``ap`` is a DataFrame indexed by run label with one column per class. With
+    ``positives`` (validation images holding each class, a Series by class) and ``n_images`` (validation images), each
+    column is labelled with its positives and prevalence, and a last row shows the prevalence: the AP a random
+    ranking scores on average, the floor each run's AP should be read against."""
     import numpy as np
+    import pandas as pd
 
-    n_runs, n_classes = ap.shape
-    fig, ax = _figure(figsize=(max(6.0, 0.55 * n_classes + 4), 0.4 * n_runs + 2.4))
-    values = np.ma.masked_invalid(ap.to_numpy(dtype=float))
+    rows = ap
+    chance = None
+    if positives is not None and n_images:
+        chance = pd.Series(positives, dtype=float).reindex(ap.columns) / n_images
+        rows = pd.concat([ap, pd.DataFrame([chance.to_numpy()], columns=ap.columns,
+                                           index=["random ranking (prevalence)"])])
+    n_runs, n_classes = rows.shape
+    fig, ax = _figure(figsize=(max(6.0, 0.6 * n_classes + 4), 0.4 * n_runs + 2.8))
+    values = np.ma.masked_invalid(rows.to_numpy(dtype=float))
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(n_classes), [str(c) for c in ap.columns], rotation=45, ha="right")
-    ax.set_yticks(range(n_runs), [str(r) for r in ap.index])
+    names = [str(c) for c in ap.columns]
+    if chance is not None:
+        names = [f"{c} ({int(positives[c]) if positives[c] == positives[c] else '?'})" for c in ap.columns]
+    ax.set_xticks(range(n_classes), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n_runs), [str(r) for r in rows.index], fontsize=8)
+    if chance is not None:
+        ax.axhline(n_runs - 1.5, color="white", lw=3)  # the chance row apart from the runs
+        ax.set_xlabel(f"class (validation positives: images holding it, of {n_images}); last row: its prevalence, "
+                      "the AP of a random ranking", fontsize=8)
     if n_runs * n_classes <= 600:
-        for (r, c), v in np.ndenumerate(ap.to_numpy(dtype=float)):
+        for (r, c), v in np.ndenumerate(rows.to_numpy(dtype=float)):
             text, colour = (f"{v:.2f}", "white" if v < 0.5 else "black") if v == v else ("n/a", "0.4")  # NaN: no AP
-            ax.text(c, r, text, ha="center", va="center", fontsize=7, color=colour)
+            ax.text(c, r, text, ha="center", va="center", fontsize=8, color=colour)
     fig.colorbar(image, ax=ax, label="AP")
     ax.set_title(title)
     fig.tight_layout()
@@ -125,7 +142,11 @@ def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)"):
 
 
 def regularisation(table, x_columns: list[str], group_columns: list[str], score: str = "best_val_mAP"):
-    """``score`` against each of ``x_columns`` (one panel each); runs equal in ``group_columns`` are joined."""
+    """``score`` against each of ``x_columns`` (one panel each, the settings a sweep actually varied): per setting, the
+    mean over its seed runs with its 95% t-interval (a bar where two or more seeds), each seed run a faint dot; a line
+    joins the means of runs equal in ``group_columns`` but this setting (the same model, trainer, length)."""
+    from mlabel_exp.analysis.stats import seed_interval
+
     fig, axes = _figure(1, len(x_columns), figsize=(6 * len(x_columns), 4.5), squeeze=False)
     for ax, x in zip(axes[0], x_columns):
         by = [c for c in group_columns if c != x]
@@ -133,45 +154,95 @@ def regularisation(table, x_columns: list[str], group_columns: list[str], score:
         for i, (key, group) in enumerate(groups):
             key = key if isinstance(key, tuple) else (key,)
             label = ", ".join(f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(by, key))
-            g = group.sort_values(x)
-            # points; a line only joins runs that differ in this setting alone (the same model, trainer, length)
-            ax.plot(g[x], g[score], "o-" if len(g) > 1 else "o", color=f"C{i % 10}", label=label or "all runs")
+            colour = f"C{i % 10}"
+            points = [(value, seed_interval(runs[score].dropna().to_list()), runs[score].dropna())
+                      for value, runs in group.groupby(x, sort=True) if runs[score].notna().any()]
+            if not points:
+                continue
+            xs, summaries = [p[0] for p in points], [p[1] for p in points]
+            for value, _, seeds in points:
+                ax.plot([value] * len(seeds), seeds, "o", color=colour, alpha=0.3, ms=4, mfc="none")
+            ax.plot(xs, [s.mean for s in summaries], "D-" if len(xs) > 1 else "D", color=colour, ms=6,
+                    label=label or "all runs")
+            for value, s in zip(xs, summaries):
+                if s.ci_low is not None:
+                    ax.plot([value, value], [s.ci_low, s.ci_high], color=colour, lw=2.5, alpha=0.6)
         positive = table[x][table[x] > 0]
         if len(positive) and positive.max() / positive.min() >= 10:
             ax.set_xscale("symlog", linthresh=float(positive.min()))
-        ax.set(xlabel=x, ylabel=score.replace("_", " "), title=f"{score.replace('_', ' ')} against {x}",
+        name = score.replace("_", " ")
+        ax.set(xlabel=x, ylabel=f"{name} (diamond: mean over seeds)", title=f"{name} against {x}",
                ylim=(0, 1))  # the whole scale: a 0.48-0.55 axis would make a small gap look large
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+    fig.text(0.01, 0.01, "bars: 95% t-interval over seeds (2+ seeds); circles: seed runs", fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def cost(frame, title: str = "accuracy against inference cost"):
+    """Mean best val mAP (95% t-interval where 2+ seeds) of each group against the inference time per image of its
+    best run, one marker per group, named beside it. ``frame``: group, mean, ci_low, ci_high, ms_per_image, model."""
+    import textwrap
+
+    fig, ax = _figure(figsize=(9, 5.5))
+    markers = "oDs^v<>ph*"
+    for i, row in enumerate(frame.itertuples(index=False)):
+        colour = _QUALITATIVE[i % len(_QUALITATIVE)]
+        if row.ci_low is not None and row.ci_low == row.ci_low:
+            ax.plot([row.ms_per_image] * 2, [row.ci_low, row.ci_high], color=colour, lw=2.5, alpha=0.6)
+        ax.plot([row.ms_per_image], [row.mean], markers[i // len(_QUALITATIVE) % 10], color=colour, ms=8,
+                label=textwrap.shorten(str(row.group), 60, placeholder=" ..."))
+        ax.annotate(textwrap.shorten(str(row.group), 28, placeholder="..."), (row.ms_per_image, row.mean),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    times = frame["ms_per_image"].astype(float)
+    if len(times) and times.max() / max(times.min(), 1e-12) >= 10:
+        ax.set_xscale("log")
+    if len(times) and ax.get_xscale() == "linear":  # from 0 (times are compared as ratios), room for the names
+        ax.set_xlim(0, float(times.max()) * 1.3)
+    ax.set(xlabel="inference time per image on this machine, ms (the run's own predictor; lower is cheaper)",
+           ylabel="best val mAP (mean over seeds, 95% interval)", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
 
+# Okabe-Ito's colour-blind-safe palette (its yellow left out: unreadable on white) and three of Paul Tol's: ten colours,
+# no two alike (tab20's pairs are); past ten, a line style tells them apart
+_QUALITATIVE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#882255", "#999933",
+                "#7F7F7F")
+_DASHES = ("-", "--", ":", "-.")
+
+
 def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall (val, best epoch)"):
-    """One precision-recall step curve per class, with its AP and support in the legend, in distinct colours;
+    """One precision-recall step curve per class, with its AP and support in the legend, in distinct colours (and line
+    styles past ten classes);
     classes without a validation positive have no curve (and say so in the legend's title). Unknown labels (-1) are
     left out of each class's curve."""
-    import matplotlib
-
     from mlabel_exp.analysis.metrics import ignored, per_class_ap, positives
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
-    fig, ax = _figure(figsize=(8, 6.5))
+    import textwrap
+
+    fig, ax = _figure(figsize=(10, 6.5))
     targets = targets.int()
     precision, recall, _ = multilabel_precision_recall_curve(probs.float(), targets, num_labels=len(classes),
                                                              ignore_index=ignored(targets))
     ap = per_class_ap(probs.float(), targets)
-    colours = matplotlib.colormaps["tab20"]
     support = positives(targets).tolist()
     without = [name for c, name in enumerate(classes) if support[c] == 0]
     order = sorted((c for c in range(len(classes)) if classes[c] not in without), key=lambda c: -float(ap[c]))
     for i, c in enumerate(order):
-        ax.step(recall[c].numpy(), precision[c].numpy(), where="post", color=colours(i % 20), linewidth=1.4,
+        # a colour of its own among ten distinct ones; past ten, the colours repeat with another line style
+        ax.step(recall[c].numpy(), precision[c].numpy(), where="post", color=_QUALITATIVE[i % len(_QUALITATIVE)],
+                linestyle=_DASHES[i // len(_QUALITATIVE) % len(_DASHES)], linewidth=1.4,
                 label=f"{classes[c]}  AP {float(ap[c]):.2f}  ({support[c]})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
-    legend_title = "class, AP (positives)" + (f"; no positive: {', '.join(without)}" if without else "")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title=legend_title, title_fontsize=7)
+    legend_title = "class, AP (validation positives)" + (f"\nno positive: {', '.join(without)}" if without else "")
+    wrapped = "\n".join(textwrap.fill(line, 40) for line in legend_title.split("\n"))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title=wrapped, title_fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -195,19 +266,29 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
     names = [textwrap.shorten(g, 80, placeholder=" ...") for g in reversed(list(groups["group"]))]
     ax.set_yticks(range(n), [textwrap.fill(g, 42) for g in names], fontsize=8)  # long names: two lines at most
     ax.set_ylim(-0.7, n - 0.3)
-    lows = [v for v in (*groups["ci_low"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
-    highs = [v for v in (*groups["ci_high"].dropna(), *[s for v in groups["values"] for s in v]) if v == v]
-    if lows:  # the data, not 0-1: dots must stay apart
-        pad = max((max(highs) - min(lows)) * 0.15, 0.01)
-        ax.set_xlim(max(0, min(lows) - pad), min(1, max(highs) + pad))
-    else:  # no run has the objective
-        ax.set_xlim(0, 1)
-    ax.set_xlabel(f"{objective} (diamond: mean over seeds; bar: 95% t-interval; circles: seed runs)")
+    ax.set_xlim(*_interval_axis(groups))
+    low, high = ax.get_xlim()
+    scale = "full scale" if (low, high) == (0, 1) else f"axis {low:.2f}-{high:.2f}, zoomed to the intervals"
+    ax.set_xlabel(f"{objective} ({scale})\ndiamond: mean over seeds; bar: 95% t-interval; circles: seed runs",
+                  fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.subplots_adjust(right=0.75)  # room for the verdicts
     return fig
+
+
+def _interval_axis(groups) -> tuple[float, float]:
+    """The x range of group_intervals: 0-1 unless two or more seeds give an interval to judge a gap by; then the
+    intervals and seed runs, padded by the widest interval (at least 0.02), so that the zoom never makes a gap look
+    larger than the seed noise beside it."""
+    seeds = [s for v in groups["values"] for s in v if s == s]
+    bounds = [v for v in (*groups["ci_low"].dropna(), *groups["ci_high"].dropna()) if v == v]
+    if not bounds or not seeds:  # one seed a group (no noise measured) or no objective: the whole scale
+        return 0.0, 1.0
+    widest = max(h - lo for lo, h in zip(groups["ci_low"], groups["ci_high"]) if lo is not None and lo == lo)
+    pad = max(widest, 0.02)
+    return max(0.0, min(*bounds, *seeds) - pad), min(1.0, max(*bounds, *seeds) + pad)
 
 
 # The data audit's figures (python -m mlabel_exp.inspect): one horizontal bar per class, so that long class names stay

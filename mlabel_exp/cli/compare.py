@@ -25,6 +25,8 @@ def report(result, typed: CompareConfig) -> None:
     for name, path in result.figures.items():
         print(f"{name}: {path}")
     print(f"table: {result.out_dir / 'comparison.csv'}, {result.out_dir / 'comparison.md'}")
+    if result.report is not None:
+        print(f"report: {result.report}")
     if result.run_id:
         print(f"MLflow run: {result.run_id} (experiment {comparisons_experiment(typed.tracking.experiment)})")
     if result.registered:
@@ -45,7 +47,7 @@ def _main(cfg) -> None:
     typed.tracking.experiment = newest_experiment(typed.tracking.uri, typed.tracking.experiment)
     result = compare(typed.tracking.experiment, tracking_uri=typed.tracking.uri, sweep=typed.sweep,
                      filter_string=typed.filter, out_dir=resolve_path(typed.out) if typed.out else None,
-                     log_to_mlflow=typed.log_to_mlflow, register_best_as=typed.register_best)
+                     log_to_mlflow=typed.log_to_mlflow, register_best_as=typed.register_best, cost=typed.cost)
     report(result, typed)
 
 

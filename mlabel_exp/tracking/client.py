@@ -32,11 +32,38 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --workers 1 --port 5000"
 
 
+# The runs table as the project's link opens it. MLflow 3.17's UI takes the table's sort from the URL (orderByKey,
+# orderByAsc) and its columns from the browser's stored view state, first visit: Source, Models, Dataset, no metric;
+# a "shared view" is the one way a link sets both: ?viewStateShareKey=KEY loads the JSON in the experiment tag
+# mlflow.sharedViewState.KEY (search facets and UI state: selectedColumns, columnWidths, ...), unless the URL already
+# holds a sort or filter. docs/mlflow-ui.md says how this was found.
+BEST_METRIC = "val/best_mAP"
+VIEW_KEY = "mlabel-best-first"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def _column(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"  # the UI's column and sort keys (makeCanonicalSortKey)
+
+
+def runs_view() -> dict:
+    """The runs table's view: best val mAP first, the key metrics and settings as columns in that order (a column's
+    width applies only to one listed in columnOrder), run names not cut short."""
+    columns = [_column("metrics", k) for k in (BEST_METRIC, "test/mAP")]
+    columns += [_column("params", k) for k in ("model.name", "dropout_value", "weight_decay_value", "optimizer.lr",
+                                               "seed")]
+    name = _column("attributes", "Run Name")
+    return {"orderByKey": _column("metrics", BEST_METRIC), "orderByAsc": False, "selectedColumns": columns,
+            "columnOrder": [name, *columns], "columnWidths": {name: 300, **{c: 120 for c in columns}}}
+
+
 def run_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The UI page of a run (or of the experiment's runs table), on the model-training view."""
+    """The UI page of a run, or of the experiment's runs table sorted by best val mAP with the key columns showing
+    (the shared view ``runs_view``, stored on the experiment by ``experiment_id``); on the model-training view."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    page = f"experiments/{experiment_id}/runs/{run_id}" if run_id else f"experiments/{experiment_id}/runs"
-    return f"{base}/#/{page}?{UI_VIEW}"
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&{UI_VIEW}"
 
 
 def default_uri() -> str:
@@ -116,21 +143,24 @@ def client(uri: str | None, create: bool = False):
 
 def experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment ``name`` in the store at ``uri``, created on first use (artifacts beside a local store),
-    tagged as a model-training experiment for the UI."""
+    tagged as a model-training experiment for the UI, with the runs table's view (``runs_view``)."""
+    import json
+
     import mlflow
 
     mlflow_client = client(uri, create=True)
+    wanted = {**EXPERIMENT_KIND, VIEW_TAG: json.dumps(runs_view())}
     with store_lock(uri):
         exp = mlflow_client.get_experiment_by_name(name)
         if exp is None:
             if artifact_location is None and _sqlite_path(uri) is not None:
                 artifact_location = (_sqlite_path(uri).parent / "artifacts").as_uri()
             try:
-                return mlflow_client.create_experiment(name, artifact_location, EXPERIMENT_KIND)
+                return mlflow_client.create_experiment(name, artifact_location, wanted)
             except mlflow.exceptions.MlflowException:  # created meanwhile by a job on another node
                 return mlflow_client.get_experiment_by_name(name).experiment_id
-        if not set(EXPERIMENT_KIND) <= set(exp.tags):
-            for k, v in EXPERIMENT_KIND.items():
+        for k, v in wanted.items():  # an experiment made before (or by another version): brought up to date
+            if exp.tags.get(k) != v:
                 mlflow_client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
 

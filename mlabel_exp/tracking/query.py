@@ -64,6 +64,11 @@ def metric_history(uri: str | None, run_id: str, key: str) -> list[tuple[int, fl
     return sorted(by_step.items())
 
 
+def run_param(uri: str | None, run_id: str, key: str) -> str | None:
+    """One param of a run, None where it has none."""
+    return client(uri).get_run(run_id).data.params.get(key)
+
+
 def artifact_text(uri: str | None, run_id: str, path: str) -> str | None:
     """The text of one artifact file of a run; None when the run has no such file."""
     store = client(uri)

@@ -182,7 +182,22 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
         held_out["test"] = _log_test(tracker, out, classes, test, tuned, result.best_epoch)
     if "best" in result.checkpoints:
         _log_checkpoints(tracker, cfg, result.checkpoints, classes)
+    log_report(tracker, cfg, out, result)
     return held_out
+
+
+def log_report(tracker, cfg: Config, out: Path, result) -> None:
+    """report.html (analysis.run_report): the run's figures and tables on one page, from its output folder; the best
+    epoch's validation mAP joins summary.json first, so that the page and the file say the same."""
+    from mlabel_exp.analysis.run_report import write_run_report
+
+    path = out / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary["val"] = {"mAP": result.best_score, "best_epoch": result.best_epoch, "epochs": len(result.history)}
+    write_atomic(path, json.dumps(summary, indent=1))
+    tracker.log_artifact(path)
+    name = f"run {tracker.run_id[:8]}" if tracker.run_id else out.name
+    tracker.log_artifact(write_run_report(out, f"{cfg.model.name}: {name}"))
 
 
 def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes: list[str]) -> None:
@@ -279,11 +294,17 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     table[numeric] = written(table[numeric].to_numpy())
     write_atomic(out / "per_class.csv", table.to_csv(index=False))
     tracker.log_artifact(out / "per_class.csv")
-    tracker.log_figure(plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
-                       "per_class_ap.png")
-    tracker.log_figure(plots.pr_curves(probs, targets, classes, f"{cfg.model.name}: precision-recall (val, best epoch)"),
-                       "pr_curves.png")
+    _save_and_log(tracker, out, plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
+                  "per_class_ap.png")
+    _save_and_log(tracker, out, plots.pr_curves(probs, targets, classes,
+                                                f"{cfg.model.name}: precision-recall (val, best epoch)"), "pr_curves.png")
     return tuned, scores
+
+
+def _save_and_log(tracker, out: Path, fig, name: str) -> None:
+    """A figure in the output folder (for report.html) and in the run."""
+    fig.savefig(out / name, dpi=100)
+    tracker.log_figure(fig, name)
 
 
 def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:

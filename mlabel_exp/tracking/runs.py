@@ -194,12 +194,14 @@ def log_files(uri: str | None, run_id: str, paths: list[Path], artifact_path: st
 
 
 def file_run(uri: str, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any],
-             files: list[Path]) -> str:
-    """A run that holds only ``files`` (a comparison's table and figures): FINISHED once they are all logged, FAILED
-    if one cannot be. Returns its id."""
+             files: list[Path], metrics: dict[str, float] | None = None) -> str:
+    """A run that holds only ``files`` (a comparison's table and figures) and a few single ``metrics``: FINISHED once
+    they are all logged, FAILED if one cannot be. Returns its id."""
     tracker = Tracker(uri, experiment)
     tracker.start(name, tags, params)
     try:
+        if metrics:
+            tracker.log_metrics(metrics, step=0)
         for path in files:
             tracker.log_artifact(path)
     except BaseException:

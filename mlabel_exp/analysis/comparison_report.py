@@ -1,0 +1,179 @@
+"""What a comparison says in one page (report.html) and in its MLflow run (description and metrics): the verdict in a
+sentence, the groups, every figure compare made (whatever its name), per-class AP differences from the best group,
+and accuracy against cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlabel_exp.analysis import report
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlabel_exp.analysis.groups import Groups
+
+
+@dataclass
+class PerClass:
+    """compare's per-class AP of each run, as read from the runs' per_class.csv."""
+    ap: pd.DataFrame | None              # runs (labelled as in the figures) x classes: each run's AP on validation
+    run_ids: list[str]                   # the run of each row of ``ap``
+    positives: pd.Series | None = None   # validation images holding each class (of the first run with the file)
+    n_images: int | None = None          # its validation images
+
+#: Captions of the figures compare makes; a figure not named here is shown under its file name.
+CAPTIONS = {
+    "seed_intervals.png": "Each group's mean best val mAP over its seed runs (diamond), its 95% t-interval (bar) and "
+                          "each seed run (circle), with the verdict against the best group. One seed gives no "
+                          "interval: the axis then spans 0-1, so that a gap without a measure of noise does not look "
+                          "large.",
+    "model_comparison.png": "Train loss, validation loss and validation mAP per epoch, one line per run.",
+    "per_class_ap.png": "AP of each class (column) for each run (row) on validation at its best epoch; the column "
+                        "label counts the class's validation positives, the last row its prevalence: the AP a random "
+                        "ranking scores, the floor to read each AP against.",
+    "regularisation.png": "Best val mAP against each regularisation setting the sweep varied: mean over seeds "
+                          "(diamond) with its 95% t-interval, seed runs as circles. A setting that only follows "
+                          "another (each model's default dropout) has no panel: its effect is confounded.",
+    "cost.png": "Accuracy against cost: mean best val mAP of each group (95% interval where 2+ seeds) against the "
+                "inference time per image of its best run, measured on this machine with the run's own predictor.",
+}
+
+
+def verdict(found: Groups) -> str:
+    """One sentence: which group is best and whether the others are told apart from it."""
+    t = found.table
+    if t.empty:
+        return "No group to compare."
+    best = t.iloc[0]
+    lead = f"{best['group']} has the best mean best val mAP ({best['mean']:.4f}, n={int(best['n'])})"
+    if len(t) == 1:
+        return f"One group ({int(best['n'])} run(s)): mean best val mAP {best['mean']:.4f}; nothing to compare it with."
+    others = t.iloc[1:]
+    worse = int(others["verdict"].astype(str).str.startswith("worse").sum())
+    untested = int(others["verdict"].astype(str).str.startswith("not tested").sum())
+    tied = len(others) - worse - untested
+    if worse == len(others):
+        return f"{lead}; every other group is worse at p<0.05."
+    if tied == len(others):
+        return (f"{lead}, but no other group is distinguishable from it ({tied} within the noise): the choice can rest "
+                "on cost.")
+    parts = [f"{n} {what}" for n, what in ((worse, "worse at p<0.05"), (tied, "not distinguishable from it"),
+                                          (untested, "not tested (one seed, no shared images)")) if n]
+    return f"{lead}; of the {len(others)} other groups, " + ", ".join(parts) + "."
+
+
+def group_of_run(found: Groups) -> dict[str, str]:
+    return {run_id: g for g, ids in zip(found.table["group"], found.table["run_ids"]) for run_id in str(ids).split()}
+
+
+def class_differences(per_class: PerClass, found: Groups) -> pd.DataFrame | None:
+    """Per class: its validation positives, prevalence, the best group's mean AP over its runs, and each other group's
+    mean AP minus it (point differences; negative: worse than the best group on that class)."""
+    import pandas as pd
+
+    if per_class.ap is None or len(found.table) < 2:
+        return None
+    of_run = group_of_run(found)
+    ap = per_class.ap.set_axis([of_run.get(r) for r in per_class.run_ids], axis=0)
+    means = ap.groupby(level=0, sort=False).mean()
+    order = [g for g in found.table["group"] if g in means.index]
+    if len(order) < 2 or order[0] != found.table["group"].iloc[0]:
+        return None
+    best = means.loc[order[0]]
+    frame = pd.DataFrame({"class": means.columns})
+    if per_class.positives is not None:
+        frame["positives"] = [per_class.positives.get(c) for c in means.columns]
+        if per_class.n_images:
+            frame["prevalence"] = frame["positives"].astype(float) / per_class.n_images
+    frame[f"AP: {order[0]} (best)"] = best.to_numpy()
+    for group in order[1:]:
+        frame[f"{group} - best"] = (means.loc[group] - best).to_numpy()
+    return frame
+
+
+def best_runs(found: Groups, runs: list[dict]) -> dict[str, dict]:
+    """Each group's run with the best val mAP (the model a person would pick from it)."""
+    from mlabel_exp.analysis.groups import objective
+
+    by_id = {r["run_id"]: r for r in runs}
+    picked = {}
+    for group, ids in zip(found.table["group"], found.table["run_ids"]):
+        members = [by_id[i] for i in str(ids).split() if i in by_id]
+        if members:
+            scores = [objective(r["metrics"]) for r in members]
+            picked[group] = members[max(range(len(members)), key=lambda i: scores[i] if scores[i] == scores[i]
+                                        else float("-inf"))]
+    return picked
+
+
+def with_accuracy(cost: pd.DataFrame, found: Groups) -> pd.DataFrame:
+    """The cost table with each group's mean best val mAP and its interval (for cost.png and the page)."""
+    accuracy = found.table.set_index("group")[["mean", "ci_low", "ci_high", "n"]]
+    return cost.join(accuracy, on="group")
+
+
+def cost_for_reading(cost: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame({
+        "group": cost["group"], "model": cost["model"], "mean best val mAP": cost["mean"], "n": cost["n"],
+        "ms / image": cost["ms_per_image"], "images / s": cost["images_per_s"],
+        "trainable params": cost["trainable_params"].map("{:,}".format),
+        "total params": cost["total_params"].map("{:,}".format),
+        "checkpoint MB": cost["checkpoint_bytes"] / 1e6, "device": cost["device"], "precision": cost["precision"],
+        "batch": cost["batch_size"], "inputs": cost["inputs"], "run": cost["run_id"].str[:8]})
+
+
+def sections(found: Groups, groups_frame: pd.DataFrame, figures: dict[str, Path], differences, cost, table,
+             notes: list[str]) -> list[report.Section]:
+    """The page's sections: groups, figures (every one given, seed_intervals first), per class, cost, runs, notes."""
+    first = [n for n in ("seed_intervals.png", "cost.png") if n in figures]
+    shown = [report.Figure(figures[n], CAPTIONS.get(n, n), n) for n in first]
+    shown += [report.Figure(path, CAPTIONS.get(n, n), n) for n, path in figures.items() if n not in first]
+    pages = [report.Section("Groups across seeds", [report.Table(groups_frame, found.evaluated_on)]),
+             report.Section("Figures", shown)]
+    if differences is not None:
+        pages.append(report.Section("Per-class AP: each group against the best", [report.Table(
+            differences, "Mean AP over each group's runs on validation (per_class.csv of each run); a negative "
+            "difference: worse than the best group on that class. Point differences, no interval.")]))
+    if cost is not None and len(cost):
+        pages.append(report.Section("Accuracy against cost", [report.Table(
+            cost_for_reading(cost), "Each group's best run: parameters (trainable with its model.trainable preset), "
+            "the size of best.pt, and inference speed through the run's own predictor (its preprocessing, autocast "
+            "precision and device where this machine has it) on one batch of its validation images after a warm-up, "
+            "for about 1.5 s: a ranking on this machine, not a benchmark.")]))
+    pages.append(report.Section("Runs", [report.Table(table.assign(run_id=table["run_id"].str[:8]))]))
+    pages.append(report.Section("Notes", list(notes)))
+    return pages
+
+
+def description(found: Groups, where: str, n_runs: int) -> str:
+    """The comparison run's description (mlflow.note.content, Markdown): what was compared, the verdict, the groups
+    by the names its metrics use (group_1 is the best)."""
+    lines = [f"Compared **{n_runs} runs** ({where}) in **{len(found.table)} group(s)**.", "",
+             f"**Verdict:** {verdict(found)}", "", f"Groups ({found.evaluated_on}):", "",
+             "| metrics | group | n | mean best val mAP | verdict |", "|---|---|---:|---:|---|"]
+    for i, row in enumerate(found.table.itertuples(index=False), start=1):
+        lines.append(f"| group_{i} | {str(row.group).replace('|', '/')} | {row.n} | {row.mean:.4f} | {row.verdict} |")
+    lines += ["", "The page with the figures, per-class differences and cost: the artifact report.html."]
+    return "\n".join(lines)
+
+
+def metrics(found: Groups, n_runs: int) -> dict[str, float]:
+    """Single numbers for the comparison run: runs, groups, and per group (group_1: the best) its n, mean best val
+    mAP and interval, and the p-value against the best where a test was made."""
+    values = {"runs": float(n_runs), "groups": float(len(found.table))}
+    for i, row in enumerate(found.table.itertuples(index=False), start=1):
+        numbers = {"n": row.n, "mean_best_val_mAP": row.mean, "ci_low": row.ci_low, "ci_high": row.ci_high,
+                   "p_value": row.p_value}
+        values |= {f"group_{i}/{k}": float(v) for k, v in numbers.items() if v is not None and v == v}
+    return values
+
+
+def write(out_dir: Path, title: str, where: str, found: Groups, groups_frame, figures, differences, cost, table,
+          notes) -> Path:
+    return report.write(out_dir / "report.html", title, verdict(found),
+                        sections(found, groups_frame, figures, differences, cost, table, notes), meta=where)

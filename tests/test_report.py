@@ -1,0 +1,165 @@
+"""report.html (analysis.report, run_report, comparison_report) and the figures behind it, on constructed inputs:
+the page holds what it is given, embedded, and nothing it would have to fetch."""
+
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlabel_exp.analysis import comparison_report, figures, report, run_report
+from mlabel_exp.analysis.comparison import swept_axes
+from mlabel_exp.analysis.groups import COLUMNS, Groups
+
+
+def png(path, colour=(200, 30, 30), size=(24, 16)):
+    from PIL import Image
+
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def embedded_images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def assert_self_contained(page: str) -> None:
+    """No reference the browser would follow: every src is an embedded PNG, no href, no script, no http/file URL."""
+    sources = re.findall(r'\bsrc="([^"]*)"', page)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"\bhref=|<script|<link|@import|url\(", page, re.I)
+    assert not re.search(r"(https?|file)://", page)
+
+
+def test_page_embeds_every_figure_and_table_row_and_nothing_external(tmp_path):
+    images = {f"f{i}.png": png(tmp_path / f"f{i}.png", (40 * i, 10, 10)) for i in range(3)}
+    table = pd.DataFrame({"group": ["a <b>", "c"], "mean": [0.51234567, float("nan")], "n": [3, 1]})
+    sections = [report.Section("Tables", [report.Table(table, "the caption")]),
+                report.Section("Figures", [report.Figure(p, f"caption {n}", n) for n, p in images.items()]),
+                report.Section("Empty", [])]
+    page = report.render("Title & co", "The verdict sentence.", sections)
+    assert "The verdict sentence." in page and "Title &amp; co" in page
+    assert embedded_images(page) == [p.read_bytes() for p in images.values()]  # each file, whole, in order
+    assert "a &lt;b&gt;" in page and "<td>0.5123</td>" in page and "<b>" not in page  # escaped, 4 decimals
+    assert "Empty" not in page  # a section with nothing in it is left out
+    assert_self_contained(page)
+
+
+def test_diagnostics_section_renders_index_json_in_order_and_is_absent_without_it(tmp_path):
+    folder = tmp_path / "diagnostics"
+    assert report.diagnostics_section(folder) is None
+    folder.mkdir()
+    png(folder / "calibration.png")
+    pd.DataFrame({"class": ["cat", "dog"], "ECE": [0.125, 0.25]}).to_csv(folder / "calibration.csv", index=False)
+    json.dump([{"title": "Calibration", "image": "calibration.png", "caption": "reliability"},
+               {"title": "Calibration table", "table": "calibration.csv", "caption": "per class"},
+               {"title": "Gone", "image": "gone.png", "caption": ""}], (folder / "index.json").open("w"))
+    section = report.diagnostics_section(folder)
+    page = report.render("run", "", [section])
+    assert page.index("Calibration") < page.index("Calibration table") < page.index("Gone")
+    assert len(embedded_images(page)) == 1 and "reliability" in page and "<td>dog</td>" in page
+    assert "gone.png is missing" in page
+
+
+def run_folder(tmp_path, with_diagnostics: bool):
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = {"val": {"mAP": 0.61234, "best_epoch": 3, "epochs": 5},
+               "tuned": {"mAP": 0.6, "f1_micro": 0.5, "f1_macro": 0.4567, "global_threshold": 0.3},
+               "test": {"mAP": 0.55556, "f1_micro": 0.44444, "f1_macro": 0.3, "loss": 0.2}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "thresholds.json").write_text(json.dumps({"classes": ["cat", "dog"], "global": 0.3, "per_class": [0.2, 0.4]}))
+    pd.DataFrame({"class": ["cat", "dog"], "support": [4, 2], "AP": [0.7, 0.5], "threshold": [0.2, 0.4]}).to_csv(
+        out / "per_class.csv", index=False)
+    for name in ("curves.png", "per_class_ap.png", "pr_curves.png"):
+        png(out / name)
+    if with_diagnostics:
+        (out / "diagnostics").mkdir()
+        png(out / "diagnostics" / "gallery.png", (0, 90, 0))
+        (out / "diagnostics" / "index.json").write_text(json.dumps(
+            [{"title": "Worst images", "image": "gallery.png", "caption": "the largest losses"}]))
+    return out
+
+
+@pytest.mark.parametrize("with_diagnostics", [False, True])
+def test_run_report_shows_the_headline_figures_thresholds_and_diagnostics(tmp_path, with_diagnostics):
+    out = run_folder(tmp_path, with_diagnostics)
+    page = run_report.write_run_report(out, "smallcnn: run x").read_text()
+    assert "Best val mAP 0.6123 at epoch 3 of 5; test mAP 0.5556, F1 micro 0.4444" in page
+    assert "<td>cat</td>" in page and "global threshold 0.3" in page
+    assert len(embedded_images(page)) == 3 + with_diagnostics
+    assert ("<h2>Diagnostics</h2>" in page) == with_diagnostics
+    assert ("the largest losses" in page) == with_diagnostics
+    assert_self_contained(page)
+
+
+def groups_frame(rows: list[tuple[str, str, int, float]]) -> Groups:
+    table = pd.DataFrame([{"group": g, "verdict": v, "n": n, "mean": m, "ci_low": None, "ci_high": None,
+                           "values": [m] * n, "run_ids": g} for g, v, n, m in rows], columns=COLUMNS)
+    return Groups(table, "constructed", [])
+
+
+@pytest.mark.parametrize("verdicts, expected", [
+    (["worse (p<0.05)", "worse (p<0.05)"], "; every other group is worse at p<0.05."),
+    (["not distinguishable from best"] * 2, "but no other group is distinguishable from it"),
+    (["worse (p<0.05)", "not distinguishable from best"], "of the 2 other groups, 1 worse at p<0.05, 1 not "
+                                                           "distinguishable from it."),
+])
+def test_verdict_sentence_names_the_best_group_and_what_the_others_are(verdicts, expected):
+    found = groups_frame([("model=a", "best", 3, 0.7), ("model=b", verdicts[0], 3, 0.6),
+                          ("model=c", verdicts[1], 3, 0.5)])
+    sentence = comparison_report.verdict(found)
+    assert sentence.startswith("model=a has the best mean best val mAP (0.7000, n=3)") and expected in sentence
+
+
+def test_comparison_metrics_are_each_groups_numbers_by_rank():
+    found = groups_frame([("model=a", "best", 3, 0.7), ("model=b", "worse (p<0.05)", 2, 0.6)])
+    found.table.loc[1, "p_value"] = 0.01
+    assert comparison_report.metrics(found, 5) == {
+        "runs": 5.0, "groups": 2.0, "group_1/n": 3.0, "group_1/mean_best_val_mAP": 0.7,
+        "group_2/n": 2.0, "group_2/mean_best_val_mAP": 0.6, "group_2/p_value": 0.01}
+    note = comparison_report.description(found, "experiment='x'", 5)
+    assert "| group_2 | model=b | 2 | 0.6000 | worse (p<0.05) |" in note and "**Verdict:** model=a" in note
+
+
+def test_class_differences_are_group_means_minus_the_best_groups():
+    ap = pd.DataFrame({"cat": [0.9, 0.7, 0.4], "dog": [0.2, 0.4, 0.5]}, index=["r1", "r2", "r3"])
+    per_class = comparison_report.PerClass(ap, ["id1", "id2", "id3"], pd.Series({"cat": 3, "dog": 6}), 12)
+    found = groups_frame([("best", "best", 2, 0.7), ("other", "worse (p<0.05)", 1, 0.6)])
+    found.table["run_ids"] = ["id1 id2", "id3"]
+    frame = comparison_report.class_differences(per_class, found)
+    assert frame["class"].tolist() == ["cat", "dog"] and frame["prevalence"].tolist() == [0.25, 0.5]
+    assert frame["AP: best (best)"].tolist() == pytest.approx([0.8, 0.3])
+    assert frame["other - best"].tolist() == pytest.approx([0.4 - 0.8, 0.5 - 0.3])
+
+
+def test_only_a_setting_that_changes_alone_gets_a_regularisation_axis():
+    architecture = pd.DataFrame({"model": ["resnet18", "resnet18", "vgg16", "vgg16"],
+                                 "dropout_value": [0.0, 0.0, 0.5, 0.5], "weight_decay_value": [1e-4] * 4})
+    assert swept_axes(architecture, ["model", "dropout_value"]) == ([], ["dropout_value"])  # each model's default
+    both = pd.DataFrame({"model": ["resnet18", "resnet18", "vgg16", "vgg16"], "dropout_value": [0.0, 0.5, 0.0, 0.5],
+                         "weight_decay_value": [1e-4] * 4})
+    assert swept_axes(both, ["model", "dropout_value"]) == (["dropout_value"], [])
+
+
+def test_seed_interval_axis_spans_0_to_1_without_intervals_and_holds_every_interval_and_seed_with_them():
+    one_seed = groups_frame([("a", "best", 1, 0.25), ("b", "not tested (one seed, no shared images)", 1, 0.21)])
+    assert figures._interval_axis(one_seed.table) == (0.0, 1.0)
+    seeds = pd.DataFrame({"ci_low": [0.5, 0.3], "ci_high": [0.6, 0.45], "values": [[0.52, 0.58], [0.29, 0.4]]})
+    low, high = figures._interval_axis(seeds)
+    widest = 0.15  # the padding: the widest interval
+    assert (low, high) == pytest.approx((0.29 - widest, 0.6 + widest))
+
+
+def test_cost_figure_draws_each_group_at_its_time_and_mean(tmp_path):
+    frame = pd.DataFrame({"group": ["model=resnet50", "model=vgg16"], "mean": [0.8, 0.78], "ci_low": [0.77, None],
+                          "ci_high": [0.83, None], "ms_per_image": [12.0, 30.0]})
+    fig = figures.cost(frame)
+    ax = fig.axes[0]
+    points = {tuple(np.round(line.get_xydata()[0], 6)) for line in ax.get_lines() if len(line.get_xydata()) == 1}
+    assert points == {(12.0, 0.8), (30.0, 0.78)} and ax.get_xlim()[0] == 0 and ax.get_ylim() == (0, 1)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
