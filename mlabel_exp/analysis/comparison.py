@@ -209,7 +209,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     """Table and figures of the FINISHED runs of ``experiment`` (of one ``sweep``: see ``sweep_named``;
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` and logged as a comparison run;
     ``register_best_as``: register the best run's model under that name, aliased champion."""
-    from mlabel_exp.analysis import groups
+    from mlabel_exp.analysis import class_differences, groups
     from mlabel_exp.analysis import figures as plots
     from mlabel_exp.fsutil import write_atomic
 
@@ -242,9 +242,14 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if len(found.table) > 1:
         figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
+    # per class: each group against the best, and the images the two leading groups disagree on (class_differences)
+    class_figures, class_files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title)
+    figures |= class_figures
+    notes += class_notes
     run_id = None
     if log_to_mlflow:
-        files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *figures.values()]
+        files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *class_files,
+                 *figures.values()]
         with quiet_logger():
             run_id = log_comparison(uri, experiment, table, files, sweep, filter_string, sweep_name)
     registered = register_best(uri, found, runs, register_best_as) if register_best_as else None
