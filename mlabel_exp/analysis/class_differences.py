@@ -92,7 +92,7 @@ def class_differences_figure(frame: pd.DataFrame, n_images: int, title: str = ""
                      f"of {len(classes)} classes", fontsize=9, wrap=True)
         ax.set_xlabel("AP minus the best group's", fontsize=9)
     axes[0][0].set_yticks(y, classes, fontsize=9)
-    axes[0][0].invert_yaxis()
+    axes[0][0].set_ylim(len(classes) - 0.5, -0.5)  # first class on top, whole rows at both ends
     versus = frame["versus"].iloc[0] if len(frame) else ""
     lines = [title, f"per-class AP difference from the best group: {versus}",
              f"bar: 95% paired bootstrap interval over {n_images} images; blue: wins, vermillion: loses, "
