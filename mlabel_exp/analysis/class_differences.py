@@ -121,6 +121,8 @@ def disagreements_figure(picked: list[tuple[int, int]], files: Sequence[str], pa
                          classes: Sequence[str], names: tuple[str, str], title: str = ""):
     """The ``picked`` (image, class) pairs as thumbnails, four a row, each titled with its file, the class, both
     models' probabilities and the image's true labels; ``paths[i]`` None (image not found) shows an empty frame."""
+    from mlabel_exp.analysis.figures import clip
+
     cols = 4
     n_rows = max(1, -(-len(picked) // cols))
     fig, axes = _figure_grid(n_rows, cols)
@@ -133,9 +135,9 @@ def disagreements_figure(picked: list[tuple[int, int]], files: Sequence[str], pa
                     transform=ax.transAxes)
         else:
             ax.imshow(pixels)
-        truth = textwrap.shorten(true_labels[i] or "(none)", 34, placeholder=" ...")
+        truth = clip(true_labels[i] or "(none)", 36)
         present = "present" if classes[c] in true_labels[i].split() else "absent"
-        ax.set_title(f"{textwrap.shorten(str(files[i]), 34, placeholder='...')}\n{classes[c]} ({present}): "
+        ax.set_title(f"{clip(files[i], 36, keep='tail')}\n{clip(classes[c], 24)} ({present}): "
                      f"A {probs_a[i, c]:.2f}"
                      f"  B {probs_b[i, c]:.2f}\ntrue: {truth}", fontsize=8.5)
     a, b = (textwrap.shorten(n, 60, placeholder=" ...") for n in names)

@@ -18,6 +18,15 @@ def _integer_epochs(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def clip(text: str, width: int, keep: str = "head") -> str:
+    """``text`` in at most ``width`` characters, cut with "..." (``keep="tail"``: its end, for paths); unlike
+    textwrap.shorten, a long word without spaces (a path, a class name) is cut, not dropped."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    return "..." + text[-(width - 3):] if keep == "tail" else text[:width - 3] + "..."
+
+
 LOSS_NAMES = {"bce": "BCE loss", "focal": "focal loss", "asl": "asymmetric loss (ASL)"}
 
 
