@@ -59,8 +59,10 @@ def pick_images(probs: np.ndarray, thresholds: Sequence[float], per_class: int) 
 
 def compute_maps(predictor, images: dict, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
     """Grad-CAM of each (image, class) pair: an (input size) x (input size) map in [0, 1] per pair, from the logit of
-    that class. ``images``: row -> uint8 tensor as ``predictor.image_steps`` makes it. The model is put in eval mode and
-    its parameters out of autograd for the pass (only the activations' gradients are needed), then restored."""
+    that class. ``images``: row -> uint8 tensor as ``predictor.image_steps`` makes it. Grad-CAM needs the gradient of
+    the logit at the target layer only: the layer's output is made a leaf of autograd (a forward hook placed before
+    grad-cam's own), so the backbone below it runs as inference and the backward pass crosses the head alone. The
+    model is put in eval mode and its parameters out of autograd for the pass, then restored."""
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -70,16 +72,18 @@ def compute_maps(predictor, images: dict, pairs: list[tuple[int, int]]) -> dict[
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
         p.requires_grad_(False)
+    layer = target_layer(model)
+    cut = layer.register_forward_hook(lambda module, args, output: output.detach().requires_grad_(True))
     maps = {}
     try:
-        with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
+        with GradCAM(model=model, target_layers=[layer]) as cam:
             for start in range(0, len(pairs), BATCH):
                 chunk = pairs[start:start + BATCH]
-                # the input in autograd: the activations have gradients with every parameter out of it
-                x = predictor.inputs(torch.stack([images[i] for i, _ in chunk])).float().requires_grad_(True)
+                x = predictor.inputs(torch.stack([images[i] for i, _ in chunk])).float()
                 grey = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for _, c in chunk])
                 maps.update(zip(chunk, grey))
     finally:
+        cut.remove()
         for p in trainable:
             p.requires_grad_(True)
         model.train(was_training)
