@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 TARGET_LAYERS = {"SmallCNN": "features.3", "ResNet": "layer4", "VGG": "features", "Inception3": "Mixed_7c"}
 INSTALL_HINT = "pip install mlabel-exp[diagnose]"
 MAX_LABELS = 4       # maps per image beside it: its predicted labels, the most probable first
-BATCH = 16           # (image, label) pairs per forward and backward pass
+BATCH = 16           # images per forward pass
 DISPLAY_SIZE = 320   # longest side of an image as drawn (pixels)
 
 
@@ -59,10 +59,13 @@ def pick_images(probs: np.ndarray, thresholds: Sequence[float], per_class: int) 
 
 def compute_maps(predictor, images: dict, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
     """Grad-CAM of each (image, class) pair: an (input size) x (input size) map in [0, 1] per pair, from the logit of
-    that class. ``images``: row -> uint8 tensor as ``predictor.image_steps`` makes it. Grad-CAM needs the gradient of
-    the logit at the target layer only: the layer's output is made a leaf of autograd (a forward hook placed before
-    grad-cam's own), so the backbone below it runs as inference and the backward pass crosses the head alone. The
-    model is put in eval mode and its parameters out of autograd for the pass, then restored."""
+    that class. ``images``: row -> uint8 tensor as ``predictor.image_steps`` makes it.
+
+    Grad-CAM needs the gradient of a logit at the target layer only, so the layer's output is cut from autograd there
+    (a forward hook placed before grad-cam's own): the backbone runs as inference, once per image, and the hook
+    repeats each image's activations once per label asked of it; the head and the backward pass then run per
+    (image, class) pair, which is what grad-cam computes the maps of. The model is put in eval mode and its
+    parameters out of autograd for the pass, then restored."""
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -72,14 +75,18 @@ def compute_maps(predictor, images: dict, pairs: list[tuple[int, int]]) -> dict[
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
         p.requires_grad_(False)
-    layer = target_layer(model)
-    cut = layer.register_forward_hook(lambda module, args, output: output.detach().requires_grad_(True))
+    layer, repeat = target_layer(model), {}
+    cut = layer.register_forward_hook(
+        lambda module, args, output: output.detach()[repeat["index"].to(output.device)].requires_grad_(True))
+    rows = sorted({r for r, _ in pairs})
     maps = {}
     try:
         with GradCAM(model=model, target_layers=[layer]) as cam:
-            for start in range(0, len(pairs), BATCH):
-                chunk = pairs[start:start + BATCH]
-                x = predictor.inputs(torch.stack([images[i] for i, _ in chunk])).float()
+            for start in range(0, len(rows), BATCH):
+                batch = rows[start:start + BATCH]
+                chunk = [(r, c) for r, c in pairs if r in batch]
+                repeat["index"] = torch.tensor([batch.index(r) for r, _ in chunk])
+                x = predictor.inputs(torch.stack([images[r] for r in batch])).float()
                 grey = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for _, c in chunk])
                 maps.update(zip(chunk, grey))
     finally:
