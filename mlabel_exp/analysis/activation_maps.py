@@ -189,25 +189,6 @@ def image_maps(predictor, image_paths: Sequence[Path], pairs: list[tuple[int, in
     return {(r, c): (pictures[r], resized(maps[r, c], *pictures[r].shape[:2])) for r, c in pairs}
 
 
-def save_png(fig, path: Path) -> Path:
-    """The figure as a 256-colour PNG, written atomically: photographs under colour maps compress badly, and a page
-    of 15 images is about a megabyte in full colour, a fifth of that in 256 colours (dithered)."""
-    import io
-
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    from mlabel_exp.fsutil import write_atomic
-
-    full, small = io.BytesIO(), io.BytesIO()
-    fig.savefig(full, format="png", dpi=100)
-    plt.close(fig)
-    with Image.open(full) as image:
-        image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(small, "PNG")
-    write_atomic(path, small.getvalue())
-    return path
-
-
 def _file_name(c: int, name: str) -> str:
     return f"{c:02d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.png"
 
@@ -226,6 +207,8 @@ def write_activation_maps(out_dir: Path, predictor, image_paths: Sequence[Path],
     except ImportError:
         log.warning("activation maps skipped: the grad-cam package is not installed (%s)", INSTALL_HINT)
         return []
+    from mlabel_exp.analysis.figures import save_png
+
     started, probs = time.perf_counter(), np.asarray(probs)
     picked = pick_images(probs, thresholds, per_class)
     pages = {c: rows for c, rows in picked.items() if rows}

@@ -170,6 +170,7 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
                    title: str) -> tuple[dict[str, Path], list[Path], list[str]]:
     """class_differences.png (+ .csv) and disagreements.png of compared groups scored on the same images:
     (figures, other files written, notes)."""
+    from mlabel_exp.analysis.figures import save_png
     from mlabel_exp.analysis.groups import _paired_inputs, _predictions
     from mlabel_exp.fsutil import write_atomic
 
@@ -195,7 +196,7 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
     paths = {i: image_path(params, str(frame.index[i])) for i, _ in picked}
     fig = disagreements_figure(picked, list(frame.index), [paths.get(i) for i in range(len(frame))], mean_a, mean_b,
                                list(frame["true_labels"]), classes, (a, b), f"{title} ({where} images)")
-    figures["disagreements.png"] = _save(fig, out_dir / "disagreements.png")
+    figures["disagreements.png"] = save_png(fig, out_dir / "disagreements.png")  # thumbnails: 256 colours
     missing = sum(p is None for p in paths.values())
     notes = [f"disagreements.png: {missing} of {len(paths)} images not found under the runs' data root"] \
         if missing else []
@@ -203,8 +204,15 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
 
 
 def _save(fig, path: Path) -> Path:
+    """The figure, closed, as a PNG written atomically."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100)
+    from mlabel_exp.fsutil import write_atomic
+
+    data = io.BytesIO()
+    fig.savefig(data, format="png", dpi=100)
     plt.close(fig)
+    write_atomic(path, data.getvalue())
     return path
