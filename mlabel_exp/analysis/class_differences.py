@@ -142,14 +142,18 @@ def disagreements_figure(picked: list[tuple[int, int]], files: Sequence[str], pa
                      f"  B {probs_b[i, c]:.2f}\ntrue: {truth}", fontsize=8.5)
     a, b = (textwrap.shorten(n, 60, placeholder=" ...") for n in names)
     fig.suptitle(f"{title}\nimages the two leading groups disagree on most (largest |A - B| on one class; seed-mean "
-                 f"probabilities)\nA = {a} (best)   B = {b} (runner-up)", fontsize=9)
+                 f"probabilities)\nA = {a} (best)   B = {b} (runner-up)", fontsize=9, y=1 - 0.06 / fig.get_figheight(),
+                 va="top")
     return fig
 
 
 def _figure_grid(n_rows: int, cols: int):
     from mlabel_exp.analysis.figures import _figure
 
-    return _figure(n_rows, cols, figsize=(3.2 * cols, 3.5 * n_rows + 0.9), squeeze=False, layout="constrained")
+    height = 3.5 * n_rows + 0.9  # 0.9 in: the three-line heading; each row: a thumbnail under its three-line title
+    fig, axes = _figure(n_rows, cols, figsize=(3.2 * cols, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.35 / height, wspace=0.05, hspace=0.55 / 2.95)
+    return fig, axes
 
 
 # ------------------------------------------------------------------ in compare
