@@ -29,7 +29,9 @@ from tests.test_report import assert_self_contained, embedded_images
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
 
-FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png", "seed_intervals.png", "cost.png"}
+FIGURES = {"model_comparison.png", "per_class_ap.png", "regularisation.png", "seed_intervals.png", "cost.png",
+           "class_differences.png", "disagreements.png"}
+GROUP_FIGURES = {"seed_intervals.png", "class_differences.png", "disagreements.png"}  # need two groups or more
 RUNS = {"a": ("dropout=0.0", "weight_decay=0"), "b": ("dropout=0.5", "weight_decay=0"),
         "c": ("dropout=0.0", "weight_decay=0.001", "optimizer=sgd")}
 SWEEPS = {"a": "multirun_first", "b": "multirun_first", "c": "multirun_second"}
@@ -129,7 +131,8 @@ def test_comparison_is_logged_to_its_own_run(store, compared):
     assert store.client.get_experiment(run.info.experiment_id).name == "mlabel-exp-comparisons"
     assert run.data.tags["mlabel.kind"] == "comparison"
     assert run.data.params["num_runs"] == "3" and set(run.data.params["run_ids"].split(",")) == set(store.ids.values())
-    assert {"comparison.csv", "comparison.md", "groups.csv", *FIGURES} <= artifact_paths(store.client, compared.run_id)
+    assert {"comparison.csv", "comparison.md", "groups.csv", "class_differences.csv", *FIGURES} <= artifact_paths(
+        store.client, compared.run_id)
 
 
 def test_report_html_holds_the_verdict_groups_every_figure_and_per_class_differences(store, compared):
@@ -219,6 +222,32 @@ def test_runs_are_grouped_by_settings_and_paired_on_their_validation_images(stor
     assert "## Groups across seeds" in (compared.out_dir / "comparison.md").read_text()
 
 
+def test_per_class_differences_from_the_best_group_are_the_runs_own_ap_differences(store, compared):
+    from sklearn.metrics import average_precision_score
+
+    by_id = {v: k for k, v in store.ids.items()}
+    ap = {}
+    for run_id, name in by_id.items():  # each run's per-class AP from its own val.csv, by scikit-learn
+        val = pd.read_csv(store.tmp / name / "predictions" / "val.csv", keep_default_na=False).sort_values("file")
+        classes = [c for c in val.columns if c not in ("file", "labels", "true_labels")]
+        truth = [set(t.split()) for t in val["true_labels"]]
+        ap[run_id] = {c: average_precision_score([c in t for t in truth], val[c]) if any(c in t for t in truth)
+                      else np.nan for c in classes}
+    table = pd.read_csv(compared.out_dir / "class_differences.csv")
+    groups = compared.groups.table
+    best = groups["run_ids"].iloc[0]  # one run a group
+    assert list(table.columns) == ["class", "group", "versus", "difference", "low", "high"]
+    assert list(table["group"].unique()) == list(groups["group"].iloc[1:]) and set(table["versus"]) == {groups["group"].iloc[0]}
+    assert len(table) == 2 * len(classes)
+    for row in table.itertuples():
+        other = groups.set_index("group").loc[row.group, "run_ids"]
+        expected = ap[other][row[1]] - ap[best][row[1]]
+        # the same float64 numbers, AP summed in another order: a few float64 roundings (1e-16) per image
+        assert row.difference == pytest.approx(expected, abs=len(truth) * 1e-15, nan_ok=True), row
+        assert row.low <= row.high or np.isnan(row.difference)
+    assert not [n for n in compared.notes if "not found" in n]  # the thumbnails were read from the data root
+
+
 def test_a_second_comparison_leaves_comparison_runs_out(store, compared, tmp_path):
     again = compare(tracking_uri=store.uri, out_dir=tmp_path, log_to_mlflow=False)
     assert again.run_id is None and compared.run_id not in set(again.table["run_id"])
@@ -229,7 +258,7 @@ def test_filter_string_selects_runs_and_constant_settings_skip_the_regularisatio
     result = compare(tracking_uri=store.uri, filter_string="params.optimizer.name = 'sgd'", out_dir=tmp_path,
                      log_to_mlflow=False)
     assert names(result, store) == ["c"]
-    assert set(result.figures) == FIGURES - {"regularisation.png", "seed_intervals.png"}  # one run: one group
+    assert set(result.figures) == FIGURES - {"regularisation.png", *GROUP_FIGURES}  # one run: one group
     assert not (tmp_path / "regularisation.png").exists()
     assert any("regularisation.png skipped" in n for n in result.notes)
 

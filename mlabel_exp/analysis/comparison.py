@@ -254,7 +254,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` with report.html and logged as a comparison
     run; ``register_best_as``: register the best run's model under that name, aliased champion; ``cost``: measure
     each group's best model (parameters, size, inference speed)."""
-    from mlabel_exp.analysis import comparison_report, groups
+    from mlabel_exp.analysis import class_differences, comparison_report, groups
     from mlabel_exp.analysis import figures as plots
     from mlabel_exp.fsutil import write_atomic
 
@@ -288,7 +288,12 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if len(found.table) > 1:
         figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
-    costs, files = None, [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv"]
+    # per class: each group against the best, and the images the two leading groups disagree on (class_differences)
+    class_figures, class_files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title)
+    figures |= class_figures
+    notes += class_notes
+    costs, files = None, [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv",
+                        *class_files]
     if cost:
         costs, cost_figures, cost_notes = cost_figure(uri, found, runs, out_dir)
         figures |= cost_figures

@@ -18,6 +18,34 @@ def _integer_epochs(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def clip(text: str, width: int, keep: str = "head") -> str:
+    """``text`` in at most ``width`` characters, cut with "..." (``keep="tail"``: its end, for paths); unlike
+    textwrap.shorten, a long word without spaces (a path, a class name) is cut, not dropped."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    return "..." + text[-(width - 3):] if keep == "tail" else text[:width - 3] + "..."
+
+
+def save_png(fig, path):
+    """The figure, closed, as a 256-colour PNG written atomically: for pages of photographs (galleries, activation
+    maps), which compress badly: a page of 15 images is about a megabyte in full colour, a fifth in 256 colours."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from mlabel_exp.fsutil import write_atomic
+
+    full, small = io.BytesIO(), io.BytesIO()
+    fig.savefig(full, format="png", dpi=100)
+    plt.close(fig)
+    with Image.open(full) as image:
+        image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(small, "PNG")
+    write_atomic(path, small.getvalue())
+    return path
+
+
 LOSS_NAMES = {"bce": "BCE loss", "focal": "focal loss", "asl": "asymmetric loss (ASL)"}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -113,6 +114,7 @@ class _RankedRuns:
     """
 
     def __init__(self, runs: Sequence[np.ndarray], targets: np.ndarray):
+        known = np.asarray(targets) >= 0  # an unknown label (-1) is left out of its class, as ``metrics`` does
         targets = np.asarray(targets) > 0
         n_images = targets.shape[0]
         self.classes = np.flatnonzero(targets.any(0))  # a class without positives has none in any resample either
@@ -122,7 +124,8 @@ class _RankedRuns:
         for scores in runs:
             scores = np.asarray(scores, dtype=np.float64)
             for c in self.classes:
-                order = np.argsort(-scores[:, c], kind="stable")
+                rows = np.flatnonzero(known[:, c])
+                order = rows[np.argsort(-scores[rows, c], kind="stable")]
                 s, y = scores[order, c], targets[order, c]
                 threshold_id = np.concatenate(([0], np.cumsum(s[1:] != s[:-1])))
                 cut_thresholds = np.unique(threshold_id[y])
@@ -153,12 +156,13 @@ class _RankedRuns:
         x[self.block_starts[1:]] -= block_totals[:-1]
         return np.cumsum(x, axis=0, out=x)
 
-    def map(self, counts: np.ndarray) -> np.ndarray:
-        """mAP of every run under every weighting: ``counts`` (B x N) -> (runs x B). A class whose positives all
-        weigh 0 is left out of that weighting's mean, as ``metrics`` leaves out a class without positives."""
+    def class_ap(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(AP, defined) of every run and class under every weighting: ``counts`` (B x N) -> two (runs x classes x B)
+        arrays over ``self.classes``; a class whose positives all weigh 0 is not defined (AP 0 there)."""
         counts = np.atleast_2d(counts)
+        shape = (self.n_runs, len(self.classes), counts.shape[0])
         if len(self.classes) == 0:
-            return np.zeros((self.n_runs, counts.shape[0]))
+            return np.zeros(shape), np.zeros(shape, dtype=bool)
         # sums of whole counts are exact in float32 below 2**24, at half the memory traffic of float64
         dtype = np.float32 if counts.sum(1).max() < 2**24 else np.float64
         sums = self.sums32 if dtype == np.float32 else self.sums
@@ -173,8 +177,12 @@ class _RankedRuns:
         positives = tp[self.block_ends]
         defined = positives > 0
         ap = np.where(defined, ap_sum / np.where(defined, positives, 1.0), 0.0)
-        shape = (self.n_runs, len(self.classes), counts.shape[0])
-        ap, defined = ap.reshape(shape), defined.reshape(shape)
+        return ap.reshape(shape), defined.reshape(shape)
+
+    def map(self, counts: np.ndarray) -> np.ndarray:
+        """mAP of every run under every weighting: ``counts`` (B x N) -> (runs x B). A class whose positives all
+        weigh 0 is left out of that weighting's mean, as ``metrics`` leaves out a class without positives."""
+        ap, defined = self.class_ap(counts)
         return ap.sum(1) / np.maximum(defined.sum(1), 1)  # 0 when no class is defined, as ``metrics.compute``
 
 
@@ -243,16 +251,11 @@ def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b
     drawn_groups = [n > 1 and draw_runs for n in (n_a, n_b)]
     samples = [np.arange(n_images)] + [np.arange(n) for n, drawn in zip((n_a, n_b), drawn_groups) if drawn]
 
-    def counts_of(indices: np.ndarray, n: int) -> np.ndarray:
-        """Times each of ``n`` items is drawn in each resample (row) of ``indices``."""
-        offsets = (np.arange(len(indices)) * n)[:, None]
-        return np.bincount((indices + offsets).ravel(), minlength=len(indices) * n).reshape(len(indices), n)
-
     def statistic(*drawn: np.ndarray, axis: int = -1) -> np.ndarray:  # scipy passes resamples x n per sample
         drawn = [np.atleast_2d(d) for d in drawn]
-        per_run = ranked.map(counts_of(drawn[0], n_images))  # runs x B
+        per_run = ranked.map(_counts(drawn[0], n_images))  # runs x B
         rest = iter(drawn[1:])
-        weights = [counts_of(next(rest), n) / n if was_drawn else np.full((len(drawn[0]), n), 1 / n)
+        weights = [_counts(next(rest), n) / n if was_drawn else np.full((len(drawn[0]), n), 1 / n)
                    for n, was_drawn in zip((n_a, n_b), drawn_groups)]
         return (weights[0].T * per_run[:n_a]).sum(0) - (weights[1].T * per_run[n_a:]).sum(0)
 
@@ -267,6 +270,73 @@ def paired_bootstrap(targets: np.ndarray, group_a: Sequence[np.ndarray], group_b
     return PairedDifference(difference=observed, ci_low=float(result.confidence_interval.low),
                             ci_high=float(result.confidence_interval.high), p_value=float(p_value),
                             n_images=n_images, n_resamples=n_resamples)
+
+
+# ------------------------------------------------------------------ per class
+
+def resample_indices(n_images: int, n_resamples: int, seed: int = 0, batch: int = RESAMPLE_BATCH):
+    """The image indices of each bootstrap resample, ``batch`` resamples (rows) at a time, drawn from one seeded
+    generator: the same seed gives the same resamples, so a brute-force check can score exactly these."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, batch):
+        yield rng.integers(0, n_images, size=(min(batch, n_resamples - start), n_images))
+
+
+@dataclass(frozen=True)
+class ClassDifferences:
+    """Per group and class (G x C): seed-mean AP minus the reference group's, with a percentile bootstrap interval.
+    NaN where the class has no known positive; ``low``/``high`` also NaN in a class too rare to resample."""
+    difference: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n_images: int
+    n_resamples: int
+
+
+def class_ap_differences(targets: np.ndarray, groups: Sequence[Sequence[np.ndarray]], reference: int = 0, *,
+                         n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95, seed: int = 0,
+                         batch: int = RESAMPLE_BATCH) -> ClassDifferences:
+    """Per class, each group's AP (the mean over its seed runs) minus group ``reference``'s, on the same N images,
+    with a paired percentile bootstrap over the images (``resample_indices``): one resample scores every run of
+    every group, so what the groups share about the images cancels. Only images are drawn; the seed noise of a
+    group shows in its across-seed interval. A resample without a positive of a class leaves that class out of it
+    (its AP is undefined), as ``metrics`` leaves out a class without positives; the interval is over the others."""
+    targets = np.asarray(targets)
+    groups = [[np.asarray(p) for p in g] for g in groups]
+    if not groups or any(len(g) == 0 for g in groups):
+        raise ValueError("class_ap_differences needs at least one group and one run in each group")
+    _check_shapes(targets, [p for g in groups for p in g], [])
+    n_images, n_classes = targets.shape
+    ranked = _RankedRuns([p for g in groups for p in g], targets)
+    # runs -> groups: the seed mean as one (G x runs) product
+    sizes = [len(g) for g in groups]
+    mean_of = np.zeros((len(groups), sum(sizes)))
+    for i, start in enumerate(np.cumsum([0, *sizes[:-1]])):
+        mean_of[i, start:start + sizes[i]] = 1 / sizes[i]
+
+    def differences(counts: np.ndarray) -> np.ndarray:  # B x N -> G x classes-with-positives x B (NaN: undefined)
+        ap, defined = ranked.class_ap(counts)
+        group_ap = np.einsum("gr,rcb->gcb", mean_of, ap)
+        return np.where(defined[0], group_ap - group_ap[reference], np.nan)  # defined alike in every run
+
+    observed = differences(np.ones((1, n_images)))[..., 0]
+    resampled = np.concatenate([differences(_counts(idx, n_images))
+                                for idx in resample_indices(n_images, n_resamples, seed, batch)], axis=2)
+    alpha = (1 - confidence) / 2
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice: a class no resample can score
+        low, high = np.nanquantile(resampled, [alpha, 1 - alpha], axis=2)
+    full = np.full((len(groups), n_classes), np.nan)
+    out = [full.copy() for _ in range(3)]
+    for array, values in zip(out, (observed, low, high)):
+        array[:, ranked.classes] = values
+    return ClassDifferences(*out, n_images=n_images, n_resamples=n_resamples)
+
+
+def _counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """Times each of ``n`` items is drawn in each resample (row) of ``indices``."""
+    offsets = (np.arange(len(indices)) * n)[:, None]
+    return np.bincount((indices + offsets).ravel(), minlength=len(indices) * n).reshape(len(indices), n)
 
 
 # ------------------------------------------------------------------ verdicts
