@@ -61,6 +61,7 @@ class _RankedRuns:
     """
 
     def __init__(self, runs: Sequence[np.ndarray], targets: np.ndarray):
+        known = np.asarray(targets) >= 0  # an unknown label (-1) takes no part in its class's AP
         targets = np.asarray(targets) > 0
         n_images = targets.shape[0]
         self.classes = np.flatnonzero(targets.any(0))  # a class without positives has none in any resample either
@@ -70,7 +71,8 @@ class _RankedRuns:
         for scores in runs:
             scores = np.asarray(scores, dtype=np.float64)
             for c in self.classes:
-                order = np.argsort(-scores[:, c], kind="stable")
+                rows = np.flatnonzero(known[:, c])  # every image where no label is unknown: the order of old
+                order = rows[np.argsort(-scores[rows, c], kind="stable")]
                 s, y = scores[order, c], targets[order, c]
                 threshold_id = np.concatenate(([0], np.cumsum(s[1:] != s[:-1])))
                 cut_thresholds = np.unique(threshold_id[y])
@@ -107,6 +109,13 @@ class _RankedRuns:
         counts = np.atleast_2d(counts)
         if len(self.classes) == 0:
             return np.zeros((self.n_runs, counts.shape[0]))
+        ap, defined = self.class_ap(counts)
+        return np.where(defined, ap, 0.0).sum(1) / np.maximum(defined.sum(1), 1)  # 0 when no class is defined
+
+    def class_ap(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """AP of each run and class with positives (``self.classes``) under every weighting, and whether it is
+        defined (some positive weighs > 0): two (runs x classes x B) arrays."""
+        counts = np.atleast_2d(counts)
         # sums of whole counts are exact in float32 below 2**24, at half the memory traffic of float64
         dtype = np.float32 if counts.sum(1).max() < 2**24 else np.float64
         sums = self.sums32 if dtype == np.float32 else self.sums
@@ -122,8 +131,7 @@ class _RankedRuns:
         defined = positives > 0
         ap = np.where(defined, ap_sum / np.where(defined, positives, 1.0), 0.0)
         shape = (self.n_runs, len(self.classes), counts.shape[0])
-        ap, defined = ap.reshape(shape), defined.reshape(shape)
-        return ap.sum(1) / np.maximum(defined.sum(1), 1)  # 0 when no class is defined, as ``metrics.compute``
+        return ap.reshape(shape), defined.reshape(shape)
 
 
 def weighted_map(scores: np.ndarray, targets: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
@@ -137,6 +145,56 @@ def weighted_map(scores: np.ndarray, targets: np.ndarray, counts: np.ndarray | N
     if np.any(counts < 0) or np.any(counts != np.round(counts)):
         raise ValueError("counts must be whole numbers >= 0 (times each image is drawn)")
     return _RankedRuns([scores], targets).map(counts)[0]
+
+
+# ------------------------------------------------------------------ per-class AP of one run
+
+@dataclass(frozen=True)
+class ClassIntervals:
+    """Each class's AP on the evaluation images and its percentile bootstrap interval over those images (NaN where a
+    class has no positive); ``confidence`` and ``n_resamples`` say how it was drawn."""
+    ap: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    confidence: float
+    n_resamples: int
+
+
+def resample_counts(rng: np.random.Generator, n_images: int, n_resamples: int) -> np.ndarray:
+    """(n_resamples x n_images) times each image is drawn: ``rng.integers(0, n, (B, n))`` rows as counts."""
+    drawn = rng.integers(0, n_images, (n_resamples, n_images))
+    offsets = (np.arange(n_resamples) * n_images)[:, None]
+    return np.bincount((drawn + offsets).ravel(), minlength=n_resamples * n_images).reshape(n_resamples, n_images)
+
+
+def per_class_ap_intervals(scores: np.ndarray, targets: np.ndarray, *, n_resamples: int = 1000,
+                           confidence: float = 0.95, seed: int = 0, batch: int = RESAMPLE_BATCH) -> ClassIntervals:
+    """Per-class AP with a percentile bootstrap interval over the evaluation images: which class differences are more
+    than the luck of which images were drawn. Resamples are drawn in batches of ``batch`` from one
+    ``np.random.default_rng(seed)`` (``resample_counts``); a resample in which a class has no positive is left out of
+    that class's percentiles. Unknown labels (-1) take no part."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
+    _check_shapes(targets, [scores], [])
+    n_images, n_classes = targets.shape
+    ranked = _RankedRuns([scores], targets)
+    draws = np.full((n_classes, n_resamples), np.nan)
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, batch):
+        b = min(batch, n_resamples - start)
+        ap, defined = ranked.class_ap(resample_counts(rng, n_images, b))
+        draws[ranked.classes, start:start + b] = np.where(defined[0], ap[0], np.nan)
+    full = np.full(n_classes, np.nan)
+    if len(ranked.classes):
+        ap, _ = ranked.class_ap(np.ones((1, n_images)))
+        full[ranked.classes] = ap[0, :, 0]
+    tail = 100 * (1 - confidence) / 2
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():  # a class without positives: all-NaN, its interval NaN as its AP
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=1)
+    return ClassIntervals(ap=full, low=low, high=high, confidence=confidence, n_resamples=n_resamples)
 
 
 # ------------------------------------------------------------------ paired bootstrap
