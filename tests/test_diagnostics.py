@@ -151,3 +151,5 @@ def test_the_index_merges_entries_by_title(tmp_path):
         {"title": "C", "image": "c.png", "caption": "3"}]
     with pytest.raises(ValueError):
         D.add_to_index(tmp_path, [{"title": "D", "caption": "no image or table"}])
+    D.drop_from_index(tmp_path, {"a2.png"})  # a figure this pass no longer draws
+    assert [e["title"] for e in json.loads((tmp_path / "index.json").read_text())] == ["B", "C"]

@@ -36,7 +36,8 @@ def reliability(cal, classes: list[str], positives, min_positives: int, title: s
     shown = [c for c in range(len(classes)) if positives[c] >= min_positives]
     cols = 4 if shown else 0
     rows = max(2, -(-len(shown) // cols)) if shown else 1
-    fig = _figure(figsize=(5.2 + 2.4 * cols, max(5.6, 2.5 * rows + 0.8)))[0]
+    width = max(7.5, 5.2 + 2.4 * cols)
+    fig = _figure(figsize=(width, max(6.2, 2.5 * rows + 1.2)))[0]
     fig.clf()
     grid = fig.add_gridspec(rows, 2 + cols, width_ratios=[1, 1] + [0.9] * cols)
     ax = fig.add_subplot(grid[: min(rows, 2), :2])
@@ -50,8 +51,9 @@ def reliability(cal, classes: list[str], positives, min_positives: int, title: s
                            f"Brier {cal.brier[c]:.3f}")
     left_out = len(classes) - len(shown)
     note = f"{left_out} class(es) with fewer than {min_positives} positives: pooled only" if left_out else ""
-    fig.suptitle(f"{title}\n{PERFECT}; dot area: labels in the bin; grey bars: share of labels per bin. {note}",
-                 fontsize=9)
+    explained = textwrap.fill(f"{PERFECT}; dot area: labels in the bin; grey bars: share of labels per bin. {note}",
+                              int(width * 15))
+    fig.suptitle(f"{title}\n{explained}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -102,6 +104,7 @@ def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
             ax = axes[r][k]
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.set_box_aspect(1)  # square tiles, an image or its placeholder
             if k >= len(rows):
                 ax.axis("off")
                 continue

@@ -178,3 +178,12 @@ def add_to_index(folder: Path, entries: list[dict]) -> Path:
             position[entry["title"]] = len(index)
             index.append(entry)
     return write_atomic(path, json.dumps(index, indent=1))
+
+
+def drop_from_index(folder: Path, images: set[str]) -> None:
+    """Take the entries showing ``images`` out of ``folder/index.json`` (figures an earlier pass drew that this one
+    does not: a gallery of a class with no error now)."""
+    path = Path(folder) / INDEX
+    if path.exists():
+        index = json.loads(path.read_text())
+        write_atomic(path, json.dumps([e for e in index if e.get("image") not in images], indent=1))

@@ -162,6 +162,10 @@ def _ap(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
 def _galleries(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
     from mlabel_exp.analysis import diagnostic_figures as F
 
+    earlier = list(folder.glob(f"gallery_{ev.split}_*.png"))  # an earlier pass's: other classes may be chosen now
+    D.drop_from_index(folder, {p.name for p in earlier})
+    for path in earlier:
+        path.unlink()
     predicted, entries = ev.predicted, []
     classes = D.gallery_classes(ev.targets, predicted, settings.gallery_classes)
     errors = D.errors_per_class(ev.targets, predicted)

@@ -60,7 +60,8 @@ def per_class_bars(table, title: str = "per-class AP"):
                     elinewidth=1, capsize=3, label=f"{table.attrs.get('confidence', 0.95):.0%} bootstrap interval "
                     "over the images")
     if "prevalence" in table.columns:
-        ax.plot(table["prevalence"].astype(float), y, "|", color="C3", markersize=14, markeredgewidth=2.5,
+        prevalence = table["prevalence"].astype(float).where(table["support"] > 0)  # none drawn where AP is n/a
+        ax.plot(prevalence, y, "|", color="C3", markersize=14, markeredgewidth=2.5,
                 label="prevalence = AP of a random ranking")
     for row, value in enumerate(ap):
         if value != value:  # NaN
