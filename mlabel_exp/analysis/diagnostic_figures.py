@@ -81,12 +81,13 @@ def confusion(classes: list[str], cooccurrence, fp_share, fp_n, title: str):
 
 
 def _caption(name: str, p: float, true: list[str], predicted: list[str], width: int) -> str:
-    def labels(names):
-        return textwrap.fill(", ".join(names) or "(none)", width, subsequent_indent="  ", max_lines=2,
-                             placeholder=" ...")
+    """Four short lines under a thumbnail, each at most ``width`` characters (two for a long label list)."""
+    def labels(prefix: str, names: list[str]) -> str:
+        return textwrap.fill(f"{prefix}: {', '.join(names) or '(none)'}", width, subsequent_indent="  ",
+                             max_lines=2, placeholder=" ...")
 
     shown = name if len(name) <= width else "..." + name[-(width - 3):]  # the end of a path says most
-    return f"{shown}\np = {p:.3f}\ntrue: {labels(true)}\npred: {labels(predicted)}"
+    return f"{shown}\np = {p:.3f}\n{labels('true', true)}\n{labels('pred', predicted)}"
 
 
 def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
@@ -116,7 +117,7 @@ def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
                 ax.imshow(image)
             true = [n for n, t in zip(ev.classes, ev.targets[row]) if t == 1]
             pred = [n for n, t in zip(ev.classes, predicted[row]) if t]
-            ax.set_xlabel(_caption(ev.names[row], float(ev.probs[row, c]), true, pred, 28), fontsize=8, loc="left")
+            ax.set_xlabel(_caption(ev.names[row], float(ev.probs[row, c]), true, pred, 26), fontsize=8, loc="left")
         axes[r][0].set_title(what if len(rows) else f"{what}: none", fontsize=9, loc="left")
     fig.suptitle(f"{ev.split}: errors of class '{cls}' at its threshold {threshold:.3f} "
                  f"(the {len(false_pos)} most confident false positives and {len(false_neg)} false negatives)",
