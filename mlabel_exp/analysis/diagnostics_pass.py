@@ -82,9 +82,9 @@ def _csv(frame, folder: Path, name: str) -> Path:
     return write_atomic(folder / name, frame.to_csv(index=False))
 
 
-def ap_table(ev: D.Evaluation, resamples: int):
+def ap_table(probs: np.ndarray, targets: np.ndarray, classes: list[str], resamples: int):
     """class, support, prevalence, AP and its bootstrap interval (``stats.per_class_ap_intervals``, seed 0) of one
-    split: what per_class.csv adds and per_class_ap.png draws."""
+    split's probabilities and labels (-1: unknown): what per_class.csv adds and per_class_ap.png draws."""
     import pandas as pd
 
     from mlabel_exp.analysis.stats import per_class_ap_intervals
@@ -93,12 +93,12 @@ def ap_table(ev: D.Evaluation, resamples: int):
 
     from mlabel_exp.analysis.metrics import per_class_ap
 
-    known = (ev.targets >= 0).sum(0)
-    support = (ev.targets == 1).sum(0)
-    ci = per_class_ap_intervals(ev.probs, ev.targets, n_resamples=resamples)
+    known = (targets >= 0).sum(0)
+    support = (targets == 1).sum(0)
+    ci = per_class_ap_intervals(probs, targets, n_resamples=resamples)
     # the AP itself as per_class.csv has it (torchmetrics on the float32 probabilities): the same number in every file
-    ap = per_class_ap(torch.as_tensor(ev.probs, dtype=torch.float32), torch.as_tensor(ev.targets)).numpy()
-    table = pd.DataFrame({"class": ev.classes, "support": support, "prevalence": support / np.maximum(known, 1),
+    ap = per_class_ap(torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(targets)).numpy()
+    table = pd.DataFrame({"class": classes, "support": support, "prevalence": support / np.maximum(known, 1),
                           "AP": ap, "AP low": ci.low, "AP high": ci.high})
     table.attrs["confidence"] = ci.confidence
     return table
@@ -148,7 +148,7 @@ def _confusion(ev: D.Evaluation, folder: Path) -> list[dict]:
 def _ap(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
     from mlabel_exp.analysis import figures
 
-    table = ap_table(ev, settings.resamples)
+    table = ap_table(ev.probs, ev.targets, ev.classes, settings.resamples)
     _csv(table.copy(), folder, f"per_class_ap_{ev.split}.csv")
     _save(figures.per_class_bars(table, f"{ev.split}: per-class AP, {len(ev.names)} images"), folder,
           f"per_class_ap_{ev.split}.png")

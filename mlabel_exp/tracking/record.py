@@ -317,13 +317,10 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
 
 def _ap_intervals(probs, targets, resamples: int):
     """prevalence, AP low and AP high of each class (the diagnostics' per-class AP table, the same draws)."""
-    from mlabel_exp.analysis.diagnostics import Evaluation
     from mlabel_exp.analysis.diagnostics_pass import ap_table
 
-    n, c = probs.shape
-    ev = Evaluation("val", [str(i) for i in range(c)], [""] * n, probs.float().numpy(), targets.numpy(),
-                    None, [None] * n)
-    return ap_table(ev, resamples)
+    return ap_table(probs.float().cpu().numpy(), targets.cpu().numpy(), [str(c) for c in range(probs.shape[1])],
+                    resamples)
 
 
 def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:
