@@ -153,3 +153,20 @@ def test_the_index_merges_entries_by_title(tmp_path):
         D.add_to_index(tmp_path, [{"title": "D", "caption": "no image or table"}])
     D.drop_from_index(tmp_path, {"a2.png"})  # a figure this pass no longer draws
     assert [e["title"] for e in json.loads((tmp_path / "index.json").read_text())] == ["B", "C"]
+
+
+def test_temperature_scaling_finds_the_cross_entropy_minimum_of_a_grid_search():
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2, (300, 3))
+    targets = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(np.int8)
+    targets[:10, 0] = -1                                      # unknown labels take no part
+    probs = 1 / (1 + np.exp(-2 * z))                          # twice as confident as the labels justify
+    grid = np.linspace(0.5, 4, 3501)
+    known = targets >= 0
+    q = 1 / (1 + np.exp(-2 * z[known][None, :] / grid[:, None]))
+    y = targets[known].astype(float)
+    bce = -(y * np.log(q) + (1 - y) * np.log(1 - q)).mean(1)
+    t = D.fit_temperature(probs, targets)
+    assert abs(t - grid[np.argmin(bce)]) <= grid[1] - grid[0]  # the grid's resolution
+    assert 1.5 < t < 2.7  # softens: the probabilities were sharpened by 2
+    np.testing.assert_allclose(D.scaled(probs, t), 1 / (1 + np.exp(-2 * z / t)), rtol=1e-9)

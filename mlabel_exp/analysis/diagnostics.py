@@ -109,6 +109,33 @@ def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> Calib
                        class_bins)
 
 
+def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature T minimising the binary cross-entropy of sigmoid(logit(p) / T) over the known labels
+    (temperature scaling, one T for every class): T > 1 softens an over-confident model, T < 1 sharpens an
+    under-confident one. Probabilities are clipped to [1e-7, 1 - 1e-7] first (a saturated float32 sigmoid is 0 or 1)."""
+    from scipy.optimize import minimize_scalar
+
+    known = targets >= 0
+    z, y = _logit(probs[known]), targets[known].astype(float)
+
+    def loss(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0, s) - y * s))  # BCE of sigmoid(s), stable for large |s|
+
+    return float(np.exp(minimize_scalar(loss, bounds=(-4, 4), method="bounded",
+                                        options={"xatol": 1e-8}).x))
+
+
+def _logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities at ``temperature``: sigmoid(logit(p) / T)."""
+    return 1 / (1 + np.exp(-_logit(probs) / temperature))
+
+
 # ------------------------------------------------------------------ confusion
 
 def false_positive_given_present(targets: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
