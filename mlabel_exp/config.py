@@ -388,6 +388,26 @@ class SearchConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Where and why a model fails (diagnostics/ of a run, and python -m mlabel_exp.diagnose): docs/diagnostics.md."""
+
+    enabled: bool = True                 # written at the end of every training run
+    gallery_classes: int = 0             # error galleries of the N classes with the most errors; 0: every class
+    gallery_size: int = 6                # false positives (and false negatives) shown per class
+    bins: int = 15                       # equal-width probability bins of the reliability diagrams and ECE
+    min_positives: int = 20              # a class with fewer positives is in the pooled reliability diagram only
+    resamples: int = 1000                # bootstrap resamples of the per-class AP intervals
+
+    def __post_init__(self):
+        _check(self.gallery_classes >= 0, "diagnostics.gallery_classes", self.gallery_classes,
+               "an integer >= 0 (0: every class)")
+        for key in ("gallery_size", "bins", "min_positives"):
+            _check(getattr(self, key) >= 1, f"diagnostics.{key}", getattr(self, key), "an integer >= 1")
+        _check(self.resamples >= 100, "diagnostics.resamples", self.resamples,
+               "an integer >= 100 (the 2.5% and 97.5% percentiles need some resamples beyond them)")
+
+
+@dataclass
 class PresetsConfig:
     dropout: Any = field(default_factory=dict)
     weight_decay: Any = field(default_factory=dict)
@@ -402,6 +422,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     presets: PresetsConfig = field(default_factory=PresetsConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
@@ -488,6 +509,22 @@ class PredictConfig:
             raise ConfigError(f"threshold={self.threshold!r} is invalid: expected a number in (0, 1)")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
+
+
+@dataclass
+class DiagnoseConfig:
+    """python -m mlabel_exp.diagnose run=<run>: an earlier run's diagnostics from its logged predictions, no training."""
+
+    run: str = MISSING                   # a run id, a unique prefix, latest, best or a sweep parent (its winning run)
+    out: Optional[str] = None            # default: the run's own output folder if it is still here, else
+    #                                      <project root>/outputs/diagnose/<run id>; the files go to <out>/diagnostics/
+    log_to_run: bool = True              # log the files under diagnostics/ and the metrics into that run
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        if not str(self.run).strip():
+            raise ConfigError("run= is empty: give a run id, a unique prefix of one, latest or best")
 
 
 @dataclass

@@ -132,12 +132,14 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
 
     Pinned to the CPU, also on a GPU host: tests compare runs bit for bit (same seed twice, resume against an
     uninterrupted run, cache on/off), which CUDA kernels do not promise. CUDA runs are tested where a GPU is
-    (tests/test_accelerated.py). No pyfunc model is logged unless a test asks (``tracking.log_model=true``).
+    (tests/test_accelerated.py). No pyfunc model is logged unless a test asks (``tracking.log_model=true``), and no
+    diagnostics are drawn (``diagnostics.enabled=true``: seconds of figures a run; tests/test_run.py's test split run
+    draws them).
     """
     return ["trainer=smoke", "trainer.device=cpu", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
             "model.input_size=32", "data.num_workers=0", f"data.cache_dir={tmp / 'cache'}",
             f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "tracking.experiment=mlabel-exp",
-            "tracking.log_model=false", *extra]
+            "tracking.log_model=false", "diagnostics.enabled=false", *extra]
 
 
 def mlflow_runs(tmp: Path, experiment: str = "mlabel-exp"):

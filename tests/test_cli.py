@@ -11,9 +11,9 @@ import pytest
 from mlabel_exp.cli import arguments
 from mlabel_exp.config import CompareConfig, Config, SyntheticCommandConfig
 
-COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic")
+COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic", "diagnose")
 MODULES = {"run": "run", "predict": "predict", "compare": "compare", "search": "search", "inspect": "inspect_data",
-           "synthetic": "synthetic"}
+           "synthetic": "synthetic", "diagnose": "diagnose"}
 MODELS = "choices: inception, resnet18, resnet50, smallcnn, vgg16"
 
 
@@ -108,6 +108,7 @@ def test_run_ids_and_filters_reach_the_command_as_typed(value):
     ("search", ("search.n_trials=40", "search=regularisation", "model: inception, resnet18, resnet50")),
     ("inspect", ("data=folder data.root=/path/to/data", "data.verify_images=true")),
     ("synthetic", ("out=/tmp/syn", "num_images=20000 image_size=128 seed=0", "grayscale_fraction=F")),
+    ("diagnose", ("run=latest", "run=best", "diagnostics.gallery_classes=N", "log_to_run=true|false")),
 ])
 def test_help_is_a_page_of_examples_and_settings_without_importing_torch(command, expected):
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", f"mlabel_exp.{command}", "--help"],

@@ -365,7 +365,7 @@ def test_run_finishes_on_corrupt_images_and_annotation_lines_and_reports_them(tm
 
 @pytest.mark.precision
 @pytest.mark.integration
-def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thresholds(tmp_path):
+def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thresholds(tmp_path, monkeypatch):
     import json
 
     import numpy as np
@@ -375,7 +375,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
 
     out = tmp_path / "out"
     train(compose_cfg(*tiny_overrides(tmp_path, "data.test_fraction=0.25", "trainer.max_steps_per_epoch=0",
-                                      f"trainer.output_dir={out}")))
+                                      f"trainer.output_dir={out}", *DIAGNOSTICS)))
     client, (run,) = mlflow_runs(tmp_path)
     split = json.loads((out / "split.json").read_text())
     test = pd.read_csv(out / "predictions" / "test.csv")
@@ -406,6 +406,45 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
                 "artifacts": sorted(artifact_paths(client, run.info.run_id)),
                 "inputs": sorted(i.tags[0].value for i in run.inputs.dataset_inputs)}
     assert recorded == json.loads((Path(__file__).parent / "data" / "run_record_names.json").read_text())
+    _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run, monkeypatch)
+
+
+DIAGNOSTICS = ("diagnostics.enabled=true", "diagnostics.gallery_classes=1", "diagnostics.resamples=200")
+
+
+def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run, monkeypatch):
+    """The run's diagnostics agree with its other files and metrics; ``diagnose run=<prefix>`` on the finished run
+    writes the same files without training (the figures themselves are drawn by the run above: here only named)."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from mlabel_exp.analysis import diagnostics_pass
+    from mlabel_exp.cli.diagnose import diagnose
+    from mlabel_exp.config import DiagnoseConfig, DiagnosticsConfig, TrackingConfig
+
+    folder = out / "diagnostics"
+    per_class = pd.read_csv(out / "per_class.csv")
+    again = pd.read_csv(folder / "per_class_ap_val.csv")  # the same AP, interval and prevalence in both files
+    for column in ("support", "prevalence", "AP", "AP low", "AP high"):
+        assert per_class[column].equals(again[column]), column
+    for split in ("val", "test"):
+        pooled = pd.read_csv(folder / f"calibration_{split}.csv").iloc[-1]
+        assert run.data.metrics[f"{split}/ece"] == pytest.approx(pooled["ECE"], rel=1e-6)  # the CSV: float32
+        assert run.data.metrics[f"{split}/brier"] == pytest.approx(pooled["Brier"], rel=1e-6)
+    index = json.loads((folder / "index.json").read_text())
+    assert {e.get("image") or e.get("table") for e in index} <= {p.name for p in folder.iterdir()}
+    drawn = []
+    monkeypatch.setattr(diagnostics_pass, "_save", lambda fig, where, name: drawn.append(name) or plt.close(fig))
+    monkeypatch.setattr("mlabel_exp.training.trainer.Trainer.fit", None)  # no training: it would fail
+    cfg = DiagnoseConfig(run=run.info.run_id[:6], out=str(tmp_path / "again"), diagnostics=DiagnosticsConfig(
+        gallery_classes=1, resamples=200), tracking=TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+                                                                   experiment="mlabel-exp"))
+    written = diagnose(cfg)
+    assert sorted(drawn) == sorted(p.name for p in folder.glob("*.png"))
+    for name in [p.name for p in folder.iterdir() if p.suffix in (".csv", ".json")]:
+        assert (written / name).read_text() == (folder / name).read_text(), name
+    assert len(client.get_metric_history(run.info.run_id, "test/ece")) == 2  # logged into the run once more
 
 
 @pytest.mark.parametrize("args,message", [

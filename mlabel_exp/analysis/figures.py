@@ -71,19 +71,37 @@ def curves(history: list[dict], title: str = "", loss: str = "bce"):
 
 
 def per_class_bars(table, title: str = "per-class AP"):
-    """Horizontal bars of per-class AP, with each class's validation support in the label; a class without a
-    validation positive has no AP and is marked n/a (not drawn as a failure at 0)."""
-    fig, ax = _figure(figsize=(7, 0.35 * len(table) + 1.2))
+    """Horizontal bars of per-class AP with, where the table has them, the bootstrap interval over the evaluation
+    images ("AP low", "AP high": whiskers) and the class's prevalence (the AP a random ranking scores: a marker).
+    Each label gives the class's positives; a class without a positive has no AP and is marked n/a (not a 0)."""
+    import numpy as np
+
+    height = 0.38 * len(table) + 2.2
+    fig, ax = _figure(figsize=(8, height))
     labels = [f"{c} ({s})" for c, s in zip(table["class"], table["support"])]
     ap = table["AP"].astype(float)
-    ax.barh(labels, ap.fillna(0), color="C0")
-    for y, value in enumerate(ap):
+    y = np.arange(len(table))
+    ax.barh(y, ap.fillna(0), color="C0", label="AP")
+    if {"AP low", "AP high"} <= set(table.columns):
+        low, high = table["AP low"].astype(float), table["AP high"].astype(float)
+        ax.errorbar(ap, y, xerr=[np.clip(ap - low, 0, None), np.clip(high - ap, 0, None)], fmt="none", ecolor="k",
+                    elinewidth=1, capsize=3, label=f"{table.attrs.get('confidence', 0.95):.0%} bootstrap interval "
+                    "over the images")
+    if "prevalence" in table.columns:
+        prevalence = table["prevalence"].astype(float).where(table["support"] > 0)  # none drawn where AP is n/a
+        ax.plot(prevalence, y, "|", color="C3", markersize=14, markeredgewidth=2.5,
+                label="prevalence = AP of a random ranking")
+    for row, value in enumerate(ap):
         if value != value:  # NaN
-            ax.text(0.01, y, "n/a (no positive)", va="center", fontsize=8, color="0.4")
-    ax.set(xlim=(0, 1), xlabel="average precision", title=title)
+            ax.text(0.01, row, "n/a (no positive)", va="center", fontsize=8, color="0.4")
+    ax.set_yticks(y, labels)
+    ax.set(xlim=(0, 1), xlabel="average precision", ylabel="class (positive images in the evaluation set)")
+    ax.set_title(title)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1))
     return fig
 
 
@@ -361,25 +379,35 @@ def labels_per_image(per_image, title: str = "labels per image"):
     return fig
 
 
+def class_matrix(fig, ax, classes: list[str], values, vmax: float = 1.0, cmap: str = "viridis") -> None:
+    """A class-by-class matrix on ``ax``: cells coloured 0..``vmax`` with their value written (up to 20 classes), NaN
+    cells blank, a colour bar."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    n = len(classes)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=vmax)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), classes)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if values[i, j] == values[i, j]:
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="black" if values[i, j] > 0.6 * vmax else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
 def cooccurrence(classes: list[str], matrix, title: str = "class co-occurrence: P(column | row)"):
     """Co-occurrence normalised per row: the share of the row class's images that also hold the column class."""
     import numpy as np
 
     matrix = np.asarray(matrix, dtype=float)
     norm = matrix / np.maximum(np.diag(matrix), 1)[:, None]
-    n = len(classes)
-    side = max(5.0, 0.45 * n + 2.5)
+    side = max(5.0, 0.55 * len(classes) + 2.5)
     fig, ax = _figure(figsize=(side + 1.2, side))
-    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), classes)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if norm[i, j] > 0.6 else "white")
+    class_matrix(fig, ax, classes, norm)
     ax.set(xlabel="also holds", ylabel="images of", title=title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return fig
 

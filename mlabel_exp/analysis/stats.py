@@ -199,6 +199,56 @@ def weighted_map(scores: np.ndarray, targets: np.ndarray, counts: np.ndarray | N
     return _RankedRuns([scores], targets).map(counts)[0]
 
 
+# ------------------------------------------------------------------ per-class AP of one run
+
+@dataclass(frozen=True)
+class ClassIntervals:
+    """Each class's AP on the evaluation images and its percentile bootstrap interval over those images (NaN where a
+    class has no positive); ``confidence`` and ``n_resamples`` say how it was drawn."""
+    ap: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    confidence: float
+    n_resamples: int
+
+
+def resample_counts(rng: np.random.Generator, n_images: int, n_resamples: int) -> np.ndarray:
+    """(n_resamples x n_images) times each image is drawn: ``rng.integers(0, n, (B, n))`` rows as counts."""
+    drawn = rng.integers(0, n_images, (n_resamples, n_images))
+    offsets = (np.arange(n_resamples) * n_images)[:, None]
+    return np.bincount((drawn + offsets).ravel(), minlength=n_resamples * n_images).reshape(n_resamples, n_images)
+
+
+def per_class_ap_intervals(scores: np.ndarray, targets: np.ndarray, *, n_resamples: int = 1000,
+                           confidence: float = 0.95, seed: int = 0, batch: int = RESAMPLE_BATCH) -> ClassIntervals:
+    """Per-class AP with a percentile bootstrap interval over the evaluation images: which class differences are more
+    than the luck of which images were drawn. Resamples are drawn in batches of ``batch`` from one
+    ``np.random.default_rng(seed)`` (``resample_counts``); a resample in which a class has no positive is left out of
+    that class's percentiles. Unknown labels (-1) take no part."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets)
+    _check_shapes(targets, [scores], [])
+    n_images, n_classes = targets.shape
+    ranked = _RankedRuns([scores], targets)
+    draws = np.full((n_classes, n_resamples), np.nan)
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, batch):
+        b = min(batch, n_resamples - start)
+        ap, defined = ranked.class_ap(resample_counts(rng, n_images, b))
+        draws[ranked.classes, start:start + b] = np.where(defined[0], ap[0], np.nan)
+    full = np.full(n_classes, np.nan)
+    if len(ranked.classes):
+        ap, _ = ranked.class_ap(np.ones((1, n_images)))
+        full[ranked.classes] = ap[0, :, 0]
+    tail = 100 * (1 - confidence) / 2
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():  # a class without positives: all-NaN, its interval NaN as its AP
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=1)
+    return ClassIntervals(ap=full, low=low, high=high, confidence=confidence, n_resamples=n_resamples)
+
+
 # ------------------------------------------------------------------ paired bootstrap
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
                              resume_best=resume and resume["best"])
         test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
-        held_out = record.log_results(tracker, typed, out, index.classes, result, test) if main_rank else {}
+        held_out = record.log_results(tracker, typed, out, index.classes, result, test, index) if main_rank else {}
     record.log_data_problems(tracker, out, index, trainer.bad_images)
     record.finish(tracker, result, held_out)
     if main_rank:  # a sweep job or a search trial: one line (the console is quiet); a single run: the closing block

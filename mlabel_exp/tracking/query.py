@@ -58,6 +58,11 @@ def list_runs(uri: str | None, experiment: str, filter_string: str | None = None
             return runs
 
 
+def get_run(uri: str | None, run_id: str) -> dict[str, Any]:
+    """One run, by its full id, as a ``run_record``."""
+    return run_record(client(uri).get_run(run_id))
+
+
 def metric_history(uri: str | None, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of one metric of a run, by step; the last value logged at a step wins."""
     by_step = {m.step: m.value for m in sorted(client(uri).get_metric_history(run_id, key), key=lambda m: m.timestamp)}

@@ -45,7 +45,7 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
         "data.augment.": lambda k: k != "crop_scale_min" or d.augment.random_resized_crop,
         "trainer.": lambda k: k != "amp_dtype" or cuda,  # amp also applies on the CPU (bfloat16 where native)
     }
-    skipped = ("presets.", "tracking.", "resume", "dropout", "weight_decay", "trainer.output_dir", "trainer.progress",
+    skipped = ("presets.", "tracking.", "diagnostics.", "resume", "dropout", "weight_decay", "trainer.output_dir", "trainer.progress",
                "trainer.log_every_steps", "data.cache_dir", "data.verify_images")
     params = {}
     for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items():
@@ -160,10 +160,11 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
 
 # ------------------------------------------------------------------ end of a run
 
-def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None) -> dict[str, dict]:
-    """Curves, tuned thresholds, per-class table and figures, validation (and test) predictions and metrics, the best
-    weights (in the model, once). ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights.
-    Returns the held-out figures (test split, out-of-fold tuned F1) for the closing lines."""
+def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None, index=None) -> dict[str, dict]:
+    """Curves, tuned thresholds, per-class table and figures, validation (and test) predictions and metrics, their
+    diagnostics (``index``: the data set, where the galleries find the images), the best weights (in the model, once).
+    ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights. Returns the held-out
+    figures (test split, out-of-fold tuned F1) for the closing lines."""
     from mlabel_exp.analysis import figures as plots
     from mlabel_exp.inference.outputs import write_predictions
 
@@ -180,6 +181,8 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
         tracker.log_artifact(path, "predictions")
     if test is not None:
         held_out["test"] = _log_test(tracker, out, classes, test, tuned, result.best_epoch)
+    if cfg.diagnostics.enabled:
+        log_diagnostics(tracker, cfg.diagnostics, out, index, result.best_epoch)
     if "best" in result.checkpoints:
         _log_checkpoints(tracker, cfg, result.checkpoints, classes)
     log_report(tracker, cfg, out, result)
@@ -198,6 +201,27 @@ def log_report(tracker, cfg: Config, out: Path, result) -> None:
     tracker.log_artifact(path)
     name = f"run {tracker.run_id[:8]}" if tracker.run_id else out.name
     tracker.log_artifact(write_run_report(out, f"{cfg.model.name}: {name}"))
+
+
+def log_diagnostics(tracker, settings, out: Path, index, step: int) -> None:
+    """diagnostics/ from the prediction files just written (what ``python -m mlabel_exp.diagnose`` recomputes), logged
+    under diagnostics/, with ``<split>/ece`` and ``<split>/brier`` at the best epoch. A failure here costs the run its
+    diagnostics, not its results: it is logged, tagged and left to the diagnose command."""
+    from mlabel_exp.analysis import diagnostics_pass as P
+
+    image_of = labels_of = None
+    if index is not None:
+        image_of, labels_of = P.image_locator(index.image_dir, index.files), P.label_lookup(index.files, index.labels)
+    try:
+        metrics = P.write_diagnostics(out / P.FOLDER, P.read_evaluations(out / "predictions", image_of, labels_of),
+                                      settings)
+    except Exception as e:  # noqa: BLE001 - reported, and the diagnose command can redo it
+        log.warning("diagnostics failed (%s: %s); python -m mlabel_exp.diagnose run=%s writes them again",
+                    type(e).__name__, e, tracker.run_id or "<run id>")
+        tracker.set_tags({"diagnostics_error": f"{type(e).__name__}: {e}"[:500]})
+        return
+    tracker.log_metrics(metrics, step=step)
+    tracker.log_artifacts(out / P.FOLDER, P.FOLDER)
 
 
 def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes: list[str]) -> None:
@@ -290,6 +314,11 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     table = M.per_class_table(probs, targets, classes, tuned)  # in-sample at the tuned thresholds: say so
     table = table.rename(columns={c: f"{c} (in-sample)" for c in ("F1", "precision", "recall")})
     table.insert(4, "F1@0.5", M.per_class_table(probs, targets, classes)["F1"])
+    intervals = _ap_intervals(probs, targets, cfg.diagnostics.resamples)
+    table.insert(2, "prevalence", intervals["prevalence"])  # class, support, prevalence, AP, AP low, AP high, ...
+    table.insert(4, "AP low", intervals["AP low"])
+    table.insert(5, "AP high", intervals["AP high"])
+    table.attrs["confidence"] = intervals.attrs["confidence"]
     numeric = table.select_dtypes("float").columns  # every one a float32 value: written as the predictions are
     table[numeric] = written(table[numeric].to_numpy())
     write_atomic(out / "per_class.csv", table.to_csv(index=False))
@@ -305,6 +334,14 @@ def _save_and_log(tracker, out: Path, fig, name: str) -> None:
     """A figure in the output folder (for report.html) and in the run."""
     fig.savefig(out / name, dpi=100)
     tracker.log_figure(fig, name)
+
+
+def _ap_intervals(probs, targets, resamples: int):
+    """prevalence, AP low and AP high of each class (the diagnostics' per-class AP table, the same draws)."""
+    from mlabel_exp.analysis.diagnostics_pass import ap_table
+
+    return ap_table(probs.float().cpu().numpy(), targets.cpu().numpy(), [str(c) for c in range(probs.shape[1])],
+                    resamples)
 
 
 def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:

@@ -193,6 +193,16 @@ def log_files(uri: str | None, run_id: str, paths: list[Path], artifact_path: st
         store.log_artifact(run_id, str(p), artifact_path)
 
 
+def log_metrics_to_run(uri: str | None, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Add metrics to an existing run (e.g. diagnostics computed after training) at ``step``."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
 def file_run(uri: str, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any],
              files: list[Path], metrics: dict[str, float] | None = None) -> str:
     """A run that holds only ``files`` (a comparison's table and figures) and a few single ``metrics``: FINISHED once

@@ -1,0 +1,126 @@
+"""The diagnostics' figures (``diagnostics``' numbers drawn): reliability diagrams, what is predicted although absent
+beside the labels' co-occurrence, and one error gallery per class. Returned, never shown."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+
+from mlabel_exp.analysis.figures import _figure, class_matrix
+
+PERFECT = ("a perfectly calibrated model draws every dot on the dashed diagonal (of the labels given probability p, "
+           "a share p is present)")
+
+
+def _reliability_panel(ax, bins, title: str, fontsize: float = 8) -> None:
+    """Dots at (mean probability, share of positives) of each non-empty bin, sized by count, on the diagonal."""
+    confidence, positive, count = bins
+    shown = count > 0
+    ax.plot([0, 1], [0, 1], "--", color="0.5", lw=1)
+    ax.bar(np.linspace(0, 1, len(count))[:len(count) - 1] + 0.5 / (len(count) - 1), count[:-1] / max(count.sum(), 1),
+           width=1 / (len(count) - 1), color="C7", alpha=0.25)  # share of the labels in each bin
+    sizes = 12 + 120 * np.sqrt(count[shown] / max(count.max(), 1))
+    ax.scatter(confidence[shown], positive[shown], s=sizes, color="C0", edgecolor="k", lw=0.5, zorder=3)
+    ax.plot(confidence[shown], positive[shown], "-", color="C0", lw=1, alpha=0.7)
+    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
+    ax.set_title(title, fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize)
+    ax.grid(alpha=0.3)
+
+
+def reliability(cal, classes: list[str], positives, min_positives: int, title: str):
+    """The pooled reliability diagram (every known label of every class) and one small diagram per class with at
+    least ``min_positives`` positives, each with its ECE and Brier score; the dashed diagonal is a perfectly
+    calibrated model, the grey bars the share of labels in each bin."""
+    shown = [c for c in range(len(classes)) if positives[c] >= min_positives]
+    cols = 4 if shown else 0
+    rows = max(2, -(-len(shown) // cols)) if shown else 1
+    width = max(7.5, 5.2 + 2.4 * cols)
+    fig = _figure(figsize=(width, max(6.2, 2.5 * rows + 1.2)))[0]
+    fig.clf()
+    grid = fig.add_gridspec(rows, 2 + cols, width_ratios=[1, 1] + [0.9] * cols)
+    ax = fig.add_subplot(grid[: min(rows, 2), :2])
+    _reliability_panel(ax, cal.pooled_bins, f"all classes pooled: ECE {cal.ece_pooled:.3f}, Brier "
+                       f"{cal.brier_pooled:.3f}", fontsize=9)
+    ax.set_xlabel("predicted probability (bin mean)", fontsize=9)
+    ax.set_ylabel("share of images holding the class", fontsize=9)
+    for k, c in enumerate(shown):
+        small = fig.add_subplot(grid[k // cols, 2 + k % cols])
+        _reliability_panel(small, cal.class_bins[c], f"{classes[c]} ({positives[c]} pos.)\nECE {cal.ece[c]:.3f}, "
+                           f"Brier {cal.brier[c]:.3f}")
+    left_out = len(classes) - len(shown)
+    note = f"{left_out} class(es) with fewer than {min_positives} positives: pooled only" if left_out else ""
+    explained = textwrap.fill(f"{PERFECT}; dot area: labels in the bin; grey bars: share of labels per bin. {note}",
+                              int(width * 15))
+    fig.suptitle(f"{title}\n{explained}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(classes: list[str], cooccurrence, fp_share, fp_n, title: str):
+    """Left: P(j present | i present) of the true labels (label correlation). Right: P(j predicted | i present,
+    j absent), the false positives of j when i is in the image (model confusion); blank where no image qualifies."""
+    n = len(classes)
+    side = max(5.0, 0.55 * n + 2.8)
+    fig, (left, right) = _figure(1, 2, figsize=(2 * side + 1.5, side + 0.6))
+    cooc = np.asarray(cooccurrence, dtype=float)
+    class_matrix(fig, left, classes, cooc / np.maximum(np.diag(cooc), 1)[:, None], vmax=1.0)
+    left.set(xlabel="class j", ylabel="images holding class i",
+             title="true labels: P(j present | i present)\n(how labels go together in the data)")
+    top = float(np.nanmax(fp_share)) if np.isfinite(fp_share).any() else 1.0
+    class_matrix(fig, right, classes, fp_share, vmax=max(top, 0.05), cmap="magma")
+    right.set(xlabel="class j (predicted although absent)", ylabel="images holding class i",
+              title=f"errors: P(j predicted | i present, j absent)\n(false positives of j; colour scale 0-{max(top, 0.05):.2f})")
+    fewest = int(fp_n[fp_n > 0].min()) if (fp_n > 0).any() else 0
+    fig.suptitle(f"{title}\nRight: j is truly absent in every image counted, so label correlation cannot raise a cell; "
+                 f"a bright cell there is the model confusing j with i (the fewest images behind a cell: {fewest})",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _caption(name: str, p: float, true: list[str], predicted: list[str], width: int) -> str:
+    """Four short lines under a thumbnail, each at most ``width`` characters (two for a long label list)."""
+    def labels(prefix: str, names: list[str]) -> str:
+        return textwrap.fill(f"{prefix}: {', '.join(names) or '(none)'}", width, subsequent_indent="  ",
+                             max_lines=2, placeholder=" ...")
+
+    shown = name if len(name) <= width else "..." + name[-(width - 3):]  # the end of a path says most
+    return f"{shown}\np = {p:.3f}\n{labels('true', true)}\n{labels('pred', predicted)}"
+
+
+def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
+    """The top false positives (upper row) and false negatives (lower row) of class ``c``: each image with its path,
+    its probability for the class, its true and its predicted labels. ``thumbnail(row)``: an RGB array or None (the
+    image could not be read here)."""
+    cls, threshold = ev.classes[c], ev.thresholds[c]
+    fig, axes = _figure(2, size, figsize=(2.35 * size, 6.6), squeeze=False)
+    predicted = ev.predicted
+    for r, (rows, what) in enumerate(((false_pos, f"false positives: '{cls}' predicted (p >= {threshold:.3f}) "
+                                                  "but absent; highest p first"),
+                                      (false_neg, f"false negatives: '{cls}' present but p < {threshold:.3f}; "
+                                                  "lowest p first"))):
+        for k in range(size):
+            ax = axes[r][k]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_box_aspect(1)  # square tiles, an image or its placeholder
+            if k >= len(rows):
+                ax.axis("off")
+                continue
+            row = rows[k]
+            image = thumbnail(row)
+            if image is None:
+                ax.text(0.5, 0.5, "image not\nfound here", ha="center", va="center", fontsize=8, color="0.4")
+            else:
+                ax.imshow(image)
+            true = [n for n, t in zip(ev.classes, ev.targets[row]) if t == 1]
+            pred = [n for n, t in zip(ev.classes, predicted[row]) if t]
+            ax.set_xlabel(_caption(ev.names[row], float(ev.probs[row, c]), true, pred, 26), fontsize=8, loc="left")
+        axes[r][0].set_title(what if len(rows) else f"{what}: none", fontsize=9, loc="left")
+    fig.suptitle(f"{ev.split}: errors of class '{cls}' at its threshold {threshold:.3f} "
+                 f"(the {len(false_pos)} most confident false positives and {len(false_neg)} false negatives)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
