@@ -38,7 +38,9 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
         "optimizer.": lambda k: k not in ("momentum", "nesterov", "betas") or
         (k in ("momentum", "nesterov")) == (o.name == "sgd"),
         "model.": lambda k: k not in ("dropout", "weight_decay") and
-        (k not in ("aux_logits", "aux_weight") or backbone(typed.model.name).aux_classifier is not None),
+        (k not in ("aux_logits", "aux_weight") or (typed.model.source == "builtin" and
+                                                   backbone(typed.model.name).aux_classifier is not None)) and
+        (k != "hidden" or typed.model.source == "builtin"),
         "data.synthetic.": lambda k: d.name == "synthetic",
         "data.": lambda k: k in FORMAT_SETTINGS.get(d.name, ()) or
         all(k not in keys for keys in FORMAT_SETTINGS.values()),
