@@ -224,3 +224,12 @@ def test_a_timm_run_from_a_local_state_dict_records_its_preprocessing_and_predic
     assert files == list(logged["file"])
     # float32, eval mode: only the batch composition differs (a few ulps of each logit, sigmoid slope <= 1/4)
     np.testing.assert_allclose(probs, logged[predictor.classes].to_numpy(), atol=1e-5)
+
+
+def test_a_timm_runs_pyfunc_model_requires_the_timm_that_trained_it():
+    from importlib.metadata import version
+
+    from mlabel_exp.tracking.pyfunc import _requirements
+
+    assert f"timm=={version('timm')}" in _requirements(timm=True)
+    assert not any(r.startswith("timm") for r in _requirements())

@@ -197,7 +197,7 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
     t, best = cfg.tracking, checkpoints["best"]
     stored = {}
     if t.log_model:
-        model_uri = tracker.log_model(best, classes, cfg.model.input_size)
+        model_uri = tracker.log_model(best, classes, cfg.model.input_size, timm=cfg.model.source == "timm")
         stored[best] = tracker.stored_file(f"artifacts/{best.name}", in_model=True)
         if t.register and model_uri is not None:  # None: nothing recorded (NullTracker)
             _register(tracker, model_uri, t.register)
