@@ -1,5 +1,5 @@
-"""timm backbones (model=timm model.name=<timm name>): built by timm with our class count and dropout, timm's data config
-as the run's recorded preprocessing, weights from a state dict of timm's own architecture or from timm's pretrained
+"""timm backbones (model=timm model.name=<timm name>): built by timm with our class count and dropout, timm's data
+config as the run's recorded preprocessing, weights from a state dict of timm's own architecture or from timm's pretrained
 cache path (offline: one line naming the file and folder), freeze presets read from the model, one-line errors."""
 
 from __future__ import annotations

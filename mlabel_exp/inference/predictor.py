@@ -49,9 +49,10 @@ class Predictor:
         self.model, self.preprocessing, self.classes, self.device = model, p, list(classes), device
         # float32, as the probabilities: the numbers the outputs write and decide labels from (floats.decide)
         self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float32)
-        interpolation = p.get("interpolation", "bilinear") if p else "bilinear"
+        interpolation = p.get("interpolation", "bilinear") if p else "bilinear"  # older checkpoints: bilinear
         self.transform = transform or BatchTransform(p["input_size"], p["mean"], p["std"], interpolation=interpolation)
-        self.image_steps = image_steps(p["decode_size"], interpolation=interpolation) if p else None  # in DataLoader workers
+        # per image, in DataLoader workers
+        self.image_steps = image_steps(p["decode_size"], interpolation=interpolation) if p else None
         self.amp_dtype, self.channels_last = autocast_dtype(device, amp_dtype), channels_last
         self.autocast = self.amp_dtype != torch.float32
 

@@ -27,9 +27,9 @@ def is_weights_file(weights: str) -> bool:
 def check_timm_weights(key: str, weights: str) -> str:
     """A timm model's weights name: DEFAULT (timm's pretrained tag in model.name, else its default tag)."""
     if weights != "DEFAULT":
+        arch = timm_backbones.timm_name(key).split(".")[0]
         raise ModelError(f"model.weights={weights!r}: a timm model takes DEFAULT (timm's pretrained weights; name a tag "
-                         f"in model.name, e.g. {timm_backbones.timm_name(key).split('.')[0]}.<tag>), null (random init) or the path "
-                         "of a state dict")
+                         f"in model.name, e.g. {arch}.<tag>), null (random init) or the path of a state dict")
     return timm_backbones.timm_name(key)
 
 

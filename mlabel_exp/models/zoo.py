@@ -2,7 +2,8 @@
 multi-label head.
 
 Pretrained weights are always loaded into the original torchvision architecture first and only then the classifier
-is replaced, so ImageNet weights, a state dict on disk and random init all give the same module layout.
+is replaced, so ImageNet weights, a state dict on disk and random init all give the same module layout. A timm model
+is built by timm with our class count (its own classifier, timm's weights loaded by timm).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import torch
 import torchvision
 from torch import nn
 
-from mlabel_exp.models import timm_backbones
-from mlabel_exp.models import backbones
+from mlabel_exp.models import backbones, timm_backbones
 from mlabel_exp.models.backbones import Backbone, ModelError, SmallCNN, backbone
-from mlabel_exp.models.weights import (download_state_dict, hub_file, is_weights_file, read_state_dict, weights_file,
-                                       weights_member)
+from mlabel_exp.models.weights import (check_timm_weights, download_state_dict, hub_file, is_weights_file,
+                                       read_state_dict, weights_file, weights_member)
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,6 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, drop
 def _timm_model(key: str, num_classes: int, weights: str | None, dropout: float, input_size: int | None) -> nn.Module:
     """A timm model: timm's DEFAULT weights loaded by timm, or a state dict of its architecture (ImageNet-shaped: the
     classifier that does not fit ``num_classes`` is left out, with a note; or this model's own)."""
-    from mlabel_exp.models.weights import check_timm_weights
-
     name = timm_backbones.timm_name(key)
     if input_size is not None:
         check_input_size(key, input_size, False)
