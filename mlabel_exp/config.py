@@ -79,6 +79,8 @@ FORMAT_SETTINGS = {
 ON_BAD = ("skip", "error")
 DECODED_CACHE_MODES = ("auto", "on", "off")
 TRAINABLE_MODES = ("head", "partial", "all")
+MODEL_SOURCES = ("builtin", "timm")  # builtin: models.backbones.REGISTRY (torchvision + SmallCNN); timm: any timm model
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # how images are resized to the model's input
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
@@ -201,11 +203,14 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 @dataclass
 class ModelConfig:
-    name: str = "smallcnn"               # a key of mlabel_exp.models.REGISTRY
+    name: str = "smallcnn"               # a key of mlabel_exp.models.REGISTRY, or with source=timm any timm model
+    source: str = "builtin"              # builtin | timm (model=timm)
     weights: Optional[str] = None        # null (random init) | DEFAULT | IMAGENET1K_V1 ... | path to a state dict
-    input_size: int = 64
-    mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # null only with source=timm: the model's own (timm's data config), filled in when a run starts
+    input_size: Optional[int] = 64
+    mean: Optional[List[float]] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: Optional[List[float]] = field(default_factory=lambda: list(IMAGENET_STD))
+    interpolation: Optional[str] = "bilinear"  # resizing to input_size: bilinear | bicubic | nearest
     hidden: int = 0                      # width of a hidden layer in the head; 0 = one linear layer
     dropout: float = 0.0                 # this model's recommended dropout, used while dropout=model
     weight_decay: float = 1e-4           # this model's recommended weight decay, used while weight_decay=model
@@ -213,11 +218,26 @@ class ModelConfig:
     aux_logits: bool = True              # inception: train with the auxiliary head
     aux_weight: float = 0.4              # inception: loss = main + aux_weight * aux
 
+    @property
+    def key(self) -> str:
+        """What the model builders take: the registry name, or timm:<name> for a timm model."""
+        return model_key(self.name, self.source)
+
     def __post_init__(self):
-        _check(self.input_size >= 16, "model.input_size", self.input_size, "an integer >= 16")
-        _check(len(self.mean) == 3 and len(self.std) == 3 and all(v > 0 for v in self.std),
+        _choice("model.source", self.source, MODEL_SOURCES)
+        unset = [k for k in ("input_size", "mean", "std", "interpolation") if getattr(self, k) is None]
+        _check(not unset or self.source == "timm", f"model.{unset[0] if unset else ''}", None,
+               "a value (null, the model's own, only with model=timm)")
+        _check(self.input_size is None or self.input_size >= 16, "model.input_size", self.input_size,
+               "an integer >= 16")
+        _check((self.mean is None or len(self.mean) == 3) and (self.std is None or (
+            len(self.std) == 3 and all(v > 0 for v in self.std))),
                "model.mean/model.std", (self.mean, self.std), "three values each, std > 0")
+        if self.interpolation is not None:
+            _choice("model.interpolation", self.interpolation, INTERPOLATIONS)
         _check(self.hidden >= 0, "model.hidden", self.hidden, "an integer >= 0")
+        _check(self.hidden == 0 or self.source != "timm", "model.hidden", self.hidden,
+               "0 with model=timm (timm models keep their own head, with model.dropout before it)")
         _fraction("model.dropout", self.dropout)
         _check(self.weight_decay >= 0, "model.weight_decay", self.weight_decay, "a number >= 0")
         _check(self.aux_weight >= 0, "model.aux_weight", self.aux_weight, "a number >= 0")
@@ -225,6 +245,11 @@ class ModelConfig:
         ok = (isinstance(t, str) and t in TRAINABLE_MODES) or (
             isinstance(t, (list, tuple)) and len(t) > 0 and all(isinstance(v, str) and v for v in t))
         _check(ok, "model.trainable", t, f"{one_of(TRAINABLE_MODES)}, or a list of module-name patterns such as ['layer4']")
+
+
+def model_key(name: str, source: str = "builtin") -> str:
+    """One string naming an architecture across sources: ``resnet50`` (torchvision) vs ``timm:resnet50``."""
+    return f"timm:{name}" if source == "timm" else name
 
 
 @dataclass

@@ -14,7 +14,7 @@ from mlabel_exp.config import CompareConfig, Config, SyntheticCommandConfig
 COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic", "diagnose")
 MODULES = {"run": "run", "predict": "predict", "compare": "compare", "search": "search", "inspect": "inspect_data",
            "synthetic": "synthetic", "diagnose": "diagnose"}
-MODELS = "choices: inception, resnet18, resnet50, smallcnn, vgg16"
+MODELS = "choices: inception, resnet18, resnet50, smallcnn, timm, vgg16"
 
 
 def _error(capsys, command: str, *args: str) -> str:

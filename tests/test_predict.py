@@ -359,7 +359,7 @@ def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_th
     ckpt = load_checkpoint(tmp / "out" / "checkpoints" / "best.pt")
     predictor = Predictor.from_checkpoint(ckpt)
     assert predictor.preprocessing == {"decode_size": 32, "input_size": 32, "mean": ckpt["config"]["model"]["mean"],
-                                       "std": ckpt["config"]["model"]["std"]}
+                                       "std": ckpt["config"]["model"]["std"], "interpolation": "bilinear"}
     saved = json.loads((tmp / "out" / "thresholds.json").read_text())
     assert np.array_equal(predictor.thresholds, np.float32(saved["per_class"])) and predictor.classes == saved["classes"]
     paths = [images / f"im{i}.jpg" for i in (1, 2, 3)]

@@ -34,6 +34,11 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     from mlabel_exp.training.resume import preempted_run, resume_point
 
     typed = validate(cfg)  # every setting checked before any data is read
+    if typed.model.source == "timm":  # its own input size, mean, std, interpolation where null: recorded as in effect
+        from mlabel_exp.models.timm_backbones import with_data_config
+
+        cfg = with_data_config(cfg)
+        typed = validate(cfg)
     select_device(typed.trainer.device)  # and the device: one that is not there is one line, before any other work
     overrides = job.task_overrides()
     if not typed.resume and on_epoch is None:  # a search continues its own trials
@@ -84,8 +89,8 @@ def _prepare(typed: Config):
     import torch
 
     from mlabel_exp.data.formats import resolve_data_root
-    from mlabel_exp.models.backbones import check_input_size
     from mlabel_exp.models.weights import fetch_weights
+    from mlabel_exp.models.zoo import check_input_size
     from mlabel_exp.tracking import runs as tracking
     from mlabel_exp.training.precision import select_device
 
@@ -93,10 +98,10 @@ def _prepare(typed: Config):
     np.random.seed(typed.seed)
     if typed.trainer.num_threads:
         torch.set_num_threads(typed.trainer.num_threads)
-    check_input_size(typed.model.name, typed.model.input_size, typed.model.aux_logits)
+    check_input_size(typed.model.key, typed.model.input_size, typed.model.aux_logits)
     if typed.data.name == "folder":  # a wrong data root fails before a download and before the store is opened
         resolve_data_root(typed.data)
-    fetch_weights(typed.model.name, typed.model.weights)  # offline: fails here, in seconds
+    fetch_weights(typed.model.key, typed.model.weights)  # offline: fails here, in seconds
     device = select_device(typed.trainer.device)
     if distributed.launched_by_torchrun():
         device = distributed.setup(device.type)
@@ -124,7 +129,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
 
     m, main_rank = typed.model, distributed.is_main()
     index, split, content, data = _data(out, typed, resume, main_rank)
-    net = build_model(m.name, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
+    net = build_model(m.key, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
                       aux_logits=m.aux_logits, input_size=m.input_size)
     stop = StopRequest()
     callbacks = RunCallbacks(typed, net, tracker, stop, on_epoch)
@@ -134,7 +139,7 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         net, device_ids=[device.index] if device.type == "cuda" else None) if distributed.active() else net
     loaders = build_loaders(typed, index, split, device.type == "cuda")
     check_validation_images(index, split, loaders.cache)
-    weights = weights_description(m.name, m.weights)
+    weights = weights_description(m.key, m.weights)
     facts = record.run_facts(index, split, weights=weights, device=device, precision=precision(typed.trainer, device),
                              workers=loaders.workers, cache=loaders.cache)
     params = record.run_params(cfg, typed, facts, cuda=device.type == "cuda")

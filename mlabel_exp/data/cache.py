@@ -31,11 +31,13 @@ VERSION = 1  # bump when decoding or resizing changes: old caches are then ignor
 DISK_MARGIN = 1 << 30  # free disk left over after a cache is written, bytes
 
 
-def fingerprint(index: DatasetIndex, size: int) -> str:
+def fingerprint(index: DatasetIndex, size: int, interpolation: str = "bilinear") -> str:
     """A key that tells different files apart and changes when any of them changes: the resolved data root, and per
     image its name, size, modification and change times and inode (a copy that keeps names, sizes and times, as
-    ``cp -p`` or ``rsync -a`` make, still has other inodes and change times), plus the decode size."""
-    h = hashlib.sha256(f"v{VERSION} size={size} n={len(index)} root={Path(index.root).resolve()}\n".encode())
+    ``cp -p`` or ``rsync -a`` make, still has other inodes and change times), plus the decode size and the resize's
+    interpolation (bilinear, the default, keeps the keys caches had before there was a choice)."""
+    resize = "" if interpolation == "bilinear" else f" interpolation={interpolation}"
+    h = hashlib.sha256(f"v{VERSION} size={size}{resize} n={len(index)} root={Path(index.root).resolve()}\n".encode())
     for name, path in zip(index.files, index.paths()):  # name: the file name in the folder format, as ever
         st = path.stat()
         h.update(f"{name} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_dev}:{st.st_ino}\n".encode())
@@ -68,10 +70,10 @@ class DecodedCache:
 
 
 def open_or_build(index: DatasetIndex, size: int, cache_dir: str | Path, *, threads: int = 2,
-                  required: bool = False) -> DecodedCache | None:
-    """The cache of ``index`` at ``size`` px, built on first use; None (with a warning) when the disk lacks room,
-    or a DataError when ``required``."""
-    key = fingerprint(index, size)
+                  required: bool = False, interpolation: str = "bilinear") -> DecodedCache | None:
+    """The cache of ``index`` at ``size`` px (resized with ``interpolation``), built on first use; None (with a
+    warning) when the disk lacks room, or a DataError when ``required``."""
+    key = fingerprint(index, size, interpolation)
     folder = Path(cache_dir).expanduser() / "decoded"
     final, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     try:
@@ -98,7 +100,7 @@ def open_or_build(index: DatasetIndex, size: int, cache_dir: str | Path, *, thre
         log.info("decoding %d images once into %s (%.2f GiB, %d px)", len(index), final, need / 2**30, size)
         tmp = folder / f".{key}.tmp-{os.getpid()}.npy"
         try:
-            bad = _build(tmp, index.paths(), size, threads)
+            bad = _build(tmp, index.paths(), size, threads, interpolation)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -112,10 +114,10 @@ def _opened(final: Path, meta_path: Path, size: int) -> DecodedCache:
     return DecodedCache(final, size, {int(r): e for r, e in meta["bad"].items()})
 
 
-def _build(tmp: Path, paths: list[Path], size: int, threads: int) -> dict[int, str]:
+def _build(tmp: Path, paths: list[Path], size: int, threads: int, interpolation: str) -> dict[int, str]:
     """Decode every image into a fresh array; Pillow and torch release the GIL, so threads decode in parallel."""
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
-    steps = image_steps(size)  # exactly what the per-epoch pipeline's workers make (stateless: shared by threads)
+    steps = image_steps(size, interpolation=interpolation)  # exactly what the per-epoch pipeline's workers make (stateless: shared by threads)
     if hasattr(os, "posix_fallocate"):  # reserve the blocks now: a full disk is an OSError here, not a SIGBUS later
         with open(tmp, "r+b") as fh:
             os.posix_fallocate(fh.fileno(), 0, tmp.stat().st_size)

@@ -64,30 +64,38 @@ def load_image(source: str | Path | bytes) -> Image.Image:
         return to_rgb(im)
 
 
+def interpolation_mode(name: str):
+    """torchvision's InterpolationMode for a model.interpolation name (bilinear, bicubic, nearest)."""
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name)
+
+
 def image_steps(input_size: int, train: bool = False, random_resized_crop: bool = False,
-                crop_scale_min: float = 0.6):
-    """The per-image part of the pipeline, run in DataLoader workers: PIL image -> uint8 tensor at the input size.
+                crop_scale_min: float = 0.6, interpolation: str = "bilinear"):
+    """The per-image part of the pipeline, run in DataLoader workers: PIL image -> uint8 tensor at the input size,
+    resized with ``interpolation`` (the model's: timm models say which they were trained with).
 
     Everything else (scaling to float, the random flip, normalising) runs on whole batches on the training
     device (``BatchTransform``): workers send a quarter of the bytes and the GPU does the arithmetic.
     """
     from torchvision.transforms import v2
 
-    steps = [v2.PILToTensor()]
+    steps, mode = [v2.PILToTensor()], interpolation_mode(interpolation)
     if train and random_resized_crop:
-        steps.append(v2.RandomResizedCrop(input_size, scale=(crop_scale_min, 1.0), antialias=True))
+        steps.append(v2.RandomResizedCrop(input_size, scale=(crop_scale_min, 1.0), interpolation=mode, antialias=True))
     else:
-        steps.append(v2.Resize((input_size, input_size), antialias=True))
+        steps.append(v2.Resize((input_size, input_size), interpolation=mode, antialias=True))
     return v2.Compose(steps)
 
 
 def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                     train: bool = False, random_resized_crop: bool = False, crop_scale_min: float = 0.6,
-                    hflip: bool = False):
+                    hflip: bool = False, interpolation: str = "bilinear"):
     """PIL image -> normalised float tensor, one image at a time: the two steps training runs (``image_steps`` in
     the workers, ``BatchTransform`` on the device) applied to a batch of one, so there is one definition of each."""
-    steps = image_steps(input_size, train, random_resized_crop, crop_scale_min)
-    finish = BatchTransform(input_size, mean, std, hflip=hflip)
+    steps = image_steps(input_size, train, random_resized_crop, crop_scale_min, interpolation)
+    finish = BatchTransform(input_size, mean, std, hflip=hflip, interpolation=interpolation)
     return lambda image: finish(steps(image)[None], train=train)[0]
 
 
@@ -100,8 +108,9 @@ class BatchTransform:
     """
 
     def __init__(self, input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 hflip: bool = False, seed: int = 0):
+                 hflip: bool = False, seed: int = 0, interpolation: str = "bilinear"):
         self.input_size, self.mean, self.std, self.hflip, self.seed = input_size, list(mean), list(std), hflip, seed
+        self.interpolation = interpolation
         self.epoch_seed = seed
         self._generator, self._generator_device = None, None
         self._affine = {}  # device -> (scale, shift) with x / 255 normalised = x * scale + shift
@@ -123,7 +132,8 @@ class BatchTransform:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         x = x.to(torch.float32, copy=True)  # our own copy: the in-place steps below allocate nothing more
         if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.resize(x, [self.input_size, self.input_size], antialias=True)
+            x = F.resize(x, [self.input_size, self.input_size], interpolation=interpolation_mode(self.interpolation),
+                         antialias=True)
         if x.device not in self._affine:
             mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device)[:, None, None] for v in (self.mean, self.std))
             self._affine[x.device] = (1 / (255 * std), -mean / std)

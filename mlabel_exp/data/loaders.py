@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlabel_exp.config import Config, resolve_path
-from mlabel_exp.data.images import BatchTransform, image_steps, load_image
+from mlabel_exp.data.images import BatchTransform, image_steps, interpolation_mode, load_image
 from mlabel_exp.data.index import DataError, DatasetIndex
 from mlabel_exp.fsutil import epoch_seed
 from mlabel_exp.training import distributed
@@ -210,7 +210,7 @@ def decoded_cache(cfg: Config, index):
         if not pays:
             return None
     cache = image_cache.open_or_build(index, size, resolve_path(d.cache_dir), threads=default_workers(-1),
-                                      required=d.decoded_cache == "on")
+                                      required=d.decoded_cache == "on", interpolation=cfg.model.interpolation)
     if cache is not None and cache.bad and d.on_bad_image == "error":
         row, error = next(iter(sorted(cache.bad.items())))
         raise DataError(f"{index.paths([row])[0]}: unreadable image ({error}); replace or remove the file, or set "
@@ -243,15 +243,18 @@ def build_loaders(cfg: Config, index, split, cuda: bool) -> Loaders:
         rows = rows[distributed.rank()::distributed.world_size()]  # each image once, no padding
         if cache is not None:
             return CachedImages.from_index(cache, index, rows)
-        return MultiLabelImages.from_index(index, rows, image_steps(m.input_size), d.on_bad_image)
+        return MultiLabelImages.from_index(index, rows, image_steps(m.input_size, interpolation=m.interpolation),
+                                           d.on_bad_image)
 
     if cache is not None:
         from torchvision.transforms import v2
 
-        crop_tf = v2.RandomResizedCrop(m.input_size, scale=(aug.crop_scale_min, 1.0), antialias=True) if crop else None
+        crop_tf = v2.RandomResizedCrop(m.input_size, scale=(aug.crop_scale_min, 1.0), antialias=True,
+                                       interpolation=interpolation_mode(m.interpolation)) if crop else None
         train_set = CachedImages.from_index(cache, index, split["train"], crop_tf)
     else:
-        train_tf = image_steps(m.input_size, train=True, random_resized_crop=crop, crop_scale_min=aug.crop_scale_min)
+        train_tf = image_steps(m.input_size, train=True, random_resized_crop=crop, crop_scale_min=aug.crop_scale_min,
+                               interpolation=m.interpolation)
         train_set = MultiLabelImages.from_index(index, split["train"], train_tf, d.on_bad_image)
     sampler = None
     if distributed.active():  # each rank its share of every epoch
@@ -264,5 +267,6 @@ def build_loaders(cfg: Config, index, split, cuda: bool) -> Loaders:
     val, test = (make_loader(evaluation_set(rows), batch, shuffle=False, num_workers=workers, pin_memory=cuda,
                              persistent=part == "val") if len(rows) else None
                  for part, rows in (("val", split["val"]), ("test", split.get("test", np.zeros(0, np.int64)))))
-    transform = BatchTransform(m.input_size, m.mean, m.std, hflip=aug.hflip, seed=cfg.seed)
+    transform = BatchTransform(m.input_size, m.mean, m.std, hflip=aug.hflip, seed=cfg.seed,
+                               interpolation=m.interpolation)
     return Loaders(train, val, test, transform, workers, cache)

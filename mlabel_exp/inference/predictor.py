@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 def preprocessing_of(model_cfg, decode_size: int | None = None) -> dict:
     """What a checkpoint records of the input pipeline: the size images are decoded to (a decoded cache may keep
-    them smaller), then the model's input size and normalisation, applied on whole batches."""
+    them smaller), then the model's input size and normalisation, applied on whole batches, and the interpolation of
+    both resizes (absent in older checkpoints: bilinear, the only one then)."""
     return {"decode_size": int(decode_size or model_cfg.input_size), "input_size": int(model_cfg.input_size),
-            "mean": [float(v) for v in model_cfg.mean], "std": [float(v) for v in model_cfg.std]}
+            "mean": [float(v) for v in model_cfg.mean], "std": [float(v) for v in model_cfg.std],
+            "interpolation": str(model_cfg.interpolation)}
 
 
 def split_outputs(out):
@@ -47,8 +49,10 @@ class Predictor:
         self.model, self.preprocessing, self.classes, self.device = model, p, list(classes), device
         # float32, as the probabilities: the numbers the outputs write and decide labels from (floats.decide)
         self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float32)
-        self.transform = transform or BatchTransform(p["input_size"], p["mean"], p["std"])
-        self.image_steps = image_steps(p["decode_size"]) if p else None  # per image, in DataLoader workers
+        interpolation = p.get("interpolation", "bilinear") if p else "bilinear"  # older checkpoints: bilinear
+        self.transform = transform or BatchTransform(p["input_size"], p["mean"], p["std"], interpolation=interpolation)
+        # per image, in DataLoader workers
+        self.image_steps = image_steps(p["decode_size"], interpolation=interpolation) if p else None
         self.amp_dtype, self.channels_last = autocast_dtype(device, amp_dtype), channels_last
         self.autocast = self.amp_dtype != torch.float32
 
@@ -57,17 +61,19 @@ class Predictor:
         """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds, in the autocast
         dtype the run validated in (the thresholds were tuned on those probabilities) where ``device`` computes it
         natively, else in float32 (a bfloat16 run's model on a CPU without bfloat16 instructions)."""
+        from mlabel_exp.config import model_key
         from mlabel_exp.data.index import check_class_names
         from mlabel_exp.models.zoo import build_model
 
         check_class_names(ckpt["classes"], "the checkpoint", "its run was trained before such names were refused: "
                           "rename that annotation file and train again")
         m = ckpt["config"]["model"]
-        model = build_model(m["name"], len(ckpt["classes"]), hidden=m.get("hidden", 0),
+        model = build_model(model_key(m["name"], m.get("source", "builtin")), len(ckpt["classes"]), hidden=m.get("hidden", 0),
                             aux_logits=m.get("aux_logits", True), input_size=m["input_size"])
         model.load_state_dict(ckpt["model"])
         preprocessing = ckpt.get("preprocessing") or {"decode_size": m["input_size"], "input_size": m["input_size"],
-                                                       "mean": m["mean"], "std": m["std"]}
+                                                       "mean": m["mean"], "std": m["std"],
+                                                       "interpolation": m.get("interpolation", "bilinear")}
         thresholds = (ckpt.get("thresholds") or {}).get("per_class")
         # the memory layout the run validated in: the same kernels, so the same probabilities
         channels_last = bool(ckpt.get("channels_last")) and device.type in CHANNELS_LAST_DEVICES

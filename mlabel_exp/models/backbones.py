@@ -15,6 +15,10 @@ class ModelError(UserError):
     """Bad model settings or weights; the message names the setting or file and the fix."""
 
 
+class WeightsUnavailable(ModelError):
+    """Pretrained weights that cannot be downloaded here (offline); the message names the file to place."""
+
+
 @dataclass(frozen=True)
 class Backbone:
     """What the generic code needs to know about one architecture."""

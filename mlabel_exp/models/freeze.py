@@ -1,25 +1,38 @@
 """Which parameters train: the head's own parameter group, the trainable presets (all, head, partial, patterns)
-and BatchNorm layers that stay frozen in training mode."""
+and BatchNorm layers that stay frozen in training mode. A timm model's head and partial preset are read from the
+model (timm_backbones: get_classifier, feature_info), a registry model's from its entry."""
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
 from mlabel_exp.config import TRAINABLE_MODES, one_of
+from mlabel_exp.models import timm_backbones
 from mlabel_exp.models.backbones import ModelError, backbone
+
+log = logging.getLogger(__name__)
 
 
 def _under(param_name: str, prefixes: Iterable[str]) -> bool:
     return any(param_name == p or param_name.startswith(p + ".") for p in prefixes)
 
 
+def _presets(model: nn.Module, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(head module prefixes, partial-preset patterns) of model ``name``."""
+    if timm_backbones.is_timm(name):
+        return tuple(timm_backbones.classifier_names(model)), ()
+    b = backbone(name)
+    return b.head, b.partial
+
+
 def head_parameter_names(model: nn.Module, name: str) -> set[str]:
     """Names of the parameters of the new head (for their own learning rate)."""
-    prefixes = backbone(name).head
+    prefixes = _presets(model, name)[0]
     return {n for n, _ in model.named_parameters() if _under(n, prefixes)}
 
 
@@ -34,12 +47,15 @@ def set_trainable(model: nn.Module, name: str, trainable: Any) -> int:
     ``trainable``: "all", "head", "partial" (the registry preset plus the head) or a list of fnmatch
     patterns matched against module names (e.g. ["layer4", "Mixed_7*"]), plus the head.
     """
-    b = backbone(name)
+    head, partial = _presets(model, name)
     if isinstance(trainable, str):
         if trainable not in TRAINABLE_MODES:
             raise ModelError(f"model.trainable={trainable!r} is invalid: expected {one_of(TRAINABLE_MODES)}, "
                              "or a list of module-name patterns such as ['layer4']")
-        patterns = {"all": None, "head": [], "partial": list(b.partial)}[trainable]
+        if trainable == "partial" and timm_backbones.is_timm(name):
+            partial = tuple(timm_backbones.partial_modules(model))
+            log.info("model.trainable=partial: %s trains %s", name, ", ".join(partial))
+        patterns = {"all": None, "head": [], "partial": list(partial)}[trainable]
     else:
         patterns = list(trainable) if isinstance(trainable, Iterable) else [trainable]
         if not all(isinstance(p, str) and p for p in patterns):
@@ -56,7 +72,7 @@ def set_trainable(model: nn.Module, name: str, trainable: Any) -> int:
         if patterns is None:
             train = True
         else:
-            train = _under(pname, b.head) or any(fnmatch.fnmatchcase(a, p) for a in _ancestors(pname)
+            train = _under(pname, head) or any(fnmatch.fnmatchcase(a, p) for a in _ancestors(pname)
                                                  for p in patterns)
         param.requires_grad_(train)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

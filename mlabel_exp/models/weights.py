@@ -12,17 +12,25 @@ from pathlib import Path
 import torch
 import torchvision
 
-from mlabel_exp.models.backbones import ModelError, backbone
+from mlabel_exp.models import timm_backbones
+from mlabel_exp.models.backbones import ModelError, WeightsUnavailable, backbone  # noqa: F401 - raised here
 
 log = logging.getLogger(__name__)
 
-
-class WeightsUnavailable(ModelError):
-    """Pretrained weights that cannot be downloaded here (offline); the message names the file to place."""
+FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def is_weights_file(weights: str) -> bool:
-    return "/" in weights or os.sep in weights or weights.endswith((".pt", ".pth")) or os.path.isfile(weights)
+    return "/" in weights or os.sep in weights or weights.endswith(FILE_SUFFIXES) or os.path.isfile(weights)
+
+
+def check_timm_weights(key: str, weights: str) -> str:
+    """A timm model's weights name: DEFAULT (timm's pretrained tag in model.name, else its default tag)."""
+    if weights != "DEFAULT":
+        arch = timm_backbones.timm_name(key).split(".")[0]
+        raise ModelError(f"model.weights={weights!r}: a timm model takes DEFAULT (timm's pretrained weights; name a tag "
+                         f"in model.name, e.g. {arch}.<tag>), null (random init) or the path of a state dict")
+    return timm_backbones.timm_name(key)
 
 
 def weights_member(name: str, weights: str):
@@ -64,6 +72,10 @@ def weights_description(name: str, weights: str | None) -> str:
     if is_weights_file(weights):
         path = weights_file(weights)
         return f"state dict {path.resolve()} (sha256 {_sha256_prefix(path)})"
+    if timm_backbones.is_timm(name):
+        timm_name = check_timm_weights(name, weights)
+        file = timm_backbones.fetch_pretrained(timm_name)
+        return f"timm {timm_backbones.pretrained_source(timm_name)['tag']} {file} (sha256 {_sha256_prefix(file)})"
     return str(weights_member(name, weights))
 
 
@@ -95,6 +107,9 @@ def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None
         return
     if is_weights_file(weights):
         weights_file(weights)
+        return
+    if timm_backbones.is_timm(name):
+        timm_backbones.fetch_pretrained(check_timm_weights(name, weights))
         return
     member = weights_member(name, weights)
     file = hub_file(member)
@@ -128,7 +143,12 @@ def download_state_dict(member) -> dict[str, torch.Tensor]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``path``: plain, or under a "model" / "state_dict" key; DataParallel's module. dropped."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":  # the format of timm's Hugging Face files
+            from safetensors.torch import load_file
+
+            obj = load_file(path, device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise ModelError(f"model.weights={str(path)!r}: cannot read it as a PyTorch state dict "
                          f"({type(e).__name__}: {str(e)[:200]}); save one with torch.save(model.state_dict(), "

@@ -1,7 +1,9 @@
-"""Building a model: the backbone ``name`` (models.backbones) with a new multi-label head.
+"""Building a model: the backbone ``name`` (models.backbones, or ``timm:<name>``: models.timm_backbones) with a new
+multi-label head.
 
 Pretrained weights are always loaded into the original torchvision architecture first and only then the classifier
-is replaced, so ImageNet weights, a state dict on disk and random init all give the same module layout.
+is replaced, so ImageNet weights, a state dict on disk and random init all give the same module layout. A timm model
+is built by timm with our class count (its own classifier, timm's weights loaded by timm).
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ import torch
 import torchvision
 from torch import nn
 
-from mlabel_exp.models.backbones import Backbone, ModelError, SmallCNN, backbone, check_input_size
-from mlabel_exp.models.weights import (download_state_dict, hub_file, is_weights_file, read_state_dict, weights_file,
-                                       weights_member)
+from mlabel_exp.models import backbones, timm_backbones
+from mlabel_exp.models.backbones import Backbone, ModelError, SmallCNN, backbone
+from mlabel_exp.models.weights import (check_timm_weights, download_state_dict, hub_file, is_weights_file,
+                                       read_state_dict, weights_file, weights_member)
 
 log = logging.getLogger(__name__)
+
+
+def check_input_size(name: str, input_size: int, aux_logits: bool = True) -> None:
+    """``input_size`` goes through model ``name`` (a registry name, or ``timm:<name>``), else the error with the fix."""
+    if timm_backbones.is_timm(name):
+        timm_backbones.check_input_size(timm_backbones.timm_name(name), input_size)
+    else:
+        backbones.check_input_size(name, input_size, aux_logits)
 
 
 def _make_head(in_features: int, num_classes: int, dropout: float, hidden: int) -> nn.Sequential:
@@ -48,10 +59,12 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, drop
     a state dict, either ImageNet-shaped for the original architecture or one of this model with its head.
     Settings are range-checked by the config schema; only what the config cannot know is checked here.
     """
-    b = backbone(name)
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     if not (isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool) and num_classes >= 1):
         raise ModelError(f"num_classes={num_classes!r}: expected an integer >= 1 (the data set has no classes?)")
+    if timm_backbones.is_timm(name):
+        return _timm_model(name, num_classes, weights, dropout, input_size)
+    b = backbone(name)
     has_aux = b.aux_classifier is not None
     if input_size is not None:
         check_input_size(name, input_size, aux_logits and has_aux)
@@ -88,6 +101,34 @@ def build_model(name: str, num_classes: int, *, weights: str | None = None, drop
             _does_not_fit(path, original_problems, problems, f"the original {b.arch} architecture", against)
         model.load_state_dict(file_state)
         log.info("%s: loaded %s (this model, head included)", name, path)
+    return model
+
+
+def _timm_model(key: str, num_classes: int, weights: str | None, dropout: float, input_size: int | None) -> nn.Module:
+    """A timm model: timm's DEFAULT weights loaded by timm, or a state dict of its architecture (ImageNet-shaped: the
+    classifier that does not fit ``num_classes`` is left out, with a note; or this model's own)."""
+    name = timm_backbones.timm_name(key)
+    if input_size is not None:
+        check_input_size(key, input_size, False)
+    path = weights_file(weights) if weights is not None and is_weights_file(weights) else None
+    pretrained = weights is not None and path is None and bool(check_timm_weights(key, weights))
+    model = timm_backbones.create(name, num_classes, pretrained=pretrained, dropout=dropout)
+    if path is None:
+        return model
+    state, own = read_state_dict(path), model.state_dict()
+    head = timm_backbones.classifier_names(model)
+    dropped = [k for k, v in state.items() if k in own and v.shape != own[k].shape
+               and any(k.startswith(h + ".") for h in head)]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    problems = [p for p in _mismatches(state, model) if p.removeprefix("missing ") not in dropped]
+    if len(problems) > 1:  # the first line only counts the keys in common
+        _does_not_fit(path, [], problems, "", f"timm {name} with {num_classes} classes")
+    model.load_state_dict(state, strict=not dropped)
+    if dropped:
+        log.info("%s: loaded %s without its classifier (%s do not fit %d classes: they start from random init)",
+                 name, path, ", ".join(dropped), num_classes)
+    else:
+        log.info("%s: loaded %s (this model, classifier included)", name, path)
     return model
 
 

@@ -12,9 +12,10 @@ from mlabel_exp.config import PACKAGE_DIR
 from mlabel_exp.tracking.client import quiet_downloads
 
 
-def log_model(client, uri: str, run_id: str, checkpoint: Path, classes: list[str]) -> tuple[str, str]:
-    """Log the pyfunc model of ``checkpoint`` into run ``run_id`` of the store at ``uri`` (``client``: its client).
-    Returns the model's URI and where the store keeps its files."""
+def log_model(client, uri: str, run_id: str, checkpoint: Path, classes: list[str],
+              timm: bool = False) -> tuple[str, str]:
+    """Log the pyfunc model of ``checkpoint`` into run ``run_id`` of the store at ``uri`` (``client``: its client;
+    ``timm``: the model is a timm model). Returns the model's URI and where the store keeps its files."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -26,7 +27,7 @@ def log_model(client, uri: str, run_id: str, checkpoint: Path, classes: list[str
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"checkpoint": str(checkpoint)}, signature=_signature(classes), code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=_requirements())
+            pip_requirements=_requirements(timm))
     return info.model_uri, client.get_logged_model(info.model_id).artifact_location
 
 
@@ -39,13 +40,18 @@ def _signature(classes: list[str]):
                                           ColSpec("string", "error")]))
 
 
-def _requirements() -> list[str]:
-    """Given, so that MLflow infers none: torch and torchvision pinned at the versions that trained the model."""
+def _requirements(timm: bool = False) -> list[str]:
+    """Given, so that MLflow infers none: torch and torchvision (and timm for a timm model) pinned at the versions
+    that trained the model."""
     import torch
     import torchvision
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
-            "pillow", "numpy", "pandas", "omegaconf"]
+    pinned = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    if timm:
+        from importlib.metadata import version
+
+        pinned.append(f"timm=={version('timm')}")
+    return [*pinned, "pillow", "numpy", "pandas", "omegaconf"]
 
 
 def _no_requirements_scan():

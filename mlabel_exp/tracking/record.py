@@ -38,7 +38,9 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
         "optimizer.": lambda k: k not in ("momentum", "nesterov", "betas") or
         (k in ("momentum", "nesterov")) == (o.name == "sgd"),
         "model.": lambda k: k not in ("dropout", "weight_decay") and
-        (k not in ("aux_logits", "aux_weight") or backbone(typed.model.name).aux_classifier is not None),
+        (k not in ("aux_logits", "aux_weight") or (typed.model.source == "builtin" and
+                                                   backbone(typed.model.name).aux_classifier is not None)) and
+        (k != "hidden" or typed.model.source == "builtin"),
         "data.synthetic.": lambda k: d.name == "synthetic",
         "data.": lambda k: k in FORMAT_SETTINGS.get(d.name, ()) or
         all(k not in keys for keys in FORMAT_SETTINGS.values()),
@@ -234,7 +236,7 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
     t, best = cfg.tracking, checkpoints["best"]
     stored = {}
     if t.log_model:
-        model_uri = tracker.log_model(best, classes, cfg.model.input_size)
+        model_uri = tracker.log_model(best, classes, cfg.model.input_size, timm=cfg.model.source == "timm")
         stored[best] = tracker.stored_file(f"artifacts/{best.name}", in_model=True)
         if t.register and model_uri is not None:  # None: nothing recorded (NullTracker)
             _register(tracker, model_uri, t.register)

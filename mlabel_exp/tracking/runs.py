@@ -142,11 +142,12 @@ class Tracker:
                   for context, digest in digests.items()]
         self.client.log_inputs(self.run_id, datasets=inputs)
 
-    def log_model(self, checkpoint: Path, classes: list[str], input_size: int) -> str:
-        """The run's MLflow pyfunc model (tracking.pyfunc); returns its URI."""
+    def log_model(self, checkpoint: Path, classes: list[str], input_size: int, timm: bool = False) -> str:
+        """The run's MLflow pyfunc model (tracking.pyfunc; ``timm``: a timm model, which needs timm to load); returns
+        its URI."""
         from mlabel_exp.tracking.pyfunc import log_model
 
-        model_uri, self.model_location = log_model(self.client, self.uri, self.run_id, checkpoint, classes)
+        model_uri, self.model_location = log_model(self.client, self.uri, self.run_id, checkpoint, classes, timm)
         return model_uri
 
     def stored_file(self, path: str, in_model: bool = False) -> Path | None:

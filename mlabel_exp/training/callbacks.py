@@ -55,9 +55,9 @@ class RunCallbacks(Callbacks):
 
         m, t = cfg.model, cfg.trainer
         self.model, self.tracker, self.stop, self.on_epoch = model, tracker, stop, on_epoch
-        self.name, self.unfreeze_at = m.name, t.unfreeze_at_epoch
+        self.name, self.unfreeze_at = m.key, t.unfreeze_at_epoch
         self.final = m.trainable if isinstance(m.trainable, str) else list(m.trainable)
-        self.trainable = set_trainable(model, m.name, "head" if self.unfreeze_at else self.final)
+        self.trainable = set_trainable(model, m.key, "head" if self.unfreeze_at else self.final)
         self.frozen_count = self.trainable
 
     def on_epoch_start(self, epoch: int) -> dict[str, float]:

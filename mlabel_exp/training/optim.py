@@ -32,7 +32,7 @@ def optimizer(cfg: Config, model, cuda: bool = False):
     from mlabel_exp.models.freeze import head_parameter_names
 
     o = cfg.optimizer
-    head = head_parameter_names(model, cfg.model.name)
+    head = head_parameter_names(model, cfg.model.key)
     groups = [{"params": [p for n, p in model.named_parameters() if n in head], "lr": o.lr},
               {"params": [p for n, p in model.named_parameters() if n not in head], "lr": o.lr * o.backbone_lr_scale}]
     return build_optimizer(o.name, [g for g in groups if g["params"]], o.lr, cfg.weight_decay,
