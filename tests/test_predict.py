@@ -490,12 +490,11 @@ def test_the_exported_model_is_logged_under_the_run_with_the_onnx_flavor(trained
     assert "export/export.json" in artifact_paths(client, run_id)
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    served = mlflow.pyfunc.load_model(result.model_uri).predict(x)
-    served = served["probabilities"] if isinstance(served, dict) else served
+    served = mlflow.pyfunc.load_model(result.model_uri).predict(x)["probabilities"]
     import onnxruntime
 
     direct = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
-    np.testing.assert_allclose(np.asarray(served), direct[0], rtol=0, atol=result.parity.tolerance)
+    np.testing.assert_allclose(served, direct[0], rtol=0, atol=result.parity.tolerance)
 
 
 def test_predict_with_the_onnx_file_gives_the_runs_labels_and_probabilities(trained, exported, new_images, tmp_path):

@@ -25,6 +25,7 @@ def log_onnx_model(uri: str | None, run_id: str, proto, meta: dict[str, str]) ->
         with mlflow.start_run(run_id=run_id), quiet_downloads(), _no_requirements_scan():
             info = mlflow.onnx.log_model(
                 proto, name=NAME, signature=_signature(proto), save_as_external_data=False, metadata=meta,
+                onnx_execution_providers=["CPUExecutionProvider"],  # what the parity check ran
                 pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}", "numpy"])
     finally:
         if before.status != "RUNNING":
