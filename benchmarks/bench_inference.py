@@ -8,7 +8,7 @@ instructions, else float32 and skipped here); onnxruntime is inference.exported.
 ``python -m mlabel_exp.export`` writes (the same export code, the same session settings: every graph optimisation,
 one intra-op thread per core). The models are the config's (model=<name>: input size, head), with random weights
 seeded 0: speed and arithmetic do not depend on trained values. Warm-up batches are not timed; each figure is the best
-of a few timed rounds, each starting at a quiet moment. The largest probability difference to eager float32 is
+of a few timed rounds, the variants in alternation, each starting at a quiet moment. The largest probability difference to eager float32 is
 printed against the parity tolerance of the export command (inference.parity).
 
     .venv/bin/python benchmarks/bench_inference.py [--models smallcnn resnet50] [--batch 32] [--rounds 3]
@@ -38,17 +38,19 @@ def _images(size: int, batch: int):
     return torch.stack([steps(load_image(f)) for f in files])
 
 
-def _rate(probabilities, images, rounds: int) -> tuple[float, object]:
-    """(images/s of ``probabilities(images)``: best of ``rounds`` after the warm-up, the last output)."""
-    for _ in range(WARMUP_BATCHES):
-        out = probabilities(images)
-    best = 0.0
+def _rates(variants: dict, images, rounds: int) -> tuple[dict, dict]:
+    """({variant: images/s of ``probabilities(images)``, best of ``rounds``}, {variant: its output}): the variants in
+    alternation, round after round, each after its warm-up and at a quiet moment, so that a load that comes and goes
+    favours none."""
+    outputs = {name: [p.probabilities(images) for _ in range(WARMUP_BATCHES)][-1] for name, p in variants.items()}
+    best = dict.fromkeys(variants, 0.0)
     for _ in range(rounds):
-        _common.wait_for_quiet(10.0)
-        start = time.perf_counter()
-        out = probabilities(images)
-        best = max(best, len(images) / (time.perf_counter() - start))
-    return best, out
+        for name, predictor in variants.items():
+            _common.wait_for_quiet(10.0)
+            start = time.perf_counter()
+            outputs[name] = predictor.probabilities(images)
+            best[name] = max(best[name], len(images) / (time.perf_counter() - start))
+    return best, outputs
 
 
 def _predictors(name: str):
@@ -99,16 +101,15 @@ def measure(name: str, batch: int, rounds: int) -> float | None:
     tol, _ = tolerance(base.model, torch.float32, max_logit)
     print(f"{name} at {cfg.input_size} px, batch {batch}: exported by {exporter} in {export_s:.1f} s; torch "
           f"{torch.get_num_threads()} threads, onnxruntime {cores()} intra-op threads", flush=True)
-    rates, reference = {}, None
-    for variant, predictor in variants.items():
-        if isinstance(predictor, str):
-            print(f"  {variant}: {predictor}")
-            continue
-        rates[variant], out = _rate(predictor.probabilities, images, rounds)
-        reference = out.numpy() if reference is None else reference
-        diff = float(np.abs(out.numpy() - reference).max())
-        print(f"  {variant}: {rates[variant]:.1f} img/s = {rates[variant] / rates['torch eager float32']:.2f}x eager "
-              f"float32; max |probability difference| to it {diff:.3g} (float32 parity tolerance {tol:.3g})", flush=True)
+    for variant, reason in variants.items():
+        if isinstance(reason, str):
+            print(f"  {variant}: {reason}")
+    rates, outputs = _rates({k: v for k, v in variants.items() if not isinstance(v, str)}, images, rounds)
+    reference = outputs["torch eager float32"].numpy()
+    for variant, rate in rates.items():
+        diff = float(np.abs(outputs[variant].numpy() - reference).max())
+        print(f"  {variant}: {rate:.1f} img/s = {rate / rates['torch eager float32']:.2f}x eager float32; "
+              f"max |probability difference| to it {diff:.3g} (float32 parity tolerance {tol:.3g})", flush=True)
     return rates["onnxruntime"] / rates["torch eager float32"]
 
 

@@ -114,6 +114,10 @@ def export(cfg: ExportConfig) -> ExportResult:
     paths, names = (list_inputs(cfg.images) if cfg.images else validation_images(ckpt, limit))
     candidate = exported.OnnxPredictor.from_file(path, "the exported file")  # the file as written, read back
     parity = compare(reference, candidate, paths[:limit], names[:limit], cfg.batch_size)
+    if not parity.images:
+        where = f"images={cfg.images}" if cfg.images else "the run's validation images"
+        raise ConfigError(f"no readable image among the {len(paths[:limit])} parity image(s) of {where}; give "
+                          "images=<folder or glob>")
     print(parity.line("onnxruntime (CPUExecutionProvider)"))
     print(f"  tolerance: {parity.how}")
     for row in parity.label_differences[:10]:
