@@ -512,6 +512,7 @@ class PredictConfig:
     input: str = MISSING                 # a folder of images or a glob such as 'images/im2*.jpg'
     run: Optional[str] = None            # a run id (or prefix, latest, best): its best.pt (in its model, or checkpoints/)
     checkpoint: Optional[str] = None     # or a checkpoint file (best.pt)
+    model_file: Optional[str] = None     # model=: or an exported model file (.onnx: python -m mlabel_exp.export)
     out: Optional[str] = None            # output folder; default: Hydra's job folder (outputs/predict/...)
     threshold: Any = "tuned"             # tuned (the run's per-class thresholds, else 0.5) | a number
     batch_size: int = 64
@@ -519,12 +520,18 @@ class PredictConfig:
     device: str = "auto"
     log_to_run: bool = True              # with run=: log the outputs to that run as artifacts
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # model=FILE is short for model_file=FILE (a setting named model would be taken by Hydra for the config group
+    # conf/model/ of a run)
+    aliases: ClassVar[dict[str, str]] = {"model": "model_file"}
 
     def __post_init__(self):
         if not str(self.input).strip():
             raise ConfigError("input= is empty: give a folder of images or a glob such as input='images/*.jpg'")
-        if bool(self.run) == bool(self.checkpoint):
-            raise ConfigError("predict needs exactly one of run=<mlflow run id> or checkpoint=<path to best.pt>")
+        if sum(bool(v) for v in (self.run, self.checkpoint, self.model_file)) != 1:
+            raise ConfigError("predict needs exactly one of run=<mlflow run id>, checkpoint=<path to best.pt> or "
+                              "model=<exported .onnx file>")
+        _check(not self.model_file or str(self.model_file).endswith(".onnx"), "model", self.model_file,
+               "an exported .onnx file (python -m mlabel_exp.export run=<run> writes one)")
         if isinstance(self.threshold, str) and self.threshold != "tuned":
             try:
                 self.threshold = float(self.threshold)
@@ -534,6 +541,42 @@ class PredictConfig:
             raise ConfigError(f"threshold={self.threshold!r} is invalid: expected a number in (0, 1)")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
+
+
+EXPORT_FORMATS = ("onnx",)
+EXPORTERS = ("auto", "dynamo", "legacy")
+
+
+@dataclass
+class ExportConfig:
+    """python -m mlabel_exp.export: a run's model as an ONNX file, checked against the run (conf/export.yaml)."""
+
+    run: Optional[str] = None            # a run id (or prefix, latest, best, a sweep parent's id)
+    checkpoint: Optional[str] = None     # or a checkpoint file (best.pt): written and checked, logged nowhere
+    format: str = "onnx"                 # onnx (TorchScript is not offered: torch.jit is deprecated)
+    exporter: str = "auto"               # auto: torch.onnx's dynamo exporter, else the legacy TorchScript-based one
+    out: Optional[str] = None            # default: the run's output folder's export/ (else outputs/export/<time>)
+    images: Optional[str] = None         # parity images (a folder or glob); default: the run's validation images
+    parity_batches: int = 4              # batches of parity images (batch_size each) at most
+    batch_size: int = 32
+    log_to_run: bool = True              # with run=: log the model under the run (MLflow's ONNX flavor)
+    register: Optional[str] = None       # register that logged model under this name (a new version)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        if bool(self.run) == bool(self.checkpoint):
+            raise ConfigError("export needs exactly one of run=<run id, prefix, latest or best> or "
+                              "checkpoint=<path to best.pt>")
+        if self.format == "torchscript":
+            raise ConfigError("format=torchscript is not offered: torch.jit (trace, script, save) is deprecated in "
+                              "torch 2.x in favour of torch.export; use format=onnx")
+        _choice("format", self.format, EXPORT_FORMATS)
+        _choice("exporter", self.exporter, EXPORTERS)
+        _check(self.parity_batches >= 1, "parity_batches", self.parity_batches, "an integer >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.register is None or (bool(self.run) and self.log_to_run and bool(str(self.register).strip())),
+               "register", self.register, "null, or a model name with run= and log_to_run=true (it registers the "
+               "model logged under the run)")
 
 
 @dataclass

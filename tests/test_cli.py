@@ -11,9 +11,9 @@ import pytest
 from mlabel_exp.cli import arguments
 from mlabel_exp.config import CompareConfig, Config, SyntheticCommandConfig
 
-COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic", "diagnose")
+COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export")
 MODULES = {"run": "run", "predict": "predict", "compare": "compare", "search": "search", "inspect": "inspect_data",
-           "synthetic": "synthetic", "diagnose": "diagnose"}
+           "synthetic": "synthetic", "diagnose": "diagnose", "export": "export"}
 MODELS = "choices: inception, resnet18, resnet50, smallcnn, timm, vgg16"
 
 
@@ -65,6 +65,7 @@ def test_each_command_takes_the_config_groups_of_its_own_config():
                                                   "experiment", "local"}
     assert arguments.command_groups("search") == arguments.command_groups("config") | {"search"}
     assert arguments.command_groups("compare") == arguments.command_groups("predict") == {"tracking"}
+    assert arguments.command_groups("export") == {"tracking"}
     assert arguments.command_groups("synthetic") == set()
     assert arguments.problems(["model=resnet50"], CompareConfig, "compare") == [
         "model is not a setting (valid keys: sweep, filter, out, log_to_mlflow, register_best, wide, cost, tracking)"]
@@ -103,7 +104,8 @@ def test_run_ids_and_filters_reach_the_command_as_typed(value):
 @pytest.mark.parametrize("command, expected", [
     ("run", ("-m model=resnet50,vgg16,inception", "resume=latest", "model: inception, resnet18, resnet50",
              "dropout=none|light|standard|heavy|model|<number>", "python -m mlabel_exp.compare sweep=latest")),
-    ("predict", ("run=latest input=", "run=best", "checkpoint=", "threshold=tuned|<number>")),
+    ("predict", ("run=latest input=", "run=best", "checkpoint=", "threshold=tuned|<number>", "model=<file>.onnx")),
+    ("export", ("run=latest", "format=onnx", "exporter=auto|dynamo|legacy", "pip install mlabel-exp[export]")),
     ("compare", ("sweep=latest", "filter=\"params.model.name = 'resnet50'\"", "register_best=NAME", "log_to_mlflow")),
     ("search", ("search.n_trials=40", "search=regularisation", "model: inception, resnet18, resnet50")),
     ("inspect", ("data=folder data.root=/path/to/data", "data.verify_images=true")),

@@ -1,5 +1,6 @@
 """Predictions on new images from a trained run, and the run's MLflow pyfunc model."""
 
+import copy
 import json
 import os
 import sys
@@ -34,12 +35,13 @@ def test_the_best_weights_sit_on_disk_once_inside_the_model_and_predict_run_read
                                                                                              tmp_path):
     """By default (tracking.log_checkpoints=best, a model, registered) the run's store holds no checkpoints/best.pt: the
     model carries the best weights, and the output folder's best.pt is that same file. Every file of the output
-    folder and the store (registry included) at least as large as the best weights is best.pt or last.pt."""
+    folder and the store (registry included) at least as large as the best weights is best.pt or last.pt (or an
+    exported model.onnx, the weights in another format, which a test below asks for)."""
     tmp, client, run_id, _ = trained
     assert not any(f.startswith("checkpoints/") for f in artifact_paths(client, run_id))
     local = tmp / "out" / "checkpoints"
     big = {os.stat(f).st_ino for root in (tmp / "out", tmp / "mlruns") for f in root.rglob("*")
-           if f.is_file() and f.stat().st_size >= (local / "best.pt").stat().st_size}
+           if f.is_file() and f.suffix != ".onnx" and f.stat().st_size >= (local / "best.pt").stat().st_size}
     assert big == {os.stat(local / "best.pt").st_ino, os.stat(local / "last.pt").st_ino}
     assert os.stat(local / "best.pt").st_nlink == 2  # the output folder's and the model's
     result = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False), tmp_path / "o")
@@ -414,3 +416,131 @@ def test_predict_replays_a_smaller_decoded_cache_size(tmp_path):
     images = sorted((tmp_path / "cache").rglob("images"))[0]
     logged, got = _predict_the_validation_images(tmp_path / "out", images, tmp_path, "cpu")
     np.testing.assert_allclose(got, logged, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the exported ONNX model (python -m mlabel_exp.export)
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The run exported once, by its id's prefix, into its output folder (the default), and logged under it."""
+    from mlabel_exp.cli.export import export
+    from mlabel_exp.config import ExportConfig, TrackingConfig
+
+    tmp, client, run_id, _ = trained
+    before = client.get_run(run_id).info
+    result = export(ExportConfig(run=run_id[:8], tracking=TrackingConfig(uri=f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")))
+    return result, before
+
+
+def _metadata_preprocessed(path, meta):
+    """A consumer's own preprocessing, from the file's metadata alone: decode to RGB, resize to decode_size, divide by
+    255, normalise; an NCHW float32 batch of one."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    pre = json.loads(meta["preprocessing"])
+    assert pre["decode_size"] == pre["input_size"] and (pre["layout"], pre["channels"]) == ("NCHW", "RGB")
+    x = F.resize(F.pil_to_tensor(Image.open(path).convert("RGB")), [pre["decode_size"]] * 2, antialias=True)
+    x = x.float() / 255
+    return ((x - torch.tensor(pre["mean"])[:, None, None]) / torch.tensor(pre["std"])[:, None, None])[None].numpy()
+
+
+def test_export_writes_an_onnx_model_that_a_consumer_runs_from_its_metadata_alone(trained, exported):
+    """The file in the run's output folder: the run's classes and (lossless) tuned thresholds in its metadata; fed
+    images preprocessed by its metadata alone, onnxruntime gives the probabilities training logged for the validation
+    images, within the parity tolerance, at any batch size. Its parity check passed on every validation image."""
+    import onnx
+    import onnxruntime
+
+    tmp, _, run_id, images = trained
+    result, _ = exported
+    assert result.path == tmp / "out" / "export" / "model.onnx" and result.run == run_id
+    model = onnx.load(result.path)
+    meta = {p.key: p.value for p in model.metadata_props}
+    saved = json.loads((tmp / "out" / "thresholds.json").read_text())
+    assert json.loads(meta["classes"]) == saved["classes"] and json.loads(meta["thresholds"]) == saved["per_class"]
+    assert meta["exporter"] == result.exporter in ("dynamo", "legacy") and meta["run_id"] == run_id
+    (inp,) = model.graph.input
+    assert [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim] == ["batch", 3, 32, 32]
+    logged = pd.read_csv(tmp / "out" / "predictions" / "val.csv")
+    batch = np.concatenate([_metadata_preprocessed(images / f, meta) for f in logged["file"]])
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    whole = session.run(None, {"image": batch})[0]
+    one_by_one = np.concatenate([session.run(None, {"image": x[None]})[0] for x in batch])
+    parity = result.parity
+    assert parity.ok and parity.images == len(logged) and parity.max_difference <= parity.tolerance
+    np.testing.assert_allclose(whole, logged[saved["classes"]].to_numpy(), rtol=0, atol=parity.tolerance)
+    np.testing.assert_allclose(one_by_one, whole, rtol=0, atol=parity.tolerance)
+    assert json.loads((result.path.parent / "export.json").read_text())["parity"]["max_difference"] == \
+        parity.max_difference
+
+
+def test_the_exported_model_is_logged_under_the_run_with_the_onnx_flavor(trained, exported):
+    """Loadable by MLflow as a pyfunc model (what serving and the registry use), answering the file's probabilities;
+    the run keeps its status and end time."""
+    import mlflow
+
+    tmp, client, run_id, images = trained
+    result, before = exported
+    info = mlflow.models.get_model_info(result.model_uri)
+    assert "onnx" in info.flavors and info.run_id == run_id
+    assert json.loads(info.metadata["classes"]) == json.loads((tmp / "out" / "thresholds.json").read_text())["classes"]
+    after = client.get_run(run_id).info
+    assert (after.status, after.end_time) == (before.status, before.end_time)
+    assert "export/export.json" in artifact_paths(client, run_id)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    served = mlflow.pyfunc.load_model(result.model_uri).predict(x)["probabilities"]
+    import onnxruntime
+
+    direct = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    np.testing.assert_allclose(served, direct[0], rtol=0, atol=result.parity.tolerance)
+
+
+def test_predict_with_the_onnx_file_gives_the_runs_labels_and_probabilities(trained, exported, new_images, tmp_path):
+    """The same files, skipped files and columns; probabilities within the parity tolerance and labels equal except
+    where a probability lies within it of its threshold (none here: asserted)."""
+    tmp, _, run_id, _ = trained
+    result, _ = exported
+    on_run = predict(_cfg(tmp, run=run_id, input=str(new_images), log_to_run=False, device="cpu"), tmp_path / "run")
+    on_file = predict(_cfg(tmp, model_file=str(result.path), input=str(new_images)), tmp_path / "onnx")
+    assert on_file.files == on_run.files and on_file.skipped.keys() == on_run.skipped.keys()
+    assert on_file.classes == on_run.classes and np.array_equal(on_file.thresholds, on_run.thresholds)
+    tol = result.parity.tolerance
+    np.testing.assert_allclose(on_file.probs, on_run.probs, rtol=0, atol=tol)
+    assert not (np.abs(on_run.probs - on_run.thresholds) <= tol).any()  # so every label must agree
+    for name in ("predictions.csv", "submission.csv"):
+        run_csv, file_csv = (pd.read_csv(tmp_path / d / name, keep_default_na=False) for d in ("run", "onnx"))
+        assert list(file_csv.columns) == list(run_csv.columns)
+        label_columns = ["labels"] if name == "predictions.csv" else on_run.classes
+        assert file_csv[label_columns].equals(run_csv[label_columns])
+    assert json.loads((tmp_path / "onnx" / "summary.json").read_text())["model"] == str(result.path)
+
+
+def test_export_fails_in_one_line_and_logs_nothing_when_the_exported_model_differs(trained, exported, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """A weight perturbed on its way into the exporter (a head bias moved by 0.1: probabilities by up to 0.025): the
+    parity check fails the command (exit status 2, one line) and no model is logged. The legacy exporter, for speed."""
+    from mlabel_exp.cli.export import main
+    from mlabel_exp.inference import exported as exporting
+
+    tmp, client, run_id, _ = trained
+    models = client.search_logged_models([client.get_run(run_id).info.experiment_id])
+    original = exporting.to_onnx
+
+    def perturbed(model, *args, **kwargs):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model.head[-1].bias += 0.1
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(exporting, "to_onnx", perturbed)
+    monkeypatch.setattr(sys, "argv", ["export", f"run={run_id}", "exporter=legacy", f"out={tmp_path / 'x'}",
+                                      f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+                                      f"hydra.run.dir={tmp_path / 'job'}"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    assert e.value.code == 2 and out.err.startswith("error: parity check failed") and out.err.count("\n") == 1
+    assert "exported with torch.onnx's legacy TorchScript-based exporter" in out.out and "OVER the tolerance" in out.out
+    assert len(client.search_logged_models([client.get_run(run_id).info.experiment_id])) == len(models)

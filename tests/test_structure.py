@@ -10,7 +10,7 @@ from mlabel_exp.tracking import runs
 
 PACKAGE = Path(mlabel_exp.__file__).parent
 SUB_PACKAGES = {"cli", "data", "models", "training", "inference", "tracking", "analysis"}
-ENTRY_SHIMS = {"run", "predict", "compare", "search", "inspect", "synthetic", "diagnose"}  # python -m mlabel_exp.<command>
+ENTRY_SHIMS = {"run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export"}  # python -m mlabel_exp.<command>
 MAX_FUNCTION_LINES, MAX_CLASS_LINES = 60, 200
 
 

@@ -2,7 +2,7 @@
 id, any unique prefix of it, ``latest``, ``best`` or a sweep parent's id (its winning run): tracking.run_ids.
 
 Uses the trained run's class names, input transform and tuned thresholds (from its best
-checkpoint), and writes ``predictions.csv`` and ``predictions.json`` (per image: one probability per
+checkpoint; or, with ``model=<file>.onnx``, from an exported model's metadata, run by onnxruntime), and writes ``predictions.csv`` and ``predictions.json`` (per image: one probability per
 class and the labels at the thresholds) plus ``submission.csv`` (the original course's format: one
 row per image, 0/1 columns in alphabetical class order). Unreadable files are reported and skipped.
 ``checkpoint=path/to/best.pt`` works without MLflow.
@@ -62,8 +62,9 @@ class PredictResult:
     outputs: list[Path]
 
 
-def _load(cfg: PredictConfig) -> tuple[dict, str]:
-    """The checkpoint (and where it came from): the run's best.pt from MLflow, or a file."""
+def load_run_checkpoint(cfg) -> tuple[dict, str]:
+    """The checkpoint of ``cfg.run`` or ``cfg.checkpoint`` (and where it came from): the run's best.pt from MLflow, or a
+    file. Shared with the export command."""
     from mlabel_exp.training.checkpoints import load_checkpoint
 
     if not cfg.run:
@@ -78,31 +79,51 @@ def _load(cfg: PredictConfig) -> tuple[dict, str]:
         return load_checkpoint(path), source
 
 
-def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
+def named_run(cfg):
+    """``cfg`` with ``run`` spelt out: a prefix, latest, best or a sweep parent stands for the full id of the training
+    run it names (tracking.run_ids)."""
     import dataclasses
 
+    from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
+
+    experiment = newest_experiment(cfg.tracking.uri, cfg.tracking.experiment)
+    return dataclasses.replace(cfg, run=resolve_run(cfg.tracking.uri, experiment, cfg.run))
+
+
+def _predictor(cfg: PredictConfig, device):
+    """(the predictor of the run, checkpoint or exported model, where it came from, cfg with the run's full id)."""
     import numpy as np
 
+    from mlabel_exp.inference.predictor import Predictor
+
+    if cfg.model_file:
+        from mlabel_exp.inference.exported import OnnxPredictor
+
+        source, tuned = str(resolve_path(cfg.model_file)), True
+        predictor = OnnxPredictor.from_file(resolve_path(cfg.model_file))
+        if device.type != "cpu":
+            log.info("model=%s runs on onnxruntime's CPUExecutionProvider (device=%s is for runs)", source, device)
+    else:
+        cfg = named_run(cfg) if cfg.run else cfg
+        ckpt, source = load_run_checkpoint(cfg)
+        predictor, tuned = Predictor.from_checkpoint(ckpt, device), bool(ckpt.get("thresholds"))
+    if cfg.threshold != "tuned":
+        predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold), dtype=np.float32)
+    elif not tuned:
+        log.warning("%s holds no tuned thresholds: using 0.5 for every class", source)
+    return predictor, source, cfg
+
+
+def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from mlabel_exp.inference.outputs import label_names, write_predictions, write_submission
     from mlabel_exp.tracking.runs import log_files
     from mlabel_exp.data.loaders import default_workers
     from mlabel_exp.training.precision import select_device
     from mlabel_exp.floats import decide
-    from mlabel_exp.inference.predictor import Predictor
 
     device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line
     paths, names = list_inputs(cfg.input)
-    if cfg.run:  # a prefix, latest, best or a sweep parent: the full id of the training run it names
-        from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
-
-        experiment = newest_experiment(cfg.tracking.uri, cfg.tracking.experiment)
-        cfg = dataclasses.replace(cfg, run=resolve_run(cfg.tracking.uri, experiment, cfg.run))
-    ckpt, source = _load(cfg)
-    predictor = Predictor.from_checkpoint(ckpt, device)
-    if cfg.threshold != "tuned":
-        predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold), dtype=np.float32)
-    elif not ckpt.get("thresholds"):
-        log.warning("%s holds no tuned thresholds: using 0.5 for every class", source)
+    predictor, source, cfg = _predictor(cfg, device)
     workers = min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size))
     files, p, skipped = predictor.predict_files(paths, cfg.batch_size, workers, names)
     for name, err in skipped.items():
@@ -111,7 +132,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     outputs = write_predictions(out_dir, "predictions", files, p, classes, thresholds)
     outputs.append(write_submission(out_dir / "submission.csv", files, p, classes, thresholds))
     summary = {"input": cfg.input, "images": len(files), "skipped": len(skipped), "skipped_files": skipped,
-               "checkpoint": source, "run": cfg.run}
+               "checkpoint": None if cfg.model_file else source, "model": cfg.model_file and source, "run": cfg.run}
     outputs.append(write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1)))
     for name, hits in zip(files, decide(p[:SHOWN], thresholds)):  # a handful: the labels at a glance
         print(f"  {name}: {', '.join(label_names(hits, classes)) or '(no label)'}")

@@ -63,6 +63,11 @@ def get_run(uri: str | None, run_id: str) -> dict[str, Any]:
     return run_record(client(uri).get_run(run_id))
 
 
+def run_tags(uri: str | None, run_id: str) -> dict[str, str]:
+    """The tags of one run (its output_dir among them)."""
+    return dict(client(uri).get_run(run_id).data.tags)
+
+
 def metric_history(uri: str | None, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of one metric of a run, by step; the last value logged at a step wins."""
     by_step = {m.step: m.value for m in sorted(client(uri).get_metric_history(run_id, key), key=lambda m: m.timestamp)}
