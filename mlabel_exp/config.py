@@ -422,10 +422,13 @@ class DiagnosticsConfig:
     bins: int = 15                       # equal-width probability bins of the reliability diagrams and ECE
     min_positives: int = 20              # a class with fewer positives is in the pooled reliability diagram only
     resamples: int = 1000                # bootstrap resamples of the per-class AP intervals
+    activation_maps: int = 3             # Grad-CAM maps: images per class (its most confident positives); 0: none
 
     def __post_init__(self):
         _check(self.gallery_classes >= 0, "diagnostics.gallery_classes", self.gallery_classes,
                "an integer >= 0 (0: every class)")
+        _check(self.activation_maps >= 0, "diagnostics.activation_maps", self.activation_maps,
+               "an integer >= 0 (0: no maps)")
         for key in ("gallery_size", "bins", "min_positives"):
             _check(getattr(self, key) >= 1, f"diagnostics.{key}", getattr(self, key), "an integer >= 1")
         _check(self.resamples >= 100, "diagnostics.resamples", self.resamples,

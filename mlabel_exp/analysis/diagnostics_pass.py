@@ -218,6 +218,30 @@ def write_diagnostics(folder: Path, evaluations: list[D.Evaluation], settings) -
     return metrics
 
 
+def activation_maps(folder: Path, evaluations: list[D.Evaluation], checkpoint: Path | None, settings) -> None:
+    """Grad-CAM pages (analysis.activation_maps) of the validation images the model is surest of, per class, from the
+    run's best checkpoint, listed in index.json after the other diagnostics; nothing when the settings, the
+    checkpoint or the images are missing (the maps read only the images they show)."""
+    import torch
+
+    from mlabel_exp.analysis.activation_maps import write_activation_maps
+    from mlabel_exp.inference.predictor import Predictor
+
+    val = next((ev for ev in evaluations if ev.split == "val"), None)
+    if not settings.activation_maps or val is None or checkpoint is None or not checkpoint.is_file():
+        return
+    found = [r for r, p in enumerate(val.paths) if p is not None]
+    if not found:
+        log.warning("activation maps skipped: the validation images are not on this machine")
+        return
+    predictor = Predictor.from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False))
+    truth = [", ".join(c for c, t in zip(val.classes, val.targets[r]) if t == 1) or "(none)" for r in found]
+    entries = write_activation_maps(folder / "activation_maps", predictor, [val.paths[r] for r in found],
+                                    val.probs[found], val.thresholds, val.classes, settings.activation_maps,
+                                    true_labels=truth, relative_to=folder)
+    D.add_to_index(folder, entries)
+
+
 def read_evaluations(predictions: Path, image_of=None, labels_of=None) -> list[D.Evaluation]:
     """The Evaluations of the splits whose prediction files ``predictions/`` holds (val, test)."""
     return [D.read_predictions(predictions / f"{split}.json", split, image_of, labels_of)

@@ -57,7 +57,7 @@ def diagnose(cfg: DiagnoseConfig) -> Path:
     import tempfile
 
     from mlabel_exp.analysis import diagnostics_pass as P
-    from mlabel_exp.tracking.query import artifact_text, get_run
+    from mlabel_exp.tracking.query import artifact_text, download_best_checkpoint, get_run
     from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
     from mlabel_exp.tracking.runs import log_files, log_metrics_to_run
 
@@ -80,11 +80,18 @@ def diagnose(cfg: DiagnoseConfig) -> Path:
         evaluations = P.read_evaluations(predictions, image_of, labels_of)
     folder = _out_folder(cfg, run) / P.FOLDER
     metrics = P.write_diagnostics(folder, evaluations, cfg.diagnostics)
+    if cfg.diagnostics.activation_maps:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint, _ = download_best_checkpoint(uri, run_id, Path(tmp))
+            P.activation_maps(folder, evaluations, checkpoint, cfg.diagnostics)
     print(f"diagnostics of run {run_id} ({', '.join(e.split for e in evaluations)}): {folder}")
     print("  " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if cfg.log_to_run:
         log_metrics_to_run(uri, run_id, metrics, step=int(run["tags"].get("best_epoch", 0)))
         log_files(uri, run_id, sorted(p for p in folder.iterdir() if p.is_file()), P.FOLDER)
+        maps = folder / "activation_maps"
+        if maps.is_dir():
+            log_files(uri, run_id, sorted(maps.iterdir()), f"{P.FOLDER}/activation_maps")
         print(f"  logged to run {run_id} under {P.FOLDER}/")
     return folder
 

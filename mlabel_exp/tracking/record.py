@@ -215,8 +215,9 @@ def log_diagnostics(tracker, settings, out: Path, index, step: int) -> None:
     if index is not None:
         image_of, labels_of = P.image_locator(index.image_dir, index.files), P.label_lookup(index.files, index.labels)
     try:
-        metrics = P.write_diagnostics(out / P.FOLDER, P.read_evaluations(out / "predictions", image_of, labels_of),
-                                      settings)
+        evaluations = P.read_evaluations(out / "predictions", image_of, labels_of)
+        metrics = P.write_diagnostics(out / P.FOLDER, evaluations, settings)
+        P.activation_maps(out / P.FOLDER, evaluations, out / "checkpoints" / "best.pt", settings)
     except Exception as e:  # noqa: BLE001 - reported, and the diagnose command can redo it
         log.warning("diagnostics failed (%s: %s); python -m mlabel_exp.diagnose run=%s writes them again",
                     type(e).__name__, e, tracker.run_id or "<run id>")
