@@ -175,16 +175,19 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
     """class_differences.png (+ .csv) and disagreements.png of compared groups scored on the same images:
     (figures, other files written, notes)."""
     from mlabel_exp.analysis.figures import save_png
-    from mlabel_exp.analysis.groups import _paired_inputs, _predictions
+    from mlabel_exp.analysis.groups import _Frames, _paired_inputs, _predictions
     from mlabel_exp.fsutil import write_atomic
 
-    if len(found.table) < 2:
+    # the groups on the compared data (best first); groups set apart (other data) are never paired with them
+    members = {row.group: row.run_ids.split() for row in found.table.itertuples()
+               if not str(row.verdict).startswith("set apart")}
+    if len(members) < 2:
         return {}, [], []
-    paired = _paired_inputs(uri, runs)
+    compared = {r for ids in members.values() for r in ids}
+    paired = _paired_inputs(_Frames(uri), [r for r in runs if r["run_id"] in compared])
     if isinstance(paired, str):
         return {}, [], [f"class_differences.png and disagreements.png skipped: {paired}"]
     split, targets, probs = paired
-    members = {row.group: row.run_ids.split() for row in found.table.itertuples()}  # best group first
     frame = _predictions(uri, next(iter(members.values()))[0], split)
     classes = [c for c in frame.columns if c not in ("labels", "true_labels")]
     group_probs = {g: [probs[r] for r in ids] for g, ids in members.items()}

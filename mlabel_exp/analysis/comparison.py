@@ -247,6 +247,30 @@ def cost_figure(uri: str, found: Groups, runs: list[dict], out_dir: Path) -> tup
     return frame, figures, notes
 
 
+def _class_and_cost(uri: str, runs: list[dict], found: Groups, per_class, out_dir: Path, title: str, cost: bool,
+                    figures: dict, notes: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Path]]:
+    """Per class, each group against the best (paired intervals: class_differences; point differences of the runs'
+    per_class.csv for report.html) and the images the two leading groups disagree on; accuracy against cost.
+    Adds to ``figures`` and ``notes``; returns (cost table, per-class differences, files written)."""
+    from mlabel_exp.analysis import class_differences, comparison_report
+    from mlabel_exp.fsutil import write_atomic
+
+    class_figures, files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title)
+    figures |= class_figures
+    notes += class_notes
+    costs = None
+    if cost:
+        costs, cost_figures, cost_notes = cost_figure(uri, found, runs, out_dir)
+        figures |= cost_figures
+        notes += cost_notes
+        files.append(out_dir / "cost.csv")
+    differences = comparison_report.class_differences(per_class, found)
+    if differences is not None:
+        write_atomic(out_dir / "per_class_differences.csv", differences.to_csv(index=False))
+        files.append(out_dir / "per_class_differences.csv")
+    return costs, differences, files
+
+
 def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, sweep: str | None = None,
             filter_string: str | None = None, out_dir: Path | None = None, log_to_mlflow: bool = True,
             register_best_as: str | None = None, cost: bool = True) -> Comparison:
@@ -254,7 +278,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` with report.html and logged as a comparison
     run; ``register_best_as``: register the best run's model under that name, aliased champion; ``cost``: measure
     each group's best model (parameters, size, inference speed)."""
-    from mlabel_exp.analysis import class_differences, comparison_report, groups
+    from mlabel_exp.analysis import comparison_report, groups
     from mlabel_exp.analysis import figures as plots
     from mlabel_exp.fsutil import write_atomic
 
@@ -288,21 +312,8 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if len(found.table) > 1:
         figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
-    # per class: each group against the best, and the images the two leading groups disagree on (class_differences)
-    class_figures, class_files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title)
-    figures |= class_figures
-    notes += class_notes
-    costs, files = None, [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv",
-                        *class_files]
-    if cost:
-        costs, cost_figures, cost_notes = cost_figure(uri, found, runs, out_dir)
-        figures |= cost_figures
-        notes += cost_notes
-        files.append(out_dir / "cost.csv")
-    differences = comparison_report.class_differences(per_class, found)
-    if differences is not None:
-        write_atomic(out_dir / "per_class_differences.csv", differences.to_csv(index=False))
-        files.append(out_dir / "per_class_differences.csv")
+    costs, differences, files = _class_and_cost(uri, runs, found, per_class, out_dir, title, cost, figures, notes)
+    files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *files]
     report = comparison_report.write(out_dir, f"Comparison: {title}", where, found, groups_table(found), figures,
                                      differences, costs, table, notes)
     run_id = None
