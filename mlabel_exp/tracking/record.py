@@ -384,6 +384,8 @@ def closing_block(tracker, out: Path, result, held_out: dict[str, dict[str, floa
     for part, scores in held_out.items():
         lines.append(where[part].format(", ".join(f"{k} {v:.4f}" for k, v in scores.items())))
     lines.append(f"outputs:  {out}")
+    if (out / "report.html").is_file():
+        lines.append(f"report:   {out / 'report.html'} (metrics, figures and diagnostics on one page)")
     if tracker.run_id is not None:
         if not tracker.uri.startswith(("http://", "https://")):
             lines.append(f"look:     {ui_command(tracker.uri)}")
