@@ -99,7 +99,7 @@ def calibration() -> dict[str, float]:
         best["resnet18_img_s"] = max(best["resnet18_img_s"], resnet18())
     best["device"] = device.type
     if device.type == "cpu":  # whether trainer.amp trains in bfloat16 here, about twice the float32 speed
-        from mlabel_exp.training.precision import cpu_computes_bf16
+        from mlabel_exp.runtime.precision import cpu_computes_bf16
 
         best["bf16"] = cpu_computes_bf16()
     return best

@@ -27,7 +27,7 @@ def main() -> None:
     import matplotlib.pyplot  # noqa: F401 - imports out of the timings
     import pytorch_grad_cam  # noqa: F401
 
-    from mlabel_exp.analysis import activation_maps as am
+    from mlabel_exp.diagnostics import activation_maps as am
     from mlabel_exp.data.formats.folder import build_index
     from mlabel_exp.inference.predictor import Predictor
     from mlabel_exp.models.zoo import build_model

@@ -27,7 +27,7 @@ def synthetic_predictions(index, folder: Path) -> None:
     import numpy as np
     import torch
 
-    from mlabel_exp.analysis.thresholds import tune_thresholds
+    from mlabel_exp.metrics.thresholds import tune_thresholds
     from mlabel_exp.inference.outputs import write_predictions
 
     rng = np.random.default_rng(0)
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the diagnostics here (default: deleted)")
     args = parser.parse_args()
 
-    from mlabel_exp.analysis.diagnostics_pass import image_locator, read_evaluations, write_diagnostics
+    from mlabel_exp.diagnostics.writer import image_locator, read_evaluations, write_diagnostics
     from mlabel_exp.config import DataConfig, DiagnosticsConfig
     from mlabel_exp.data.formats import index_from_config
 

@@ -60,7 +60,7 @@ def _predictors(name: str):
     from mlabel_exp.inference import exported
     from mlabel_exp.inference.predictor import Predictor, preprocessing_of
     from mlabel_exp.models.zoo import build_model
-    from mlabel_exp.training.precision import cpu_computes_bf16
+    from mlabel_exp.runtime.precision import cpu_computes_bf16
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(f"model={name}", "model.weights=null").model

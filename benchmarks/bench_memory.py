@@ -111,8 +111,8 @@ def child_imports(args, tmp: Path) -> dict:
     import torch  # noqa: F401
 
     after_torch, _ = _common.rss_mib()
-    for mod in ("mlabel_exp.run", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.analysis.figures",
-                "mlabel_exp.tracking.record", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "pandas",
+    for mod in ("mlabel_exp.run", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.render.figures",
+                "mlabel_exp.experiment.record", "mlflow", "mlflow.pyfunc", "matplotlib.pyplot", "pandas",
                 "iterstrat.ml_stratifiers"):
         __import__(mod)
     return {"after_torch": after_torch, "after_all": _common.rss_mib()[0]}

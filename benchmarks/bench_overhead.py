@@ -154,8 +154,8 @@ def child_profiled(args, tmp: Path) -> dict:
     """train(cfg) with its heavy imports done beforehand (timed) and its steps timed."""
     imports = {}
     # what train(cfg) imports beyond the bare loop (iterstrat not: the split is remembered in the benchmark's cache)
-    for mod in ("mlflow", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.analysis.metrics", "mlabel_exp.analysis.figures",
-                "mlabel_exp.tracking.record", "matplotlib.pyplot", "pandas", "mlflow.pyfunc"):
+    for mod in ("mlflow", "mlabel_exp.training.trainer", "mlabel_exp.tracking.runs", "mlabel_exp.metrics.scores", "mlabel_exp.render.figures",
+                "mlabel_exp.experiment.record", "matplotlib.pyplot", "pandas", "mlflow.pyfunc"):
         start = time.perf_counter()
         __import__(mod)
         imports[mod] = time.perf_counter() - start
@@ -163,11 +163,11 @@ def child_profiled(args, tmp: Path) -> dict:
     from mlabel_exp.data import formats, split
     from mlabel_exp.training import checkpoints
     from mlabel_exp.training import trainer as engine
-    from mlabel_exp.analysis import metrics
+    from mlabel_exp.metrics import scores as metrics
     from mlabel_exp.models import zoo
-    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.diagnostics import figures as plots
     from mlabel_exp.inference import outputs
-    from mlabel_exp.tracking import record
+    from mlabel_exp.experiment import record
     from mlabel_exp.cli import run
     from mlabel_exp.tracking import runs as tracking
     from tests.conftest import compose_cfg
@@ -180,7 +180,7 @@ def child_profiled(args, tmp: Path) -> dict:
                         (metrics, "compute"), (checkpoints.Checkpoints, "save_best"),
                         (checkpoints.Checkpoints, "save_last"), (T, "log_metrics"),
                         (record, "log_results"), (plots, "curves"), (plots, "per_class_bars"), (plots, "pr_curves"),
-                        (T, "log_figure"), (metrics, "tune_thresholds"), (metrics, "per_class_table"),
+                        (metrics, "tune_thresholds"), (metrics, "per_class_table"),
                         (outputs, "write_predictions"), (T, "log_artifact"), (T, "log_text"), (T, "log_model"),
                         (checkpoints, "save_atomic"), (record, "log_data_problems"), (T, "set_tags"), (T, "end")]:
         t.wrap(owner, attr, attr)

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mlabel_exp.errors import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -30,12 +32,6 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 
 
-class UserError(ValueError):
-    """A problem with the settings or the data, not a bug: the commands print its message alone and exit with 2."""
-
-
-class ConfigError(UserError):
-    """A setting with a bad value; the message names the setting and what it accepts."""
 
 
 def project_root() -> Path:

@@ -10,7 +10,7 @@ import torch
 from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.data.images import BatchTransform, image_steps, load_image
 from mlabel_exp.data.loaders import CachedImages, make_loader
-from mlabel_exp.training import precision
+from mlabel_exp.runtime import precision
 from mlabel_exp.training import trainer as engine
 from mlabel_exp.data import cache as image_cache
 from mlabel_exp.models.backbones import SmallCNN
@@ -107,7 +107,7 @@ def test_batch_transform_on_cuda_matches_cpu(synthetic_root):
 def test_the_cpu_bfloat16_detection_can_be_pinned_and_a_bad_value_is_named(monkeypatch, value, native):
     """$MLABEL_EXP_CPU_BF16 makes any CPU run as one with (1) or without (0) bfloat16 instructions: how the suite runs
     the same tests everywhere, and how a user reproduces another machine's precision."""
-    from mlabel_exp.config import ConfigError
+    from mlabel_exp.errors import ConfigError
 
     monkeypatch.setenv(precision.CPU_BF16_ENV, value)
     assert precision.cpu_computes_bf16() is native

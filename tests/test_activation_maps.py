@@ -12,7 +12,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from mlabel_exp.analysis import activation_maps as am
+from mlabel_exp.diagnostics import activation_maps as am
 from mlabel_exp.inference.predictor import Predictor
 from mlabel_exp.models.backbones import REGISTRY, SmallCNN
 from mlabel_exp.models.zoo import build_model

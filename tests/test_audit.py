@@ -134,7 +134,7 @@ def test_a_run_lands_in_its_data_sets_experiment(tmp_path, monkeypatch, capsys):
 def test_compare_and_predict_default_to_the_experiment_of_the_newest_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from mlabel_exp.config import ConfigError
+    from mlabel_exp.errors import ConfigError
     from mlabel_exp.tracking.run_ids import newest_experiment
 
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from mlabel_exp.analysis import stats
-from mlabel_exp.analysis.class_differences import class_differences, disagreements
+from mlabel_exp.metrics import stats
+from mlabel_exp.comparison.class_differences import class_differences, disagreements
 
 
 def _ap(y: np.ndarray, s: np.ndarray) -> float:

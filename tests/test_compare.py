@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from mlabel_exp.training import trainer as engine
-from mlabel_exp.analysis import comparison_report
-from mlabel_exp.analysis.comparison import compare
-from mlabel_exp.analysis.comparison_table import COLUMNS
+from mlabel_exp.comparison import report as comparison_report
+from mlabel_exp.comparison.compare import compare
+from mlabel_exp.comparison.table import COLUMNS
 from mlabel_exp.cli.compare import main
-from mlabel_exp.config import ConfigError
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.cli.run import train
 from mlabel_exp.tracking.runs import Tracker
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides

@@ -3,7 +3,9 @@ import sys
 
 import pytest
 
-from mlabel_exp.config import ConfigError, validate
+from mlabel_exp.config import validate
+
+from mlabel_exp.errors import ConfigError
 from tests.conftest import compose_cfg
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from mlabel_exp.analysis import diagnostics as D
+from mlabel_exp.diagnostics import measures as D
 
 
 def _constructed(n=400, c=3, seed=0):
@@ -75,7 +75,7 @@ def test_false_positives_given_a_present_class_on_a_hand_example():
 def test_per_class_ap_intervals_match_a_brute_force_bootstrap():
     from sklearn.metrics import average_precision_score
 
-    from mlabel_exp.analysis.stats import per_class_ap_intervals
+    from mlabel_exp.metrics.stats import per_class_ap_intervals
 
     rng = np.random.default_rng(1)
     n, c, resamples, batch = 40, 4, 60, 25
@@ -118,7 +118,7 @@ def _evaluation(tmp_path, n=14):
 
 
 def test_a_gallery_shows_the_top_ranked_errors_and_reads_only_those_images(tmp_path, monkeypatch):
-    from mlabel_exp.analysis import diagnostics_pass as P
+    from mlabel_exp.diagnostics import writer as P
     from mlabel_exp.config import DiagnosticsConfig
 
     ev = _evaluation(tmp_path)

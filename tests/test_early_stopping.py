@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlabel_exp.analysis import metrics, thresholds
+from mlabel_exp.metrics import scores as metrics
+from mlabel_exp.metrics import thresholds
 from mlabel_exp.config import TrainerConfig
 from mlabel_exp.data.loaders import make_loader
 from mlabel_exp.training import trainer as engine
@@ -139,7 +140,7 @@ def test_state_dict_round_trips_into_a_fresh_trainer(tmp_path, scripted):
 
 @pytest.mark.precision
 def test_best_checkpoint_holds_the_thresholds_tuned_on_its_epoch(tmp_path, scripted):
-    from mlabel_exp.analysis.thresholds import tune_thresholds
+    from mlabel_exp.metrics.thresholds import tune_thresholds
 
     scripted(0.5, 0.7, 0.6)
     t, recorder = _trainer(tmp_path, epochs=3, patience=0)

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from mlabel_exp.config import SchedulerConfig
-from mlabel_exp.config import ConfigError
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.training.optim import build_optimizer, build_scheduler
-from mlabel_exp.training.precision import select_device
+from mlabel_exp.runtime.precision import select_device
 from mlabel_exp.fsutil import save_atomic
 
 

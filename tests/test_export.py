@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlabel_exp.config import ConfigError, ExportConfig
+from mlabel_exp.config import ExportConfig
+
+from mlabel_exp.errors import ConfigError
 
 
 def _one_line_error(capsys, main, argv) -> str:
@@ -23,7 +25,7 @@ def _one_line_error(capsys, main, argv) -> str:
 
 def test_without_the_export_extra_export_and_predict_say_which_pip_install_in_one_line(tmp_path, monkeypatch, capsys):
     from mlabel_exp.cli import export, predict
-    from mlabel_exp.config import UserError
+    from mlabel_exp.errors import UserError
     from mlabel_exp.inference.exported import require_extra
 
     for missing in ("onnx", "onnxscript", "onnxruntime"):

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from mlabel_exp import floats
-from mlabel_exp.analysis import groups
+from mlabel_exp.comparison import groups
 from mlabel_exp.inference import outputs
-from mlabel_exp.analysis import stats
+from mlabel_exp.metrics import stats
 from mlabel_exp.data.formats.folder import build_index
-from mlabel_exp.data.images import ImageTooLarge, load_image
-from mlabel_exp.data.index import DataError
+from mlabel_exp.data.images import load_image
+from mlabel_exp.errors import ImageTooLarge
+from mlabel_exp.errors import DataError
 from tests.conftest import huge_png, peak_memory_growth, write_tree
 
 F32 = np.float32
@@ -110,7 +111,7 @@ def test_compare_recomputes_the_runs_own_map_from_its_written_probabilities(tmp_
     mAP was not the run's (0.2024 against 0.2438 in one audit). Read back from val.csv, stats.weighted_map equals
     metrics.compute's mAP (the run's val/mAP) up to float32 arithmetic: torchmetrics sums n float32 products, each
     rounded, so at most (n + 3) float32 ulps of 1 apart."""
-    from mlabel_exp.analysis.metrics import compute
+    from mlabel_exp.metrics.scores import compute
 
     rng = np.random.default_rng(1)
     n, classes = 200, ["a", "b", "c"]

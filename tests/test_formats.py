@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlabel_exp.config import ConfigError, validate
+from mlabel_exp.config import validate
+
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.data.formats import index_from_config
 from mlabel_exp.data.formats.folder import build_index
-from mlabel_exp.data.index import DataError
+from mlabel_exp.errors import DataError
 from mlabel_exp.data.synthetic import SyntheticSpec, generate, write_format
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlabel_exp.analysis import groups
-from mlabel_exp.analysis import stats
+from mlabel_exp.comparison import groups
+from mlabel_exp.metrics import stats
 
 CLASSES = ["bird", "car", "dog", "sea"]
 
@@ -191,7 +191,7 @@ def test_a_sweep_is_won_by_the_best_setting_on_average_not_by_its_luckiest_seed(
 
 
 def test_the_console_table_fits_120_characters_and_says_once_what_every_row_shares():
-    from mlabel_exp.analysis.comparison_table import LEAST_NEEDED, console_table
+    from mlabel_exp.comparison.table import LEAST_NEEDED, console_table
 
     shared = "smallcnn trainer=smoke data.synthetic.num_images=80 data.synthetic.image_size=32 data.cache_dir=/x/y"
     table = pd.DataFrame({

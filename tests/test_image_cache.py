@@ -13,7 +13,7 @@ import torch
 from mlabel_exp.data import cache as image_cache
 from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.data.images import BatchTransform, build_transform, image_steps, load_image
-from mlabel_exp.data.index import DataError
+from mlabel_exp.errors import DataError
 from mlabel_exp.data.loaders import CachedImages, EpochShuffle, MultiLabelImages, collate, make_loader
 from tests.conftest import compose_cfg, tiny_overrides
 

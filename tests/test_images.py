@@ -108,7 +108,7 @@ def test_bad_images_are_skipped_and_reported_in_the_batch(tmp_path):
 
 
 def test_on_bad_image_error_names_the_file(tmp_path):
-    from mlabel_exp.data.index import DataError
+    from mlabel_exp.errors import DataError
 
     paths = _bad_files(tmp_path)
     ds = MultiLabelImages(paths, None, build_transform(16), on_bad_image="error")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlabel_exp.data.formats.folder import build_index
-from mlabel_exp.data.index import DataError
+from mlabel_exp.errors import DataError
 from tests.conftest import brute_force_labels
 
 

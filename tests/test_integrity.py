@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 from mlabel_exp.data import cache as image_cache
-from mlabel_exp.config import ConfigError, validate
+from mlabel_exp.config import validate
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.data.images import to_rgb
-from mlabel_exp.data.index import DataError
+from mlabel_exp.errors import DataError
 from mlabel_exp.data.loaders import check_validation_images
 from tests.conftest import compose_cfg, tiny_overrides, write_tree
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from mlabel_exp.analysis.metrics import EPOCH_METRICS, compute, per_class_table
-from mlabel_exp.analysis.thresholds import best_f1_threshold, tune_thresholds
+from mlabel_exp.metrics.scores import EPOCH_METRICS, compute, per_class_table
+from mlabel_exp.metrics.thresholds import best_f1_threshold, tune_thresholds
 
 
 def random_case(seed, n=300, c=6, empty_class=None):
@@ -156,7 +156,7 @@ def test_macro_averages_leave_out_classes_without_positives_like_map():
 
 
 def test_cross_fitted_metrics_score_each_fold_at_thresholds_tuned_on_the_others():
-    from mlabel_exp.analysis.thresholds import cross_fitted
+    from mlabel_exp.metrics.thresholds import cross_fitted
 
     p, y = random_case(7, n=200)
     ours = cross_fitted(p, y, folds=4, seed=3)
@@ -174,7 +174,7 @@ def test_cross_fitted_metrics_score_each_fold_at_thresholds_tuned_on_the_others(
 
 def test_tuning_and_scoring_on_the_same_images_is_optimistic_where_cross_fitting_is_not():
     """Pure noise scores carry no information: thresholds tuned on them fit their own noise."""
-    from mlabel_exp.analysis.thresholds import cross_fitted
+    from mlabel_exp.metrics.thresholds import cross_fitted
 
     rng = np.random.default_rng(0)
     y = torch.tensor((rng.random((400, 5)) < 0.2).astype(int))

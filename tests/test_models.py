@@ -10,7 +10,9 @@ import torch
 import torchvision
 from torch import nn
 
-from mlabel_exp.models.backbones import REGISTRY, Backbone, ModelError, min_input_size
+from mlabel_exp.models.backbones import REGISTRY, Backbone, min_input_size
+
+from mlabel_exp.errors import ModelError
 from mlabel_exp.models.freeze import head_parameter_names, keep_frozen_bn_in_eval, set_trainable
 from mlabel_exp.models.weights import WeightsUnavailable, fetch_weights, weights_description
 from mlabel_exp.models.zoo import build_model

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mlabel_exp.config import ConfigError
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.cli.predict import predict
 from mlabel_exp.config import PredictConfig
 from mlabel_exp.cli.run import train
@@ -152,7 +152,7 @@ def test_a_bfloat16_cpu_run_is_replayed_in_bfloat16_where_the_cpu_has_it_else_in
     of the 9 layers' inputs and weights to 2**-9 relative, so a logit moves by at most 9 * 2 * 2**-9 of its size,
     the sigmoid's slope is at most 1/4."""
     from mlabel_exp.inference import predictor
-    from mlabel_exp.training import precision
+    from mlabel_exp.runtime import precision
     from mlabel_exp.training.checkpoints import load_checkpoint
 
     monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: True)
@@ -260,8 +260,8 @@ def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_ima
     import time
     import urllib.request
 
-    from mlabel_exp.analysis.comparison import compare
-    from mlabel_exp.training.distributed import free_port
+    from mlabel_exp.comparison.compare import compare
+    from mlabel_exp.runtime.distributed import free_port
 
     tmp, _, run_id, _ = trained
     uri = f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}"
@@ -376,7 +376,7 @@ def test_predictor_from_a_saved_checkpoint_replays_the_runs_preprocessing_and_th
 
 def test_a_checkpoint_with_a_class_named_like_an_output_column_is_refused_before_predicting(trained):
     """A run trained before such names were refused: its class would overwrite a column of every output."""
-    from mlabel_exp.data.index import DataError
+    from mlabel_exp.errors import DataError
     from mlabel_exp.inference.predictor import Predictor
     from mlabel_exp.training.checkpoints import load_checkpoint
 

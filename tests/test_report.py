@@ -9,9 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlabel_exp.analysis import comparison_report, figures, report, run_report
-from mlabel_exp.analysis.comparison import swept_axes
-from mlabel_exp.analysis.groups import COLUMNS, Groups
+from mlabel_exp.comparison import report as comparison_report
+from mlabel_exp.comparison import figures
+from mlabel_exp.render import page as report
+from mlabel_exp.diagnostics import report as run_report
+from mlabel_exp.comparison.compare import swept_axes
+from mlabel_exp.comparison.groups import COLUMNS, Groups
 
 
 def png(path, colour=(200, 30, 30), size=(24, 16)):

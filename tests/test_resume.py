@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlabel_exp.cli.run import train
-from mlabel_exp.config import ConfigError
+from mlabel_exp.errors import ConfigError
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
@@ -83,8 +83,8 @@ def test_a_run_stopped_by_a_person_then_preempted_by_the_scheduler_ends_as_if_ne
 def test_only_the_job_that_started_a_preempted_run_continues_it_by_itself(tmp_path, monkeypatch):
     from mlabel_exp.config import validate
     from mlabel_exp.fsutil import exclusive
-    from mlabel_exp.cli.hydra_job import run_identity
-    from mlabel_exp.training.resume import preempted_run
+    from mlabel_exp.experiment.hydra_job import run_identity
+    from mlabel_exp.experiment.resume import preempted_run
 
     root, stopped = _interrupted(tmp_path, monkeypatch, out="stopped")  # Ctrl-C: a person's stop
     monkeypatch.setenv("SLURM_JOB_ID", "41")
@@ -149,7 +149,7 @@ def _folder(tmp_path, root, *extra):
 
 
 def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_split(tmp_path, monkeypatch):
-    from mlabel_exp.data.index import DataError
+    from mlabel_exp.errors import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     split_file = tmp_path / "cut" / "split.json"
@@ -174,7 +174,7 @@ def test_resume_refuses_when_images_were_added_or_removed_and_keeps_the_runs_spl
 
 
 def test_resume_refuses_other_classes_naming_the_difference(tmp_path, monkeypatch):
-    from mlabel_exp.data.index import DataError
+    from mlabel_exp.errors import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     (root / "annotations" / "circle.txt").rename(root / "annotations" / "disc.txt")  # same count, other names
@@ -183,7 +183,7 @@ def test_resume_refuses_other_classes_naming_the_difference(tmp_path, monkeypatc
 
 
 def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_tracking_settings(tmp_path, monkeypatch):
-    from mlabel_exp.training.resume import resume_point
+    from mlabel_exp.experiment.resume import resume_point
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     cfg = compose_cfg(*_folder(tmp_path, root, f"resume={run_id}", "trainer.epochs=4", "tracking.log_model=true"))
@@ -202,7 +202,7 @@ def test_resume_takes_only_the_settings_it_may_change_and_keeps_the_runs_trackin
 
 def test_the_same_command_line_resumes_and_an_override_that_changes_the_run_is_refused_naming_both_values(
         tmp_path, monkeypatch):
-    from mlabel_exp.training.resume import MAY_CHANGE, check_overrides, resume_point
+    from mlabel_exp.experiment.resume import MAY_CHANGE, check_overrides, resume_point
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     started = _folder(tmp_path, root, f"trainer.output_dir={tmp_path / 'cut'}")  # as the run was started
@@ -248,7 +248,7 @@ def test_a_run_whose_own_settings_this_version_refuses_is_not_resumed_and_the_er
 
 def test_resume_latest_passes_over_pruned_trials_and_live_runs_and_an_explicit_live_run_is_refused(tmp_path, monkeypatch):
     from mlabel_exp.fsutil import exclusive
-    from mlabel_exp.training.resume import resume_point
+    from mlabel_exp.experiment.resume import resume_point
 
     root, older = _interrupted(tmp_path, monkeypatch, out="older")
     _, pruned = _interrupted(tmp_path, monkeypatch, out="pruned")
@@ -326,7 +326,7 @@ def test_a_per_step_schedule_trained_longer_continues_as_one_planned_that_long(n
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])  # step and none: their LRs above, in seconds
 def test_resume_latest_with_more_epochs_finishes_the_longer_run_and_records_its_length(
         tmp_path, monkeypatch, caplog, scheduler):
-    from mlabel_exp.cli import hydra_job as job
+    from mlabel_exp.experiment import hydra_job as job
 
     root, run_id = _interrupted(tmp_path, monkeypatch, f"trainer.scheduler.name={scheduler}")
     typed = ["resume=latest", "trainer.epochs=4"]  # as on the command line (train() reads them from Hydra)
@@ -362,7 +362,7 @@ def test_a_resume_adds_params_once_and_a_param_mlflow_cannot_change_becomes_a_ta
 
 def test_resume_refuses_changed_labels_naming_how_many_and_which(tmp_path, monkeypatch):
     from mlabel_exp.data.formats.folder import build_index
-    from mlabel_exp.data.index import DataError
+    from mlabel_exp.errors import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     file = root / "annotations" / "circle.txt"
@@ -381,7 +381,7 @@ def test_resume_refuses_changed_pixels_and_resumes_an_earlier_runs_checkpoint_wi
         tmp_path, monkeypatch, caplog):
     from PIL import Image
 
-    from mlabel_exp.data.index import DataError
+    from mlabel_exp.errors import DataError
 
     root, run_id = _interrupted(tmp_path, monkeypatch)
     images = sorted((root / "images").iterdir())
@@ -394,7 +394,7 @@ def test_resume_refuses_changed_pixels_and_resumes_an_earlier_runs_checkpoint_wi
     state = torch.load(last, weights_only=True)
     del state["data"]
     torch.save(state, last)
-    caplog.set_level("WARNING", logger="mlabel_exp.training.resume")
+    caplog.set_level("WARNING", logger="mlabel_exp.experiment.resume")
     train(compose_cfg(*_folder(tmp_path, root, f"resume={run_id}")))
     assert any("could not be checked" in r.getMessage() for r in caplog.records)
     client, _ = mlflow_runs(tmp_path)

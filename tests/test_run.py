@@ -14,11 +14,12 @@ import torch
 
 import mlabel_exp
 from mlabel_exp.training import trainer as engine
-from mlabel_exp.config import ConfigError, project_root, validate
-from mlabel_exp.models.backbones import ModelError
+from mlabel_exp.config import project_root, validate
+from mlabel_exp.errors import ConfigError
+from mlabel_exp.errors import ModelError
 from mlabel_exp.cli.run import train
 from mlabel_exp.tracking.client import default_uri, resolve_uri
-from mlabel_exp.training.precision import cpu_computes_bf16
+from mlabel_exp.runtime.precision import cpu_computes_bf16
 from tests.conftest import artifact_paths, assert_labels_are_the_written_decisions, compose_cfg, mlflow_runs, tiny_overrides
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_macro", "val/more/accuracy", "lr",
@@ -91,7 +92,7 @@ def checkout_head(folder: Path) -> str | None:
 def test_dataset_digests_follow_the_images_labels_content_and_split(synthetic_root, tmp_path):
     from mlabel_exp.data.formats.folder import build_index
     from mlabel_exp.data.cache import content_hashes
-    from mlabel_exp.tracking.record import dataset_digests
+    from mlabel_exp.experiment.record import dataset_digests
 
     index = build_index(synthetic_root)
     content = content_hashes(index, tmp_path / "cache")
@@ -371,8 +372,8 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
 
     import numpy as np
 
-    from mlabel_exp.analysis.comparison import compare
-    from mlabel_exp.analysis.metrics import compute
+    from mlabel_exp.comparison.compare import compare
+    from mlabel_exp.metrics.scores import compute
 
     out = tmp_path / "out"
     train(compose_cfg(*tiny_overrides(tmp_path, "data.test_fraction=0.25", "trainer.max_steps_per_epoch=0",
@@ -427,7 +428,7 @@ def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run
 
     import matplotlib.pyplot as plt
 
-    from mlabel_exp.analysis import diagnostics_pass
+    from mlabel_exp.diagnostics import writer as diagnostics_pass
     from mlabel_exp.cli.diagnose import diagnose
     from mlabel_exp.config import DiagnoseConfig, DiagnosticsConfig, TrackingConfig
 

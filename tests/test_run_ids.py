@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mlabel_exp.config import ConfigError
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.tracking.run_ids import match_prefix, resolve_run, sweep_parent_id
 from mlabel_exp.tracking.runs import BEST_SCORE, KIND_TAG
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlabel_exp.training.distributed import free_port
+from mlabel_exp.runtime.distributed import free_port
 from mlabel_exp.cli.run import train
 from tests.conftest import artifact_paths, compose_cfg, tiny_overrides
 

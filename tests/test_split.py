@@ -3,7 +3,7 @@ import pytest
 
 from mlabel_exp.data import split as data_split
 from mlabel_exp.data.formats.folder import build_index
-from mlabel_exp.data.index import DataError
+from mlabel_exp.errors import DataError
 from mlabel_exp.data.split import load_split, make_split, remembered_split, save_split
 
 

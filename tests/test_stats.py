@@ -1,4 +1,4 @@
-"""mlabel_exp.analysis.stats against independent references: scikit-learn AP on replicated rows, metrics.compute, a brute-force
+"""mlabel_exp.metrics.stats against independent references: scikit-learn AP on replicated rows, metrics.compute, a brute-force
 resampling loop, the textbook t quantile, scipy's t-tests, and a null simulation of the verdict's error rate."""
 
 import math
@@ -9,8 +9,8 @@ import torch
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score
 
-from mlabel_exp.analysis.metrics import compute
-from mlabel_exp.analysis.stats import paired_bootstrap, seed_difference, seed_interval, verdict, weighted_map
+from mlabel_exp.metrics.scores import compute
+from mlabel_exp.metrics.stats import paired_bootstrap, seed_difference, seed_interval, verdict, weighted_map
 
 
 def sklearn_map(scores, targets):

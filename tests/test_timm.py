@@ -14,9 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from mlabel_exp.config import ConfigError, validate
+from mlabel_exp.config import validate
+
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.models import timm_backbones
-from mlabel_exp.models.backbones import ModelError
+from mlabel_exp.errors import ModelError
 from mlabel_exp.models.freeze import head_parameter_names, set_trainable
 from mlabel_exp.models.weights import WeightsUnavailable, fetch_weights, weights_description
 from mlabel_exp.models.zoo import build_model, check_input_size

@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from mlabel_exp.analysis.metrics import compute, per_class_table
-from mlabel_exp.analysis.thresholds import best_f1_threshold, cross_fitted, tune_thresholds
+from mlabel_exp.metrics.scores import compute, per_class_table
+from mlabel_exp.metrics.thresholds import best_f1_threshold, cross_fitted, tune_thresholds
 from mlabel_exp.models.losses import AsymmetricLoss, FocalLoss, MaskedBCE, build_loss, pos_weight
 from tests.conftest import compose_cfg
 
@@ -205,7 +205,7 @@ def test_loaders_audit_and_digests_keep_unknowns_apart(partial_index, tmp_path):
     from mlabel_exp.data.formats.folder import build_index
     from mlabel_exp.data.images import image_steps
     from mlabel_exp.data.loaders import MultiLabelImages
-    from mlabel_exp.tracking.record import dataset_digests
+    from mlabel_exp.experiment.record import dataset_digests
 
     index, rows = partial_index, [0, 1, 2, 3]
     items = MultiLabelImages.from_index(index, rows, image_steps(32))
@@ -222,8 +222,8 @@ def test_loaders_audit_and_digests_keep_unknowns_apart(partial_index, tmp_path):
 
 
 def test_a_resume_notices_a_label_that_became_unknown(partial_index):
-    from mlabel_exp.data.index import DataError
-    from mlabel_exp.training.resume import check_data, data_record
+    from mlabel_exp.errors import DataError
+    from mlabel_exp.experiment.resume import check_data, data_record
 
     content = np.zeros((len(partial_index), 8), np.uint8)
     then = data_record(partial_index, content)

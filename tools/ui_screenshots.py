@@ -177,7 +177,7 @@ def main() -> int:
         return 3
     sys.path.insert(0, str(REPO))
     from mlabel_exp.tracking.client import UI_VIEW, run_url
-    from mlabel_exp.training.distributed import free_port
+    from mlabel_exp.runtime.distributed import free_port
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:

@@ -10,7 +10,8 @@ import os
 import sys
 
 from mlabel_exp.cli import arguments
-from mlabel_exp.config import CONF_DIR, Config, ConfigError, UserError, one_line, register
+from mlabel_exp.config import CONF_DIR, Config, one_line, register
+from mlabel_exp.errors import ConfigError, UserError
 
 
 def user_error(e: UserError) -> SystemExit:

@@ -10,8 +10,8 @@ def report(result, typed: CompareConfig) -> None:
     """The tables, then the notes that qualify them, the files and the comparison's run."""
     import textwrap
 
-    from mlabel_exp.analysis.comparison import CHAMPION, comparisons_experiment
-    from mlabel_exp.analysis.comparison_table import console_table, groups_table
+    from mlabel_exp.comparison.compare import CHAMPION, comparisons_experiment
+    from mlabel_exp.comparison.table import console_table, groups_table
     from mlabel_exp.tracking.client import resolve_uri
 
     print(console_table(result.table, wide=typed.wide) + "\n")
@@ -38,7 +38,7 @@ def report(result, typed: CompareConfig) -> None:
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.analysis.comparison import compare
+    from mlabel_exp.comparison.compare import compare
     from mlabel_exp.config import resolve_path
 
     from mlabel_exp.tracking.run_ids import newest_experiment

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mlabel_exp.config import ConfigError, DiagnoseConfig, resolve_path
+from mlabel_exp.config import DiagnoseConfig, resolve_path
+
+from mlabel_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,9 @@ def _data_index(uri: str | None, run_id: str):
     """The run's data set, indexed from its logged config.yaml (no image decoded); None when it cannot be found here."""
     from omegaconf import OmegaConf
 
-    from mlabel_exp.config import DataConfig, UserError
+    from mlabel_exp.config import DataConfig
+
+    from mlabel_exp.errors import UserError
     from mlabel_exp.data.formats import index_from_config
     from mlabel_exp.tracking.query import artifact_text
 
@@ -56,7 +60,7 @@ def diagnose(cfg: DiagnoseConfig) -> Path:
     """Write (and log) the diagnostics of the run ``cfg.run`` names; returns the diagnostics folder."""
     import tempfile
 
-    from mlabel_exp.analysis import diagnostics_pass as P
+    from mlabel_exp.diagnostics import writer as P
     from mlabel_exp.tracking.query import artifact_text, download_best_checkpoint, get_run
     from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
     from mlabel_exp.tracking.runs import log_files, log_metrics_to_run

@@ -15,16 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlabel_exp.config import ConfigError, ExportConfig, UserError, resolve_path
+from mlabel_exp.config import ExportConfig, resolve_path
+
+from mlabel_exp.errors import ConfigError, ParityError, UserError
 from mlabel_exp.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 EXPORTER_NAMES = {"dynamo": "torch.onnx's dynamo exporter (torch.export)",
                   "legacy": "torch.onnx's legacy TorchScript-based exporter"}
 
-
-class ParityError(UserError):
-    """The exported model computes something else than the run: its file is kept for a look, and logged nowhere."""
 
 
 @dataclass
@@ -65,7 +64,7 @@ def validation_images(ckpt: dict, limit: int) -> tuple[list[Path], list[str]]:
 
 def _out_dir(cfg: ExportConfig) -> Path:
     """out=, else the run's output folder's export/ where that folder is on this machine, else Hydra's job folder."""
-    from mlabel_exp.cli.hydra_job import output_dir_of_job
+    from mlabel_exp.experiment.hydra_job import output_dir_of_job
 
     if cfg.out:
         return resolve_path(cfg.out)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 def figures(report, index, split: dict, out_dir) -> list:
     """The audit's four figures, saved as PNGs in ``out_dir``; returns their paths."""
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from mlabel_exp.analysis import figures as fig
+    from mlabel_exp.data import audit_figures as fig
+    from mlabel_exp.render.figures import save
 
     positive = (index.labels == 1)
     made = {
@@ -25,12 +25,7 @@ def figures(report, index, split: dict, out_dir) -> list:
             index.classes, {f"{k} ({len(rows)} images)": positive[np.asarray(rows, dtype=int)].sum(0).tolist()
                             for k, rows in split.items() if len(rows)}),
     }
-    paths = []
-    for name, figure in made.items():
-        figure.savefig(out_dir / name, dpi=110)
-        plt.close(figure)
-        paths.append(out_dir / name)
-    return paths
+    return [save(figure, out_dir / name) for name, figure in made.items()]
 
 
 def next_command() -> str:

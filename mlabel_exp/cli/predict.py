@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlabel_exp.config import ConfigError, PredictConfig, resolve_path
+from mlabel_exp.config import PredictConfig, resolve_path
+
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from mlabel_exp.inference.outputs import label_names, write_predictions, write_submission
     from mlabel_exp.tracking.runs import log_files
     from mlabel_exp.data.loaders import default_workers
-    from mlabel_exp.training.precision import select_device
+    from mlabel_exp.runtime.precision import select_device
     from mlabel_exp.floats import decide
 
     device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line
@@ -147,7 +149,7 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.cli.hydra_job import output_dir_of_job
+    from mlabel_exp.experiment.hydra_job import output_dir_of_job
     from mlabel_exp.config import validate
 
     typed: PredictConfig = validate(cfg, PredictConfig)

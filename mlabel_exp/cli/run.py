@@ -14,12 +14,13 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.training import distributed
-from mlabel_exp.cli import hydra_job as job
+from mlabel_exp.runtime import distributed
+from mlabel_exp.experiment import hydra_job as job
 from mlabel_exp.cli.app import command
 from mlabel_exp.training.output_folder import output_folder
 from mlabel_exp.training.stop import StopRequest
-from mlabel_exp.config import Config, ConfigError, register, validate
+from mlabel_exp.config import Config, register, validate
+from mlabel_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
     ``on_epoch(epoch, metrics)`` sees every epoch's metrics (a search prunes with it); ``group`` adds tags,
     ``sweep_id`` among them, that make the run a child of that group's parent run.
     """
-    from mlabel_exp.training.precision import select_device
-    from mlabel_exp.training.resume import preempted_run, resume_point
+    from mlabel_exp.runtime.precision import select_device
+    from mlabel_exp.experiment.resume import preempted_run, resume_point
 
     typed = validate(cfg)  # every setting checked before any data is read
     if typed.model.source == "timm":  # its own input size, mean, std, interpolation where null: recorded as in effect
@@ -92,7 +93,7 @@ def _prepare(typed: Config):
     from mlabel_exp.models.weights import fetch_weights
     from mlabel_exp.models.zoo import check_input_size
     from mlabel_exp.tracking import runs as tracking
-    from mlabel_exp.training.precision import select_device
+    from mlabel_exp.runtime.precision import select_device
 
     torch.manual_seed(typed.seed)
     np.random.seed(typed.seed)
@@ -122,10 +123,10 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     from mlabel_exp.data.loaders import build_loaders, check_validation_images
     from mlabel_exp.models.weights import weights_description
     from mlabel_exp.models.zoo import build_model
-    from mlabel_exp.tracking import record
+    from mlabel_exp.experiment import record
     from mlabel_exp.training import optim
     from mlabel_exp.training.callbacks import RunCallbacks
-    from mlabel_exp.training.precision import memory_format, precision
+    from mlabel_exp.runtime.precision import memory_format, precision
 
     m, main_rank = typed.model, distributed.is_main()
     index, split, content, data = _data(out, typed, resume, main_rank)
@@ -169,7 +170,7 @@ def _data(out, typed: Config, resume, main_rank: bool):
     from mlabel_exp.data.formats import index_from_config
     from mlabel_exp.data.loaders import default_workers
     from mlabel_exp.data.split import save_split, split_from_config
-    from mlabel_exp.training.resume import check_classes, check_data, data_record
+    from mlabel_exp.experiment.resume import check_classes, check_data, data_record
 
     if resume is None and (out / "checkpoints" / "last.pt").is_file():  # never overwrite another run's checkpoints
         raise ConfigError(f"{out} holds the checkpoints of an earlier run (checkpoints/last.pt), which a new run would "

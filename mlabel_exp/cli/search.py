@@ -46,13 +46,13 @@ def search(cfg: DictConfig):
     import optuna
 
     from mlabel_exp.training.callbacks import TrialPruned
-    from mlabel_exp.cli.hydra_job import quiet_console, shorten
+    from mlabel_exp.experiment.hydra_job import quiet_console, shorten
     from mlabel_exp.cli.run import train
 
     s = validate(cfg).search
     run_cfg = training_config(cfg)
     if not s.space:
-        from mlabel_exp.config import ConfigError
+        from mlabel_exp.errors import ConfigError
 
         raise ConfigError("search.space is empty: name the settings to search, e.g. search=regularisation")
     storage = storage_uri(s.storage)
@@ -107,8 +107,8 @@ def _report(cfg: DictConfig, study, sweep_id: str) -> None:
     printed once."""
     import optuna
 
-    from mlabel_exp.analysis.groups import rank_settings
-    from mlabel_exp.cli.hydra_job import settings_table, shorten
+    from mlabel_exp.comparison.groups import rank_settings
+    from mlabel_exp.experiment.hydra_job import settings_table, shorten
     from mlabel_exp.tracking.sweeps import end_sweep_parent
 
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

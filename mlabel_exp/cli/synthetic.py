@@ -8,7 +8,8 @@ from mlabel_exp.config import SyntheticCommandConfig, validate
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.config import ConfigError, resolve_path
+    from mlabel_exp.config import resolve_path
+    from mlabel_exp.errors import ConfigError
     from mlabel_exp.data.synthetic import PREVALENCE, generate, write_format
 
     typed: SyntheticCommandConfig = validate(cfg, SyntheticCommandConfig)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from mlabel_exp.data.images import image_steps, load_image
-from mlabel_exp.data.index import DataError, DatasetIndex
+from mlabel_exp.data.index import DatasetIndex
+from mlabel_exp.errors import DataError
 from mlabel_exp.fsutil import file_lock, write_atomic
 
 log = logging.getLogger(__name__)

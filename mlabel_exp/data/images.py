@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from mlabel_exp.config import IMAGENET_MEAN, IMAGENET_STD
-from mlabel_exp.data.index import DataError
+from mlabel_exp.errors import ImageTooLarge
 from mlabel_exp.fsutil import epoch_seed
 
 
@@ -31,9 +31,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
     return img.convert("RGB")
 
-
-class ImageTooLarge(DataError):
-    """An image over the pixel limit, refused from its header before a pixel is decoded."""
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:

@@ -12,11 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mlabel_exp.config import UserError
+from mlabel_exp.errors import DataError
 
-
-class DataError(UserError):
-    """A data set that cannot be used as given; the message names the file and the fix."""
 
 
 @dataclass

@@ -13,9 +13,10 @@ import numpy as np
 
 from mlabel_exp.config import Config, resolve_path
 from mlabel_exp.data.images import BatchTransform, image_steps, interpolation_mode, load_image
-from mlabel_exp.data.index import DataError, DatasetIndex
+from mlabel_exp.data.index import DatasetIndex
+from mlabel_exp.errors import DataError
 from mlabel_exp.fsutil import epoch_seed
-from mlabel_exp.training import distributed
+from mlabel_exp.runtime import distributed
 
 log = logging.getLogger(__name__)
 

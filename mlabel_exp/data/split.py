@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlabel_exp.data.index import DataError, DatasetIndex
+from mlabel_exp.data.index import DatasetIndex
+
+from mlabel_exp.errors import DataError
 from mlabel_exp.fsutil import write_atomic
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlabel_exp.config import ConfigError, UserError
+from mlabel_exp.errors import ConfigError, UserError
 from mlabel_exp.inference.predictor import Predictor, split_outputs
 
 log = logging.getLogger(__name__)

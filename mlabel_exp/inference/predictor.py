@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mlabel_exp.data.images import BatchTransform, image_steps
-from mlabel_exp.training.precision import CHANNELS_LAST_DEVICES, autocast_dtype
+from mlabel_exp.runtime.precision import CHANNELS_LAST_DEVICES, autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class Predictor:
         truncated, over the pixel limit: data.images.load_image) has NaN probabilities and its error; the others are answered.
         Each is decoded and brought to the decode size before the next is read, so a request holds one full-size
         image at a time."""
-        from mlabel_exp.data.images import ImageTooLarge, load_image
+        from mlabel_exp.data.images import load_image
+        from mlabel_exp.errors import ImageTooLarge
 
         steps, errors = {}, [""] * len(blobs)
         for row, blob in enumerate(blobs):

@@ -8,15 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mlabel_exp.config import UserError
+from mlabel_exp.errors import ModelError
 
 
-class ModelError(UserError):
-    """Bad model settings or weights; the message names the setting or file and the fix."""
-
-
-class WeightsUnavailable(ModelError):
-    """Pretrained weights that cannot be downloaded here (offline); the message names the file to place."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mlabel_exp.models.backbones import ModelError, WeightsUnavailable
+from mlabel_exp.errors import ModelError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import torch
 import torchvision
 
 from mlabel_exp.models import timm_backbones
-from mlabel_exp.models.backbones import ModelError, WeightsUnavailable, backbone  # noqa: F401 - raised here
+from mlabel_exp.models.backbones import backbone  # noqa: F401 - raised here
+from mlabel_exp.errors import ModelError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 

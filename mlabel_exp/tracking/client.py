@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlabel_exp.config import ConfigError, project_root
+from mlabel_exp.config import project_root
+
+from mlabel_exp.errors import ConfigError
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 logging.getLogger("alembic").setLevel(logging.WARNING)

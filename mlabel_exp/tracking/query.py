@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlabel_exp.config import ConfigError
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.tracking.client import client, quiet_downloads, resolve_uri, store_exists
 from mlabel_exp.tracking.runs import KIND_TAG, Tracker
 

@@ -6,7 +6,7 @@ import contextlib
 import io
 import logging
 
-from mlabel_exp.config import ConfigError
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.tracking.client import client, resolve_uri
 
 log = logging.getLogger(__name__)

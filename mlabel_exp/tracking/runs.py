@@ -118,13 +118,6 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def log_figure(self, figure, artifact_file: str) -> None:
-        """Log and close a matplotlib figure (pyplot keeps every open figure alive otherwise)."""
-        import matplotlib.pyplot as plt
-
-        self.client.log_figure(self.run_id, figure, artifact_file)
-        plt.close(figure)
-
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status)
@@ -174,11 +167,6 @@ class NullTracker:
     run_id = None
     start = attach = log_metrics = set_tags = log_artifact = log_artifacts = log_text = _nothing
     end = log_model = log_datasets = stored_file = _nothing
-
-    def log_figure(self, figure, artifact_file: str) -> None:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
 
 
 def open_tracker(cfg) -> Tracker | NullTracker:

@@ -76,7 +76,7 @@ class RunCallbacks(Callbacks):
 
     def on_new_best(self, epoch: int, probs, targets) -> dict:
         """Per-class and global thresholds tuned on the best epoch's validation outputs (thresholds.tune_thresholds)."""
-        from mlabel_exp.analysis.thresholds import tune_thresholds
+        from mlabel_exp.metrics.thresholds import tune_thresholds
 
         return tune_thresholds(probs, targets)
 

@@ -53,7 +53,7 @@ class Checkpoints:
 
 def load_checkpoint(path: Path) -> dict:
     """A mlabel-exp checkpoint, loaded without unpickling code; a missing, corrupt or foreign file is named."""
-    from mlabel_exp.config import ConfigError
+    from mlabel_exp.errors import ConfigError
 
     if not path.is_file():
         raise ConfigError(f"checkpoint={str(path)!r}: no such file")

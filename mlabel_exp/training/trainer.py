@@ -19,11 +19,11 @@ from torch import nn
 
 from mlabel_exp.config import TrainerConfig
 from mlabel_exp.inference.predictor import Predictor
-from mlabel_exp.training import distributed
+from mlabel_exp.runtime import distributed
 from mlabel_exp.training.callbacks import Callbacks, TrainingInterrupted
 from mlabel_exp.training.checkpoints import Checkpoints, planned_epochs
 from mlabel_exp.training.optim import OptimizerStep, change_length
-from mlabel_exp.training.precision import memory_format, train_dtype
+from mlabel_exp.runtime.precision import memory_format, train_dtype
 from mlabel_exp.training.progress import Progress, RunEstimate
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _gathered(probs: list, targets: list, loss: float, names: list[str], n_class
         p, t = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
         names, loss = [n for q in parts for n in q[3]], sum(q[2] for q in parts)
     if len(p) == 0:
-        from mlabel_exp.data.index import DataError
+        from mlabel_exp.errors import DataError
 
         raise DataError(f"no readable image among the {len(bad_images)} unreadable validation/test images "
                         f"(e.g. {sorted(bad_images)[:3]}): replace them, or raise data.val_fraction")
@@ -235,7 +235,7 @@ class Trainer:
         row = self.train_epoch(train_loader, epoch)
         # the last epoch's validation runs to its end: then only the closing evaluation is left
         probs, targets, val_loss, names = self.predict(val_loader, stoppable=epoch < self.cfg.epochs)
-        from mlabel_exp.analysis import metrics as M  # imported late: run.py imports it beside the first epoch
+        from mlabel_exp.metrics import scores as M
 
         scores = M.compute(probs, targets, classes=self.classes, quiet=bool(self.result.history))
         row.update({"val/loss": val_loss, **{M.logged_name("val", k): v for k, v in scores.items()},

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlabel_exp.data.formats.folder import build_index
-from mlabel_exp.data.index import DataError, DatasetIndex
+from mlabel_exp.data.index import DatasetIndex
+from mlabel_exp.errors import DataError
 
 #: what data.root holds, per format (the message for a missing root)
 ROOT_HOLDS = {

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from mlabel_exp.data.formats.common import (images_folder, index_of, list_files, missing_images, resolve_file, some,
                                             under_root)
-from mlabel_exp.data.index import DataError, DatasetIndex
+from mlabel_exp.data.index import DatasetIndex
+from mlabel_exp.errors import DataError
 
 
 def find_json(root: Path, annotations_file: str | None) -> Path:

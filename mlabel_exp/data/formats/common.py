@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlabel_exp.data.index import DataError, DatasetIndex, check_class_names
+from mlabel_exp.data.index import DatasetIndex, check_class_names
+
+from mlabel_exp.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from mlabel_exp.data.formats.common import (images_folder, index_of, list_files, missing_images, resolve_file, some,
                                             under_root)
-from mlabel_exp.data.index import DataError, DatasetIndex
+from mlabel_exp.data.index import DatasetIndex
+from mlabel_exp.errors import DataError
 
 IMAGE_COLUMNS = ("image", "image_name", "image_id", "file", "filename", "file_name", "path", "id", "img", "name")
 LABEL_COLUMNS = ("labels", "label", "tags", "classes", "class", "categories", "category", "target")

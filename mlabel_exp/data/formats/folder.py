@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlabel_exp.data.index import DataError, DatasetIndex, Problem, check_class_names
+from mlabel_exp.data.index import DatasetIndex, Problem, check_class_names
+
+from mlabel_exp.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from mlabel_exp.data.formats.common import index_of, list_files, missing_images, resolve_file
-from mlabel_exp.data.index import DataError, DatasetIndex
+from mlabel_exp.data.index import DatasetIndex
+from mlabel_exp.errors import DataError
 
 
 def _image_ids(root: Path, split: str, problems: list[str]) -> list[str]:

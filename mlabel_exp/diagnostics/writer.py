@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mlabel_exp.analysis import diagnostics as D
+from mlabel_exp.diagnostics import figures as F
+from mlabel_exp.diagnostics import measures as D
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.render.figures import save
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +64,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40]
 
 
-def _save(fig, folder: Path, name: str) -> Path:
-    """A figure as ``folder/name`` (written atomically), closed."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return write_atomic(folder / name, buffer.getvalue())
-
-
 def _csv(frame, folder: Path, name: str) -> Path:
     from mlabel_exp.floats import written
 
@@ -87,11 +77,11 @@ def ap_table(probs: np.ndarray, targets: np.ndarray, classes: list[str], resampl
     split's probabilities and labels (-1: unknown): what per_class.csv adds and per_class_ap.png draws."""
     import pandas as pd
 
-    from mlabel_exp.analysis.stats import per_class_ap_intervals
+    from mlabel_exp.metrics.stats import per_class_ap_intervals
 
     import torch
 
-    from mlabel_exp.analysis.metrics import per_class_ap
+    from mlabel_exp.metrics.scores import per_class_ap
 
     known = (targets >= 0).sum(0)
     support = (targets == 1).sum(0)
@@ -107,7 +97,6 @@ def ap_table(probs: np.ndarray, targets: np.ndarray, classes: list[str], resampl
 def _calibration(ev: D.Evaluation, folder: Path, settings) -> tuple[list[dict], dict[str, float]]:
     import pandas as pd
 
-    from mlabel_exp.analysis import diagnostic_figures as F
 
     cal = D.calibration(ev.probs, ev.targets, settings.bins)
     positives = (ev.targets == 1).sum(0)
@@ -116,8 +105,8 @@ def _calibration(ev: D.Evaluation, folder: Path, settings) -> tuple[list[dict], 
                           "known labels": [*(ev.targets >= 0).sum(0), (ev.targets >= 0).sum()],
                           "ECE": [*cal.ece, cal.ece_pooled], "Brier": [*cal.brier, cal.brier_pooled]})
     _csv(table, folder, f"calibration_{ev.split}.csv")
-    _save(F.reliability(cal, ev.classes, positives, settings.min_positives, f"{ev.split}: reliability of P(label), "
-                        f"{len(ev.names)} images, {settings.bins} bins"), folder, f"reliability_{ev.split}.png")
+    save(F.reliability(cal, ev.classes, positives, settings.min_positives, f"{ev.split}: reliability of P(label), "
+                       f"{len(ev.names)} images, {settings.bins} bins"), folder / f"reliability_{ev.split}.png")
     entries = [{"title": f"Reliability ({ev.split})", "image": f"reliability_{ev.split}.png",
                 "caption": f"Predicted probability against the share of images that hold the class, per bin; "
                            f"{F.PERFECT}. ECE {cal.ece_pooled:.4f} (all labels pooled), Brier {cal.brier_pooled:.4f}."},
@@ -130,15 +119,14 @@ def _calibration(ev: D.Evaluation, folder: Path, settings) -> tuple[list[dict], 
 def _confusion(ev: D.Evaluation, folder: Path) -> list[dict]:
     import pandas as pd
 
-    from mlabel_exp.analysis import diagnostic_figures as F
 
     share, n = D.false_positive_given_present(ev.targets, ev.predicted)
     frame = pd.DataFrame(share, columns=ev.classes)
     frame.insert(0, "present \\ predicted although absent", ev.classes)
     _csv(frame, folder, f"confusion_{ev.split}.csv")
-    _save(F.confusion(ev.classes, D.cooccurrence_counts(ev.targets), share, n,
-                      f"{ev.split}: label co-occurrence and model confusion ({len(ev.names)} images)"),
-          folder, f"confusion_{ev.split}.png")
+    save(F.confusion(ev.classes, D.cooccurrence_counts(ev.targets), share, n,
+                     f"{ev.split}: label co-occurrence and model confusion ({len(ev.names)} images)"),
+         folder / f"confusion_{ev.split}.png")
     return [{"title": f"Confusion beside co-occurrence ({ev.split})", "image": f"confusion_{ev.split}.png",
              "caption": "Left: how often class j is present when class i is (the labels). Right: how often j is "
                         "predicted when i is present and j is absent (the model's false positives of j given i). "
@@ -146,12 +134,11 @@ def _confusion(ev: D.Evaluation, folder: Path) -> list[dict]:
 
 
 def _ap(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
-    from mlabel_exp.analysis import figures
 
     table = ap_table(ev.probs, ev.targets, ev.classes, settings.resamples)
     _csv(table.copy(), folder, f"per_class_ap_{ev.split}.csv")
-    _save(figures.per_class_bars(table, f"{ev.split}: per-class AP, {len(ev.names)} images"), folder,
-          f"per_class_ap_{ev.split}.png")
+    save(F.per_class_bars(table, f"{ev.split}: per-class AP, {len(ev.names)} images"),
+         folder / f"per_class_ap_{ev.split}.png")
     return [{"title": f"Per-class AP with intervals ({ev.split})", "image": f"per_class_ap_{ev.split}.png",
              "caption": f"AP of each class with a {table.attrs['confidence']:.0%} percentile bootstrap interval over "
                         f"the {len(ev.names)} images ({settings.resamples} resamples); the red mark is the class's "
@@ -160,7 +147,6 @@ def _ap(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
 
 
 def _galleries(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
-    from mlabel_exp.analysis import diagnostic_figures as F
 
     earlier = list(folder.glob(f"gallery_{ev.split}_*.png"))  # an earlier pass's: other classes may be chosen now
     D.drop_from_index(folder, {p.name for p in earlier})
@@ -172,7 +158,7 @@ def _galleries(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
     for c in classes:
         fp, fn = D.top_errors(ev.probs, ev.targets, predicted, c, settings.gallery_size)
         name = f"gallery_{ev.split}_{c:02d}_{_safe(ev.classes[c])}.png"
-        _save(F.gallery(ev, c, fp, fn, lambda row: thumbnail(ev.paths[row]), settings.gallery_size), folder, name)
+        save(F.gallery(ev, c, fp, fn, lambda row: thumbnail(ev.paths[row]), settings.gallery_size), folder / name)
         entries.append({"title": f"Errors of {ev.classes[c]} ({ev.split})", "image": name,
                         "caption": f"{int(errors[c])} errors at the threshold {ev.thresholds[c]:.4f}: the most "
                                    "confident false positives (top) and false negatives (bottom), with each image's "
@@ -191,7 +177,7 @@ def _temperature(val: D.Evaluation, test: D.Evaluation, folder: Path, settings) 
     table = pd.DataFrame({"split": ["test", "test"], "probabilities": ["as trained", f"temperature {t:.4g}"],
                           "temperature": [1.0, t], "ECE": [before.ece_pooled, after.ece_pooled],
                           "Brier": [before.brier_pooled, after.brier_pooled]})
-    _csv(table, folder, "temperature_scaling.csv")
+    _csv(table, folder / "temperature_scaling.csv")
     return [{"title": "Temperature scaling (fitted on val, judged on test)", "table": "temperature_scaling.csv",
              "caption": f"One temperature T = {t:.4g} for every class, fitted on validation (minimum cross-entropy "
                         f"of sigmoid(logit(p) / T)); the test split's pooled ECE {before.ece_pooled:.4f} -> "
@@ -224,7 +210,7 @@ def activation_maps(folder: Path, evaluations: list[D.Evaluation], checkpoint: P
     checkpoint or the images are missing (the maps read only the images they show)."""
     import torch
 
-    from mlabel_exp.analysis.activation_maps import write_activation_maps
+    from mlabel_exp.diagnostics.activation_maps import write_activation_maps
     from mlabel_exp.inference.predictor import Predictor
 
     val = next((ev for ev in evaluations if ev.split == "val"), None)

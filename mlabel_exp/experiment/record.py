@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import FORMAT_SETTINGS, Config, dataset_name
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.render.figures import save
 from mlabel_exp.tracking.runs import BEST_SCORE, NullTracker, flatten
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def run_facts(index, split, *, weights: str, device, precision: str, workers: in
     """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score
     (no known positive), and, only where the data set has any, the number of unknown labels (``data.unknown_labels``;
     per class and split in unknown_labels.json)."""
-    from mlabel_exp.training import distributed
+    from mlabel_exp.runtime import distributed
 
     without = [c for c, n in zip(index.classes, (index.labels[split["val"]] == 1).sum(0)) if n == 0]
     unknown = unknown_label_counts(index, split)
@@ -133,7 +134,7 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
     if isinstance(tracker, NullTracker):  # nothing recorded: no parent run to find, no digest to compute
         return
     if resume:
-        from mlabel_exp.training.resume import length_params
+        from mlabel_exp.experiment.resume import length_params
 
         tracker.attach(resume["run_id"], length_params(resume["last"], cfg.trainer.epochs))
         return
@@ -167,12 +168,11 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
     diagnostics (``index``: the data set, where the galleries find the images), the best weights (in the model, once).
     ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights. Returns the held-out
     figures (test split, out-of-fold tuned F1) for the closing lines."""
-    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.diagnostics import figures as plots
     from mlabel_exp.inference.outputs import write_predictions
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}", loss=cfg.loss.name)
-    fig.savefig(out / "curves.png", dpi=100)
-    tracker.log_figure(fig, "curves.png")
+    tracker.log_artifact(save(fig, out / "curves.png"))
     if result.best_probs is None:
         return {}
     (out / "summary.json").unlink(missing_ok=True)  # this run's single figures only (a resumed run rewrites them)
@@ -194,7 +194,7 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
 def log_report(tracker, cfg: Config, out: Path, result) -> None:
     """report.html (analysis.run_report): the run's figures and tables on one page, from its output folder; the best
     epoch's validation mAP joins summary.json first, so that the page and the file say the same."""
-    from mlabel_exp.analysis.run_report import write_run_report
+    from mlabel_exp.diagnostics.report import write_run_report
 
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
@@ -209,7 +209,7 @@ def log_diagnostics(tracker, settings, out: Path, index, step: int) -> None:
     """diagnostics/ from the prediction files just written (what ``python -m mlabel_exp.diagnose`` recomputes), logged
     under diagnostics/, with ``<split>/ece`` and ``<split>/brier`` at the best epoch. A failure here costs the run its
     diagnostics, not its results: it is logged, tagged and left to the diagnose command."""
-    from mlabel_exp.analysis import diagnostics_pass as P
+    from mlabel_exp.diagnostics import writer as P
 
     image_of = labels_of = None
     if index is not None:
@@ -254,7 +254,7 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
 
 def _register(tracker, model_uri: str, name: str) -> None:
     """A registry that refuses (a store without one, a bad name) costs the run its registration, not its results."""
-    from mlabel_exp.config import UserError
+    from mlabel_exp.errors import UserError
     from mlabel_exp.tracking import registry
 
     try:
@@ -266,7 +266,7 @@ def _register(tracker, model_uri: str, name: str) -> None:
 
 def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> dict[str, float]:
     """The held-out estimate: the test split, never seen in training or tuning, at the thresholds tuned on validation."""
-    from mlabel_exp.analysis import metrics as M
+    from mlabel_exp.metrics import scores as M
     from mlabel_exp.inference.outputs import write_predictions
 
     probs, targets, loss, names = test
@@ -298,9 +298,9 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     """thresholds.json (tuned on the best epoch, also in best.pt), metrics at them, the per-class table and figures."""
     import torch
 
-    from mlabel_exp.analysis import metrics as M
-    from mlabel_exp.analysis import figures as plots
-    from mlabel_exp.analysis.thresholds import cross_fitted
+    from mlabel_exp.metrics import scores as M
+    from mlabel_exp.diagnostics import figures as plots
+    from mlabel_exp.metrics.thresholds import cross_fitted
     from mlabel_exp.floats import as_threshold, written
 
     probs, targets, thresholds = result.best_probs, result.best_targets, result.thresholds
@@ -326,22 +326,16 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     table[numeric] = written(table[numeric].to_numpy())
     write_atomic(out / "per_class.csv", table.to_csv(index=False))
     tracker.log_artifact(out / "per_class.csv")
-    _save_and_log(tracker, out, plots.per_class_bars(table, f"{cfg.model.name}: per-class AP (val, best epoch)"),
-                  "per_class_ap.png")
-    _save_and_log(tracker, out, plots.pr_curves(probs, targets, classes,
-                                                f"{cfg.model.name}: precision-recall (val, best epoch)"), "pr_curves.png")
+    title = f"{cfg.model.name}: {{}} (val, best epoch)"
+    tracker.log_artifact(save(plots.per_class_bars(table, title.format("per-class AP")), out / "per_class_ap.png"))
+    tracker.log_artifact(save(plots.pr_curves(probs, targets, classes, title.format("precision-recall")),
+                              out / "pr_curves.png"))
     return tuned, scores
-
-
-def _save_and_log(tracker, out: Path, fig, name: str) -> None:
-    """A figure in the output folder (for report.html) and in the run."""
-    fig.savefig(out / name, dpi=100)
-    tracker.log_figure(fig, name)
 
 
 def _ap_intervals(probs, targets, resamples: int):
     """prevalence, AP low and AP high of each class (the diagnostics' per-class AP table, the same draws)."""
-    from mlabel_exp.analysis.diagnostics_pass import ap_table
+    from mlabel_exp.diagnostics.writer import ap_table
 
     return ap_table(probs.float().cpu().numpy(), targets.cpu().numpy(), [str(c) for c in range(probs.shape[1])],
                     resamples)

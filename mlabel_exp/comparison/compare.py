@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlabel_exp.analysis.comparison_report import PerClass
-from mlabel_exp.analysis.comparison_table import (REGULARISATION, SETTINGS, build_table, groups_table, labels,
+from mlabel_exp.comparison.report import PerClass
+from mlabel_exp.comparison.table import (REGULARISATION, SETTINGS, build_table, groups_table, labels,
                                                   run_row, to_markdown, write_groups)
-from mlabel_exp.config import ConfigError, project_root
+from mlabel_exp.config import project_root
+from mlabel_exp.render.figures import save
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.tracking import query, registry
 from mlabel_exp.tracking.client import quiet_logger, resolve_uri
 from mlabel_exp.tracking.run_ids import sweep_parent_id
@@ -24,7 +26,7 @@ from mlabel_exp.tracking.runs import KIND_TAG, file_run
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlabel_exp.analysis.groups import Groups
+    from mlabel_exp.comparison.groups import Groups
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +118,6 @@ def no_runs_error(all_runs: list[dict], skipped: list[str], where: str) -> Confi
 
 # ------------------------------------------------------------------ figures
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def per_class_ap(uri: str, table: pd.DataFrame, names: list[str]) -> tuple[PerClass, list[str]]:
     """Runs x classes AP from each run's per_class.csv; runs without the file are left out (noted)."""
     import io
@@ -164,20 +158,20 @@ def swept_axes(table: pd.DataFrame, varying: list[str]) -> tuple[list[str], list
 
 def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_dir: Path,
                  title: str) -> tuple[dict[str, Path], list[str], PerClass]:
-    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.comparison import figures as plots
 
     names = labels(table)
     lengths = table["epochs"].dropna()
     if lengths.nunique() > 1:  # a 2-epoch smoke run beside a 28-epoch run says so
         title += f"  (runs differ in length: {int(lengths.min())}-{int(lengths.max())} epochs)"
-    figures = {"model_comparison.png": _save(
+    figures = {"model_comparison.png": save(
         plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title),
         out_dir / "model_comparison.png")}
     per_class, notes = per_class_ap(uri, table, names)
     if per_class.ap is None:
         notes.append("per_class_ap.png skipped: no run has a per_class.csv artifact")
     else:
-        figures["per_class_ap.png"] = _save(plots.per_class_heatmap(
+        figures["per_class_ap.png"] = save(plots.per_class_heatmap(
             per_class.ap, positives=per_class.positives, n_images=per_class.n_images), out_dir / "per_class_ap.png")
     varying = [c for c in SETTINGS if table[c].nunique(dropna=True) > 1]
     swept, confounded = swept_axes(table, varying)
@@ -190,7 +184,7 @@ def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_
                      "alone")
     else:
         groups = varying + (["epochs"] if table["epochs"].nunique(dropna=True) > 1 else [])
-        figures["regularisation.png"] = _save(plots.regularisation(table, swept, groups),
+        figures["regularisation.png"] = save(plots.regularisation(table, swept, groups),
                                               out_dir / "regularisation.png")
         constant = [c for c in REGULARISATION if c not in varying]
         if constant:
@@ -227,7 +221,7 @@ CHAMPION = "champion"  # the alias register_best= sets on the version it registe
 
 def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple[str, int]:
     """Register the model of the best run of the best group as a new version of ``name``, aliased champion."""
-    from mlabel_exp.analysis.groups import objective
+    from mlabel_exp.comparison.groups import objective
 
     members = set(found.table["run_ids"].iloc[0].split())
     best = max((r for r in runs if r["run_id"] in members), key=lambda r: objective(r["metrics"]))
@@ -236,14 +230,15 @@ def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple
 
 def cost_figure(uri: str, found: Groups, runs: list[dict], out_dir: Path) -> tuple[pd.DataFrame, dict, list[str]]:
     """Accuracy against cost (analysis.cost) for each group's best run: the table (cost.csv) and cost.png."""
-    from mlabel_exp.analysis import comparison_report, cost
-    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.comparison import report as comparison_report
+    from mlabel_exp.comparison import cost
+    from mlabel_exp.comparison import figures as plots
     from mlabel_exp.fsutil import write_atomic
 
     frame, notes = cost.cost_table(uri, comparison_report.best_runs(found, runs))
     frame = comparison_report.with_accuracy(frame, found)
     write_atomic(out_dir / "cost.csv", frame.to_csv(index=False))
-    figures = {"cost.png": _save(plots.cost(frame), out_dir / "cost.png")} if len(frame) else {}
+    figures = {"cost.png": save(plots.cost(frame), out_dir / "cost.png")} if len(frame) else {}
     return frame, figures, notes
 
 
@@ -252,7 +247,8 @@ def _class_and_cost(uri: str, runs: list[dict], found: Groups, per_class, out_di
     """Per class, each group against the best (paired intervals: class_differences; point differences of the runs'
     per_class.csv for report.html) and the images the two leading groups disagree on; accuracy against cost.
     Adds to ``figures`` and ``notes``; returns (cost table, per-class differences, files written)."""
-    from mlabel_exp.analysis import class_differences, comparison_report
+    from mlabel_exp.comparison import class_differences
+    from mlabel_exp.comparison import report as comparison_report
     from mlabel_exp.fsutil import write_atomic
 
     class_figures, files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title)
@@ -278,8 +274,9 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` with report.html and logged as a comparison
     run; ``register_best_as``: register the best run's model under that name, aliased champion; ``cost``: measure
     each group's best model (parameters, size, inference speed)."""
-    from mlabel_exp.analysis import comparison_report, groups
-    from mlabel_exp.analysis import figures as plots
+    from mlabel_exp.comparison import report as comparison_report
+    from mlabel_exp.comparison import groups
+    from mlabel_exp.comparison import figures as plots
     from mlabel_exp.fsutil import write_atomic
 
     uri = resolve_uri(tracking_uri)
@@ -310,7 +307,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
                  f"({found.evaluated_on})\n\n{to_markdown(groups_table(found))}"
                  + "".join(f"\n- {note}" for note in found.notes))  # which runs were set apart, and why
     if len(found.table) > 1:
-        figures["seed_intervals.png"] = _save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
+        figures["seed_intervals.png"] = save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
     costs, differences, files = _class_and_cost(uri, runs, found, per_class, out_dir, title, cost, figures, notes)
     files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *files]

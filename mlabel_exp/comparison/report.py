@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlabel_exp.analysis import report
+from mlabel_exp.render import page as report
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlabel_exp.analysis.groups import Groups
+    from mlabel_exp.comparison.groups import Groups
 
 
 @dataclass
@@ -96,7 +96,7 @@ def class_differences(per_class: PerClass, found: Groups) -> pd.DataFrame | None
 
 def best_runs(found: Groups, runs: list[dict]) -> dict[str, dict]:
     """Each group's run with the best val mAP (the model a person would pick from it)."""
-    from mlabel_exp.analysis.groups import objective
+    from mlabel_exp.comparison.groups import objective
 
     by_id = {r["run_id"]: r for r in runs}
     picked = {}

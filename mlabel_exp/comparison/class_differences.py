@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from mlabel_exp.analysis import stats
+from mlabel_exp.metrics import stats
+from mlabel_exp.render.figures import save
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlabel_exp.analysis.groups import Groups
+    from mlabel_exp.comparison.groups import Groups
 
 COLUMNS = ["class", "group", "versus", "difference", "low", "high"]
 WINS, LOSSES, UNDECIDED = "#0072B2", "#D55E00", "0.55"  # blue / vermillion: told apart by colour-blind readers too
@@ -63,12 +64,12 @@ def class_differences_figure(frame: pd.DataFrame, n_images: int, title: str = ""
     """One panel per group (the MAX_PANELS closest to the best): per class, the AP difference from the best group as
     a dot with its interval, blue where the interval lies above 0 (the group wins that class), vermillion below
     (loses), grey where it spans 0."""
-    from mlabel_exp.analysis.figures import _class_rows_height, _figure
+    from mlabel_exp.render.figures import class_rows_height, figure
 
     names = list(dict.fromkeys(frame["group"]))[:MAX_PANELS]
     classes = list(dict.fromkeys(frame["class"]))
     width = max(7.5, 1.5 + 3.6 * len(names))
-    fig, axes = _figure(1, len(names), figsize=(width, _class_rows_height(len(classes)) + 1.0), sharey=True,
+    fig, axes = figure(1, len(names), figsize=(width, class_rows_height(len(classes)) + 1.0), sharey=True,
                         squeeze=False, layout="constrained")
     y = np.arange(len(classes))
     finite = frame[["low", "high", "difference"]].to_numpy(dtype=float)
@@ -121,7 +122,7 @@ def disagreements_figure(picked: list[tuple[int, int]], files: Sequence[str], pa
                          classes: Sequence[str], names: tuple[str, str], title: str = ""):
     """The ``picked`` (image, class) pairs as thumbnails, four a row, each titled with its file, the class, both
     models' probabilities and the image's true labels; ``paths[i]`` None (image not found) shows an empty frame."""
-    from mlabel_exp.analysis.figures import clip
+    from mlabel_exp.render.figures import clip
 
     cols = 4
     n_rows = max(1, -(-len(picked) // cols))
@@ -148,10 +149,10 @@ def disagreements_figure(picked: list[tuple[int, int]], files: Sequence[str], pa
 
 
 def _figure_grid(n_rows: int, cols: int):
-    from mlabel_exp.analysis.figures import _figure
+    from mlabel_exp.render.figures import figure
 
     height = 3.5 * n_rows + 0.9  # 0.9 in: the three-line heading; each row: a thumbnail under its three-line title
-    fig, axes = _figure(n_rows, cols, figsize=(3.2 * cols, height), squeeze=False)
+    fig, axes = figure(n_rows, cols, figsize=(3.2 * cols, height), squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.35 / height, wspace=0.05, hspace=0.55 / 2.95)
     return fig, axes
 
@@ -174,8 +175,7 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
                    title: str) -> tuple[dict[str, Path], list[Path], list[str]]:
     """class_differences.png (+ .csv) and disagreements.png of compared groups scored on the same images:
     (figures, other files written, notes)."""
-    from mlabel_exp.analysis.figures import save_png
-    from mlabel_exp.analysis.groups import _Frames, _paired_inputs, _predictions
+    from mlabel_exp.comparison.groups import _Frames, _paired_inputs, _predictions
     from mlabel_exp.fsutil import write_atomic
 
     # the groups on the compared data (best first); groups set apart (other data) are never paired with them
@@ -194,7 +194,7 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
     table = class_differences(targets, group_probs, classes)
     write_atomic(out_dir / "class_differences.csv", table.to_csv(index=False))
     where = "test" if split == "test" else "validation"
-    figures = {"class_differences.png": _save(class_differences_figure(table, len(targets), title),
+    figures = {"class_differences.png": save(class_differences_figure(table, len(targets), title),
                                               out_dir / "class_differences.png")}
     (a, b), by_id = list(group_probs)[:2], {r["run_id"]: r for r in runs}
     mean_a, mean_b = (np.mean(group_probs[g], axis=0) for g in (a, b))
@@ -203,23 +203,9 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
     paths = {i: image_path(params, str(frame.index[i])) for i, _ in picked}
     fig = disagreements_figure(picked, list(frame.index), [paths.get(i) for i in range(len(frame))], mean_a, mean_b,
                                list(frame["true_labels"]), classes, (a, b), f"{title} ({where} images)")
-    figures["disagreements.png"] = save_png(fig, out_dir / "disagreements.png")  # thumbnails: 256 colours
+    figures["disagreements.png"] = save(fig, out_dir / "disagreements.png", photos=True)  # thumbnails: 256 colours
     missing = sum(p is None for p in paths.values())
     notes = [f"disagreements.png: {missing} of {len(paths)} images not found under the runs' data root"] \
         if missing else []
     return figures, [out_dir / "class_differences.csv"], notes
 
-
-def _save(fig, path: Path) -> Path:
-    """The figure, closed, as a PNG written atomically."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from mlabel_exp.fsutil import write_atomic
-
-    data = io.BytesIO()
-    fig.savefig(data, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, data.getvalue())
-    return path

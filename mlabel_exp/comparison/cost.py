@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlabel_exp.config import UserError
+from mlabel_exp.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,7 +110,7 @@ def device_here(run: dict):
     """The run's device where this machine has one of its kind, else the CPU."""
     import torch
 
-    from mlabel_exp.training.precision import select_device
+    from mlabel_exp.runtime.precision import select_device
 
     try:
         return select_device(run["params"].get("device", "cpu").split(":")[0], "device")

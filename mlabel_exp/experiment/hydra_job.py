@@ -12,7 +12,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mlabel_exp.config import Config, UserError, project_root, resolve_path, resolved_tracking
+from mlabel_exp.config import Config, project_root, resolve_path, resolved_tracking
+
+from mlabel_exp.errors import UserError
 from mlabel_exp.tracking.sweeps import end_sweep_parent, sweep_id_of, swept
 from mlabel_exp.training.stop import scheduler_job
 
@@ -187,7 +189,7 @@ class SweepSummary(Callback):
                       f"{config.hydra.job.name}.log)"), flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from mlabel_exp.analysis.groups import rank_settings
+        from mlabel_exp.comparison.groups import rank_settings
 
         path = Path(config.hydra.sweep.dir) / FAILED_JOBS_FILE
         failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

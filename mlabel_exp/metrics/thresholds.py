@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mlabel_exp.analysis.metrics import binarize, compute
+from mlabel_exp.metrics.scores import binarize, compute
 
 MIN_POSITIVES_PER_CLASS_THRESHOLD = 5  # fewer validation positives: a class keeps the global threshold
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlabel_exp.analysis import stats
+from mlabel_exp.metrics import stats
 from mlabel_exp.tracking import query
 from mlabel_exp.tracking.runs import BEST_SCORE
 

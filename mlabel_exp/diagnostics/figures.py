@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 
-from mlabel_exp.analysis.figures import _figure, class_matrix
+from mlabel_exp.render.figures import DASHES, QUALITATIVE, class_matrix, figure, integer_epochs
 
 PERFECT = ("a perfectly calibrated model draws every dot on the dashed diagonal (of the labels given probability p, "
            "a share p is present)")
@@ -37,7 +37,7 @@ def reliability(cal, classes: list[str], positives, min_positives: int, title: s
     cols = 4 if shown else 0
     rows = max(2, -(-len(shown) // cols)) if shown else 1
     width = max(7.5, 5.2 + 2.4 * cols)
-    fig = _figure(figsize=(width, max(6.2, 2.5 * rows + 1.2)))[0]
+    fig = figure(figsize=(width, max(6.2, 2.5 * rows + 1.2)))[0]
     fig.clf()
     grid = fig.add_gridspec(rows, 2 + cols, width_ratios=[1, 1] + [0.9] * cols)
     ax = fig.add_subplot(grid[: min(rows, 2), :2])
@@ -63,7 +63,7 @@ def confusion(classes: list[str], cooccurrence, fp_share, fp_n, title: str):
     j absent), the false positives of j when i is in the image (model confusion); blank where no image qualifies."""
     n = len(classes)
     side = max(5.0, 0.55 * n + 2.8)
-    fig, (left, right) = _figure(1, 2, figsize=(2 * side + 1.5, side + 0.6))
+    fig, (left, right) = figure(1, 2, figsize=(2 * side + 1.5, side + 0.6))
     cooc = np.asarray(cooccurrence, dtype=float)
     class_matrix(fig, left, classes, cooc / np.maximum(np.diag(cooc), 1)[:, None], vmax=1.0)
     left.set(xlabel="class j", ylabel="images holding class i",
@@ -95,7 +95,7 @@ def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
     its probability for the class, its true and its predicted labels. ``thumbnail(row)``: an RGB array or None (the
     image could not be read here)."""
     cls, threshold = ev.classes[c], ev.thresholds[c]
-    fig, axes = _figure(2, size, figsize=(2.35 * size, 6.6), squeeze=False)
+    fig, axes = figure(2, size, figsize=(2.35 * size, 6.6), squeeze=False)
     predicted = ev.predicted
     for r, (rows, what) in enumerate(((false_pos, f"false positives: '{cls}' predicted (p >= {threshold:.3f}) "
                                                   "but absent; highest p first"),
@@ -122,5 +122,96 @@ def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
     fig.suptitle(f"{ev.split}: errors of class '{cls}' at its threshold {threshold:.3f} "
                  f"(the {len(false_pos)} most confident false positives and {len(false_neg)} false negatives)",
                  fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+LOSS_NAMES = {"bce": "BCE loss", "focal": "focal loss", "asl": "asymmetric loss (ASL)"}
+
+
+def curves(history: list[dict], title: str = "", loss: str = "bce"):
+    """Loss (train vs val) and val mAP per epoch, side by side; ``loss``: the loss.name the run used."""
+    fig, (ax_loss, ax_map) = figure(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in history]
+    ax_loss.plot(epochs, [h["train/loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val/loss"] for h in history], "o-", label="val")
+    ax_loss.set(xlabel="epoch", ylabel=LOSS_NAMES.get(loss, loss), title="loss")
+    ax_loss.legend()
+    ax_map.plot(epochs, [h["val/mAP"] for h in history], "o-", color="C2", label="val mAP")
+    ax_map.plot(epochs, [h["val/f1_micro"] for h in history], "s--", color="C3", label="val F1 micro @0.5")
+    ax_map.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
+    ax_map.legend()
+    for ax in (ax_loss, ax_map):
+        ax.grid(alpha=0.3)
+        integer_epochs(ax)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_bars(table, title: str = "per-class AP"):
+    """Horizontal bars of per-class AP with, where the table has them, the bootstrap interval over the evaluation
+    images ("AP low", "AP high": whiskers) and the class's prevalence (the AP a random ranking scores: a marker).
+    Each label gives the class's positives; a class without a positive has no AP and is marked n/a (not a 0)."""
+    import numpy as np
+
+    height = 0.38 * len(table) + 2.2
+    fig, ax = figure(figsize=(8, height))
+    labels = [f"{c} ({s})" for c, s in zip(table["class"], table["support"])]
+    ap = table["AP"].astype(float)
+    y = np.arange(len(table))
+    ax.barh(y, ap.fillna(0), color="C0", label="AP")
+    if {"AP low", "AP high"} <= set(table.columns):
+        low, high = table["AP low"].astype(float), table["AP high"].astype(float)
+        ax.errorbar(ap, y, xerr=[np.clip(ap - low, 0, None), np.clip(high - ap, 0, None)], fmt="none", ecolor="k",
+                    elinewidth=1, capsize=3, label=f"{table.attrs.get('confidence', 0.95):.0%} bootstrap interval "
+                    "over the images")
+    if "prevalence" in table.columns:
+        prevalence = table["prevalence"].astype(float).where(table["support"] > 0)  # none drawn where AP is n/a
+        ax.plot(prevalence, y, "|", color="C3", markersize=14, markeredgewidth=2.5,
+                label="prevalence = AP of a random ranking")
+    for row, value in enumerate(ap):
+        if value != value:  # NaN
+            ax.text(0.01, row, "n/a (no positive)", va="center", fontsize=8, color="0.4")
+    ax.set_yticks(y, labels)
+    ax.set(xlim=(0, 1), xlabel="average precision", ylabel="class (positive images in the evaluation set)")
+    ax.set_title(title)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1))
+    return fig
+
+
+def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall (val, best epoch)"):
+    """One precision-recall step curve per class, with its AP and support in the legend, in distinct colours (and line
+    styles past ten classes);
+    classes without a validation positive have no curve (and say so in the legend's title). Unknown labels (-1) are
+    left out of each class's curve."""
+    from mlabel_exp.metrics.scores import ignored, per_class_ap, positives
+    from torchmetrics.functional.classification import multilabel_precision_recall_curve
+
+    import textwrap
+
+    fig, ax = figure(figsize=(10, 6.5))
+    targets = targets.int()
+    precision, recall, _ = multilabel_precision_recall_curve(probs.float(), targets, num_labels=len(classes),
+                                                             ignore_index=ignored(targets))
+    ap = per_class_ap(probs.float(), targets)
+    support = positives(targets).tolist()
+    without = [name for c, name in enumerate(classes) if support[c] == 0]
+    order = sorted((c for c in range(len(classes)) if classes[c] not in without), key=lambda c: -float(ap[c]))
+    for i, c in enumerate(order):
+        # a colour of its own among ten distinct ones; past ten, the colours repeat with another line style
+        ax.step(recall[c].numpy(), precision[c].numpy(), where="post", color=QUALITATIVE[i % len(QUALITATIVE)],
+                linestyle=DASHES[i // len(QUALITATIVE) % len(DASHES)], linewidth=1.4,
+                label=f"{classes[c]}  AP {float(ap[c]):.2f}  ({support[c]})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    legend_title = "class, AP (validation positives)" + (f"\nno positive: {', '.join(without)}" if without else "")
+    wrapped = "\n".join(textwrap.fill(line, 40) for line in legend_title.split("\n"))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title=wrapped, title_fontsize=8)
     fig.tight_layout()
     return fig

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import CONF_DIR, Config, ConfigError, resolve_path, validate
+from mlabel_exp.config import CONF_DIR, Config, resolve_path, validate
+
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import is_held
 from mlabel_exp.training.output_folder import RUN_LOCK
 
@@ -215,7 +217,7 @@ def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
     if len(rewritten):
         changes.append(f"the content of {len(rewritten)} file(s) changed ({_some([common[i] for i in rewritten])})")
     if changes:
-        from mlabel_exp.data.index import DataError
+        from mlabel_exp.errors import DataError
 
         raise DataError(f"resume: the data in {root} is not what run {run_id} was trained on: {'; '.join(changes)}. "
                         "A resumed run must see the data it started with: restore the data root, or start a new run")
@@ -232,7 +234,7 @@ def preempted_run(tracking_cfg, identity: dict[str, str]) -> str | None:
     Under torchrun only rank 0 looks at the run's lock (it takes the lock itself soon after; another rank looking
     could find it held, or hold it for an instant when rank 0 wants it)."""
     from mlabel_exp.tracking.query import preempted_runs
-    from mlabel_exp.training.distributed import launched_by_torchrun
+    from mlabel_exp.runtime.distributed import launched_by_torchrun
 
     lock_is_mine = not launched_by_torchrun() or os.environ.get("RANK") == "0"
     for run_id, tags in preempted_runs(tracking_cfg, identity):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlabel_exp.analysis.groups import Groups
+    from mlabel_exp.comparison.groups import Groups
 
 REGULARISATION = ("dropout_value", "weight_decay_value")
 SETTINGS = ("model", *REGULARISATION, "optimizer", "lr", "trainable")  # what a sweep varies
@@ -26,7 +26,7 @@ def _float(value) -> float:
 
 
 def run_row(run: dict, histories: dict[str, list[tuple[int, float]]]) -> dict:
-    from mlabel_exp.analysis.groups import objective
+    from mlabel_exp.comparison.groups import objective
 
     p, m = run["params"], run["metrics"]
     epochs = histories.get("val/mAP") or histories.get("train/loss") or []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlabel_exp.analysis import report
+from mlabel_exp.render import page as report
 
 FIGURES = {  # file in the output folder -> (title, caption)
     "curves.png": ("Curves", "Loss (train and validation) and validation mAP per epoch."),

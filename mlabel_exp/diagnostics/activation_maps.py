@@ -29,7 +29,7 @@ DISPLAY_SIZE = 320   # longest side of an image as drawn (pixels)
 
 def target_layer(model):
     """The module Grad-CAM reads in ``model`` (a DDP wrapper is looked through); a clear error for an unknown one."""
-    from mlabel_exp.models.backbones import ModelError
+    from mlabel_exp.errors import ModelError
 
     model = getattr(model, "module", model)
     name = TARGET_LAYERS.get(type(model).__name__)
@@ -132,7 +132,7 @@ def class_page(c: int, rows: list[int], shown: dict[int, list[int]], maps: dict,
                classes: Sequence[str], true_labels: Sequence[str] | None, layer: str):
     """One figure for class ``c``: a row per image (the image, then one overlay per label shown), each titled with
     the image's path and the label's probability."""
-    from mlabel_exp.analysis.figures import _figure, clip
+    from mlabel_exp.render.figures import figure, clip
 
     n_cols = 1 + max(len(shown[r]) for r in rows)
     width = 2.7 * n_cols
@@ -142,7 +142,7 @@ def class_page(c: int, rows: list[int], shown: dict[int, list[int]], maps: dict,
         int(width * 14))]
     top = 0.17 * len(heading) + 0.5  # inches above the first row: the heading and the row's own two-line titles
     height = 2.95 * len(rows) + top
-    fig, axes = _figure(len(rows), n_cols, figsize=(width, height), squeeze=False)
+    fig, axes = figure(len(rows), n_cols, figsize=(width, height), squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - top / height, wspace=0.04,
                         hspace=0.5 / 2.45)
     fig.suptitle("\n".join(heading), fontsize=9, y=1 - 0.06 / height, va="top")
@@ -207,7 +207,7 @@ def write_activation_maps(out_dir: Path, predictor, image_paths: Sequence[Path],
     except ImportError:
         log.warning("activation maps skipped: the grad-cam package is not installed (%s)", INSTALL_HINT)
         return []
-    from mlabel_exp.analysis.figures import save_png
+    from mlabel_exp.render.figures import save
 
     started, probs = time.perf_counter(), np.asarray(probs)
     picked = pick_images(probs, thresholds, per_class)
@@ -222,7 +222,7 @@ def write_activation_maps(out_dir: Path, predictor, image_paths: Sequence[Path],
     entries = []
     for c, rows in pages.items():
         fig = class_page(c, rows, {r: shown[c, r] for r in rows}, maps, names, probs, classes, true_labels, layer)
-        path = save_png(fig, out_dir / _file_name(c, classes[c]))
+        path = save(fig, out_dir / _file_name(c, classes[c]), photos=True)
         entries.append({"title": f"where the model looks: {classes[c]}",
                         "image": path.relative_to(relative_to or out_dir).as_posix(),
                         "caption": f"Grad-CAM ({layer}) of the {len(rows)} images most confidently predicted "

@@ -1,0 +1,197 @@
+"""A comparison's figures: every run's curves, per-class AP of every run, the regularisation a sweep varied,
+accuracy against cost and each group's interval over seeds; returned (never shown) for the caller to save."""
+
+from __future__ import annotations
+
+from mlabel_exp.render.figures import QUALITATIVE, figure
+
+
+_CURVE_PANELS = (("train/loss", "train loss", "BCE loss"), ("val/loss", "validation loss", "BCE loss"),
+                 ("val/mAP", "validation mAP", "mAP"))
+
+
+def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: str = ""):
+    """The original project's graph: train loss, val loss and val mAP per epoch, one line per run.
+
+    ``histories``: run label -> metric key -> [(epoch, value), ...]; the legend sits under the panels.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    legend_h = 0.25 * -(-len(histories) // 3) + 0.3
+    height = 4.2 + legend_h
+    fig, axes = figure(1, 3, figsize=(15, height))
+    handles = []
+    for i, (label, history) in enumerate(histories.items()):
+        # a marker shape of its own and some transparency: a run identical to another still shows under it
+        style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4], alpha=0.85,
+                     marker="osD^v<>ph*"[i % 10], markersize=4 + 1.5 * (i % 3), markerfacecolor="none")
+        for ax, (key, _, _) in zip(axes, _CURVE_PANELS):
+            points = history.get(key) or []
+            if points:
+                ax.plot(*zip(*points), **style)
+        handles.append(Line2D([], [], **style))
+    for ax, (_, name, ylabel) in zip(axes, _CURVE_PANELS):
+        ax.set(xlabel="epoch", ylabel=ylabel, title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[:2]:  # losses: one diverged run (a loss of 8,000) must not flatten every other run to a line
+        values = [v for line in ax.get_lines() for v in line.get_ydata() if v == v and v > 0]
+        if values and max(values) / min(values) > 100:
+            ax.set_yscale("log")
+            ax.set_title(f"{ax.get_title()} (log scale)")
+    axes[2].set_ylim(0, 1)
+    fig.legend(handles, list(histories), loc="lower center", ncol=min(3, max(1, len(histories))),
+               fontsize="small", frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
+    return fig
+
+
+def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)", positives=None, n_images: int | None = None):
+    """Runs x classes heatmap of AP; ``ap`` is a DataFrame indexed by run label with one column per class. With
+    ``positives`` (validation images holding each class, a Series by class) and ``n_images`` (validation images), each
+    column is labelled with its positives and prevalence, and a last row shows the prevalence: the AP a random
+    ranking scores on average, the floor each run's AP should be read against."""
+    import numpy as np
+    import pandas as pd
+
+    rows = ap
+    chance = None
+    if positives is not None and n_images:
+        chance = pd.Series(positives, dtype=float).reindex(ap.columns) / n_images
+        rows = pd.concat([ap, pd.DataFrame([chance.to_numpy()], columns=ap.columns,
+                                           index=["random ranking (prevalence)"])])
+    n_runs, n_classes = rows.shape
+    fig, ax = figure(figsize=(max(6.0, 0.6 * n_classes + 4), 0.4 * n_runs + 2.8))
+    values = np.ma.masked_invalid(rows.to_numpy(dtype=float))
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    names = [str(c) for c in ap.columns]
+    if chance is not None:
+        names = [f"{c} ({int(positives[c]) if positives[c] == positives[c] else '?'})" for c in ap.columns]
+    ax.set_xticks(range(n_classes), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n_runs), [str(r) for r in rows.index], fontsize=8)
+    if chance is not None:
+        ax.axhline(n_runs - 1.5, color="white", lw=3)  # the chance row apart from the runs
+        ax.set_xlabel(f"class (validation positives: images holding it, of {n_images}); last row: its prevalence, "
+                      "the AP of a random ranking", fontsize=8)
+    if n_runs * n_classes <= 600:
+        for (r, c), v in np.ndenumerate(rows.to_numpy(dtype=float)):
+            text, colour = (f"{v:.2f}", "white" if v < 0.5 else "black") if v == v else ("n/a", "0.4")  # NaN: no AP
+            ax.text(c, r, text, ha="center", va="center", fontsize=8, color=colour)
+    fig.colorbar(image, ax=ax, label="AP")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def regularisation(table, x_columns: list[str], group_columns: list[str], score: str = "best_val_mAP"):
+    """``score`` against each of ``x_columns`` (one panel each, the settings a sweep actually varied): per setting, the
+    mean over its seed runs with its 95% t-interval (a bar where two or more seeds), each seed run a faint dot; a line
+    joins the means of runs equal in ``group_columns`` but this setting (the same model, trainer, length)."""
+    from mlabel_exp.metrics.stats import seed_interval
+
+    fig, axes = figure(1, len(x_columns), figsize=(6 * len(x_columns), 4.5), squeeze=False)
+    for ax, x in zip(axes[0], x_columns):
+        by = [c for c in group_columns if c != x]
+        groups = table.groupby(by, dropna=False, sort=True) if by else [((), table)]
+        for i, (key, group) in enumerate(groups):
+            key = key if isinstance(key, tuple) else (key,)
+            label = ", ".join(f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(by, key))
+            colour = f"C{i % 10}"
+            points = [(value, seed_interval(runs[score].dropna().to_list()), runs[score].dropna())
+                      for value, runs in group.groupby(x, sort=True) if runs[score].notna().any()]
+            if not points:
+                continue
+            xs, summaries = [p[0] for p in points], [p[1] for p in points]
+            for value, _, seeds in points:
+                ax.plot([value] * len(seeds), seeds, "o", color=colour, alpha=0.3, ms=4, mfc="none")
+            ax.plot(xs, [s.mean for s in summaries], "D-" if len(xs) > 1 else "D", color=colour, ms=6,
+                    label=label or "all runs")
+            for value, s in zip(xs, summaries):
+                if s.ci_low is not None:
+                    ax.plot([value, value], [s.ci_low, s.ci_high], color=colour, lw=2.5, alpha=0.6)
+        positive = table[x][table[x] > 0]
+        if len(positive) and positive.max() / positive.min() >= 10:
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
+        name = score.replace("_", " ")
+        ax.set(xlabel=x, ylabel=f"{name} (diamond: mean over seeds)", title=f"{name} against {x}",
+               ylim=(0, 1))  # the whole scale: a 0.48-0.55 axis would make a small gap look large
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.text(0.01, 0.01, "bars: 95% t-interval over seeds (2+ seeds); circles: seed runs", fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def cost(frame, title: str = "accuracy against inference cost"):
+    """Mean best val mAP (95% t-interval where 2+ seeds) of each group against the inference time per image of its
+    best run, one marker per group, named beside it. ``frame``: group, mean, ci_low, ci_high, ms_per_image, model."""
+    import textwrap
+
+    fig, ax = figure(figsize=(9, 5.5))
+    markers = "oDs^v<>ph*"
+    for i, row in enumerate(frame.itertuples(index=False)):
+        colour = QUALITATIVE[i % len(QUALITATIVE)]
+        if row.ci_low is not None and row.ci_low == row.ci_low:
+            ax.plot([row.ms_per_image] * 2, [row.ci_low, row.ci_high], color=colour, lw=2.5, alpha=0.6)
+        ax.plot([row.ms_per_image], [row.mean], markers[i // len(QUALITATIVE) % 10], color=colour, ms=8,
+                label=textwrap.shorten(str(row.group), 60, placeholder=" ..."))
+        ax.annotate(textwrap.shorten(str(row.group), 28, placeholder="..."), (row.ms_per_image, row.mean),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    times = frame["ms_per_image"].astype(float)
+    if len(times) and times.max() / max(times.min(), 1e-12) >= 10:
+        ax.set_xscale("log")
+    if len(times) and ax.get_xscale() == "linear":  # from 0 (times are compared as ratios), room for the names
+        ax.set_xlim(0, float(times.max()) * 1.3)
+    ax.set(xlabel="inference time per image on this machine, ms (the run's own predictor; lower is cheaper)",
+           ylabel="best val mAP (mean over seeds, 95% interval)", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
+    """Each group's mean over seeds with its 95% t-interval, every seed run as a dot, and the verdict beside it; best
+    group on top. ``groups``: groups.COLUMNS rows (a DataFrame), best first."""
+    import textwrap
+
+    n = len(groups)
+    fig, ax = figure(figsize=(10, 1.4 + 0.5 * n))
+    for y, row in enumerate(groups.itertuples(index=False)):
+        y = n - 1 - y  # best on top
+        colour = "C0" if row.verdict in ("best", "") else "C7" if row.verdict.startswith("worse") else "C1"
+        if row.ci_low is not None and row.ci_low == row.ci_low:  # an interval (two or more seeds)
+            ax.plot([row.ci_low, row.ci_high], [y, y], color=colour, lw=3, alpha=0.6, solid_capstyle="butt")
+        ax.plot([row.mean], [y], "D", color=colour, ms=8)
+        ax.plot(row.values, [y] * len(row.values), "o", mfc="none", color="k", ms=5, alpha=0.6)
+        p = f", p={row.p_value:.3f}" if row.p_value is not None and row.p_value == row.p_value else ""
+        ax.annotate(f"  {row.verdict}{p}", (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    names = [textwrap.shorten(g, 80, placeholder=" ...") for g in reversed(list(groups["group"]))]
+    ax.set_yticks(range(n), [textwrap.fill(g, 42) for g in names], fontsize=8)  # long names: two lines at most
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlim(*_interval_axis(groups))
+    low, high = ax.get_xlim()
+    scale = "full scale" if (low, high) == (0, 1) else f"axis {low:.2f}-{high:.2f}, zoomed to the intervals"
+    ax.set_xlabel(f"{objective} ({scale})\ndiamond: mean over seeds; bar: 95% t-interval; circles: seed runs",
+                  fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.subplots_adjust(right=0.75)  # room for the verdicts
+    return fig
+
+
+def _interval_axis(groups) -> tuple[float, float]:
+    """The x range of group_intervals: 0-1 unless two or more seeds give an interval to judge a gap by; then the
+    intervals and seed runs, padded by the widest interval (at least 0.02), so that the zoom never makes a gap look
+    larger than the seed noise beside it."""
+    seeds = [s for v in groups["values"] for s in v if s == s]
+    bounds = [v for v in (*groups["ci_low"].dropna(), *groups["ci_high"].dropna()) if v == v]
+    if not bounds or not seeds:  # one seed a group (no noise measured) or no objective: the whole scale
+        return 0.0, 1.0
+    widest = max(h - lo for lo, h in zip(groups["ci_low"], groups["ci_high"]) if lo is not None and lo == lo)
+    pad = max(widest, 0.02)
+    return max(0.0, min(*bounds, *seeds) - pad), min(1.0, max(*bounds, *seeds) + pad)

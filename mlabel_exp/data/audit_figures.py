@@ -1,0 +1,76 @@
+"""The data audit's figures (python -m mlabel_exp.inspect): one horizontal bar per class, so that long class names
+stay legible whatever their number; the height grows with the number of classes."""
+
+from __future__ import annotations
+
+from mlabel_exp.render.figures import class_matrix, class_rows_height, figure
+
+
+def positives_per_class(classes: list[str], positives, n_images: int, title: str = "positive images per class"):
+    """Positives per class on a log axis, each bar labelled with the count and its share of the data set."""
+    import numpy as np
+
+    positives = np.asarray(positives)
+    fig, ax = figure(figsize=(9, class_rows_height(len(classes))))
+    y = np.arange(len(classes))
+    ax.barh(y, np.maximum(positives, 0.8), color="C0", log=True)  # an empty class still shows as a stub
+    for i, n in enumerate(positives):
+        ax.text(max(n, 0.8) * 1.08, i, f"{int(n)} ({n / max(n_images, 1):.1%})", va="center", fontsize=8)
+    ax.set_yticks(y, classes)
+    ax.invert_yaxis()
+    ax.set_xlim(0.7, max(float(positives.max(initial=1)), 1.0) * 6)  # room for the labels at the right
+    ax.set(xlabel=f"images holding the class (log scale; share of {n_images} images)", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def labels_per_image(per_image, title: str = "labels per image"):
+    """Histogram of the number of positive labels an image has (one bar per count)."""
+    import numpy as np
+
+    per_image = np.asarray(per_image, dtype=int)
+    counts = np.bincount(per_image, minlength=1)
+    fig, ax = figure(figsize=(7, 4))
+    bars = ax.bar(np.arange(len(counts)), counts, color="C1")
+    ax.bar_label(bars, [str(int(c)) for c in counts], fontsize=8)
+    ax.set_xticks(np.arange(len(counts)))
+    ax.set(xlabel="positive labels on the image", ylabel="images", title=f"{title} (mean {per_image.mean():.2f})")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def cooccurrence(classes: list[str], matrix, title: str = "class co-occurrence: P(column | row)"):
+    """Co-occurrence normalised per row: the share of the row class's images that also hold the column class."""
+    import numpy as np
+
+    matrix = np.asarray(matrix, dtype=float)
+    norm = matrix / np.maximum(np.diag(matrix), 1)[:, None]
+    side = max(5.0, 0.55 * len(classes) + 2.5)
+    fig, ax = figure(figsize=(side + 1.2, side))
+    class_matrix(fig, ax, classes, norm)
+    ax.set(xlabel="also holds", ylabel="images of", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def split_per_class(classes: list[str], counts: dict[str, list[int]], title: str = "images per split per class"):
+    """Positive images of each class in each split (``counts``: split name -> one count per class), grouped bars."""
+    import numpy as np
+
+    n = len(classes)
+    fig, ax = figure(figsize=(9, class_rows_height(n) * max(1.0, len(counts) / 2.5)))
+    y = np.arange(n)
+    height = 0.8 / max(len(counts), 1)
+    for k, (name, values) in enumerate(counts.items()):
+        bars = ax.barh(y + (k - (len(counts) - 1) / 2) * height, values, height, label=name)
+        ax.bar_label(bars, [str(int(v)) for v in values], fontsize=7, padding=2)
+    ax.set_yticks(y, classes)
+    ax.invert_yaxis()
+    ax.set(xlabel="positive images", title=title)
+    ax.margins(x=0.12)
+    ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
