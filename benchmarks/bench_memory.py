@@ -122,7 +122,7 @@ def child_epoch(args, tmp: Path) -> dict:
     import torch  # noqa: F401
 
     from mlabel_exp.data.loaders import default_workers
-    from mlabel_exp.cli.run import train
+    from mlabel_exp.experiment.train import train
     from tests.conftest import compose_cfg
 
     before, _ = _common.rss_mib()

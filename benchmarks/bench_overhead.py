@@ -116,7 +116,7 @@ def child_bare(args, tmp: Path) -> dict:
 
 
 def child_ours(args, tmp: Path, *extra: str) -> dict:
-    from mlabel_exp.cli.run import train
+    from mlabel_exp.experiment.train import train
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(*overrides(args, tmp, *extra))
@@ -168,7 +168,7 @@ def child_profiled(args, tmp: Path) -> dict:
     from mlabel_exp.diagnostics import figures as plots
     from mlabel_exp.inference import outputs
     from mlabel_exp.experiment import record
-    from mlabel_exp.cli import run
+    from mlabel_exp.experiment import train as run
     from mlabel_exp.tracking import runs as tracking
     from tests.conftest import compose_cfg
 

@@ -22,7 +22,7 @@ from mlabel_exp.comparison.compare import compare
 from mlabel_exp.comparison.table import COLUMNS
 from mlabel_exp.cli.compare import main
 from mlabel_exp.errors import ConfigError
-from mlabel_exp.cli.run import train
+from mlabel_exp.experiment.train import train
 from mlabel_exp.tracking.runs import Tracker
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 from tests.test_report import assert_self_contained, embedded_images

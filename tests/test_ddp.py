@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mlabel_exp.models.zoo import build_model
-from mlabel_exp.cli.run import train
+from mlabel_exp.experiment.train import train
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
@@ -16,7 +16,7 @@ def test_two_process_run_counts_each_validation_image_once(tmp_path, monkeypatch
     monkeypatch.setenv("PYTHONWARNINGS", "error:Grad strides do not match bucket view strides")
     best = train(compose_cfg(*tiny_overrides(tmp_path, "trainer.devices=2", "data.synthetic.num_images=90",
                                              "trainer.max_steps_per_epoch=0",
-                                             "trainer.batch_size=8", f"trainer.output_dir={tmp_path / 'out'}")))
+                                             "trainer.batch_size=8", f"trainer.output_dir={tmp_path / 'out'}"))).objective
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1  # rank 0 alone records
     run = runs[0]

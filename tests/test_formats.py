@@ -148,10 +148,10 @@ def test_synthetic_command_writes_a_format(tmp_path, capsys, monkeypatch):
 @pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["csv", "coco", "voc"])  # onehot: trained below, with unknown entries
 def test_smoke_training_on_every_format(written, tmp_path, fmt):
-    from mlabel_exp.cli.run import train
+    from mlabel_exp.experiment.train import train
 
     best = train(compose_cfg(*tiny_overrides(tmp_path, f"data={FORMATS[fmt]}", f"data.root={written[fmt]}",
-                                             f"trainer.output_dir={tmp_path / 'out'}")))
+                                             f"trainer.output_dir={tmp_path / 'out'}"))).objective
     client, runs = mlflow_runs(tmp_path)
     assert 0.0 <= best <= 1.0 and len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["data.num_images"] == "40"
@@ -174,7 +174,7 @@ def test_a_one_hot_csv_with_unknown_entries_trains_and_the_run_counts_them(writt
     import torch
     from sklearn import metrics as skm
 
-    from mlabel_exp.cli.run import train
+    from mlabel_exp.experiment.train import train
 
     root = tmp_path / "data"
     shutil.copytree(written["onehot"], root)
@@ -190,7 +190,7 @@ def test_a_one_hot_csv_with_unknown_entries_trains_and_the_run_counts_them(writt
         csv.writer(fh).writerows([header, *body])
     out = tmp_path / "out"
     best = train(compose_cfg(*tiny_overrides(tmp_path, "data=csv", f"data.root={root}", f"trainer.output_dir={out}",
-                                             "loss=bce_balanced")))
+                                             "loss=bce_balanced"))).objective
     client, (run,) = mlflow_runs(tmp_path)
     assert run.info.status == "FINISHED" and np.isfinite(best)
     assert run.data.params["data.unknown_labels"] == str(sum(hidden.values()))

@@ -184,14 +184,14 @@ def test_epoch_order_is_the_same_with_persistent_workers_and_after_a_restart(syn
 @pytest.mark.integration
 def test_training_with_and_without_the_cache_is_identical(tmp_path):
     """The cache changes where pixels come from, not which: same seed, same losses and metrics on CPU."""
-    from mlabel_exp.cli.run import train
+    from mlabel_exp.experiment.train import train
     from tests.conftest import mlflow_runs
 
     scores = []
     for mode in ("on", "off"):
         cfg = compose_cfg(*tiny_overrides(tmp_path, f"data.decoded_cache={mode}", "trainer.epochs=3",
                                           f"trainer.output_dir={tmp_path / mode}", "trainer.checkpoint=false"))
-        scores.append(train(cfg))
+        scores.append(train(cfg).objective)
     client, runs = mlflow_runs(tmp_path)
     by_mode = {r.data.params["data.decoded_cache_used"]: r for r in runs}
     assert set(by_mode) == {"True", "False"}

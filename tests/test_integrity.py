@@ -73,7 +73,7 @@ def test_a_validation_set_without_readable_images_stops_before_training(tmp_path
 
 @pytest.mark.integration
 def test_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path):
-    from mlabel_exp.cli.run import train
+    from mlabel_exp.experiment.train import train
     from tests.conftest import mlflow_runs
 
     out = tmp_path / "out"

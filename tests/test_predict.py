@@ -13,7 +13,7 @@ import torch
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.cli.predict import predict
 from mlabel_exp.config import PredictConfig
-from mlabel_exp.cli.run import train
+from mlabel_exp.experiment.train import train
 from tests.conftest import artifact_paths, compose_cfg, huge_png, mlflow_runs, peak_memory_growth, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from mlabel_exp.cli.run import train
+from mlabel_exp.experiment.train import train
 from mlabel_exp.errors import ConfigError
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 

@@ -17,7 +17,7 @@ from mlabel_exp.training import trainer as engine
 from mlabel_exp.config import project_root, validate
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.errors import ModelError
-from mlabel_exp.cli.run import train
+from mlabel_exp.experiment.train import train
 from mlabel_exp.tracking.client import default_uri, resolve_uri
 from mlabel_exp.runtime.precision import cpu_computes_bf16
 from tests.conftest import artifact_paths, assert_labels_are_the_written_decisions, compose_cfg, mlflow_runs, tiny_overrides
@@ -29,7 +29,7 @@ EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_ma
 @pytest.mark.precision
 @pytest.mark.integration
 def test_train_logs_a_complete_run(tmp_path):
-    best = train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}")))
+    best = train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}"))).objective
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
@@ -446,7 +446,7 @@ def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run
                                                                 for p in folder.rglob("*")}
     assert any(e["image"].startswith("activation_maps/") for e in index if "image" in e)  # Grad-CAM pages listed
     drawn = []
-    monkeypatch.setattr(diagnostics_pass, "_save", lambda fig, where, name: drawn.append(name) or plt.close(fig))
+    monkeypatch.setattr(diagnostics_pass, "save", lambda fig, path, **kw: drawn.append(path.name) or plt.close(fig))
     monkeypatch.setattr("mlabel_exp.training.trainer.Trainer.fit", None)  # no training: it would fail
     cfg = DiagnoseConfig(run=run.info.run_id[:6], out=str(tmp_path / "again"), diagnostics=DiagnosticsConfig(
         gallery_classes=1, resamples=200, activation_maps=1), tracking=TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",

@@ -8,7 +8,7 @@ draws. The trials are real training runs all the same; only the reported number 
 
 import pytest
 
-from mlabel_exp.cli import run
+from mlabel_exp.experiment import train as training
 from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
@@ -23,22 +23,22 @@ def _cfg(tmp_path, n_trials):
 
 @pytest.fixture
 def scripted_reports(monkeypatch):
-    real_train = run.train
+    real_train = training.train
 
     def train(cfg, *, on_epoch=None, group=None):
         score = 0.9 if group["optuna_trial"] == "0" else 0.1
         return real_train(cfg, on_epoch=lambda epoch, metrics: on_epoch(epoch, {**metrics, "val/mAP": score}),
                           group=group)
 
-    monkeypatch.setattr(run, "train", train)
+    monkeypatch.setattr(training, "train", train)
 
 
 def test_search_prunes_and_nests_trials_and_resumes_its_study(tmp_path, scripted_reports, capsys):
     import optuna
 
-    from mlabel_exp.cli.search import search
+    from mlabel_exp.cli.search import search_and_report
 
-    study = search(_cfg(tmp_path, 4))
+    study = search_and_report(_cfg(tmp_path, 4))
     # the console: one line per trial (finished or pruned), then the settings and where to look, once each
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[:4]] == ["trial 0", "trial 1", "trial 2", "trial 3"], lines
@@ -58,5 +58,5 @@ def test_search_prunes_and_nests_trials_and_resumes_its_study(tmp_path, scripted
     for r in pruned:  # stopped at the first epoch's report, not trained to the end
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/mAP")] == [1]
     # the same command again continues the stored study up to the new total
-    again = search(_cfg(tmp_path, 5))
+    again = search_and_report(_cfg(tmp_path, 5))
     assert len(again.trials) == 5 and again.study_name == study.study_name

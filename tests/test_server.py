@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlabel_exp.runtime.distributed import free_port
-from mlabel_exp.cli.run import train
+from mlabel_exp.experiment.train import train
 from tests.conftest import artifact_paths, compose_cfg, tiny_overrides
 
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
@@ -45,7 +45,7 @@ def test_training_against_a_tracking_server(server, tmp_path):
     from mlflow.tracking import MlflowClient
 
     overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("tracking.uri")]
-    best = train(compose_cfg(*overrides, f"tracking.uri={server}", "tracking.experiment=team"))
+    best = train(compose_cfg(*overrides, f"tracking.uri={server}", "tracking.experiment=team")).objective
     client = MlflowClient(server)
     (run,) = client.search_runs([client.get_experiment_by_name("team").experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics["val/best_mAP"] == pytest.approx(best)

@@ -195,7 +195,7 @@ def test_an_unknown_timm_name_or_a_missing_timm_is_one_line_with_exit_2(tmp_path
 
 @pytest.mark.integration
 def test_a_timm_run_from_a_local_state_dict_records_its_preprocessing_and_predict_replays_it(tmp_path, hf_cache):
-    from mlabel_exp.cli.run import train
+    from mlabel_exp.experiment.train import train
     from mlabel_exp.inference.predictor import Predictor
     from mlabel_exp.training.checkpoints import load_checkpoint
 

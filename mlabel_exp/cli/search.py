@@ -1,138 +1,39 @@
-"""Hyperparameter search: ``python -m mlabel_exp.search [search.n_trials=N] [any run override]``.
-
-A thin loop over Optuna (TPE sampler, median pruner) rather than Hydra's Optuna sweeper, which pins
-optuna < 3 and cannot prune: pruning needs each trial's per-epoch val mAP, which ``train`` reports
-through ``on_epoch``. The study lives in SQLite next to the MLflow database, so running the same
-command again continues an interrupted search; every trial is an MLflow child run of the search's
-parent run.
-"""
+"""``python -m mlabel_exp.search [search.n_trials=N] [any run override]``: an Optuna study over run settings
+(experiment.search), one console line per trial, then the settings best first and where to look."""
 
 from __future__ import annotations
 
-import copy
-import logging
+from omegaconf import DictConfig
 
-from omegaconf import DictConfig, OmegaConf
-
-from mlabel_exp.config import Config, SearchJobConfig, project_root, resolved_tracking, validate
-
-log = logging.getLogger(__name__)
+from mlabel_exp.cli import console
+from mlabel_exp.config import SearchJobConfig
 
 
-def storage_uri(storage: str | None) -> str:
-    """The study's storage: next to the MLflow database unless ``search.storage`` says otherwise."""
-    from mlabel_exp.tracking.client import resolve_sqlite
+def search_and_report(cfg: DictConfig):
+    """The search as the command runs it, its console lines included; returns the optuna Study."""
+    from mlabel_exp.experiment.search import end_search, search
 
-    return resolve_sqlite(storage) if storage else f"sqlite:///{project_root() / 'mlruns' / 'optuna.db'}"
+    def pruned(trial: int, epoch: int, value: float, overrides: str) -> None:
+        print(console.shorten(f"trial {trial}: pruned after epoch {epoch} (val mAP {value:.4f})  {overrides}"),
+              flush=True)
 
-
-def training_config(cfg: DictConfig) -> DictConfig:
-    """The training part of a search config (everything but ``search``), typed as a training run's config."""
-    container = OmegaConf.to_container(cfg, resolve=False)
-    container.pop("search", None)
-    return OmegaConf.merge(OmegaConf.structured(Config), container)
-
-
-def suggest(trial, key: str, spec: dict):
-    if spec["type"] == "categorical":
-        return trial.suggest_categorical(key, list(spec["choices"]))
-    if spec["type"] == "int":
-        return trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)))
-    return trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
-
-
-def search(cfg: DictConfig):
-    """Run trials until the study holds ``search.n_trials`` finished ones; returns the optuna Study."""
-    import optuna
-
-    from mlabel_exp.training.callbacks import TrialPruned
-    from mlabel_exp.experiment.hydra_job import quiet_console, shorten
-    from mlabel_exp.cli.run import train
-
-    s = validate(cfg).search
-    run_cfg = training_config(cfg)
-    if not s.space:
-        from mlabel_exp.errors import ConfigError
-
-        raise ConfigError("search.space is empty: name the settings to search, e.g. search=regularisation")
-    storage = storage_uri(s.storage)
-    if storage.startswith("sqlite:///"):
-        from pathlib import Path
-
-        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=s.study, storage=storage, load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=s.sampler_seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials,
-                                           n_warmup_steps=s.pruner_warmup_epochs))
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = s.n_trials - sum(t.state in done for t in study.trials)
-    group = {"sweep_id": f"optuna_{s.study}", "sweep_dir": storage}
-    log.info("study %r at %s: %d trial(s) finished, %d to run", s.study, storage, s.n_trials - remaining, max(remaining, 0))
-
-    def objective(trial) -> float:
-        trial_cfg = copy.deepcopy(run_cfg)
-        chosen = {key: suggest(trial, key, spec) for key, spec in s.space.items()}
-        for key, value in chosen.items():
-            OmegaConf.update(trial_cfg, key, value, merge=False)
-
-        def on_epoch(epoch: int, metrics: dict) -> None:
-            trial.report(metrics["val/mAP"], epoch)
-            if trial.should_prune():
-                print(shorten(f"trial {trial.number}: pruned after epoch {epoch} (val mAP {metrics['val/mAP']:.4f})  "
-                              f"{tags['overrides']}"), flush=True)
-                raise TrialPruned()
-
-        tags = {**group, "optuna_trial": str(trial.number),
-                "overrides": " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())}
-        try:
-            return train(trial_cfg, on_epoch=on_epoch, group=tags)
-        except TrialPruned:
-            raise optuna.TrialPruned() from None
-
-    if remaining > 0:
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            with quiet_console():  # one line per trial; the search's log file keeps every line
-                study.optimize(objective, n_trials=remaining, catch=())
-        finally:
-            optuna.logging.set_verbosity(verbosity)
-    _report(cfg, study, group["sweep_id"])
+    with console.quiet_console() as quiet:  # one line per trial; the search's log file keeps every line
+        study, sweep_id = search(cfg, lambda outcome: print(console.finished_line(outcome, quiet.count), flush=True),
+                                 pruned)
+    summary, ended = end_search(cfg, study, sweep_id)
+    if ended is None:
+        print(console.shorten(summary), flush=True)
+        return study
+    children, settings, look = ended
+    print(console.settings_table(children, settings, f"study {study.study_name!r} ({summary.split(';')[0]})", look,
+                                 f"python -m mlabel_exp.compare sweep={sweep_id}"), flush=True)
     return study
-
-
-def _report(cfg: DictConfig, study, sweep_id: str) -> None:
-    """The end of a search: its parent run closed with the winning setting; the settings best first and where to look,
-    printed once."""
-    import optuna
-
-    from mlabel_exp.comparison.groups import rank_settings
-    from mlabel_exp.experiment.hydra_job import settings_table, shorten
-    from mlabel_exp.tracking.sweeps import end_sweep_parent
-
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    summary = f"{len(finished)} complete, {pruned} pruned"
-    if finished:
-        summary += f"; best val mAP {study.best_value:.4f} with {study.best_params}"
-    log.info("study %r: %s", study.study_name, summary)
-    if not cfg.tracking.enabled:
-        print(shorten(summary), flush=True)
-        return
-    children, settings, look = end_sweep_parent(resolved_tracking(cfg), sweep_id, "FINISHED", summary, rank_settings)
-    print(settings_table(children, settings, f"study {study.study_name!r} ({summary.split(';')[0]})", look,
-                         f"python -m mlabel_exp.compare sweep={sweep_id}"), flush=True)
-
-
-def _main(cfg: DictConfig) -> None:
-    search(cfg)
 
 
 def main() -> None:
     from mlabel_exp.cli.app import command
 
-    command(_main, "search", SearchJobConfig)()
+    command(search_and_report, "search", SearchJobConfig)()
 
 
 if __name__ == "__main__":

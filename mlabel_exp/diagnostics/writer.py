@@ -177,7 +177,7 @@ def _temperature(val: D.Evaluation, test: D.Evaluation, folder: Path, settings) 
     table = pd.DataFrame({"split": ["test", "test"], "probabilities": ["as trained", f"temperature {t:.4g}"],
                           "temperature": [1.0, t], "ECE": [before.ece_pooled, after.ece_pooled],
                           "Brier": [before.brier_pooled, after.brier_pooled]})
-    _csv(table, folder / "temperature_scaling.csv")
+    _csv(table, folder, "temperature_scaling.csv")
     return [{"title": "Temperature scaling (fitted on val, judged on test)", "table": "temperature_scaling.csv",
              "caption": f"One temperature T = {t:.4g} for every class, fitted on validation (minimum cross-entropy "
                         f"of sigmoid(logit(p) / T)); the test split's pooled ECE {before.ece_pooled:.4f} -> "

@@ -366,28 +366,6 @@ def finish(tracker, result, held_out: dict[str, dict[str, float]]) -> None:
     tracker.end("FINISHED")
 
 
-def closing_block(tracker, out: Path, result, held_out: dict[str, dict[str, float]]) -> str:
-    """What a person reads last: the best and held-out figures, where the files are, how to look at the run."""
-    from mlabel_exp.tracking.client import run_url, ui_command
-
-    epochs = len(result.history)
-    stop = " (early stop)" if result.stopped_early else ""
-    lines = [f"best val mAP {result.best_score:.4f} at epoch {result.best_epoch} of {epochs}{stop}"]
-    where = {"test": "test:     {} (the test split, best weights, thresholds tuned on validation)",
-             "tuned": "tuned:    {} (validation, thresholds tuned out of fold)"}
-    for part, scores in held_out.items():
-        lines.append(where[part].format(", ".join(f"{k} {v:.4f}" for k, v in scores.items())))
-    lines.append(f"outputs:  {out}")
-    if (out / "report.html").is_file():
-        lines.append(f"report:   {out / 'report.html'} (metrics, figures and diagnostics on one page)")
-    if tracker.run_id is not None:
-        if not tracker.uri.startswith(("http://", "https://")):
-            lines.append(f"look:     {ui_command(tracker.uri)}")
-        lines.append(f"run:      {run_url(tracker.uri, tracker.experiment_id, tracker.run_id)}")
-    rule = "-" * 72
-    return "\n".join([rule, *lines, rule])
-
-
 @contextmanager
 def run_status(tracker, stop):
     """Signals become stop requests (``stop``: a training.stop.StopRequest); a stop, a pruned trial or an error ends the

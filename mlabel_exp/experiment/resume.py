@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import CONF_DIR, Config, resolve_path, validate
+from mlabel_exp.config import CONF_DIR, Config, resolve_path, resolved_tracking, validate
 
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import is_held
@@ -115,13 +115,21 @@ def recorded_choices(state: dict, folder: Path) -> dict | None:
     return None
 
 
-def resume_point(cfg: DictConfig, overrides: list[str] = ()) -> tuple[DictConfig, dict]:
-    """The interrupted run's own config (with the allowed ``overrides`` applied) and its checkpoints, recorded group
-    choices and run id."""
+def resume_point(cfg: DictConfig, overrides: list[str] = (), *, ref: str | None = None,
+                 tracking=None) -> tuple[DictConfig, dict]:
+    """The config of the run ``ref`` names (default ``cfg.resume``: a run id, a unique prefix of one, or latest: the
+    newest unfinished run) with the allowed ``overrides`` applied, and its checkpoints, recorded group choices and run
+    id. ``tracking``: where to find the run (default: this command's tracking settings)."""
     from mlabel_exp.training.checkpoints import load_checkpoint
     from mlabel_exp.tracking.query import find_resumable
+    from mlabel_exp.tracking.run_ids import FULL_ID, resolve_run
 
-    run_id, tags = find_resumable(validate(cfg).tracking, cfg.resume, why_not)
+    ref = ref or cfg.resume
+    tracking = tracking or resolved_tracking(cfg)
+    if ref != "latest" and not FULL_ID.fullmatch(ref):
+        ref = resolve_run(tracking.uri, tracking.experiment, ref, setting="resume")
+    cfg = OmegaConf.merge(cfg, {"resume": ref})
+    run_id, tags = find_resumable(tracking, ref, why_not)
     folder = Path(tags.get("output_dir", "")) / "checkpoints"
     last = folder / "last.pt"
     if not last.is_file():
