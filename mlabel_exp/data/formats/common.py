@@ -81,9 +81,10 @@ def list_files(folder: Path, problems: list[str] | None = None) -> set[str]:
             elif e.is_file():
                 found.add(prefix + e.name)
     if skipped and problems is not None:
-        problems.append(f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} under {folder} cannot be read and "
-                        f"{'was' if len(skipped) == 1 else 'were'} skipped: {some(sorted(skipped), sep='; ')}; remove or repair "
-                        "them if images are missing")
+        one = len(skipped) == 1
+        problems.append(f"{len(skipped)} entr{'y' if one else 'ies'} under {folder} cannot be read and "
+                        f"{'was' if one else 'were'} skipped: {some(sorted(skipped), sep='; ')}; remove or repair them "
+                        "if images are missing")
     return found
 
 

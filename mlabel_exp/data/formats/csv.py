@@ -74,8 +74,8 @@ def _refuse_repeats(path: Path, header: list[str], used: list[str]) -> None:
         at = [j + 1 for j, h in enumerate(header) if h == name]
         if len(at) > 1:
             raise DataError(f"{path}: the header names column {name!r} {len(at)} times (columns "
-                            f"{', '.join(map(str, at[:-1]))} and {at[-1]}); a column name must be unique: rename one if they "
-                            "are different classes, else merge them into one column")
+                            f"{', '.join(map(str, at[:-1]))} and {at[-1]}); a column name must be unique: rename one "
+                            "if they are different classes, else merge them into one column")
 
 
 def _is_number(cell: str) -> bool:
