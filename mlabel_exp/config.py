@@ -175,9 +175,11 @@ class DataConfig:
             _check(bool(self.root), "data.root", self.root,
                    f"the path of a folder {holds[self.name]} (data={self.name} data.root=PATH)")
         _check(self.csv_delimiter is None or len(self.csv_delimiter) == 1 or self.csv_delimiter in ("\\t", "tab"),
-               "data.csv_delimiter", self.csv_delimiter, "one character such as , or ; (\\t or tab for a tab)")
+               "data.csv_delimiter", self.csv_delimiter, "one character such as , or ; (\\t or tab for a tab; quote "
+               "a ; for the shell and Hydra: 'data.csv_delimiter=\";\"')")
         _check(self.label_separator is None or len(self.label_separator) >= 1, "data.label_separator",
-               self.label_separator, "a non-empty string such as ' ' or '|', or null (any of space , ; |)")
+               self.label_separator, "a non-empty string such as '|' or ';' (quoted for the shell and Hydra: "
+               "'data.label_separator=\";\"'), or null (any of space , ; |)")
         _check(bool(self.voc_split.strip()) and "/" not in self.voc_split, "data.voc_split", self.voc_split,
                "the name of a file in ImageSets/Main/ without .txt, e.g. trainval")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a number in (0, 1)")

@@ -57,7 +57,7 @@ def test_inspect_lists_every_problem_in_one_run_and_writes_the_figures(tmp_path,
     assert [line.split(": ")[0].strip("- ") for line in missing[1:]] == \
         [f"{ann / 'cat.txt'}:14", f"{ann / 'dog.txt'}:13", f"{ann / 'dog.txt'}:14"]
     assert _block(out, "unreadable image")[1].startswith(f"    - {root / 'images' / 'im5.jpg'}: unreadable image")
-    assert _block(out, "class names differing only by case")[1] == "    - 'Cat' and 'cat'"
+    assert _block(out, "class names differing only by case or spaces")[1] == "    - 'Cat' and 'cat'"
     assert _block(out, "class without any positive")[1] == "    - class 'owl' has no positive image"
     no_class = _block(out, "image in no class")  # 20..24 (im5 is cat's): 5, three shown
     assert no_class[0].startswith("  image in no class: 5 ") and no_class[-1] == "    ... and 2 more"
@@ -73,6 +73,24 @@ def test_inspect_lists_every_problem_in_one_run_and_writes_the_figures(tmp_path,
     assert [r.data.tags["mlabel.kind"] for r in runs] == ["audit"]
     logged = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert logged == {"audit.txt", *names}
+
+
+def test_class_names_differing_only_by_case_or_spaces_are_kept_apart_and_reported(tmp_path, monkeypatch, capsys):
+    """'Cat' and 'cat', 'red  car' and 'red car' may be one class or two: the reader keeps what is written (the spaces
+    around a separator are no part of a name), and inspect says so and what to do."""
+    root = tmp_path / "tags"
+    (root / "images").mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(root / "images" / f"p{i}.png")
+    rows = ["big dog; cat", "Cat;red  car", "red car", "big dog", "cat", "red car;cat", "Cat", "big dog;red  car"]
+    (root / "labels.csv").write_text("image,labels\n" + "".join(f"p{i}.png,{r}\n" for i, r in enumerate(rows)))
+    out = _inspect(monkeypatch, capsys, "data=csv", f"data.root={root}", 'data.label_separator=";"',
+                   "tracking.enabled=false", f"out={tmp_path / 'audit'}")
+    assert "classes                      5" in out  # Cat, big dog, cat, red  car, red car: none merged, no ' cat'
+    assert _block(out, "class names differing only by case or spaces") == [
+        "  class names differing only by case or spaces: 2  -> they are read as different classes; if they are one, "
+        "write them alike in the annotations, else give them distinct names",
+        "    - 'Cat' and 'cat'", "    - 'red  car' and 'red car'"]
 
 
 def test_a_data_set_with_unknown_labels_counts_them_per_class(tree):

@@ -16,7 +16,7 @@ from mlabel_exp.data.formats import index_from_config
 from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.errors import DataError
 from mlabel_exp.data.synthetic import SyntheticSpec, generate, write_format
-from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
+from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides, write_tree
 
 FORMATS = {"csv": "csv", "onehot": "csv", "coco": "coco", "voc": "voc"}  # generator format -> data= reader
 
@@ -213,3 +213,123 @@ def test_a_one_hot_csv_with_unknown_entries_trains_and_the_run_counts_them(writt
     assert run.data.metrics["val/best_mAP"] == pytest.approx(np.mean(aps), abs=1e-5)
     for m in ("train/loss", "val/loss"):
         assert all(np.isfinite(h.value) for h in client.get_metric_history(run.info.run_id, m))
+
+
+def _csv(root: Path, text: str, images=("a.jpg", "b.jpg", "c.jpg")) -> Path:
+    (root / "images").mkdir(parents=True)
+    for name in images:
+        (root / "images" / name).write_bytes(b"")
+    (root / "labels.csv").write_text(text)
+    return root / "labels.csv"
+
+
+def test_class_names_are_stripped_at_a_separator_typed_in_hydras_quotes(tmp_path):
+    _csv(tmp_path, "image,labels\na.jpg,big dog; cat\nb.jpg,cat ;big dog\nc.jpg, red car;cat \n")
+    index = read("data=csv", f"data.root={tmp_path}", 'data.label_separator=";"')  # what the shell hands on
+    assert index.classes == ["big dog", "cat", "red car"]  # not ' cat', 'cat ', ' red car' beside them
+    assert index.labels.tolist() == [[1, 1, 0], [1, 1, 0], [0, 1, 1]]
+
+
+def test_a_repeated_one_hot_column_is_refused_naming_both_columns(tmp_path):
+    path = _csv(tmp_path, "image,circle,square,circle\na.jpg,1,0,0\nb.jpg,0,1,1\n")
+    with pytest.raises(DataError, match=rf"^{path}: the header names column 'circle' 2 times \(columns 2 and 4\); "
+                                        "a column name must be unique: rename one"):
+        read("data=csv", f"data.root={tmp_path}")
+
+
+ACCEPTED = r"a column per class holds 1 \(positive\), 0 \(negative\), -1 or an empty cell \(unknown\)"
+
+
+@pytest.mark.parametrize("text, where", [
+    ("image,circle\na.jpg,1\nb.jpg,0\nc.jpg,2\n", r":4: column 'circle' holds '2'"),  # not the classes '0', '1', '2'
+    ("image,cat,dog\na.jpg,1,0\nb.jpg,yes,1\n", r":3: column 'cat' holds 'yes'"),     # not 'fits neither shape'
+])
+def test_a_one_hot_cell_outside_1_0_minus_1_or_empty_names_its_line_column_and_value(tmp_path, text, where):
+    path = _csv(tmp_path, text)
+    with pytest.raises(DataError, match=rf"^{path}{where}; {ACCEPTED} \(set data.labels_column="):
+        read("data=csv", f"data.root={tmp_path}")
+
+
+def test_a_csv_of_neither_shape_names_its_first_bad_cell(tmp_path):
+    _csv(tmp_path, "image,colour,size\na.jpg,red,big\n")
+    with pytest.raises(DataError, match=r"fits neither shape: .*\(line 2: column 'colour' holds 'red'\)$"):
+        read("data=csv", f"data.root={tmp_path}")
+
+
+@pytest.mark.parametrize("override, text, expected", [
+    (None, "image,cat,dog\n", "{path} has a header but no rows: add one line per image below the header (image, cat, "
+                              "dog), or set data.csv_file to the labels file"),
+    ("data.label_separator=;", "image,labels\n", """data.label_separator=;: Hydra reads ';' only quoted; write """
+                                                 """'data.label_separator=";"' (the shell's quotes around Hydra's)"""),
+    ("data.label_separator=", "image,labels\n", """data.label_separator='' is invalid: expected a non-empty string """
+                                                """such as '|' or ';' (quoted for the shell and Hydra: """
+                                                """'data.label_separator=";"'), or null (any of space , ; |)"""),
+])
+def test_inspect_answers_a_header_only_csv_and_an_unquoted_separator_in_one_line(tmp_path, capsys, override, text,
+                                                                                 expected):
+    """``data.label_separator=;`` reaches Hydra as typed inside shell quotes or after a backslash, and the shell cuts an
+    unquoted one to ``data.label_separator=``: both answer with the form that works."""
+    from tests.test_cli import _error
+
+    path = _csv(tmp_path, text)
+    args = ["data=csv", f"data.root={tmp_path}", "tracking.enabled=false", f"out={tmp_path / 'out'}"]
+    assert _error(capsys, "inspect", *args, *([override] if override else [])) == expected.format(path=path)
+
+
+@pytest.mark.parametrize("second", ["cat", " cat"])
+def test_coco_categories_sharing_a_name_are_refused_naming_both_ids(tmp_path, second):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"")
+    doc = {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "category_id": 7}],
+           "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": second}]}
+    (tmp_path / "instances.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'instances.json'}: categories 3 and 7 are both named 'cat'; "
+                                        "rename one if they are different classes"):
+        read("data=coco", f"data.root={tmp_path}")
+
+
+def test_a_voc_id_without_its_xml_is_a_missing_annotation_file(tmp_path):
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / d).mkdir(parents=True)
+    for stem in ("a", "b"):  # b.jpg is there, its XML is not
+        (tmp_path / "JPEGImages" / f"{stem}.jpg").write_bytes(b"")
+    (tmp_path / "Annotations" / "a.xml").write_text("<annotation><object><name>cat</name></object></annotation>")
+    (tmp_path / "ImageSets/Main/trainval.txt").write_text("a\nb\n")
+    index = read("data=voc", f"data.root={tmp_path}")
+    listing, xml = tmp_path / "ImageSets/Main/trainval.txt", tmp_path / "Annotations" / "b.xml"
+    assert index.files == ["a.jpg"] and index.problems == [
+        f"{listing}: 1 of 2 listed image id(s) have no annotation file (e.g. {xml}); skipped (set data.strict=true to "
+        "stop instead)"]
+    with pytest.raises(DataError, match=rf"^{listing}: 1 of 2 listed image id\(s\) have no annotation file \(e.g. "
+                                        rf"{xml}\); add the XML files, remove the ids, or set data.strict=false"):
+        read("data=voc", f"data.root={tmp_path}", "data.strict=true")
+
+
+def test_symbolic_link_loops_are_reported_by_every_reader_and_followed_once(tmp_path):
+    """A link to itself and a sub-folder linking back above it: reported, never followed forever; a link to a folder
+    elsewhere is followed (its images are found)."""
+    from mlabel_exp.data.audit import read_for_audit
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.jpg").write_bytes(b"")
+    _csv(tmp_path / "csv", "image,labels\na.jpg,cat\nsub/c.jpg,dog\nloop.jpg,cat\n", images=("a.jpg",))
+    images = tmp_path / "csv" / "images"
+    (images / "loop.jpg").symlink_to("loop.jpg")
+    (images / "sub").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "up").symlink_to(images)  # images/sub/up/sub/up/... is a loop
+    index = read("data=csv", f"data.root={tmp_path / 'csv'}")
+    assert index.files == ["a.jpg", "sub/c.jpg"]
+    assert index.problems[0] == (f"2 entries under {images} cannot be read and were skipped: loop.jpg: a symbolic "
+                                 f"link loop (-> loop.jpg); sub/up: a symbolic link loop (-> {images}, a folder above "
+                                 "it); remove or repair them if images are missing")
+    assert "loop.jpg" in index.problems[1] and "have no file" in index.problems[1]
+    # the folder format, and what inspect shows of it
+    root = write_tree(tmp_path / "folder", [1, 2], {"cat.txt": "1\n2\n3\n"})
+    (root / "images" / "im3.jpg").symlink_to("im3.jpg")
+    (root / "images" / "im4.jpg").symlink_to("gone.jpg")
+    reported = (f"2 symbolic link(s) in {root / 'images'} cannot be followed and were skipped: im3.jpg: a symbolic "
+                "link loop (-> im3.jpg); im4.jpg: a symbolic link to a missing target (-> gone.jpg); remove or repair "
+                "them")
+    assert build_index(root).problems[0] == reported
+    _, found = read_for_audit(validate(compose_cfg("data=folder", f"data.root={root}")).data)
+    assert reported in [p.message for p in found]

@@ -69,15 +69,18 @@ def _cfg(tmp, **kw):
 
 @pytest.mark.precision
 def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trained, new_images, tmp_path):
-    """Also an image over the pixel limit, refused with its reason. Read back from the files, every label is exactly
-    written probability >= written threshold, in float64 and in float32, in the CSV, the JSON and the submission."""
+    """Also an image over the pixel limit and a symbolic link loop, each refused with its reason. Read back from the
+    files, every label is exactly written probability >= written threshold, in float64 and in float32, in the CSV,
+    the JSON and the submission."""
     tmp, client, run_id, _ = trained
     (new_images / "huge.png").write_bytes(huge_png())
+    (new_images / "loop.jpg").symlink_to("loop.jpg")
     out = tmp_path / "out"
     result = predict(_cfg(tmp, run=run_id, input=str(new_images)), out)
     assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"]  # natural order
-    assert set(result.skipped) == {"broken.jpg", "notes.jpg", "huge.png"}
+    assert set(result.skipped) == {"broken.jpg", "notes.jpg", "huge.png", "loop.jpg"}
     assert result.skipped["huge.png"].startswith("ImageTooLarge: 12000 x 12000 pixels, over the limit")
+    assert result.skipped["loop.jpg"] == "a symbolic link loop (-> loop.jpg)"
     csv = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert list(csv["file"]) == result.files and list(csv.columns[1:15]) == result.classes
     payload = json.loads((out / "predictions.json").read_text())
@@ -94,7 +97,8 @@ def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trai
         assert [s.split() for s in csv["labels"]] == expected
         assert [[c for c in sorted(result.classes) if row[c]] for _, row in sub.iterrows()] == \
             [sorted(e) for e in expected]
-    assert json.loads((out / "summary.json").read_text())["skipped"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == 4 and summary["skipped_files"] == result.skipped
     logged = artifact_paths(client, run_id)
     assert {"predictions/new/predictions.csv", "predictions/new/submission.csv"} <= logged
 
@@ -102,9 +106,11 @@ def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trai
 @pytest.mark.precision
 def test_predict_from_a_checkpoint_with_a_glob_and_a_fixed_threshold(trained, new_images, tmp_path):
     tmp, _, _, _ = trained
+    (new_images / "im11.jpg").symlink_to("moved.jpg")  # a link whose target is gone: skipped, and said so
     result = predict(_cfg(tmp, checkpoint=str(tmp / "out" / "checkpoints" / "best.pt"),
                           input=str(new_images / "im*.jpg"), threshold=0.5), tmp_path / "o")
-    assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"] and not result.skipped
+    assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"]
+    assert result.skipped == {"im11.jpg": "a symbolic link to a missing target (-> moved.jpg)"}
     labels = pd.read_csv(tmp_path / "o" / "predictions.csv")["labels"].fillna("")
     expected = [" ".join(c for c, p in zip(result.classes, row) if p >= 0.5) for row in result.probs]
     assert list(labels) == expected
@@ -309,6 +315,10 @@ def test_bad_predict_settings_are_named(trained, tmp_path):
         _cfg(tmp, run=run_id, input="x", threshold="high")
     with pytest.raises(ConfigError, match="no files found"):
         predict(_cfg(tmp, run=run_id, input=str(tmp_path / "empty*")), tmp_path / "o")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "loop.jpg").symlink_to("loop.jpg")
+    with pytest.raises(ConfigError, match=r"no files found \(loop.jpg: a symbolic link loop \(-> loop.jpg\)\)"):
+        predict(_cfg(tmp, run=run_id, input=str(tmp_path / "links")), tmp_path / "o")
     with pytest.raises(ConfigError, match="run=0123456789abcdef: no run of experiment 'mlabel-exp' at sqlite:///.* "
                                           "has an id starting with '0123456789abcdef'"):
         predict(_cfg(tmp, run="0123456789abcdef", input=str(images)), tmp_path / "o")

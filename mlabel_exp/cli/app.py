@@ -27,7 +27,13 @@ def hydra_message(error: Exception) -> str:
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         return arguments.group_message(error.missing_cfg_file, list(error.options))
     if isinstance(error, OverrideParseException):
-        return f"{error.override}: {(error.message.strip().splitlines() or [''])[0]}"
+        first = (error.message.strip().splitlines() or [""])[0]
+        key, _, value = error.override.partition("=")
+        if first.startswith("LexerNoViableAltException") and value:  # a character such as ; # & quotes unquoted
+            quote = "'" if '"' in value else '"'
+            return (f"{error.override}: Hydra reads {value!r} only quoted; write '{key}={quote}{value}{quote}' "
+                    f"(the shell's quotes around Hydra's)")
+        return f"{error.override}: {first}"
     message = (str(error).strip().splitlines() or [type(error).__name__])[0]
     cause = error.__cause__
     if message.startswith("Error merging override ") and cause is not None and str(cause).strip():

@@ -33,21 +33,35 @@ def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def list_inputs(spec: str) -> tuple[list[Path], list[str]]:
+def list_inputs(spec: str, unreadable: dict[str, str] | None = None) -> tuple[list[Path], list[str]]:
     """Files of a folder (not recursive) or of a glob, in natural order (im2 before im10), and their names in the
     outputs: the path below the folder, or below the glob's last folder without a wildcard ('g/*/x.jpg' gives
-    'a/x.jpg' and 'b/x.jpg', two rows, not two 'x.jpg')."""
+    'a/x.jpg' and 'b/x.jpg', two rows, not two 'x.jpg'). Symbolic links that cannot be followed (a loop, a missing
+    target) go to ``unreadable`` (name -> why), to be reported with the files that do not decode."""
+    from mlabel_exp.data.formats.common import some, unfollowable_link
+
     folder = resolve_path(spec)
     if folder.is_dir():
-        base, files = folder, [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        base, found = folder, [p for p in folder.iterdir() if not p.name.startswith(".")]
     else:
         pattern = Path(spec if Path(spec).expanduser().is_absolute() else str(resolve_path(".") / spec)).expanduser()
-        files = [Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file()]
+        found = [Path(p) for p in glob.glob(str(pattern))]
         fixed = [part for part in pattern.parts[:-1]]
         cut = next((i for i, part in enumerate(fixed) if glob.has_magic(part)), len(fixed))
         base = Path(*fixed[:cut]) if cut else Path(pattern.anchor or ".")
+    files, links = [], {}
+    for p in found:
+        why = unfollowable_link(p)  # a loop: one stat, never followed
+        if why:
+            links[p.relative_to(base).as_posix()] = why
+        elif p.is_file():
+            files.append(p)
+    if unreadable is not None:
+        unreadable.update(sorted(links.items(), key=lambda kv: _natural_key(kv[0])))
     if not files:
-        raise ConfigError(f"input={spec!r}: no files found (give a folder of images or a glob such as 'images/*.jpg')")
+        why = f" ({some([f'{n}: {w}' for n, w in links.items()], sep='; ')})" if links else ""
+        raise ConfigError(f"input={spec!r}: no files found{why} (give a folder of images or a glob such as "
+                          "'images/*.jpg')")
     named = sorted(((p, p.relative_to(base).as_posix()) for p in files), key=lambda pn: _natural_key(pn[1]))
     return [p for p, _ in named], [n for _, n in named]
 
@@ -124,10 +138,12 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from mlabel_exp.floats import decide
 
     device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line
-    paths, names = list_inputs(cfg.input)
+    skipped: dict[str, str] = {}  # links that cannot be followed, then files that do not decode
+    paths, names = list_inputs(cfg.input, skipped)
     predictor, source, cfg = _predictor(cfg, device)
     workers = min(default_workers(cfg.num_workers), max(1, len(paths) // cfg.batch_size))
-    files, p, skipped = predictor.predict_files(paths, cfg.batch_size, workers, names)
+    files, p, undecoded = predictor.predict_files(paths, cfg.batch_size, workers, names)
+    skipped.update(undecoded)
     for name, err in skipped.items():
         log.warning("skipped %s: %s", name, err)
     classes, thresholds = predictor.classes, predictor.thresholds

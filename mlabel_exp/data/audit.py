@@ -75,15 +75,17 @@ def _image_findings(index: DatasetIndex, decode: bool) -> tuple[Counter, Counter
 
 
 def label_findings(classes: list[str], labels: np.ndarray, files: list[str]) -> list[Problem]:
-    """Class names that differ only by case, classes without a positive, images in no class."""
+    """Class names that differ only by case or spaces ('Cat', 'cat'; 'red  car', 'red car'), classes without a
+    positive, images in no class. Such names are reported, not merged: they may be two classes of the user's."""
     found = []
-    by_lower: dict[str, list[str]] = {}
+    by_key: dict[str, list[str]] = {}
     for c in classes:
-        by_lower.setdefault(c.casefold(), []).append(c)
-    for names in by_lower.values():
+        by_key.setdefault(" ".join(c.split()).casefold(), []).append(c)
+    for names in by_key.values():
         if len(names) > 1:
-            found.append(Problem("class names differing only by case", " and ".join(repr(n) for n in names),
-                                 "", "rename one so they are one class, or distinct names"))
+            found.append(Problem("class names differing only by case or spaces", " and ".join(map(repr, names)), "",
+                                 "they are read as different classes; if they are one, write them alike in the "
+                                 "annotations, else give them distinct names"))
     positives = (labels == 1).sum(0)
     for c, n in zip(classes, positives):
         if n == 0:

@@ -39,23 +39,41 @@ def _load(path: Path) -> dict:
     return doc
 
 
+def _categories(path: Path, categories: list) -> dict[int, str]:
+    """Category id -> name (stripped). Two ids of one name are refused, not merged: the run's record could keep only
+    one of them, and they may be two classes that need two names."""
+    name_of: dict[int, str] = {}
+    id_of: dict[str, int] = {}
+    for c in categories:
+        cid, name = int(c["id"]), str(c["name"]).strip()
+        if name_of.setdefault(cid, name) != name:
+            raise DataError(f"{path}: category id {cid} is listed twice, as {name_of[cid]!r} and as {name!r}; give "
+                            "each category its own id")
+        if id_of.setdefault(name, cid) != cid:
+            raise DataError(f"{path}: categories {id_of[name]} and {cid} are both named {name!r}; rename one if they "
+                            "are different classes, else give their annotations one category id and remove the other")
+    return name_of
+
+
 def read_coco(root: str | Path, annotations_file: str | None = None, images_dir: str | None = None,
               strict: bool = False) -> DatasetIndex:
     root = Path(root)
     path = find_json(root, annotations_file)
     doc = _load(path)
     try:
-        name_of = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
+        name_of = _categories(path, doc["categories"])
         images = sorted((int(im["id"]), str(im["file_name"])) for im in doc["images"])
         labelled: dict[int, set[str]] = {}
         for a in doc["annotations"]:
             labelled.setdefault(int(a["image_id"]), set()).add(name_of[int(a["category_id"])])
+    except DataError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: an entry lacks or has a bad {e} field; images need id and file_name, categories id "
                         "and name, annotations image_id and a category_id listed in categories") from e
     folder = images_folder(root, images_dir)
-    existing = list_files(folder)
     problems: list[str] = []
+    existing = list_files(folder, problems)
     files, ids, positives, missing = [], [], [], []
     for image_id, name in images:
         file = resolve_file(name, existing)

@@ -3,6 +3,7 @@ when a name has none), the images folder setting, and the label matrix from per-
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -18,9 +19,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-def some(names, n: int = 3) -> str:
+def some(names, n: int = 3, sep: str = ", ") -> str:
     names = list(names)
-    return ", ".join(str(v) for v in names[:n]) + (", ..." if len(names) > n else "")
+    return sep.join(str(v) for v in names[:n]) + (f"{sep}..." if len(names) > n else "")
 
 
 def under_root(root: Path, value: str, setting: str, what: str, folder: bool = False) -> Path:
@@ -41,14 +42,51 @@ def images_folder(root: Path, images_dir: str | None, default: str = "images") -
     return root / default if (root / default).is_dir() else root
 
 
-def list_files(folder: Path) -> set[str]:
-    """Every file under ``folder``, as paths relative to it with '/' separators (hidden entries skipped)."""
+def unfollowable_link(path: str | Path) -> str | None:
+    """Why ``path`` is a symbolic link that cannot be followed (a loop, or a target that does not exist), in words;
+    None for anything else. One stat: a loop is reported, never followed."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        what = "a symbolic link loop" if e.errno == errno.ELOOP else "a symbolic link to a missing target"
+        return f"{what} (-> {os.readlink(path)})"
+    return None
+
+
+def list_files(folder: Path, problems: list[str] | None = None) -> set[str]:
+    """Every file under ``folder``, as paths relative to it with '/' separators (hidden entries skipped). Links to
+    folders are followed, except one back to a folder above it (a loop); links that cannot be followed are skipped
+    and noted in ``problems``."""
     found: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel = os.path.relpath(dirpath, folder)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        found.update(prefix + f for f in filenames if not f.startswith("."))
+    skipped: list[str] = []
+    stack = [(str(folder), "", frozenset([os.path.realpath(folder)]))]
+    while stack:
+        path, prefix, above = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
+        except OSError as e:
+            skipped.append(f"{prefix or './'}: an unreadable folder ({e.strerror})")
+            continue
+        for e in entries:
+            why = unfollowable_link(e.path) if e.is_symlink() else None  # before is_dir(), which raises on a loop
+            if why:
+                skipped.append(f"{prefix}{e.name}: {why}")
+            elif e.is_dir():
+                real = os.path.realpath(e.path)
+                if real in above:
+                    skipped.append(f"{prefix}{e.name}: a symbolic link loop (-> {real}, a folder above it)")
+                else:
+                    stack.append((e.path, f"{prefix}{e.name}/", above | {real}))
+            elif e.is_file():
+                found.add(prefix + e.name)
+    if skipped and problems is not None:
+        one = len(skipped) == 1
+        problems.append(f"{len(skipped)} entr{'y' if one else 'ies'} under {folder} cannot be read and "
+                        f"{'was' if one else 'were'} skipped: {some(sorted(skipped), sep='; ')}; remove or repair them "
+                        "if images are missing")
     return found
 
 
@@ -67,14 +105,20 @@ def resolve_file(name: str, existing: set[str]) -> str | None:
 def missing_images(missing: list[str], total: int, folder: Path, source: str, strict: bool,
                    problems: list[str]) -> None:
     """Images named in ``source`` that have no file: an error when all are missing or ``strict``, else a problem."""
-    if not missing:
-        return
-    msg = (f"{source}: {len(missing)} of {total} image(s) have no file in {folder} (e.g. {some(missing)}; tried the "
-           f"name as given and with {', '.join(IMAGE_EXTENSIONS)})")
-    if len(missing) == total:
-        raise DataError(msg + "; set data.images_dir to the folder the image paths are relative to")
+    if missing:
+        missing_files(f"{source}: {len(missing)} of {total} image(s) have no file in {folder} (e.g. {some(missing)}; "
+                      f"tried the name as given and with {', '.join(IMAGE_EXTENSIONS)})", len(missing) == total,
+                      strict, problems, "set data.images_dir to the folder the image paths are relative to",
+                      "add the files, fix data.images_dir")
+
+
+def missing_files(msg: str, all_missing: bool, strict: bool, problems: list[str], fix_all: str, fix: str) -> None:
+    """Files a listing names that are not there (``msg``): an error when all are missing or ``strict``, else a
+    problem and skipped."""
+    if all_missing:
+        raise DataError(f"{msg}; {fix_all}")
     if strict:
-        raise DataError(msg + "; add the files, fix data.images_dir, or set data.strict=false to skip them")
+        raise DataError(f"{msg}; {fix}, or set data.strict=false to skip them")
     problems.append(msg + "; skipped (set data.strict=true to stop instead)")
 
 
@@ -82,6 +126,8 @@ def index_of(root: Path, image_dir: Path, files: list[str], positives: list[set[
              classes: list[str] | None = None, ids: list[int] | None = None, problems: list[str] | None = None,
              source: str = "annotations", meta: dict | None = None) -> DatasetIndex:
     """The index of images ``files`` with their positive and unknown class names (unknown loses to positive)."""
+    if not files:  # an empty listing: nothing to split, train on or audit
+        raise DataError(f"{source} lists no image; give the file that lists the data set's images")
     classes = sorted(set().union(*positives, *unknown)) if classes is None else sorted(classes)
     if not classes:
         raise DataError(f"{source}: no class names found; every image is unlabelled")

@@ -24,6 +24,7 @@ IMAGE_COLUMNS = ("image", "image_name", "image_id", "file", "filename", "file_na
 LABEL_COLUMNS = ("labels", "label", "tags", "classes", "class", "categories", "category", "target")
 DELIMITERS = (",", "\t", ";", "|")
 ONE_HOT = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": -1, "-1.0": -1, "": -1}
+ACCEPTED = "1 (positive), 0 (negative), -1 or an empty cell (unknown)"
 
 
 def find_csv(root: Path, csv_file: str | None) -> Path:
@@ -62,7 +63,28 @@ def _read_rows(path: Path, delimiter: str | None) -> tuple[list[str], list[tuple
             raise DataError(f"{path}:{lineno}: {len(row)} field(s) where the header has {len(header)} "
                             f"({', '.join(header)}); set data.csv_delimiter if the columns are split wrongly")
         rows.append((lineno, [v.strip() for v in row]))
+    if not rows:
+        raise DataError(f"{path} has a header but no rows: add one line per image below the header "
+                        f"({', '.join(header)}), or set data.csv_file to the labels file")
     return header, rows
+
+
+def _refuse_repeats(path: Path, header: list[str], used: list[str]) -> None:
+    """A column name the reader uses given twice: one would silently win (a class, the image column)."""
+    for name in dict.fromkeys(used):
+        at = [j + 1 for j, h in enumerate(header) if h == name]
+        if len(at) > 1:
+            raise DataError(f"{path}: the header names column {name!r} {len(at)} times (columns "
+                            f"{', '.join(map(str, at[:-1]))} and {at[-1]}); a column name must be unique: rename one "
+                            "if they are different classes, else merge them into one column")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _pick(header: list[str], given: str | None, names: tuple[str, ...], setting: str, path: Path) -> str | None:
@@ -75,15 +97,36 @@ def _pick(header: list[str], given: str | None, names: tuple[str, ...], setting:
 
 
 def _shape(path: Path, header: list[str], rows, image_col: str, labels_column: str | None) -> str | None:
-    """'labels' (one column of class names), 'onehot' (a column per class) or None when neither fits."""
+    """'labels' (one column of class names), 'onehot' (a column per class) or None when neither fits. Cells that are
+    mostly numbers make a one-hot file, whose other cells are then errors: a column of 0, 1, 2 is never read as the
+    class names '0', '1', '2'."""
     if labels_column:
         return "labels"
     others = [j for j, h in enumerate(header) if h != image_col]
-    if others and all(r[j] in ONE_HOT for _, r in rows for j in others):
+    cells = [r[j] for _, r in rows for j in others if r[j]]
+    if others and all(c in ONE_HOT for c in cells):
         return "onehot"
-    if len(others) == 1 or _pick([header[j] for j in others], None, LABEL_COLUMNS, "", path):
+    if _pick([header[j] for j in others], None, LABEL_COLUMNS, "", path):
         return "labels"
-    return None
+    if 2 * sum(map(_is_number, cells)) > len(cells):
+        return "onehot"
+    return "labels" if len(others) == 1 else None
+
+
+def _bad_cell(header: list[str], rows, cols: list[int]) -> tuple[int, str, str] | None:
+    """(line, column name, value) of the first cell of ``cols`` that a one-hot file does not accept."""
+    return next(((lineno, header[j], r[j]) for lineno, r in rows for j in cols if r[j] not in ONE_HOT), None)
+
+
+def _one_hot_rows(path: Path, header: list[str], rows, cols: list[int]) -> list[tuple[set[str], set[str]]]:
+    """(positive, unknown) class names of each row of a one-hot file; a cell it does not accept is an error."""
+    bad = _bad_cell(header, rows, cols)
+    if bad:
+        lineno, column, value = bad
+        raise DataError(f"{path}:{lineno}: column {column!r} holds {value!r}; a column per class holds {ACCEPTED} "
+                        f"(set data.labels_column={column} if that column holds class names)")
+    return [({header[j] for j in cols if ONE_HOT[r[j]] == 1}, {header[j] for j in cols if ONE_HOT[r[j]] == -1})
+            for _, r in rows]
 
 
 def read_csv(root: str | Path, csv_file: str | None = None, images_dir: str | None = None,
@@ -98,27 +141,31 @@ def read_csv(root: str | Path, csv_file: str | None = None, images_dir: str | No
                         "holding the image paths")
     shape = _shape(path, header, rows, image_col, labels_column)
     if shape is None:
+        bad = _bad_cell(header, rows, [j for j, h in enumerate(header) if h != image_col])
         raise DataError(f"{path}: header {', '.join(header)} fits neither shape: set data.labels_column to the column "
-                        "of class names, or give one column per class holding 1/0 (-1 or empty: unknown)")
+                        f"of class names, or give one column per class holding {ACCEPTED} ("
+                        + (f"line {bad[0]}: column {bad[1]!r} holds {bad[2]!r})" if bad else
+                           f"no column besides {image_col!r})"))
     folder = images_folder(root, images_dir)
-    existing = list_files(folder)
+    problems: list[str] = []
+    existing = list_files(folder, problems)
     img = header.index(image_col)
     if shape == "labels":
         col = header.index(_pick(header, labels_column, LABEL_COLUMNS, "data.labels_column", path)
                            or next(h for h in header if h != image_col))
+        _refuse_repeats(path, header, [image_col, header[col]])
         split = re.compile(re.escape(label_separator) if label_separator else r"[\s,;|]+")
-        classes = None
-        per_row = [({c for c in split.split(r[col]) if c}, set()) for _, r in rows]
+        classes = None  # names stripped: 'big dog; cat' split at ';' is 'big dog' and 'cat', not ' cat'
+        per_row = [({c.strip() for c in split.split(r[col]) if c.strip()}, set()) for _, r in rows]
     else:
+        _refuse_repeats(path, header, header)
         cols = [j for j, h in enumerate(header) if h != image_col]
         classes = [header[j] for j in cols]
-        per_row = [({header[j] for j in cols if ONE_HOT[r[j]] == 1}, {header[j] for j in cols if ONE_HOT[r[j]] == -1})
-                   for _, r in rows]
-    return _index(root, folder, path, existing, [r[img] for _, r in rows], per_row, classes, strict)
+        per_row = _one_hot_rows(path, header, rows, cols)
+    return _index(root, folder, path, existing, [r[img] for _, r in rows], per_row, classes, strict, problems)
 
 
-def _index(root, folder, path, existing, names, per_row, classes, strict) -> DatasetIndex:
-    problems: list[str] = []
+def _index(root, folder, path, existing, names, per_row, classes, strict, problems: list[str]) -> DatasetIndex:
     files, positives, unknown, missing, seen = [], [], [], [], set()
     for name, (pos, unk) in zip(names, per_row):
         file = resolve_file(name, existing)

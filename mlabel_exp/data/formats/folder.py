@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlabel_exp.data.formats.common import some, unfollowable_link
 from mlabel_exp.data.index import DatasetIndex, Problem, check_class_names
-
 from mlabel_exp.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,14 @@ def _image_files(images_dir: Path, image_pattern: str, problems: list[str]) -> d
     im007.jpg), are reported in ``problems``; of two files with one number the first name in sorted order is used."""
     regex = _pattern_regex(image_pattern)
     file_of: dict[int, str] = {}
-    unmatched, collisions = [], []
+    unmatched, collisions, links = [], [], []
     with os.scandir(images_dir) as entries:
         for entry in entries:  # directory order: a collision keeps the first name in sorted order, whatever the order
             name = entry.name
+            why = unfollowable_link(entry.path) if entry.is_symlink() else None  # is_file() raises on a loop
+            if why:
+                links.append(f"{name}: {why}")
+                continue
             m = regex.match(name)
             if m is None:
                 if not name.startswith(".") and entry.is_file():
@@ -167,4 +171,7 @@ def _image_files(images_dir: Path, image_pattern: str, problems: list[str]) -> d
     if collisions:
         problems.append(f"{len(collisions)} file(s) in {images_dir} repeat an image number and were ignored "
                         f"({_some(collisions)})")
+    if links:
+        problems.append(f"{len(links)} symbolic link(s) in {images_dir} cannot be followed and were skipped: "
+                        f"{some(sorted(links), sep='; ')}; remove or repair them")
     return file_of

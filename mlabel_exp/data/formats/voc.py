@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mlabel_exp.data.formats.common import index_of, list_files, missing_images, resolve_file
+from mlabel_exp.data.formats.common import index_of, list_files, missing_files, missing_images, resolve_file, some
 from mlabel_exp.data.index import DatasetIndex
 from mlabel_exp.errors import DataError
 
@@ -47,13 +47,18 @@ def read_voc(root: str | Path, split: str = "trainval", strict: bool = False) ->
                         "folder (e.g. VOCdevkit/VOC2012) holding Annotations/, JPEGImages/ and ImageSets/Main/")
     problems: list[str] = []
     folder = root / "JPEGImages"
-    existing = list_files(folder)
-    files, positives, unknown, missing = [], [], [], []
+    existing = list_files(folder, problems)
+    files, positives, unknown, missing, no_xml = [], [], [], [], []
     names = _image_ids(root, split, problems)
+    listing = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not names:
+        raise DataError((f"{listing} lists no image id" if listing.is_file() else
+                         f"{root / 'Annotations'} holds no .xml file") + "; set data.voc_split to a list of this "
+                        "devkit's images")
     for image_id in names:
         xml = root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
-            missing.append(f"Annotations/{image_id}.xml")
+            no_xml.append(str(xml))
             continue
         file_name, sure, unsure = _objects(xml)
         file = resolve_file(image_id, existing) or (resolve_file(file_name, existing) if file_name else None)
@@ -63,5 +68,9 @@ def read_voc(root: str | Path, split: str = "trainval", strict: bool = False) ->
         files.append(file)
         positives.append(sure)
         unknown.append(unsure)
-    missing_images(missing, len(names), folder, str(root / "ImageSets" / "Main" / f"{split}.txt"), strict, problems)
+    if no_xml:
+        missing_files(f"{listing}: {len(no_xml)} of {len(names)} listed image id(s) have no annotation file (e.g. "
+                      f"{some(no_xml)})", len(no_xml) == len(names), strict, problems,
+                      "set data.voc_split to a list of this devkit's images", "add the XML files, remove the ids")
+    missing_images(missing, len(names) - len(no_xml), folder, str(listing), strict, problems)
     return index_of(root, folder, files, positives, unknown, problems=problems, source=str(root / "Annotations"))
