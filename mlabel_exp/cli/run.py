@@ -63,7 +63,8 @@ def train(cfg: DictConfig, *, on_epoch=None, group: dict[str, str] | None = None
 
 
 def _resume_by_full_id(cfg: DictConfig, typed: Config) -> DictConfig:
-    """resume=<a unique prefix of a run id>: the full id; latest keeps its meaning (the newest unfinished run)."""
+    """resume=<a unique prefix of a run id>: the full id; latest keeps its own meaning (the unfinished run that
+    started last: query.find_resumable)."""
     from mlabel_exp.tracking.run_ids import FULL_ID, resolve_run
 
     if typed.resume == "latest" or FULL_ID.fullmatch(typed.resume):
