@@ -12,8 +12,8 @@ from mlabel_exp.tracking.runs import BEST_SCORE, KIND_TAG
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """old (0.7), new (0.5, the newest finished), running (0.9, newest of all), a closed sweep parent of old and new
-    (best_run_id: old), an open one whose child has no score yet, a comparison run."""
+    """old (0.7), new (0.5, the finished one that ended last), running (0.9, newest of all), a closed sweep parent of
+    old and new (best_run_id: old), an open one whose child has no score yet, a comparison run."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('run_ids') / 'mlflow.db'}"
