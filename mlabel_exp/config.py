@@ -455,7 +455,7 @@ class Config:
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
-    resume: Optional[str] = None         # a run id or a unique prefix, or "latest" (the unfinished run that started last): continue it
+    resume: Optional[str] = None         # continue a run id, a prefix, or "latest" (the unfinished run started last)
 
     def __post_init__(self):
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")

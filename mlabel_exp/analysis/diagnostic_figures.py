@@ -21,8 +21,9 @@ def _reliability_panel(ax, bins, title: str, width: float, fontsize: float = 8) 
     span = bins.upper - bins.lower
     ax.bar(bins.lower, bins.count / max(bins.count.sum(), 1) * width / np.maximum(span, width), width=span,
            align="edge", color="C7", alpha=0.25, edgecolor="0.6", lw=0.5)
-    ax.errorbar(bins.confidence, bins.positive, yerr=np.maximum(0, [bins.positive - bins.low, bins.high - bins.positive]), fmt="o",
-                ms=4, color="C0", mec="k", mew=0.5, elinewidth=1, capsize=2, zorder=3)
+    whiskers = np.maximum(0, [bins.positive - bins.low, bins.high - bins.positive])  # no -1e-17 from rounding
+    ax.errorbar(bins.confidence, bins.positive, yerr=whiskers, fmt="o", ms=4, color="C0", mec="k", mew=0.5,
+                elinewidth=1, capsize=2, zorder=3)
     counts = ax.secondary_xaxis("top")
     counts.set_xticks(bins.confidence, [str(n) for n in bins.count], rotation=90, fontsize=fontsize - 2,
                       color="0.3")
@@ -56,8 +57,9 @@ def reliability(cal, classes: list[str], panels: list[int], positives, known, ru
     explained = textwrap.fill(
         f"Dots: ECE's {cal.bins} equal-width bins, adjacent ones merged until each holds {cal.min_count} labels or "
         f"more, at their labels' mean probability, with a 95% Wilson interval and the number of labels; grey bars: "
-        f"where the labels lie (a bin's share of them, spread over its span); {PERFECT}. ECE: torchmetrics' L1 over the {cal.bins} equal-width "
-        f"bins, unmerged. A class has a panel of its own with {rule}.{note}", int(width * 15))
+        f"where the labels lie (a bin's share of them, spread over its span); {PERFECT}. ECE: torchmetrics' L1 over "
+        f"the {cal.bins} equal-width bins, unmerged. A class has a panel of its own with {rule}.{note}",
+        int(width * 15))
     fig.suptitle(f"{title}\n{explained}", fontsize=9)
     fig.tight_layout()
     return fig

@@ -123,8 +123,8 @@ def _calibration(ev: D.Evaluation, folder: Path, settings) -> tuple[list[dict], 
                         f"{len(ev.names)} images"), folder, f"reliability_{ev.split}.png")
     entries = [{"title": f"Reliability ({ev.split})", "image": f"reliability_{ev.split}.png",
                 "caption": f"Predicted probability against the share of images that hold the class, per bin (ECE's "
-                           f"{settings.bins} equal-width bins merged to {settings.min_bin_count} labels or more, with a "
-                           f"95% Wilson interval and the count; numbers: reliability_{ev.split}.csv); {F.PERFECT}. "
+                           f"{settings.bins} equal-width bins merged to {settings.min_bin_count} labels or more, with "
+                           f"a 95% Wilson interval and the count; numbers: reliability_{ev.split}.csv); {F.PERFECT}. "
                            f"ECE {cal.ece_pooled:.4f} (all labels pooled), Brier {cal.brier_pooled:.4f}."},
                {"title": f"Calibration per class ({ev.split})", "table": f"calibration_{ev.split}.csv",
                 "caption": "Expected calibration error (L1, equal-width bins) and Brier score of each class over its "
