@@ -417,8 +417,9 @@ class DiagnosticsConfig:
     enabled: bool = True                 # written at the end of every training run
     gallery_classes: int = 0             # error galleries of the N classes with the most errors; 0: every class
     gallery_size: int = 6                # false positives (and false negatives) shown per class
-    bins: int = 15                       # equal-width probability bins of the reliability diagrams and ECE
-    min_positives: int = 20              # a class with fewer positives is in the pooled reliability diagram only
+    bins: int = 15                       # equal-width probability bins of ECE and (merged) of the reliability diagrams
+    min_bin_count: int = 30              # labels a reliability bin holds at least (adjacent bins merged until it does)
+    min_positives: int = 20              # a class with fewer positives (or negatives) is in the pooled diagram only
     resamples: int = 1000                # bootstrap resamples of the per-class AP intervals
     activation_maps: int = 3             # Grad-CAM maps: images per class (its most confident positives); 0: none
 
@@ -427,7 +428,7 @@ class DiagnosticsConfig:
                "an integer >= 0 (0: every class)")
         _check(self.activation_maps >= 0, "diagnostics.activation_maps", self.activation_maps,
                "an integer >= 0 (0: no maps)")
-        for key in ("gallery_size", "bins", "min_positives"):
+        for key in ("gallery_size", "bins", "min_bin_count", "min_positives"):
             _check(getattr(self, key) >= 1, f"diagnostics.{key}", getattr(self, key), "an integer >= 1")
         _check(self.resamples >= 100, "diagnostics.resamples", self.resamples,
                "an integer >= 100 (the 2.5% and 97.5% percentiles need some resamples beyond them)")
@@ -452,7 +453,7 @@ class Config:
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
-    resume: Optional[str] = None         # a run id or a unique prefix, or "latest" (the newest unfinished run): continue it
+    resume: Optional[str] = None         # continue a run id, a prefix, or "latest" (the unfinished run started last)
 
     def __post_init__(self):
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")

@@ -40,9 +40,72 @@ def test_ece_and_brier_match_a_hand_computation():
     p, y = probs[known], targets[known].astype(float)  # pooled: every known label of every class
     assert cal.ece_pooled == pytest.approx(_hand_ece(p, y, 10), abs=1e-12)
     assert cal.brier_pooled == pytest.approx(np.mean((p - y) ** 2), abs=1e-12)
-    confidence, positive, count = cal.pooled_bins  # what the diagram draws is what the ECE sums
-    drawn = sum(abs(positive[k] - confidence[k]) * count[k] for k in range(11) if count[k]) / count.sum()
-    assert drawn == pytest.approx(cal.ece_pooled, abs=1e-12) and count.sum() == known.sum()
+    b = cal.pooled_bins  # unmerged (min_count=1), what the diagram draws is what the ECE sums
+    drawn = np.sum(np.abs(b.positive - b.confidence) * b.count) / b.count.sum()
+    assert drawn == pytest.approx(cal.ece_pooled, abs=1e-12) and b.count.sum() == known.sum()
+
+
+def test_reliability_bins_hold_the_minimum_count_and_what_their_spans_hold():
+    """Merged to 30 labels at least (skewed probabilities, most near 0, as a multi-label model's): every bin holds 30
+    or more, the bins tile the probabilities in order, and each bin's count, mean probability and share present are
+    those of the labels whose probability lies in its span (1.0 in the last); ECE stays the unmerged one."""
+    rng = np.random.default_rng(1)
+    p = np.concatenate([rng.beta(0.3, 3, 600), [1.0, 1.0]])
+    y = (rng.random(len(p)) < p).astype(np.int8)
+    unmerged = D.reliability_bins(p, y, 15)
+    assert (unmerged.count < 30).any()  # what the merging is for
+    b = D.reliability_bins(p, y, 15, min_count=30)
+    assert (b.count >= 30).all() and b.count.sum() == len(p) and len(b.count) < len(unmerged.count)
+    assert (b.lower[1:] >= b.upper[:-1]).all() and (b.lower < b.upper).all()
+    for k in range(len(b.count)):
+        inside = (p >= b.lower[k]) & ((p < b.upper[k]) | ((p == 1.0) & (k == len(b.count) - 1)))
+        assert b.count[k] == inside.sum()
+        assert b.confidence[k] == pytest.approx(p[inside].mean(), abs=1e-15)
+        assert b.positive[k] == y[inside].mean()
+    cal = D.calibration(p[:, None], y[:, None], bins=15, min_count=30)
+    assert cal.ece_pooled == pytest.approx(_hand_ece(p, y.astype(float), 15), abs=1e-12)
+    assert (cal.pooled_bins.count >= 30).all()
+    few = D.reliability_bins(p[:10], y[:10], 15, min_count=30)  # fewer labels than the minimum: one bin, all of them
+    assert list(few.count) == [10]
+
+
+def test_the_wilson_interval_matches_scipys():
+    from scipy.stats import binomtest
+
+    k, n = np.array([0, 1, 2, 5, 17, 29, 30, 300, 999]), np.array([30, 2, 30, 7, 40, 30, 30, 1000, 1000])
+    low, high = D.wilson_interval(k, n)
+    for i in range(len(k)):
+        ci = binomtest(int(k[i]), int(n[i])).proportion_ci(confidence_level=0.95, method="wilson")
+        assert (low[i], high[i]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    assert low[0] == 0.0 and high[6] == 1.0  # exactly the ends where every or no label is present
+
+
+def test_a_class_gets_a_reliability_panel_only_with_enough_positives_negatives_and_labels():
+    """Class 0 has 2 positives, class 1 has 400 positives and 5 negatives, class 2 has enough of both but 50 known
+    labels (one bin of 30); class 3 has enough of everything: the figure has the pooled panel and class 3's only, and
+    names the others as pooled only."""
+    from mlabel_exp.diagnostics import figures as F
+
+    rng = np.random.default_rng(2)
+    targets = (rng.random((405, 4)) < 0.3).astype(np.int8)
+    targets[:, 0] = 0
+    targets[:2, 0] = 1
+    targets[:, 1] = 1
+    targets[:5, 1] = 0
+    targets[50:, 2] = -1
+    targets[:25, 2], targets[25:50, 2] = 1, 0
+    probs = np.clip(targets * 0.6 + rng.random(targets.shape) * 0.4, 0, 1)
+    panels = D.panel_classes(targets, min_positives=20, min_count=30)
+    assert panels == [3]
+    cal = D.calibration(probs, targets, bins=15, min_count=30)
+    classes = ["rare", "everywhere", "few labels", "plenty"]
+    fig = F.reliability(cal, classes, panels, (targets == 1).sum(0), (targets >= 0).sum(0), "a rule", "val")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 2 and titles[0].startswith("all classes pooled") and titles[1].startswith("plenty (")
+    assert "Pooled only (3): rare, everywhere, few labels." in fig.get_suptitle().replace("\n", " ")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_a_perfectly_calibrated_constant_has_no_calibration_error():

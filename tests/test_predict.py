@@ -443,14 +443,17 @@ def exported(trained):
 
 
 def _metadata_preprocessed(path, meta):
-    """A consumer's own preprocessing, from the file's metadata alone: decode to RGB, resize to decode_size, divide by
-    255, normalise; an NCHW float32 batch of one."""
+    """A consumer's own preprocessing, from the file's metadata alone: decode to RGB, the resize it names (on uint8, to
+    decode_size), divide by 255, normalise; an NCHW float32 batch of one."""
     from PIL import Image
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
     pre = json.loads(meta["preprocessing"])
     assert pre["decode_size"] == pre["input_size"] and (pre["layout"], pre["channels"]) == ("NCHW", "RGB")
-    x = F.resize(F.pil_to_tensor(Image.open(path).convert("RGB")), [pre["decode_size"]] * 2, antialias=True)
+    assert pre["resize_dtype"] == "uint8" and pre["crop"] is None and not pre["keep_aspect_ratio"]
+    x = F.resize(F.pil_to_tensor(Image.open(path).convert("RGB")), [pre["decode_size"]] * 2,
+                 interpolation=InterpolationMode(pre["interpolation"]), antialias=pre["antialias"])
     x = x.float() / 255
     return ((x - torch.tensor(pre["mean"])[:, None, None]) / torch.tensor(pre["std"])[:, None, None])[None].numpy()
 
@@ -530,7 +533,10 @@ def test_predict_with_the_onnx_file_gives_the_runs_labels_and_probabilities(trai
 def test_export_fails_in_one_line_and_logs_nothing_when_the_exported_model_differs(trained, exported, tmp_path,
                                                                                      monkeypatch, capsys):
     """A weight perturbed on its way into the exporter (a head bias moved by 0.1: probabilities by up to 0.025): the
-    parity check fails the command (exit status 2, one line) and no model is logged. The legacy exporter, for speed."""
+    parity check fails the command (exit status 2, one line) and no model is logged. It fails on the probabilities,
+    by what the perturbation moves them: max |sigmoid(z + 0.1) - sigmoid(z)| over the run's validation images (z from
+    the logged probabilities, which predict reproduces within 1e-5), far over the tolerance. The legacy exporter, for
+    speed."""
     from mlabel_exp.cli.export import main
     from mlabel_exp.inference import exported as exporting
 
@@ -553,4 +559,33 @@ def test_export_fails_in_one_line_and_logs_nothing_when_the_exported_model_diffe
     out = capsys.readouterr()
     assert e.value.code == 2 and out.err.startswith("error: parity check failed") and out.err.count("\n") == 1
     assert "exported with torch.onnx's legacy TorchScript-based exporter" in out.out and "OVER the tolerance" in out.out
+    parity = json.loads((tmp_path / "x" / "export.json").read_text())["parity"]
+    classes = json.loads((tmp / "out" / "thresholds.json").read_text())["classes"]
+    p = pd.read_csv(tmp / "out" / "predictions" / "val.csv")[classes].to_numpy(np.float64)
+    moved = np.abs(1 / (1 + np.exp(-(np.log(p) - np.log1p(-p) + 0.1))) - p).max()
+    assert not parity["ok"] and parity["max_difference"] > 100 * parity["tolerance"]
+    assert parity["max_difference"] == pytest.approx(moved, abs=1e-5 + parity["tolerance"])
     assert len(client.search_logged_models([client.get_run(run_id).info.experiment_id])) == len(models)
+
+
+def test_predict_warns_when_every_image_gets_the_same_labels(trained, tmp_path, caplog):
+    """Ten copies of one image get one label set: one warning line naming it (a model fed images unlike its training
+    images does that silently otherwise). Fewer than ten images, or two label sets, say nothing."""
+    from mlabel_exp.cli.predict import SAME_LABELS_MIN, same_labels_warning
+
+    tmp, _, run_id, images = trained
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for i in range(SAME_LABELS_MIN):
+        (folder / f"copy{i}.jpg").write_bytes((images / "im3.jpg").read_bytes())
+    result = predict(_cfg(tmp, run=run_id, input=str(folder), log_to_run=False, device="cpu"), tmp_path / "o")
+    labels = pd.read_csv(tmp_path / "o" / "predictions.csv", keep_default_na=False)["labels"]
+    shown = labels[0].replace(" ", ", ") or "no label"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "same labels" in r.getMessage()]
+    assert warned == [f"every one of the {SAME_LABELS_MIN} images got the same labels ({shown}): check that the images "
+                      "are like the run's training images and the model is the one meant (run=, model=), and look at "
+                      "the probabilities in predictions.csv"]
+    hits = result.probs >= result.thresholds
+    assert same_labels_warning(hits[:-1], result.classes) is None
+    hits[0] = ~hits[0]
+    assert same_labels_warning(hits, result.classes) is None

@@ -12,8 +12,8 @@ from mlabel_exp.tracking.runs import BEST_SCORE, KIND_TAG
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """old (0.7), new (0.5, the newest finished), running (0.9, newest of all), a closed sweep parent of old and new
-    (best_run_id: old), an open one whose child has no score yet, a comparison run."""
+    """old (0.7), new (0.5, the finished one that ended last), running (0.9, newest of all), a closed sweep parent of
+    old and new (best_run_id: old), an open one whose child has no score yet, a comparison run."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('run_ids') / 'mlflow.db'}"
@@ -57,6 +57,41 @@ def test_a_full_id_or_a_unique_prefix_names_that_run(store):
 def test_latest_is_the_newest_finished_training_run_and_best_the_highest_best_val_map(store):
     assert resolve_run(store.uri, "mlabel-exp", "latest") == store.ids["new"]  # not the running one, nor a comparison
     assert resolve_run(store.uri, "mlabel-exp", "best") == store.ids["old"]
+
+
+def test_latest_is_the_finished_training_run_that_ended_last_not_the_one_that_started_last(store):
+    """Right after a long run ends, a smoke run that started later but ended earlier is not `latest`; neither is a run
+    still going, a failed run that ended after it, nor a comparison; a tie of end times goes to the later start."""
+    exp = store.client.create_experiment("ended")
+
+    def run(name, start, end=None, status="FINISHED", **tags):
+        r = store.client.create_run(exp, start_time=start, run_name=name, tags=tags)
+        if end is not None:
+            store.client.set_terminated(r.info.run_id, status, end_time=end)
+        return r.info.run_id
+
+    long = run("long", start=1_000, end=9_000)
+    run("smoke", start=2_000, end=3_000)
+    run("still running", start=4_000)
+    run("failed", start=5_000, end=9_500, status="FAILED")
+    run("comparison", start=6_000, end=9_900, **{KIND_TAG: "comparison"})
+    assert resolve_run(store.uri, "ended", "latest") == long
+    tie = run("same end, later start", start=1_500, end=9_000)
+    assert resolve_run(store.uri, "ended", "latest") == tie
+
+
+def test_compare_sweep_latest_is_the_sweep_whose_job_finished_last():
+    """Sweep a started first and ended last; b started later and ended first; c's one job failed after both."""
+    from mlabel_exp.comparison.compare import latest_sweep
+
+    def job(sweep, start, end, status="FINISHED"):
+        return {"tags": {"sweep_id": sweep}, "status": status, "start_time": start, "end_time": end}
+
+    runs = [job("a", 0, 500), job("a", 10, 9_000), job("b", 100, 200), job("b", 110, 300),
+            job("c", 200, 9_500, "FAILED"), {"tags": {}, "status": "FINISHED", "start_time": 300, "end_time": 9_900}]
+    assert latest_sweep(runs) == "a"
+    assert latest_sweep([job("b", 100, 200, "FAILED"), job("c", 200, 0, "RUNNING")]) == "c"  # none finished
+    assert latest_sweep(runs[-1:]) is None
 
 
 def test_a_sweep_parent_stands_for_its_winning_run(store):

@@ -25,6 +25,7 @@ from mlabel_exp.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 SHOWN = 20  # images whose labels predict prints
+SAME_LABELS_MIN = 10  # images from which one label set for all of them is worth a warning (fewer: chance, and shown)
 
 
 # ------------------------------------------------------------------ inputs
@@ -67,6 +68,20 @@ def list_inputs(spec: str, unreadable: dict[str, str] | None = None) -> tuple[li
 
 
 # ------------------------------------------------------------------ the job
+
+def same_labels_warning(hits, classes: list[str]) -> str | None:
+    """A warning when at least SAME_LABELS_MIN images all got one label set (or none): a model fed images unlike its
+    training images (another kind, size or colour) or thresholds that do not suit them does that, and the files alone
+    would not say so. One comparison over the N x C labels: cheap."""
+    from mlabel_exp.inference.outputs import label_names
+
+    if len(hits) < SAME_LABELS_MIN or not (hits == hits[:1]).all():
+        return None
+    labels = ", ".join(label_names(hits[0], classes)) or "no label"
+    return (f"every one of the {len(hits)} images got the same labels ({labels}): check that the images are like the "
+            "run's training images and the model is the one meant (run=, model=), and look at the probabilities in "
+            "predictions.csv")
+
 
 @dataclass
 class PredictResult:
@@ -156,6 +171,9 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
         print(f"  {name}: {', '.join(label_names(hits, classes)) or '(no label)'}")
     if len(files) > SHOWN:
         print(f"  ... {len(files) - SHOWN} more in predictions.csv")
+    warning = same_labels_warning(decide(p, thresholds), classes)
+    if warning:
+        log.warning(warning)
     print(f"predicted {len(files)} image(s), skipped {len(skipped)} unreadable file(s); outputs in {out_dir}")
     if cfg.run and cfg.log_to_run:
         where = f"predictions/{Path(cfg.input.rstrip('/*')).name or 'input'}"

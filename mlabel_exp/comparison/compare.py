@@ -20,7 +20,7 @@ from mlabel_exp.render.figures import save
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.tracking import query, registry
 from mlabel_exp.tracking.client import quiet_logger, resolve_uri
-from mlabel_exp.tracking.run_ids import sweep_parent_id
+from mlabel_exp.tracking.run_ids import ended_last, sweep_parent_id
 from mlabel_exp.tracking.runs import KIND_TAG, file_run
 
 if TYPE_CHECKING:
@@ -57,8 +57,13 @@ def describe(experiment: str, uri: str, sweep: str | None, filter_string: str | 
 
 
 def latest_sweep(runs: list[dict]) -> str | None:
-    """The sweep_id of the most recent run that has one."""
+    """The sweep_id of the sweep whose job finished last, as ``run=latest`` is the run that finished last: the sweep
+    whose end printed "compare sweep=latest", even where a sweep started later ended before it. A sweep none of whose
+    jobs finished counts only where no sweep has a finished job (the one started last: its runs are then listed)."""
     swept = [r for r in runs if r["tags"].get("sweep_id")]
+    finished = [r for r in swept if r["status"] == "FINISHED"]
+    if finished:
+        return ended_last(finished)["tags"]["sweep_id"]
     return max(swept, key=lambda r: r["start_time"])["tags"]["sweep_id"] if swept else None
 
 

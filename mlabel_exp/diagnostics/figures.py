@@ -7,52 +7,59 @@ import textwrap
 
 import numpy as np
 
-from mlabel_exp.render.figures import DASHES, QUALITATIVE, class_matrix, figure, integer_epochs
+from mlabel_exp.render.figures import DASHES, QUALITATIVE, class_matrix, clip, figure, integer_epochs
 
 PERFECT = ("a perfectly calibrated model draws every dot on the dashed diagonal (of the labels given probability p, "
            "a share p is present)")
 
 
-def _reliability_panel(ax, bins, title: str, fontsize: float = 8) -> None:
-    """Dots at (mean probability, share of positives) of each non-empty bin, sized by count, on the diagonal."""
-    confidence, positive, count = bins
-    shown = count > 0
+def _reliability_panel(ax, bins, title: str, width: float, fontsize: float = 8) -> None:
+    """Each bin (diagnostics.Bins): a dot at (mean probability, share present) with its Wilson interval, its number of
+    labels along the top edge (above the plot: never over a dot); grey bars: where the labels lie, each bin's share
+    spread over its span (``width``: one equal-width bin's; a merged bin is lower, its area its share)."""
     ax.plot([0, 1], [0, 1], "--", color="0.5", lw=1)
-    ax.bar(np.linspace(0, 1, len(count))[:len(count) - 1] + 0.5 / (len(count) - 1), count[:-1] / max(count.sum(), 1),
-           width=1 / (len(count) - 1), color="C7", alpha=0.25)  # share of the labels in each bin
-    sizes = 12 + 120 * np.sqrt(count[shown] / max(count.max(), 1))
-    ax.scatter(confidence[shown], positive[shown], s=sizes, color="C0", edgecolor="k", lw=0.5, zorder=3)
-    ax.plot(confidence[shown], positive[shown], "-", color="C0", lw=1, alpha=0.7)
+    span = bins.upper - bins.lower
+    ax.bar(bins.lower, bins.count / max(bins.count.sum(), 1) * width / np.maximum(span, width), width=span,
+           align="edge", color="C7", alpha=0.25, edgecolor="0.6", lw=0.5)
+    whiskers = np.maximum(0, [bins.positive - bins.low, bins.high - bins.positive])  # no -1e-17 from rounding
+    ax.errorbar(bins.confidence, bins.positive, yerr=whiskers, fmt="o", ms=4, color="C0", mec="k", mew=0.5,
+                elinewidth=1, capsize=2, zorder=3)
+    counts = ax.secondary_xaxis("top")
+    counts.set_xticks(bins.confidence, [str(n) for n in bins.count], rotation=90, fontsize=fontsize - 2,
+                      color="0.3")
+    counts.tick_params(length=2, pad=1, color="0.6")
     ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
     ax.set_title(title, fontsize=fontsize)
     ax.tick_params(labelsize=fontsize)
     ax.grid(alpha=0.3)
 
 
-def reliability(cal, classes: list[str], positives, min_positives: int, title: str):
-    """The pooled reliability diagram (every known label of every class) and one small diagram per class with at
-    least ``min_positives`` positives, each with its ECE and Brier score; the dashed diagonal is a perfectly
-    calibrated model, the grey bars the share of labels in each bin."""
-    shown = [c for c in range(len(classes)) if positives[c] >= min_positives]
-    cols = 4 if shown else 0
-    rows = max(2, -(-len(shown) // cols)) if shown else 1
+def reliability(cal, classes: list[str], panels: list[int], positives, known, rule: str, title: str):
+    """The pooled reliability diagram (every known label of every class) and one small diagram per class of
+    ``panels`` (diagnostics.panel_classes, whose ``rule`` the figure states), each with its ECE and Brier score."""
+    cols = 4 if panels else 0
+    rows = max(2, -(-len(panels) // cols)) if panels else 1
     width = max(7.5, 5.2 + 2.4 * cols)
-    fig = figure(figsize=(width, max(6.2, 2.5 * rows + 1.2)))[0]
+    fig = figure(figsize=(width, max(6.2, 2.5 * rows + 1.8)))[0]
     fig.clf()
     grid = fig.add_gridspec(rows, 2 + cols, width_ratios=[1, 1] + [0.9] * cols)
     ax = fig.add_subplot(grid[: min(rows, 2), :2])
     _reliability_panel(ax, cal.pooled_bins, f"all classes pooled: ECE {cal.ece_pooled:.3f}, Brier "
-                       f"{cal.brier_pooled:.3f}", fontsize=9)
-    ax.set_xlabel("predicted probability (bin mean)", fontsize=9)
+                       f"{cal.brier_pooled:.3f}", 1 / cal.bins, fontsize=9)
+    ax.set_xlabel("predicted probability (the bin's mean)", fontsize=9)
     ax.set_ylabel("share of images holding the class", fontsize=9)
-    for k, c in enumerate(shown):
+    for k, c in enumerate(panels):
         small = fig.add_subplot(grid[k // cols, 2 + k % cols])
-        _reliability_panel(small, cal.class_bins[c], f"{classes[c]} ({positives[c]} pos.)\nECE {cal.ece[c]:.3f}, "
-                           f"Brier {cal.brier[c]:.3f}")
-    left_out = len(classes) - len(shown)
-    note = f"{left_out} class(es) with fewer than {min_positives} positives: pooled only" if left_out else ""
-    explained = textwrap.fill(f"{PERFECT}; dot area: labels in the bin; grey bars: share of labels per bin. {note}",
-                              int(width * 15))
+        _reliability_panel(small, cal.class_bins[c], f"{clip(classes[c], 18)} ({positives[c]} pos. of {known[c]})\n"
+                           f"ECE {cal.ece[c]:.3f}, Brier {cal.brier[c]:.3f}", 1 / cal.bins)
+    left_out = [classes[c] for c in range(len(classes)) if c not in set(panels)]
+    note = (f" Pooled only ({len(left_out)}): {clip(', '.join(left_out), 120)}." if left_out else "")
+    explained = textwrap.fill(
+        f"Dots: ECE's {cal.bins} equal-width bins, adjacent ones merged until each holds {cal.min_count} labels or "
+        f"more, at their labels' mean probability, with a 95% Wilson interval and the number of labels; grey bars: "
+        f"where the labels lie (a bin's share of them, spread over its span); {PERFECT}. ECE: torchmetrics' L1 over "
+        f"the {cal.bins} equal-width bins, unmerged. A class has a panel of its own with {rule}.{note}",
+        int(width * 15))
     fig.suptitle(f"{title}\n{explained}", fontsize=9)
     fig.tight_layout()
     return fig

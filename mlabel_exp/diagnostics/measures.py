@@ -60,27 +60,76 @@ def read_predictions(path: Path, split: str, image_of=None, labels_of=None) -> E
 # ------------------------------------------------------------------ calibration
 
 @dataclass
+class Bins:
+    """Reliability bins, non-empty, in probability order: each bin's span (``lower`` .. ``upper``: the equal-width
+    edges it covers), its number of labels, their mean probability, the share of them present and that share's Wilson
+    interval (``low`` .. ``high``)."""
+    lower: np.ndarray
+    upper: np.ndarray
+    count: np.ndarray
+    confidence: np.ndarray
+    positive: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+@dataclass
 class Calibration:
-    """ECE and Brier score per class and pooled (every known label of every class), and the reliability bins:
-    per bin, the mean predicted probability, the share of positives and the count (pooled, and per class)."""
+    """ECE and Brier score per class and pooled (every known label of every class), and the reliability bins (pooled,
+    and per class) with at least ``min_count`` labels each."""
     ece: np.ndarray            # C; NaN where a class has no known label
     brier: np.ndarray          # C
     ece_pooled: float
     brier_pooled: float
     bins: int
-    pooled_bins: tuple[np.ndarray, np.ndarray, np.ndarray]
-    class_bins: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    min_count: int
+    pooled_bins: Bins
+    class_bins: list[Bins]
 
 
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int):
-    """(mean probability, share of positives, count) of each bin [k/bins, (k+1)/bins), a probability of exactly 1 in
-    a last bin of its own: torchmetrics' binning, so the diagram draws what its ECE sums."""
-    index = np.searchsorted(np.linspace(0, 1, bins + 1), probs, side="right") - 1
-    count = np.bincount(index, minlength=bins + 1).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        confidence = np.bincount(index, weights=probs, minlength=bins + 1) / count
-        positive = np.bincount(index, weights=labels.astype(float), minlength=bins + 1) / count
-    return confidence, positive, count
+def wilson_interval(positives: np.ndarray, count: np.ndarray, confidence: float = 0.95):
+    """(low, high) of the Wilson score interval of the share positives / count (closed form, vectorised: what
+    scipy.stats.binomtest(...).proportion_ci(method='wilson') gives): honest for small counts and shares near 0 or 1,
+    where the normal interval is not."""
+    from scipy.stats import norm
+
+    z2 = norm.ppf(0.5 + confidence / 2) ** 2
+    n = np.asarray(count, dtype=float)
+    share = np.asarray(positives, dtype=float) / n
+    centre = (share + z2 / (2 * n)) / (1 + z2 / n)
+    half = np.sqrt(z2) / (1 + z2 / n) * np.sqrt(share * (1 - share) / n + z2 / (4 * n * n))
+    return np.where(share == 0, 0.0, centre - half), np.where(share == 1, 1.0, centre + half)  # exact ends there
+
+
+def _merge(count: np.ndarray, min_count: int) -> np.ndarray:
+    """Group number of each bin: adjacent bins joined, left to right, until a group holds ``min_count`` labels; a
+    short remainder at the top joins the group below it."""
+    group, held, k = np.zeros(len(count), dtype=int), 0, 0
+    for b, n in enumerate(count):
+        group[b], held = k, held + n
+        if held >= min_count:
+            k, held = k + 1, 0
+    if 0 < held and k > 0:  # the top group fell short: into the one below
+        group[group == k] = k - 1
+    return group
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int, min_count: int = 1) -> Bins:
+    """Equal-width bins [k/bins, (k+1)/bins), a probability of exactly 1 in a last bin of its own (torchmetrics'
+    binning: with ``min_count=1`` the diagram draws what its ECE sums), adjacent ones merged until each holds at least
+    ``min_count`` labels (a diagram of bins holding 1 or 2 labels swings between 0 and 1 and says nothing)."""
+    edges = np.append(np.linspace(0, 1, bins + 1), 1.0)  # bin k spans edges[k] .. edges[k + 1]; 1.0 alone
+    index = np.searchsorted(edges[:-1], probs, side="right") - 1
+    count = np.bincount(index, minlength=bins + 1)
+    grouped = _merge(count, min_count)
+    group, groups = grouped[index], grouped.max() + 1
+    n = np.bincount(group, minlength=groups)
+    used = np.flatnonzero(n)
+    filled = [np.flatnonzero((grouped == g) & (count > 0)) for g in used]  # the bins holding its labels
+    positives, n = np.bincount(group, weights=labels.astype(float), minlength=groups)[used], n[used]
+    low, high = wilson_interval(positives, n)
+    return Bins(np.array([edges[b[0]] for b in filled]), np.array([edges[b[-1] + 1] for b in filled]), n,
+                np.bincount(group, weights=probs, minlength=groups)[used] / n, positives / n, low, high)
 
 
 def calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:
@@ -94,19 +143,29 @@ def calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int) -> float
                                           torch.as_tensor(labels, dtype=torch.int64), n_bins=bins, norm="l1"))
 
 
-def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> Calibration:
-    """ECE and Brier score of each class over its known labels, and pooled over every known label."""
+def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = 15, min_count: int = 1) -> Calibration:
+    """ECE (``bins`` equal-width bins) and Brier score of each class over its known labels, and pooled over every
+    known label; the reliability bins merged to ``min_count`` labels at least."""
     known = targets >= 0
     ece, brier, class_bins = [], [], []
     for c in range(probs.shape[1]):
         p, y = probs[known[:, c], c], targets[known[:, c], c]
         ece.append(calibration_error(p, y, bins))
         brier.append(float(np.mean((p - y) ** 2)) if len(p) else float("nan"))
-        class_bins.append(reliability_bins(p, y, bins))
+        class_bins.append(reliability_bins(p, y, bins, min_count))
     p, y = probs[known], targets[known]
     return Calibration(np.array(ece), np.array(brier), calibration_error(p, y, bins),
-                       float(np.mean((p - y) ** 2)) if len(p) else float("nan"), bins, reliability_bins(p, y, bins),
-                       class_bins)
+                       float(np.mean((p - y) ** 2)) if len(p) else float("nan"), bins, min_count,
+                       reliability_bins(p, y, bins, min_count), class_bins)
+
+
+def panel_classes(targets: np.ndarray, min_positives: int, min_count: int) -> list[int]:
+    """The classes whose own reliability diagram can say something: at least ``min_positives`` positives and as many
+    negatives among their known labels (a curve needs both ends), and labels for two bins of ``min_count`` at least (one
+    bin is a dot, not a curve). The others are in the pooled diagram only."""
+    positives, negatives = (targets == 1).sum(0), (targets == 0).sum(0)
+    return [c for c in range(targets.shape[1]) if min(positives[c], negatives[c]) >= min_positives
+            and positives[c] + negatives[c] >= 2 * min_count]
 
 
 def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:

@@ -98,22 +98,39 @@ def _calibration(ev: D.Evaluation, folder: Path, settings) -> tuple[list[dict], 
     import pandas as pd
 
 
-    cal = D.calibration(ev.probs, ev.targets, settings.bins)
-    positives = (ev.targets == 1).sum(0)
-    table = pd.DataFrame({"class": [*ev.classes, "(all classes pooled)"],
-                          "positives": [*positives, positives.sum()],
-                          "known labels": [*(ev.targets >= 0).sum(0), (ev.targets >= 0).sum()],
+    cal = D.calibration(ev.probs, ev.targets, settings.bins, settings.min_bin_count)
+    positives, known = (ev.targets == 1).sum(0), (ev.targets >= 0).sum(0)
+    table = pd.DataFrame({"class": [*ev.classes, "(all classes pooled)"], "positives": [*positives, positives.sum()],
+                          "known labels": [*known, known.sum()],
                           "ECE": [*cal.ece, cal.ece_pooled], "Brier": [*cal.brier, cal.brier_pooled]})
     _csv(table, folder, f"calibration_{ev.split}.csv")
-    save(F.reliability(cal, ev.classes, positives, settings.min_positives, f"{ev.split}: reliability of P(label), "
-                       f"{len(ev.names)} images, {settings.bins} bins"), folder / f"reliability_{ev.split}.png")
+    _csv(bins_table(cal, ev.classes), folder, f"reliability_{ev.split}.csv")
+    panels = D.panel_classes(ev.targets, settings.min_positives, settings.min_bin_count)
+    rule = (f"at least {settings.min_positives} positives and as many negatives, and {2 * settings.min_bin_count} "
+            "known labels (two bins)")
+    save(F.reliability(cal, ev.classes, panels, positives, known, rule, f"{ev.split}: reliability of P(label), "
+                       f"{len(ev.names)} images"), folder / f"reliability_{ev.split}.png")
     entries = [{"title": f"Reliability ({ev.split})", "image": f"reliability_{ev.split}.png",
-                "caption": f"Predicted probability against the share of images that hold the class, per bin; "
-                           f"{F.PERFECT}. ECE {cal.ece_pooled:.4f} (all labels pooled), Brier {cal.brier_pooled:.4f}."},
+                "caption": f"Predicted probability against the share of images that hold the class, per bin (ECE's "
+                           f"{settings.bins} equal-width bins merged to {settings.min_bin_count} labels or more, with "
+                           f"a 95% Wilson interval and the count; numbers: reliability_{ev.split}.csv); {F.PERFECT}. "
+                           f"ECE {cal.ece_pooled:.4f} (all labels pooled), Brier {cal.brier_pooled:.4f}."},
                {"title": f"Calibration per class ({ev.split})", "table": f"calibration_{ev.split}.csv",
                 "caption": "Expected calibration error (L1, equal-width bins) and Brier score of each class over its "
                            "known labels; the last row pools every label."}]
     return entries, {f"{ev.split}/ece": cal.ece_pooled, f"{ev.split}/brier": cal.brier_pooled}
+
+
+def bins_table(cal: D.Calibration, classes: list[str]):
+    """The bins the reliability diagram draws, pooled first, then each class's: span, labels, mean probability, share
+    present and its 95% Wilson interval."""
+    import pandas as pd
+
+    frames = [pd.DataFrame({"class": name, "from": b.lower, "to": b.upper, "labels": b.count,
+                            "mean probability": b.confidence, "share present": b.positive, "Wilson low": b.low,
+                            "Wilson high": b.high})
+              for name, b in zip(["(all classes pooled)", *classes], [cal.pooled_bins, *cal.class_bins])]
+    return pd.concat(frames, ignore_index=True)
 
 
 def _confusion(ev: D.Evaluation, folder: Path) -> list[dict]:

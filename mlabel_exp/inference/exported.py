@@ -30,11 +30,25 @@ log = logging.getLogger(__name__)
 EXTRA = "pip install mlabel-exp[export]"
 OPSET = 20  # the dynamo exporter's default in torch 2.14; the legacy exporter writes it too
 INPUT, OUTPUT = "image", "probabilities"
-#: What a consumer needs beside the graph, as text: how images become the input tensor.
-PIPELINE = {"resize": "each image to decode_size x decode_size (bilinear, antialiased, aspect ratio not kept, no "
-                      "crop), then the batch to input_size x input_size where the two differ",
-            "layout": "NCHW", "channels": "RGB", "dtype": "float32",
+#: What a consumer needs beside the graph, as text: how images become the input tensor (with ``resize``).
+PIPELINE = {"layout": "NCHW", "channels": "RGB", "dtype": "float32",
             "value_range": "uint8 0..255 divided by 255, then (x - mean) / std per channel"}
+
+
+def resize_steps(decode_size: int, input_size: int, interpolation: str) -> dict:
+    """The resize a consumer must apply, exactly as data.images.image_steps and BatchTransform do it: torchvision's
+    resize of the uint8 image to a square (both sides, no crop), antialiased, then of the float batch where the
+    sizes differ. Bilinear: PIL's Image.resize BILINEAR gives the same pixels within 1 grey level (not bicubic)."""
+    mode = f"InterpolationMode.{interpolation.upper()}"
+    steps = (f"torchvision.transforms.v2.functional.resize(x, [{decode_size}, {decode_size}], interpolation={mode}, "
+             "antialias=True) on x, the uint8 3 x H x W tensor of the RGB image (pil_to_tensor): both sides to "
+             f"{decode_size} px (aspect ratio not kept), no crop, the result uint8")
+    steps += (f"; then the same resize of the float32 batch (0..255, before the division) to {input_size} x "
+              f"{input_size}" if decode_size != input_size else "; no second resize (decode_size = input_size)")
+    if interpolation == "bilinear":
+        steps += "; PIL's Image.resize((size, size), Image.BILINEAR) on the RGB image agrees within 1 grey level"
+    return {"resize": steps, "interpolation": interpolation, "antialias": True, "resize_dtype": "uint8",
+            "keep_aspect_ratio": False, "crop": None}
 
 
 def require_extra() -> None:
@@ -107,9 +121,10 @@ def metadata(classes: list[str], thresholds, preprocessing: dict, **extra: str) 
     """The file's metadata_props: class names, thresholds (lossless: floats.written), preprocessing, as JSON text."""
     from mlabel_exp.floats import written
 
-    pre = {"decode_size": int(preprocessing["decode_size"]), "input_size": int(preprocessing["input_size"]),
-           "mean": [float(v) for v in preprocessing["mean"]], "std": [float(v) for v in preprocessing["std"]],
-           **PIPELINE}
+    decode, size = int(preprocessing["decode_size"]), int(preprocessing["input_size"])
+    interpolation = str(preprocessing.get("interpolation", "bilinear"))  # older checkpoints: bilinear, the only one
+    pre = {"decode_size": decode, "input_size": size, "mean": [float(v) for v in preprocessing["mean"]],
+           "std": [float(v) for v in preprocessing["std"]], **resize_steps(decode, size, interpolation), **PIPELINE}
     return {"classes": json.dumps(list(classes)), "thresholds": json.dumps(written(thresholds).tolist()),
             "preprocessing": json.dumps(pre), "output": f"{OUTPUT}: sigmoid of the logits, one per class, in the "
             "order of classes; a label where probability >= its threshold", **extra}

@@ -14,11 +14,12 @@ from mlabel_exp.tracking.runs import KIND_TAG, Tracker
 
 
 def run_record(run) -> dict[str, Any]:
-    """An MLflow run as a plain dict: run_id, name, status, start_time (ms), tags, params, metrics (last values), and
-    datasets: the digest of each data set it logged, by context (train, validation, test; record.dataset_digests)."""
+    """An MLflow run as a plain dict: run_id, name, status, start_time and end_time (ms; end_time 0 while it runs),
+    tags, params, metrics (last values), and datasets: the digest of each data set it logged, by context (train,
+    validation, test; record.dataset_digests)."""
     info, data = run.info, run.data
     return {"run_id": info.run_id, "name": info.run_name or data.tags.get("mlflow.runName", ""),
-            "status": info.status, "start_time": info.start_time or 0,
+            "status": info.status, "start_time": info.start_time or 0, "end_time": info.end_time or 0,
             "tags": dict(data.tags), "params": dict(data.params), "metrics": dict(data.metrics),
             "datasets": dataset_digests(run)}
 
@@ -151,7 +152,8 @@ def preempted_runs(tracking_cfg, identity: dict[str, str]) -> list[tuple[str, di
 
 
 def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None) -> tuple[str, dict[str, str]]:
-    """(run id, tags) of ``run_id``, or of the newest unfinished run when it is 'latest', in the store and experiment
+    """(run id, tags) of ``run_id``, or when it is 'latest' of the unfinished training run that started last (an
+    unfinished run has no end time: not run_ids' latest, the finished run that ended last), in the store and experiment
     of ``tracking_cfg`` (opened as a run opens it); ``why_not(tags, latest)`` names a reason to pass a run over (None:
     usable)."""
     import mlflow

@@ -1,7 +1,9 @@
-"""Short run ids, wherever a command names a run (predict ``run=``, run ``resume=``, compare ``sweep=``): a full id,
-any unique prefix of one, ``latest`` (the newest finished training run), ``best`` (the finished training run with the
-highest best val mAP); a sweep parent's id stands for its winning run. Every failure is one line naming the setting,
-the experiment and the store."""
+"""Short run ids, wherever a command names a run (predict, diagnose and export ``run=``, run ``resume=``, compare
+``sweep=``): a full id, any unique prefix of one, ``latest`` (the FINISHED training run that ended last: the one whose
+end a user has just seen, even where another run started later and is still going or ended earlier), ``best`` (the
+finished training run with the highest best val mAP); a sweep parent's id stands for its winning run. ``resume=latest``
+is not this: an unfinished run has no end time, so it takes the unfinished run that started last
+(query.find_resumable). Every failure is one line naming the setting, the experiment and the store."""
 
 from __future__ import annotations
 
@@ -39,6 +41,11 @@ def _training(runs: list[dict]) -> list[dict]:
     return [r for r in runs if KIND_TAG not in r["tags"] and r["status"] == "FINISHED"]
 
 
+def ended_last(finished: list[dict]) -> dict:
+    """The run of ``finished`` that ended last (the later start breaks a tie of end times)."""
+    return max(finished, key=lambda r: (r["end_time"], r["start_time"]))
+
+
 def _short(run: dict) -> str:
     return f"{run['run_id'][:8]} ({run['name']})" if run.get("name") else run["run_id"][:8]
 
@@ -74,8 +81,7 @@ def _named(uri: str, experiment: str, ref: str, setting: str, experiment_setting
             finished = [r for r in finished if BEST_SCORE in r["metrics"]]
         if not finished:
             raise ConfigError(f"{setting}={ref}: no finished training run in {where}")
-        return (max(finished, key=lambda r: r["metrics"][BEST_SCORE]) if ref == "best"
-                else max(finished, key=lambda r: r["start_time"]))
+        return (max(finished, key=lambda r: r["metrics"][BEST_SCORE]) if ref == "best" else ended_last(finished))
     return match_prefix(runs, ref, setting, where)
 
 
