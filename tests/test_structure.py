@@ -93,6 +93,55 @@ def test_no_cycle_between_packages():
     assert {(a, b) for a, b in edges if (b, a) in edges} == set()
 
 
+#: What an import inside a function may defer: libraries that take a noticeable share of a second to import.
+HEAVY = {"torch", "torchvision", "torchmetrics", "mlflow", "pandas", "matplotlib", "scipy", "sklearn", "timm", "onnx",
+         "onnxruntime", "onnxscript", "optuna", "pytorch_grad_cam", "hydra", "submitit", "PIL", "numpy", "iterstrat"}
+
+
+def _heavy_at_import(modules: dict[str, Path]):
+    """module -> the HEAVY libraries importing it loads (its module-level imports, and theirs, transitively)."""
+    top = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.parse(path.read_text()).body:  # module level only (a TYPE_CHECKING block is an If: skipped)
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                found |= _imported(name, path, node, modules)
+        top[name] = found
+    memo: dict[str, set[str]] = {}
+
+    def heavy(name: str, trail: frozenset = frozenset()) -> set[str]:
+        if name not in memo:
+            out = set()
+            for dep in top.get(name, ()):
+                parts = dep.split(".")
+                out |= {parts[0]} & HEAVY
+                for i in range(2, len(parts) + 1):  # importing a.b.c imports the packages a.b and a.b.c
+                    if ".".join(parts[:i]) in modules and ".".join(parts[:i]) not in trail | {name}:
+                        out |= heavy(".".join(parts[:i]), trail | {name})
+            memo[name] = out
+        return memo[name]
+
+    return heavy
+
+
+def test_imports_inside_functions_are_only_those_that_defer_a_heavy_library():
+    """A function-level import hides a dependency from the reader: it is there only to keep start-up (--help) fast,
+    so it must defer a library that its module does not load anyway."""
+    modules = _modules()
+    heavy = _heavy_at_import(modules)
+    pointless = []
+    for name, path in modules.items():
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    ours = {d for d in _imported(name, path, node, modules) if d in modules}
+                    pointless += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {d}" for d in sorted(ours)
+                                  if not heavy(d) - heavy(name)]
+    assert pointless == []
+
+
 def test_mlflow_is_imported_only_under_the_tracking_package():
     _, everything = _graph()
     importers = {m for m, deps in everything.items() if any(d == "mlflow" or d.startswith("mlflow.") for d in deps)}

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
-from mlabel_exp.config import CompareConfig, validate
+from mlabel_exp.cli.app import command
+from mlabel_exp.comparison.compare import CHAMPION, compare, comparisons_experiment
+from mlabel_exp.comparison.table import console_table, groups_table
+from mlabel_exp.config import CompareConfig, resolve_path, validate
+from mlabel_exp.tracking.client import resolve_uri
+from mlabel_exp.tracking.run_ids import newest_experiment
 
 
 def report(result, typed: CompareConfig) -> None:
     """The tables, then the notes that qualify them, the files and the comparison's run."""
     import textwrap
 
-    from mlabel_exp.comparison.compare import CHAMPION, comparisons_experiment
-    from mlabel_exp.comparison.table import console_table, groups_table
-    from mlabel_exp.tracking.client import resolve_uri
 
     print(console_table(result.table, wide=typed.wide) + "\n")
     if result.groups is not None and len(result.groups.table) > 1:
@@ -38,11 +40,6 @@ def report(result, typed: CompareConfig) -> None:
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.comparison.compare import compare
-    from mlabel_exp.config import resolve_path
-
-    from mlabel_exp.tracking.run_ids import newest_experiment
-
     typed: CompareConfig = validate(cfg, CompareConfig)
     typed.tracking.experiment = newest_experiment(typed.tracking.uri, typed.tracking.experiment)
     result = compare(typed.tracking.experiment, tracking_uri=typed.tracking.uri, sweep=typed.sweep,
@@ -52,8 +49,6 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    from mlabel_exp.cli.app import command
-
     command(_main, "compare", CompareConfig, "compare_schema")()
 
 

@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mlabel_exp.experiment import hydra_job as job
+from mlabel_exp.tracking.client import run_url, ui_command
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ def settings_table(children: list[dict], settings: list, title: str, look: list[
 
 def closing_block(outcome) -> str:
     """What a person reads last: the best and held-out figures, where the files are, how to look at the run."""
-    from mlabel_exp.tracking.client import run_url, ui_command
-
     stop = " (early stop)" if outcome.stopped_early else ""
     lines = [f"best val mAP {outcome.objective:.4f} at epoch {outcome.best_epoch} of {outcome.epochs}{stop}"]
     where = {"test": "test:     {} (the test split, best weights, thresholds tuned on validation)",

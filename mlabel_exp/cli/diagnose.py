@@ -14,9 +14,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mlabel_exp.config import DiagnoseConfig, resolve_path
-
-from mlabel_exp.errors import ConfigError
+from mlabel_exp.cli.app import command
+from mlabel_exp.config import DataConfig, DiagnoseConfig, resolve_path, validate
+from mlabel_exp.errors import ConfigError, UserError
+from mlabel_exp.tracking.query import artifact_text, download_best_checkpoint, get_run
+from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
+from mlabel_exp.tracking.runs import log_files, log_metrics_to_run
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,7 @@ def _data_index(uri: str | None, run_id: str):
     """The run's data set, indexed from its logged config.yaml (no image decoded); None when it cannot be found here."""
     from omegaconf import OmegaConf
 
-    from mlabel_exp.config import DataConfig
-
-    from mlabel_exp.errors import UserError
     from mlabel_exp.data.formats import index_from_config
-    from mlabel_exp.tracking.query import artifact_text
 
     text = artifact_text(uri, run_id, "config.yaml")
     if text is None:
@@ -61,9 +60,6 @@ def diagnose(cfg: DiagnoseConfig) -> Path:
     import tempfile
 
     from mlabel_exp.diagnostics import writer as P
-    from mlabel_exp.tracking.query import artifact_text, download_best_checkpoint, get_run
-    from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
-    from mlabel_exp.tracking.runs import log_files, log_metrics_to_run
 
     uri = cfg.tracking.uri
     run_id = resolve_run(uri, newest_experiment(uri, cfg.tracking.experiment), cfg.run)
@@ -101,14 +97,10 @@ def diagnose(cfg: DiagnoseConfig) -> Path:
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.config import validate
-
     diagnose(validate(cfg, DiagnoseConfig))
 
 
 def main() -> None:
-    from mlabel_exp.cli.app import command
-
     command(_main, "diagnose", DiagnoseConfig, "diagnose_schema")()
 
 

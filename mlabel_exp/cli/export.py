@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlabel_exp.config import ExportConfig, resolve_path
-
+from mlabel_exp.cli.app import command
+from mlabel_exp.cli.predict import list_inputs, load_run_checkpoint, named_run
+from mlabel_exp.config import DataConfig, ExportConfig, resolve_path, validate
 from mlabel_exp.errors import ConfigError, ParityError, UserError
+from mlabel_exp.experiment.hydra_job import output_dir_of_job
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.tracking.onnx_model import NAME, log_onnx_model
+from mlabel_exp.tracking.query import run_tags
+from mlabel_exp.tracking.registry import register_model
+from mlabel_exp.tracking.runs import log_files
 
 log = logging.getLogger(__name__)
 EXPORTER_NAMES = {"dynamo": "torch.onnx's dynamo exporter (torch.export)",
@@ -42,7 +48,6 @@ def validation_images(ckpt: dict, limit: int) -> tuple[list[Path], list[str]]:
 
     from omegaconf import OmegaConf
 
-    from mlabel_exp.config import DataConfig
     from mlabel_exp.data.formats import index_from_config
 
     fix = "give images=<folder or glob> for the parity check"
@@ -64,13 +69,9 @@ def validation_images(ckpt: dict, limit: int) -> tuple[list[Path], list[str]]:
 
 def _out_dir(cfg: ExportConfig) -> Path:
     """out=, else the run's output folder's export/ where that folder is on this machine, else Hydra's job folder."""
-    from mlabel_exp.experiment.hydra_job import output_dir_of_job
-
     if cfg.out:
         return resolve_path(cfg.out)
     if cfg.run:
-        from mlabel_exp.tracking.query import run_tags
-
         folder = run_tags(cfg.tracking.uri, cfg.run).get("output_dir")
         if folder and Path(folder).is_dir():
             return Path(folder) / "export"
@@ -94,7 +95,6 @@ def _write(cfg: ExportConfig, predictor, source: str, out: Path):
 def export(cfg: ExportConfig) -> ExportResult:
     import torch
 
-    from mlabel_exp.cli.predict import list_inputs, load_run_checkpoint, named_run
     from mlabel_exp.inference import exported
     from mlabel_exp.inference.parity import compare
     from mlabel_exp.inference.predictor import Predictor
@@ -136,30 +136,21 @@ def export(cfg: ExportConfig) -> ExportResult:
 
 def _log(cfg: ExportConfig, proto, path: Path, summary_path: Path) -> str:
     """The model under the run (MLflow's ONNX flavor), export.json beside it, and the registered version if asked."""
-    from mlabel_exp.tracking.onnx_model import NAME, log_onnx_model
-    from mlabel_exp.tracking.runs import log_files
-
     meta = {p.key: p.value for p in proto.metadata_props}
     model_uri = log_onnx_model(cfg.tracking.uri, cfg.run, proto, meta)
     log_files(cfg.tracking.uri, cfg.run, [summary_path], "export")
     print(f"logged under run {cfg.run} as {NAME} (MLflow's ONNX flavor): {model_uri}")
     if cfg.register:
-        from mlabel_exp.tracking.registry import register_model
-
         version = register_model(cfg.tracking.uri, model_uri, cfg.register)
         print(f"registered as {cfg.register} version {version}: models:/{cfg.register}/{version}")
     return model_uri
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.config import validate
-
     export(validate(cfg, ExportConfig))
 
 
 def main() -> None:
-    from mlabel_exp.cli.app import command
-
     command(_main, "export", ExportConfig, "export_schema")()
 
 

@@ -8,13 +8,18 @@ mlabel.kind=audit in the data set's experiment; and the next command to run.
 
 from __future__ import annotations
 
+from mlabel_exp.cli.app import command
+from mlabel_exp.config import InspectConfig, project_root, resolve_path, validate
+from mlabel_exp.data import audit_figures as fig
+from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.render.figures import save
+from mlabel_exp.tracking.runs import log_audit
+
 
 def figures(report, index, split: dict, out_dir) -> list:
     """The audit's four figures, saved as PNGs in ``out_dir``; returns their paths."""
     import numpy as np
 
-    from mlabel_exp.data import audit_figures as fig
-    from mlabel_exp.render.figures import save
 
     positive = (index.labels == 1)
     made = {
@@ -42,10 +47,8 @@ def next_command() -> str:
 def _main(cfg) -> None:
     import time
 
-    from mlabel_exp.config import InspectConfig, project_root, resolve_path, validate
     from mlabel_exp.data.audit import audit, read_for_audit
     from mlabel_exp.data.split import split_from_config
-    from mlabel_exp.fsutil import write_atomic
 
     typed: InspectConfig = validate(cfg, InspectConfig)
     index, found = read_for_audit(typed.data)
@@ -59,8 +62,6 @@ def _main(cfg) -> None:
     print(text)
     print("\nFigures and report:", *(f"  {p}" for p in files), sep="\n")
     if typed.tracking.enabled:
-        from mlabel_exp.tracking.runs import log_audit
-
         experiment = typed.tracking.experiment
         run_id = log_audit(typed.tracking, experiment, f"audit of {index.root.name}",
                            {"root": str(index.root), "images": len(index), "classes": len(index.classes),
@@ -70,9 +71,6 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    from mlabel_exp.cli.app import command
-    from mlabel_exp.config import InspectConfig
-
     command(_main, "inspect", InspectConfig)()
 
 

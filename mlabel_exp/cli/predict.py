@@ -18,10 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlabel_exp.config import PredictConfig, resolve_path
-
+from mlabel_exp.cli.app import command
+from mlabel_exp.config import PredictConfig, resolve_path, validate
 from mlabel_exp.errors import ConfigError
+from mlabel_exp.experiment.hydra_job import output_dir_of_job
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.inference.outputs import label_names, write_predictions, write_submission
+from mlabel_exp.tracking.query import download_best_checkpoint
+from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
+from mlabel_exp.tracking.runs import log_files
 
 log = logging.getLogger(__name__)
 SHOWN = 20  # images whose labels predict prints
@@ -73,8 +78,6 @@ def same_labels_warning(hits, classes: list[str]) -> str | None:
     """A warning when at least SAME_LABELS_MIN images all got one label set (or none): a model fed images unlike its
     training images (another kind, size or colour) or thresholds that do not suit them does that, and the files alone
     would not say so. One comparison over the N x C labels: cheap."""
-    from mlabel_exp.inference.outputs import label_names
-
     if len(hits) < SAME_LABELS_MIN or not (hits == hits[:1]).all():
         return None
     labels = ", ".join(label_names(hits[0], classes)) or "no label"
@@ -103,7 +106,6 @@ def load_run_checkpoint(cfg) -> tuple[dict, str]:
         return load_checkpoint(path), str(path)
     import tempfile
 
-    from mlabel_exp.tracking.query import download_best_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         path, source = download_best_checkpoint(cfg.tracking.uri, cfg.run, Path(tmp))
@@ -115,7 +117,6 @@ def named_run(cfg):
     run it names (tracking.run_ids)."""
     import dataclasses
 
-    from mlabel_exp.tracking.run_ids import newest_experiment, resolve_run
 
     experiment = newest_experiment(cfg.tracking.uri, cfg.tracking.experiment)
     return dataclasses.replace(cfg, run=resolve_run(cfg.tracking.uri, experiment, cfg.run))
@@ -146,11 +147,9 @@ def _predictor(cfg: PredictConfig, device):
 
 
 def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
-    from mlabel_exp.inference.outputs import label_names, write_predictions, write_submission
-    from mlabel_exp.tracking.runs import log_files
     from mlabel_exp.data.loaders import default_workers
-    from mlabel_exp.runtime.precision import select_device
     from mlabel_exp.floats import decide
+    from mlabel_exp.runtime.precision import select_device
 
     device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line
     skipped: dict[str, str] = {}  # links that cannot be followed, then files that do not decode
@@ -183,9 +182,6 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.experiment.hydra_job import output_dir_of_job
-    from mlabel_exp.config import validate
-
     typed: PredictConfig = validate(cfg, PredictConfig)
     out = resolve_path(typed.out) if typed.out else output_dir_of_job()
     out.mkdir(parents=True, exist_ok=True)
@@ -193,8 +189,6 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    from mlabel_exp.cli.app import command
-
     command(_main, "predict", PredictConfig, "predict_schema")()
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from mlabel_exp.cli import console
+from mlabel_exp.cli.app import command
 from mlabel_exp.config import SearchJobConfig
+from mlabel_exp.experiment.search import end_search, search
 
 
 def search_and_report(cfg: DictConfig):
     """The search as the command runs it, its console lines included; returns the optuna Study."""
-    from mlabel_exp.experiment.search import end_search, search
-
     def pruned(trial: int, epoch: int, value: float, overrides: str) -> None:
         print(console.shorten(f"trial {trial}: pruned after epoch {epoch} (val mAP {value:.4f})  {overrides}"),
               flush=True)
@@ -31,8 +31,6 @@ def search_and_report(cfg: DictConfig):
 
 
 def main() -> None:
-    from mlabel_exp.cli.app import command
-
     command(search_and_report, "search", SearchJobConfig)()
 
 

@@ -4,12 +4,12 @@ in another format with the same images and labels."""
 
 from __future__ import annotations
 
-from mlabel_exp.config import SyntheticCommandConfig, validate
+from mlabel_exp.cli.app import command
+from mlabel_exp.config import SyntheticCommandConfig, resolve_path, validate
+from mlabel_exp.errors import ConfigError
 
 
 def _main(cfg) -> None:
-    from mlabel_exp.config import resolve_path
-    from mlabel_exp.errors import ConfigError
     from mlabel_exp.data.synthetic import PREVALENCE, generate, write_format
 
     typed: SyntheticCommandConfig = validate(cfg, SyntheticCommandConfig)
@@ -26,8 +26,6 @@ def _main(cfg) -> None:
 
 
 def main() -> None:
-    from mlabel_exp.cli.app import command
-
     command(_main, "synthetic", SyntheticCommandConfig, "synthetic_schema")()
 
 

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.metrics import stats
-from mlabel_exp.render.figures import save
+from mlabel_exp.render.figures import class_rows_height, clip, figure, save
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,8 +65,6 @@ def class_differences_figure(frame: pd.DataFrame, n_images: int, title: str = ""
     """One panel per group (the MAX_PANELS closest to the best): per class, the AP difference from the best group as
     a dot with its interval, blue where the interval lies above 0 (the group wins that class), vermillion below
     (loses), grey where it spans 0."""
-    from mlabel_exp.render.figures import class_rows_height, figure
-
     names = list(dict.fromkeys(frame["group"]))[:MAX_PANELS]
     classes = list(dict.fromkeys(frame["class"]))
     width = max(7.5, 1.5 + 3.6 * len(names))
@@ -122,8 +121,6 @@ def disagreements_figure(picked: list[tuple[int, int]], files: Sequence[str], pa
                          classes: Sequence[str], names: tuple[str, str], title: str = ""):
     """The ``picked`` (image, class) pairs as thumbnails, four a row, each titled with its file, the class, both
     models' probabilities and the image's true labels; ``paths[i]`` None (image not found) shows an empty frame."""
-    from mlabel_exp.render.figures import clip
-
     cols = 4
     n_rows = max(1, -(-len(picked) // cols))
     fig, axes = _figure_grid(n_rows, cols)
@@ -149,8 +146,6 @@ def disagreements_figure(picked: list[tuple[int, int]], files: Sequence[str], pa
 
 
 def _figure_grid(n_rows: int, cols: int):
-    from mlabel_exp.render.figures import figure
-
     height = 3.5 * n_rows + 0.9  # 0.9 in: the three-line heading; each row: a thumbnail under its three-line title
     fig, axes = figure(n_rows, cols, figsize=(3.2 * cols, height), squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.35 / height, wspace=0.05, hspace=0.55 / 2.95)
@@ -176,7 +171,6 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path,
     """class_differences.png (+ .csv) and disagreements.png of compared groups scored on the same images:
     (figures, other files written, notes)."""
     from mlabel_exp.comparison.groups import _Frames, _paired_inputs, _predictions
-    from mlabel_exp.fsutil import write_atomic
 
     # the groups on the compared data (best first); groups set apart (other data) are never paired with them
     members = {row.group: row.run_ids.split() for row in found.table.itertuples()

@@ -12,12 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlabel_exp.comparison import cost
+from mlabel_exp.comparison import figures as plots
+from mlabel_exp.comparison import report as comparison_report
 from mlabel_exp.comparison.report import PerClass
-from mlabel_exp.comparison.table import (REGULARISATION, SETTINGS, build_table, groups_table, labels,
-                                                  run_row, to_markdown, write_groups)
+from mlabel_exp.comparison.table import (
+    REGULARISATION,
+    SETTINGS,
+    build_table,
+    groups_table,
+    labels,
+    run_row,
+    to_markdown,
+    write_groups,
+)
 from mlabel_exp.config import project_root
-from mlabel_exp.render.figures import save
 from mlabel_exp.errors import ConfigError
+from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.render.figures import save
 from mlabel_exp.tracking import query, registry
 from mlabel_exp.tracking.client import quiet_logger, resolve_uri
 from mlabel_exp.tracking.run_ids import ended_last, sweep_parent_id
@@ -163,8 +175,6 @@ def swept_axes(table: pd.DataFrame, varying: list[str]) -> tuple[list[str], list
 
 def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_dir: Path,
                  title: str) -> tuple[dict[str, Path], list[str], PerClass]:
-    from mlabel_exp.comparison import figures as plots
-
     names = labels(table)
     lengths = table["epochs"].dropna()
     if lengths.nunique() > 1:  # a 2-epoch smoke run beside a 28-epoch run says so
@@ -235,11 +245,6 @@ def register_best(uri: str, found: Groups, runs: list[dict], name: str) -> tuple
 
 def cost_figure(uri: str, found: Groups, runs: list[dict], out_dir: Path) -> tuple[pd.DataFrame, dict, list[str]]:
     """Accuracy against cost (analysis.cost) for each group's best run: the table (cost.csv) and cost.png."""
-    from mlabel_exp.comparison import report as comparison_report
-    from mlabel_exp.comparison import cost
-    from mlabel_exp.comparison import figures as plots
-    from mlabel_exp.fsutil import write_atomic
-
     frame, notes = cost.cost_table(uri, comparison_report.best_runs(found, runs))
     frame = comparison_report.with_accuracy(frame, found)
     write_atomic(out_dir / "cost.csv", frame.to_csv(index=False))
@@ -253,8 +258,6 @@ def _class_and_cost(uri: str, runs: list[dict], found: Groups, per_class, out_di
     per_class.csv for report.html) and the images the two leading groups disagree on; accuracy against cost.
     Adds to ``figures`` and ``notes``; returns (cost table, per-class differences, files written)."""
     from mlabel_exp.comparison import class_differences
-    from mlabel_exp.comparison import report as comparison_report
-    from mlabel_exp.fsutil import write_atomic
 
     class_figures, files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title)
     figures |= class_figures
@@ -279,10 +282,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     matching ``filter_string``, an MLflow filter), written to ``out_dir`` with report.html and logged as a comparison
     run; ``register_best_as``: register the best run's model under that name, aliased champion; ``cost``: measure
     each group's best model (parameters, size, inference speed)."""
-    from mlabel_exp.comparison import report as comparison_report
     from mlabel_exp.comparison import groups
-    from mlabel_exp.comparison import figures as plots
-    from mlabel_exp.fsutil import write_atomic
 
     uri = resolve_uri(tracking_uri)
     where = describe(experiment, uri, sweep, filter_string)

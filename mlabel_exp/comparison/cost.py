@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlabel_exp.config import Config
 from mlabel_exp.errors import UserError
+from mlabel_exp.tracking import query
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -29,8 +31,6 @@ MAX_BATCH = {"cpu": 8, "other": 32}  # images in the timed batch at most (the ru
 
 def checkpoint_of(uri: str, run: dict, tmp: Path) -> Path:
     """The run's best.pt: in its output folder where that is still on this disk, else from the store."""
-    from mlabel_exp.tracking import query
-
     local = Path(run["tags"].get("output_dir", "")) / "checkpoints" / "best.pt"
     if run["tags"].get("output_dir") and local.is_file():
         return local
@@ -41,7 +41,6 @@ def run_config(ckpt: dict):
     """The run's typed config, from the copy its checkpoint holds."""
     from omegaconf import OmegaConf
 
-    from mlabel_exp.config import Config
 
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"]))
 

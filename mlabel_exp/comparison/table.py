@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlabel_exp.fsutil import write_atomic
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -106,8 +108,6 @@ def groups_table(found: Groups) -> pd.DataFrame:
 
 
 def write_groups(found: Groups, out_dir: Path) -> None:
-    from mlabel_exp.fsutil import write_atomic
-
     plain = found.table.assign(values=[" ".join(repr(float(v)) for v in vs) for vs in found.table["values"]])
     write_atomic(out_dir / "groups.csv", plain.to_csv(index=False))
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mlabel_exp.data.formats import index_from_config, resolve_data_root
+from mlabel_exp.data.formats.folder import build_index
 from mlabel_exp.data.images import open_image
 from mlabel_exp.data.index import DatasetIndex, Problem
 
@@ -137,9 +139,6 @@ def audit(index: DatasetIndex, decode: bool = False, reader_findings: list[Probl
 def read_for_audit(data_cfg) -> tuple[DatasetIndex, list[Problem] | None]:
     """The configured data set's index and every problem its reader found, without stopping at the first (the
     folder format, synthetic included, collects them; other formats report what their reader reports)."""
-    from mlabel_exp.data.formats import index_from_config, resolve_data_root
-    from mlabel_exp.data.formats.folder import build_index
-
     if data_cfg.name not in ("folder", "synthetic"):
         return index_from_config(data_cfg), None
     found: list[Problem] = []

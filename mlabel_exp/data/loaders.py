@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mlabel_exp.config import Config, resolve_path
+from mlabel_exp.data import cache as image_cache
 from mlabel_exp.data.images import BatchTransform, image_steps, interpolation_mode, load_image
 from mlabel_exp.data.index import DatasetIndex
 from mlabel_exp.errors import DataError
@@ -199,8 +200,6 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, se
 
 def decoded_cache(cfg: Config, index):
     """The decoded-image cache for this run (data.decoded_cache), or None: images are then decoded every epoch."""
-    from mlabel_exp.data import cache as image_cache
-
     d = cfg.data
     size = d.decoded_cache_size or cfg.model.input_size
     if d.decoded_cache == "off":

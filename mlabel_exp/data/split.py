@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlabel_exp.config import resolve_path
 from mlabel_exp.data.index import DatasetIndex
-
 from mlabel_exp.errors import DataError
 from mlabel_exp.fsutil import write_atomic
 
@@ -106,8 +106,6 @@ def load_split(path: str | Path, index: DatasetIndex, exact: bool = False) -> di
 def split_from_config(index: DatasetIndex, data_cfg, exact: bool = False) -> dict[str, np.ndarray]:
     """The configured split: read from ``data.split_file`` when it exists (``exact``: it must cover the data set),
     else computed (and saved there)."""
-    from mlabel_exp.config import resolve_path
-
     path = resolve_path(data_cfg.split_file) if data_cfg.split_file else None
     if path is not None and path.exists():
         return load_split(path, index, exact)

@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mlabel_exp.config import SyntheticConfig as SyntheticSpec  # the parameters, range-checked, are the config schema
+from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.fsutil import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +223,6 @@ def write_format(root: str | Path, fmt: str) -> Path:
     - ``voc``: a devkit: ``JPEGImages/``, ``Annotations/<id>.xml`` and ``ImageSets/Main/trainval.txt``.
 
     ``folder`` leaves the data set as it is. The images stay in ``images/`` except for voc."""
-    from mlabel_exp.data.formats.folder import build_index
-    from mlabel_exp.fsutil import write_atomic
-
     root = Path(root)
     if fmt == "folder":
         return root

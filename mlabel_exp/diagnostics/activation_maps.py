@@ -16,6 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
+from mlabel_exp.errors import ModelError
+from mlabel_exp.render.figures import clip, figure, save
+
 log = logging.getLogger(__name__)
 
 #: The layer whose activations and gradients make the map, per architecture: the last convolutional block, the
@@ -29,8 +32,6 @@ DISPLAY_SIZE = 320   # longest side of an image as drawn (pixels)
 
 def target_layer(model):
     """The module Grad-CAM reads in ``model`` (a DDP wrapper is looked through); a clear error for an unknown one."""
-    from mlabel_exp.errors import ModelError
-
     model = getattr(model, "module", model)
     name = TARGET_LAYERS.get(type(model).__name__)
     if name is None:
@@ -132,8 +133,6 @@ def class_page(c: int, rows: list[int], shown: dict[int, list[int]], maps: dict,
                classes: Sequence[str], true_labels: Sequence[str] | None, layer: str):
     """One figure for class ``c``: a row per image (the image, then one overlay per label shown), each titled with
     the image's path and the label's probability."""
-    from mlabel_exp.render.figures import figure, clip
-
     n_cols = 1 + max(len(shown[r]) for r in rows)
     width = 2.7 * n_cols
     heading = [f"where the model looks: {classes[c]}", *textwrap.wrap(
@@ -207,7 +206,6 @@ def write_activation_maps(out_dir: Path, predictor, image_paths: Sequence[Path],
     except ImportError:
         log.warning("activation maps skipped: the grad-cam package is not installed (%s)", INSTALL_HINT)
         return []
-    from mlabel_exp.render.figures import save
 
     started, probs = time.perf_counter(), np.asarray(probs)
     picked = pick_images(probs, thresholds, per_class)

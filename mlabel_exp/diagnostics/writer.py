@@ -13,6 +13,8 @@ import numpy as np
 
 from mlabel_exp.diagnostics import figures as F
 from mlabel_exp.diagnostics import measures as D
+from mlabel_exp.diagnostics.activation_maps import write_activation_maps
+from mlabel_exp.floats import written
 from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.render.figures import save
 
@@ -65,8 +67,6 @@ def _safe(name: str) -> str:
 
 
 def _csv(frame, folder: Path, name: str) -> Path:
-    from mlabel_exp.floats import written
-
     numeric = frame.select_dtypes("float").columns
     frame[numeric] = written(frame[numeric].to_numpy())  # float32 values, as every number the run writes
     return write_atomic(folder / name, frame.to_csv(index=False))
@@ -76,12 +76,10 @@ def ap_table(probs: np.ndarray, targets: np.ndarray, classes: list[str], resampl
     """class, support, prevalence, AP and its bootstrap interval (``stats.per_class_ap_intervals``, seed 0) of one
     split's probabilities and labels (-1: unknown): what per_class.csv adds and per_class_ap.png draws."""
     import pandas as pd
-
-    from mlabel_exp.metrics.stats import per_class_ap_intervals
-
     import torch
 
     from mlabel_exp.metrics.scores import per_class_ap
+    from mlabel_exp.metrics.stats import per_class_ap_intervals
 
     known = (targets >= 0).sum(0)
     support = (targets == 1).sum(0)
@@ -151,7 +149,6 @@ def _confusion(ev: D.Evaluation, folder: Path) -> list[dict]:
 
 
 def _ap(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
-
     table = ap_table(ev.probs, ev.targets, ev.classes, settings.resamples)
     _csv(table.copy(), folder, f"per_class_ap_{ev.split}.csv")
     save(F.per_class_bars(table, f"{ev.split}: per-class AP, {len(ev.names)} images"),
@@ -164,7 +161,6 @@ def _ap(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
 
 
 def _galleries(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
-
     earlier = list(folder.glob(f"gallery_{ev.split}_*.png"))  # an earlier pass's: other classes may be chosen now
     D.drop_from_index(folder, {p.name for p in earlier})
     for path in earlier:
@@ -227,7 +223,6 @@ def activation_maps(folder: Path, evaluations: list[D.Evaluation], checkpoint: P
     checkpoint or the images are missing (the maps read only the images they show)."""
     import torch
 
-    from mlabel_exp.diagnostics.activation_maps import write_activation_maps
     from mlabel_exp.inference.predictor import Predictor
 
     val = next((ev for ev in evaluations if ev.split == "val"), None)

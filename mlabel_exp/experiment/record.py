@@ -12,9 +12,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import FORMAT_SETTINGS, Config, dataset_name
-from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.diagnostics.report import write_run_report
+from mlabel_exp.errors import UserError
+from mlabel_exp.fsutil import share_bytes, write_atomic
+from mlabel_exp.inference.outputs import write_predictions
 from mlabel_exp.render.figures import save
+from mlabel_exp.runtime import distributed
+from mlabel_exp.tracking import registry
 from mlabel_exp.tracking.runs import BEST_SCORE, NullTracker, flatten
+from mlabel_exp.tracking.sweeps import sweep_parent, swept
+from mlabel_exp.training.callbacks import TrainingInterrupted, TrialPruned
+from mlabel_exp.training.stop import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +72,6 @@ def run_facts(index, split, *, weights: str, device, precision: str, workers: in
     """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score
     (no known positive), and, only where the data set has any, the number of unknown labels (``data.unknown_labels``;
     per class and split in unknown_labels.json)."""
-    from mlabel_exp.runtime import distributed
-
     without = [c for c, n in zip(index.classes, (index.labels[split["val"]] == 1).sum(0)) if n == 0]
     unknown = unknown_label_counts(index, split)
     return {"model.weights_used": weights, "device": str(device), "precision": precision,
@@ -140,8 +146,6 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
         return
     run_name, run_tags = identity
     if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
-        from mlabel_exp.tracking.sweeps import sweep_parent, swept
-
         name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
         run_tags["mlflow.parentRunId"] = sweep_parent(tracker, run_tags["sweep_id"], run_tags["sweep_dir"], name)
     tracker.start(run_name, {**run_tags, **tags, "output_dir": str(out)}, params)
@@ -169,7 +173,6 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
     ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights. Returns the held-out
     figures (test split, out-of-fold tuned F1) for the closing lines."""
     from mlabel_exp.diagnostics import figures as plots
-    from mlabel_exp.inference.outputs import write_predictions
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}", loss=cfg.loss.name)
     tracker.log_artifact(save(fig, out / "curves.png"))
@@ -194,8 +197,6 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
 def log_report(tracker, cfg: Config, out: Path, result) -> None:
     """report.html (analysis.run_report): the run's figures and tables on one page, from its output folder; the best
     epoch's validation mAP joins summary.json first, so that the page and the file say the same."""
-    from mlabel_exp.diagnostics.report import write_run_report
-
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
     summary["val"] = {"mAP": result.best_score, "best_epoch": result.best_epoch, "epochs": len(result.history)}
@@ -232,8 +233,6 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
     tracking.log_checkpoints=all adds last.pt (the resumable state), none logs no weights. Where the store keeps its
     artifacts on this disk, the output folder's file then shares the stored copy's bytes (a hard link): each checkpoint
     sits on disk once, and checkpoint=<output folder>/checkpoints/best.pt still works."""
-    from mlabel_exp.fsutil import share_bytes
-
     t, best = cfg.tracking, checkpoints["best"]
     stored = {}
     if t.log_model:
@@ -254,9 +253,6 @@ def _log_checkpoints(tracker, cfg: Config, checkpoints: dict[str, Path], classes
 
 def _register(tracker, model_uri: str, name: str) -> None:
     """A registry that refuses (a store without one, a bad name) costs the run its registration, not its results."""
-    from mlabel_exp.errors import UserError
-    from mlabel_exp.tracking import registry
-
     try:
         registry.register_model(tracker.uri, model_uri, name)
     except UserError as e:
@@ -267,7 +263,6 @@ def _register(tracker, model_uri: str, name: str) -> None:
 def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) -> dict[str, float]:
     """The held-out estimate: the test split, never seen in training or tuning, at the thresholds tuned on validation."""
     from mlabel_exp.metrics import scores as M
-    from mlabel_exp.inference.outputs import write_predictions
 
     probs, targets, loss, names = test
     scores = M.compute(probs, targets, tuned, classes)
@@ -298,10 +293,10 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     """thresholds.json (tuned on the best epoch, also in best.pt), metrics at them, the per-class table and figures."""
     import torch
 
-    from mlabel_exp.metrics import scores as M
     from mlabel_exp.diagnostics import figures as plots
-    from mlabel_exp.metrics.thresholds import cross_fitted
     from mlabel_exp.floats import as_threshold, written
+    from mlabel_exp.metrics import scores as M
+    from mlabel_exp.metrics.thresholds import cross_fitted
 
     probs, targets, thresholds = result.best_probs, result.best_targets, result.thresholds
     # as floats.written (tune_thresholds keeps them so; a run resumed from an older best.pt may not): the same
@@ -371,9 +366,6 @@ def run_status(tracker, stop):
     """Signals become stop requests (``stop``: a training.stop.StopRequest); a stop, a pruned trial or an error ends the
     MLflow run with the matching status. A stopped run exits 128 + signal (SIGUSR2: 140, SIGTERM: 143), after a
     scheduler's own handler had its turn."""
-    from mlabel_exp.training.callbacks import TrainingInterrupted, TrialPruned
-    from mlabel_exp.training.stop import stop_on_signals
-
     try:
         with stop_on_signals(stop):
             yield

@@ -17,9 +17,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import CONF_DIR, Config, resolve_path, resolved_tracking, validate
-
-from mlabel_exp.errors import ConfigError
+from mlabel_exp.errors import ConfigError, DataError
 from mlabel_exp.fsutil import is_held
+from mlabel_exp.runtime.distributed import launched_by_torchrun
+from mlabel_exp.tracking.query import find_resumable, preempted_runs
+from mlabel_exp.tracking.run_ids import FULL_ID, resolve_run
+from mlabel_exp.tracking.runs import flatten
 from mlabel_exp.training.output_folder import RUN_LOCK
 
 log = logging.getLogger(__name__)
@@ -64,8 +67,6 @@ def _change(override: str, cfg: DictConfig, run: DictConfig, choices: dict | Non
     """What ``override`` (outside MAY_CHANGE) would change in the run, as '<override> (<what the run has>)'; None when
     the run already has it. A config group (model=resnet18) is compared with the run's recorded choice; without a
     record, by the values it brings (under its node, as this command composes them)."""
-    from mlabel_exp.tracking.runs import flatten
-
     key, typed = _key(override), override.split("=", 1)[1] if "=" in override else None
     if key in RUN_OWNS:  # a path to the run's own folder or split, however it is written
         ours = folder if key == "trainer.output_dir" else folder / "split.json"
@@ -121,8 +122,6 @@ def resume_point(cfg: DictConfig, overrides: list[str] = (), *, ref: str | None 
     newest unfinished run) with the allowed ``overrides`` applied, and its checkpoints, recorded group choices and run
     id. ``tracking``: where to find the run (default: this command's tracking settings)."""
     from mlabel_exp.training.checkpoints import load_checkpoint
-    from mlabel_exp.tracking.query import find_resumable
-    from mlabel_exp.tracking.run_ids import FULL_ID, resolve_run
 
     ref = ref or cfg.resume
     tracking = tracking or resolved_tracking(cfg)
@@ -225,8 +224,6 @@ def check_data(now: dict, then: dict | None, run_id: str, root) -> None:
     if len(rewritten):
         changes.append(f"the content of {len(rewritten)} file(s) changed ({_some([common[i] for i in rewritten])})")
     if changes:
-        from mlabel_exp.errors import DataError
-
         raise DataError(f"resume: the data in {root} is not what run {run_id} was trained on: {'; '.join(changes)}. "
                         "A resumed run must see the data it started with: restore the data root, or start a new run")
 
@@ -241,9 +238,6 @@ def preempted_run(tracking_cfg, identity: dict[str, str]) -> str | None:
     query.preempted_runs), with its last.pt and no live process on it: the same command continues it. None: a new run.
     Under torchrun only rank 0 looks at the run's lock (it takes the lock itself soon after; another rank looking
     could find it held, or hold it for an instant when rank 0 wants it)."""
-    from mlabel_exp.tracking.query import preempted_runs
-    from mlabel_exp.runtime.distributed import launched_by_torchrun
-
     lock_is_mine = not launched_by_torchrun() or os.environ.get("RANK") == "0"
     for run_id, tags in preempted_runs(tracking_cfg, identity):
         if all(tags.get(k) == identity.get(k) for k in SAME_JOB) and (not lock_is_mine or why_not(tags, True) is None) \

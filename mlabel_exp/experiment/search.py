@@ -17,14 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import Config, project_root, resolved_tracking, validate
 from mlabel_exp.errors import ConfigError
+from mlabel_exp.tracking.client import resolve_sqlite
+from mlabel_exp.tracking.sweeps import end_sweep_parent
+from mlabel_exp.training.callbacks import TrialPruned
 
 log = logging.getLogger(__name__)
 
 
 def storage_uri(storage: str | None) -> str:
     """The study's storage: next to the MLflow database unless ``search.storage`` says otherwise."""
-    from mlabel_exp.tracking.client import resolve_sqlite
-
     return resolve_sqlite(storage) if storage else f"sqlite:///{project_root() / 'mlruns' / 'optuna.db'}"
 
 
@@ -50,7 +51,6 @@ def search(cfg: DictConfig, on_trial=lambda outcome: None, on_pruned=lambda tria
     import optuna
 
     from mlabel_exp.experiment.train import train
-    from mlabel_exp.training.callbacks import TrialPruned
 
     s = validate(cfg).search
     run_cfg = training_config(cfg)
@@ -106,7 +106,6 @@ def end_search(cfg: DictConfig, study, sweep_id: str):
     import optuna
 
     from mlabel_exp.comparison.groups import rank_settings
-    from mlabel_exp.tracking.sweeps import end_sweep_parent
 
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)

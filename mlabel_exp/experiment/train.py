@@ -12,12 +12,19 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import Config, validate
+from mlabel_exp.config import Config, resolve_path, validate
+from mlabel_exp.data.formats import index_from_config, resolve_data_root
+from mlabel_exp.data.split import save_split, split_from_config
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.experiment import hydra_job as job
 from mlabel_exp.experiment import record
-from mlabel_exp.experiment.resume import preempted_run, resume_point
+from mlabel_exp.experiment.resume import check_classes, check_data, data_record, preempted_run, resume_point
 from mlabel_exp.runtime import distributed
+from mlabel_exp.tracking import runs as tracking
+from mlabel_exp.training import optim
+from mlabel_exp.training.callbacks import RunCallbacks
+from mlabel_exp.training.output_folder import output_folder
+from mlabel_exp.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,6 @@ def _train_process(container: dict, identity, resume) -> RunOutcome:
 
 def _train(run: Run) -> RunOutcome:
     """Checks that fail in seconds first, then the run in its output folder: data, model, trainer, fit, record."""
-    from mlabel_exp.training.output_folder import output_folder
-
     _prepare(run)
     with output_folder(job.output_dir(run.typed)) as run.out:
         data = load_data(run)
@@ -128,11 +133,9 @@ def _prepare(run: Run) -> None:
     import numpy as np
     import torch
 
-    from mlabel_exp.data.formats import resolve_data_root
     from mlabel_exp.models.weights import fetch_weights
     from mlabel_exp.models.zoo import check_input_size
     from mlabel_exp.runtime.precision import select_device
-    from mlabel_exp.tracking import runs as tracking
 
     typed = run.typed
     torch.manual_seed(typed.seed)
@@ -159,12 +162,8 @@ class RunData:
 
 def load_data(run: Run) -> RunData:
     """The data set, its split (saved, or a resumed run's own) and the record a resume checks the data against."""
-    from mlabel_exp.config import resolve_path
     from mlabel_exp.data import cache as image_cache
-    from mlabel_exp.data.formats import index_from_config
     from mlabel_exp.data.loaders import default_workers
-    from mlabel_exp.data.split import save_split, split_from_config
-    from mlabel_exp.experiment.resume import check_classes, check_data, data_record
 
     typed, resume, out = run.typed, run.resume, run.out
     if resume is None and (out / "checkpoints" / "last.pt").is_file():  # never overwrite another run's checkpoints
@@ -193,9 +192,6 @@ def build(run: Run, data: RunData):
     from mlabel_exp.models.weights import weights_description
     from mlabel_exp.models.zoo import build_model
     from mlabel_exp.runtime.precision import memory_format, precision
-    from mlabel_exp.training import optim
-    from mlabel_exp.training.callbacks import RunCallbacks
-    from mlabel_exp.training.stop import StopRequest
 
     typed, m, device, index, split = run.typed, run.typed.model, run.device, data.index, data.split
     net = build_model(m.key, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
@@ -225,7 +221,6 @@ def _trainer(run: Run, data: RunData, model, net, optimizer, callbacks, loaders,
     """The Trainer of this run: its LR schedule, loss, checkpoints (rank 0 writes them) and what they record."""
     from mlabel_exp.inference.predictor import preprocessing_of
     from mlabel_exp.models import losses
-    from mlabel_exp.training import optim
     from mlabel_exp.training.trainer import Trainer, epoch_steps
 
     typed, index, split = run.typed, data.index, data.split

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from mlabel_exp.errors import ConfigError, UserError
+from mlabel_exp.floats import written
+from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.inference.predictor import Predictor, split_outputs
 
 log = logging.getLogger(__name__)
@@ -119,8 +121,6 @@ def _quiet(*loggers: str):
 
 def metadata(classes: list[str], thresholds, preprocessing: dict, **extra: str) -> dict[str, str]:
     """The file's metadata_props: class names, thresholds (lossless: floats.written), preprocessing, as JSON text."""
-    from mlabel_exp.floats import written
-
     decode, size = int(preprocessing["decode_size"]), int(preprocessing["input_size"])
     interpolation = str(preprocessing.get("interpolation", "bilinear"))  # older checkpoints: bilinear, the only one
     pre = {"decode_size": decode, "input_size": size, "mean": [float(v) for v in preprocessing["mean"]],
@@ -132,8 +132,6 @@ def metadata(classes: list[str], thresholds, preprocessing: dict, **extra: str) 
 
 def save(proto, meta: dict[str, str], path: Path) -> Path:
     """``proto`` with ``meta`` as its metadata_props, written atomically as one self-contained file."""
-    from mlabel_exp.fsutil import write_atomic
-
     del proto.metadata_props[:]
     for key, value in meta.items():
         entry = proto.metadata_props.add()

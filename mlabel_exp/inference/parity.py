@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlabel_exp.floats import decide, written
+
 
 @dataclass
 class Parity:
@@ -78,7 +80,6 @@ def compare(reference, candidate, paths: list[Path], names: list[str], batch_siz
     """``candidate`` (anything with ``probabilities(uint8 batch)``, e.g. an OnnxPredictor) against ``reference`` (a
     Predictor in float32) on the images ``paths``, decoded once by the reference's steps."""
     from mlabel_exp.data.loaders import MultiLabelImages, make_loader
-    from mlabel_exp.floats import decide, written
 
     dataset = MultiLabelImages(paths, None, reference.image_steps, on_bad_image="skip", names=names)
     files, ref, got = [], [], []

@@ -14,7 +14,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mlabel_exp.data.images import BatchTransform, image_steps
+from mlabel_exp.config import model_key
+from mlabel_exp.data.images import BatchTransform, image_steps, load_image
+from mlabel_exp.data.index import check_class_names
+from mlabel_exp.data.loaders import MultiLabelImages, make_loader
+from mlabel_exp.errors import ImageTooLarge
 from mlabel_exp.runtime.precision import CHANNELS_LAST_DEVICES, autocast_dtype
 
 log = logging.getLogger(__name__)
@@ -61,8 +65,6 @@ class Predictor:
         """The trained model (eval mode) on ``device`` with the run's preprocessing and tuned thresholds, in the autocast
         dtype the run validated in (the thresholds were tuned on those probabilities) where ``device`` computes it
         natively, else in float32 (a bfloat16 run's model on a CPU without bfloat16 instructions)."""
-        from mlabel_exp.config import model_key
-        from mlabel_exp.data.index import check_class_names
         from mlabel_exp.models.zoo import build_model
 
         check_class_names(ckpt["classes"], "the checkpoint", "its run was trained before such names were refused: "
@@ -108,9 +110,6 @@ class Predictor:
         truncated, over the pixel limit: data.images.load_image) has NaN probabilities and its error; the others are answered.
         Each is decoded and brought to the decode size before the next is read, so a request holds one full-size
         image at a time."""
-        from mlabel_exp.data.images import load_image
-        from mlabel_exp.errors import ImageTooLarge
-
         steps, errors = {}, [""] * len(blobs)
         for row, blob in enumerate(blobs):
             try:
@@ -131,7 +130,6 @@ class Predictor:
         name the files in the outputs (default: their file names)."""
         from tqdm.auto import tqdm
 
-        from mlabel_exp.data.loaders import MultiLabelImages, make_loader
 
         dataset = MultiLabelImages(paths, None, self.image_steps, on_bad_image="skip", names=names)
         loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers,

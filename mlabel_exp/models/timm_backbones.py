@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from mlabel_exp.config import INTERPOLATIONS
 from mlabel_exp.errors import ModelError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ def _meta_model(name: str, num_classes: int = 2) -> nn.Module:
 def data_config(name: str) -> dict:
     """timm's own data config for ``name`` (``timm.data.resolve_model_data_config``) in our terms: a square input
     size (the larger side of timm's), mean, std and an interpolation the batch resize can do."""
-    from mlabel_exp.config import INTERPOLATIONS
-
     import_timm()
     from timm.data import resolve_model_data_config
 
@@ -142,9 +141,8 @@ def hf_cache_dir() -> Path:
 def pretrained_source(name: str) -> dict:
     """Where timm takes ``name``'s pretrained weights from (its pretrained_cfg): the tag, the Hugging Face repo and
     the file names to look for in it, or the URL; and the file and folder a person places them in offline."""
-    from timm.models import get_pretrained_cfg
-
     import torch
+    from timm.models import get_pretrained_cfg
 
     check_name(name)
     cfg = get_pretrained_cfg(name)

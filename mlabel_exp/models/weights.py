@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 import torchvision
 
+from mlabel_exp.errors import ModelError, WeightsUnavailable
+from mlabel_exp.fsutil import file_lock
 from mlabel_exp.models import timm_backbones
 from mlabel_exp.models.backbones import backbone  # noqa: F401 - raised here
-from mlabel_exp.errors import ModelError, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ def fetch_weights(name: str, weights: str | None, timeout: float = 15.0) -> None
     import http.client
     import socket
 
-    from mlabel_exp.fsutil import file_lock
 
     weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
     if weights is None:

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from mlabel_exp.fsutil import write_atomic
+
 
 def figure(*args, **kwargs):
     import matplotlib
@@ -37,7 +39,6 @@ def save(fig, path, *, photos: bool = False):
 
     import matplotlib.pyplot as plt
 
-    from mlabel_exp.fsutil import write_atomic
 
     data = io.BytesIO()
     fig.savefig(data, format="png", dpi=100)

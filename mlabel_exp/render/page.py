@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
+from mlabel_exp.fsutil import write_atomic
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -113,8 +115,6 @@ def render(title: str, verdict: str, sections: list[Section], meta: str = "") ->
 
 
 def write(path: Path, title: str, verdict: str, sections: list[Section], meta: str = "") -> Path:
-    from mlabel_exp.fsutil import write_atomic
-
     write_atomic(Path(path), render(title, verdict, sections, meta))
     return Path(path)
 

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mlabel_exp.config import DEVICES, one_of
+from mlabel_exp.errors import ConfigError
+
 if TYPE_CHECKING:  # the predictor and the pyfunc model import this module; the schema stays out of their import
     from mlabel_exp.config import TrainerConfig
 
@@ -29,8 +32,6 @@ def _mps_available() -> bool:
 
 def _check_available(device: torch.device, setting: str) -> None:
     """A device this machine does not have is a setting to change, said in one line (not a traceback at first use)."""
-    from mlabel_exp.errors import ConfigError
-
     fix = f"use {setting}=auto or cpu"
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -52,9 +53,6 @@ def select_device(name: str = "auto", setting: str = "trainer.device") -> torch.
         try:
             device = torch.device(name)
         except RuntimeError:
-            from mlabel_exp.config import DEVICES, one_of
-            from mlabel_exp.errors import ConfigError
-
             raise ConfigError(f"{setting}={name!r} is not a device: expected {one_of(DEVICES)}") from None
         _check_available(device, setting)
         return device
@@ -73,8 +71,6 @@ def cpu_computes_bf16() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     if forced:
-        from mlabel_exp.errors import ConfigError
-
         raise ConfigError(f"{CPU_BF16_ENV}={forced!r} is invalid: expected 1 (run as a CPU with bfloat16 "
                           "instructions), 0 (as one without) or unset (detect)")
     # private in torch 2.x, hence looked up: a torch without them counts as "no"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mlabel_exp.config import project_root
-
 from mlabel_exp.errors import ConfigError
+from mlabel_exp.fsutil import file_lock
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -101,7 +101,6 @@ def store_lock(uri: str):
     if db is None:
         yield
         return
-    from mlabel_exp.fsutil import file_lock
 
     with file_lock(db.parent / ".mlflow-db.lock"):
         yield

@@ -14,6 +14,7 @@ from typing import Any
 
 from mlabel_exp.config import PACKAGE_DIR
 from mlabel_exp.tracking.client import check_writable, client, experiment_id, resolve_uri
+from mlabel_exp.tracking.pyfunc import log_model
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,9 @@ class Tracker:
         log.info("MLflow run %s resumed at %s", run_id, self.uri)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
@@ -138,8 +140,6 @@ class Tracker:
     def log_model(self, checkpoint: Path, classes: list[str], input_size: int, timm: bool = False) -> str:
         """The run's MLflow pyfunc model (tracking.pyfunc; ``timm``: a timm model, which needs timm to load); returns
         its URI."""
-        from mlabel_exp.tracking.pyfunc import log_model
-
         model_uri, self.model_location = log_model(self.client, self.uri, self.run_id, checkpoint, classes, timm)
         return model_uri
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import save_atomic
 
 
@@ -53,8 +54,6 @@ class Checkpoints:
 
 def load_checkpoint(path: Path) -> dict:
     """A mlabel-exp checkpoint, loaded without unpickling code; a missing, corrupt or foreign file is named."""
-    from mlabel_exp.errors import ConfigError
-
     if not path.is_file():
         raise ConfigError(f"checkpoint={str(path)!r}: no such file")
     try:

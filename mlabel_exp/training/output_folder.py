@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import Busy, exclusive
+from mlabel_exp.runtime import distributed
 
 RUN_LOCK = ".run.lock"  # held by a training process in its output folder for as long as it runs
 
@@ -16,8 +17,6 @@ RUN_LOCK = ".run.lock"  # held by a training process in its output folder for as
 def output_folder(out: Path):
     """The run's output folder ``out``, created and held (RUN_LOCK) while it runs: two live processes never write
     one folder, and a live run is never resumed (resume.why_not). DDP ranks share their rank 0's folder and lock."""
-    from mlabel_exp.runtime import distributed
-
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from mlabel_exp.config import TrainerConfig
+from mlabel_exp.errors import DataError
 from mlabel_exp.inference.predictor import Predictor
 from mlabel_exp.runtime import distributed
+from mlabel_exp.runtime.precision import memory_format, train_dtype
 from mlabel_exp.training.callbacks import Callbacks, TrainingInterrupted
 from mlabel_exp.training.checkpoints import Checkpoints, planned_epochs
 from mlabel_exp.training.optim import OptimizerStep, change_length
-from mlabel_exp.runtime.precision import memory_format, train_dtype
 from mlabel_exp.training.progress import Progress, RunEstimate
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,6 @@ def _gathered(probs: list, targets: list, loss: float, names: list[str], n_class
         p, t = torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
         names, loss = [n for q in parts for n in q[3]], sum(q[2] for q in parts)
     if len(p) == 0:
-        from mlabel_exp.errors import DataError
-
         raise DataError(f"no readable image among the {len(bad_images)} unreadable validation/test images "
                         f"(e.g. {sorted(bad_images)[:3]}): replace them, or raise data.val_fraction")
     return p, t, loss / len(p), names

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlabel_exp.config import resolve_path
+from mlabel_exp.data.formats.coco import read_coco
+from mlabel_exp.data.formats.csv import read_csv
 from mlabel_exp.data.formats.folder import build_index
+from mlabel_exp.data.formats.voc import read_voc
 from mlabel_exp.data.index import DatasetIndex
 from mlabel_exp.errors import DataError
 
@@ -21,7 +25,6 @@ ROOT_HOLDS = {
 
 def resolve_data_root(data_cfg) -> Path:
     """The data root a ``data`` config points at, generating the synthetic set on first use."""
-    from mlabel_exp.config import resolve_path
     from mlabel_exp.data.synthetic import ensure_generated, generate
 
     if data_cfg.name in ROOT_HOLDS:
@@ -43,17 +46,11 @@ def index_from_config(data_cfg) -> DatasetIndex:
     """The configured data set's index, read by its format's reader."""
     root = resolve_data_root(data_cfg)
     if data_cfg.name == "csv":
-        from mlabel_exp.data.formats.csv import read_csv
-
         return read_csv(root, data_cfg.csv_file, data_cfg.images_dir, data_cfg.image_column, data_cfg.labels_column,
                         data_cfg.label_separator, data_cfg.csv_delimiter, data_cfg.strict)
     if data_cfg.name == "coco":
-        from mlabel_exp.data.formats.coco import read_coco
-
         return read_coco(root, data_cfg.annotations_file, data_cfg.images_dir, data_cfg.strict)
     if data_cfg.name == "voc":
-        from mlabel_exp.data.formats.voc import read_voc
-
         return read_voc(root, data_cfg.voc_split, data_cfg.strict)
     return build_index(root, data_cfg.image_pattern, data_cfg.strict,
                        skip_bad_lines=data_cfg.on_bad_annotation == "skip")
