@@ -7,6 +7,7 @@ import pytest
 
 from mlabel_exp.analysis import groups
 from mlabel_exp.analysis import stats
+from mlabel_exp.inference.outputs import Predictions
 
 CLASSES = ["bird", "car", "dog", "sea"]
 
@@ -27,14 +28,12 @@ def constructed(monkeypatch, spread: dict[str, float], seeds=(0, 1, 2), n=300, m
             while run_id in frames:  # a repeat of the same seed
                 run_id += "+"
             noise = np.random.default_rng(seed).normal(0, 1, y.shape)  # model=twin is model=good, seed for seed
-            probs = 1 / (1 + np.exp(-(4 * (y - 0.5) + sd * noise)))
-            frame = pd.DataFrame(probs, columns=CLASSES, index=pd.Index(files, name="file"))
-            frame["true_labels"] = [" ".join(c for c, t in zip(CLASSES, row) if t) for row in y]
-            if run_id == moved:
-                frame = frame.rename(index={"im0.jpg": "elsewhere.jpg"}).sort_index()
-            frames[run_id] = frame
-            runs.append({"run_id": run_id, "params": {"seed": str(seed), "model.name": name, "optimizer.lr": "0.001"},
-                         "tags": {"overrides": f"seed={seed} model={name} trainer=smoke"},
+            probs = (1 / (1 + np.exp(-(4 * (y - 0.5) + sd * noise)))).astype(np.float32).astype(np.float64)  # a run's
+            scored = ["elsewhere.jpg", *files[1:]] if run_id == moved else files
+            frames[run_id] = Predictions(CLASSES, scored, probs, probs >= 0.5, y.astype(np.int8), True).sorted()
+            runs.append({"run_id": run_id, "params": {"seed": str(seed), "model.name": name, "optimizer.lr": "0.001",
+                                                      "trainer.max_steps_per_epoch": "0", "data.num_val": str(n)},
+                         "tags": {"overrides": f"seed={seed} model={name} trainer=smoke", "data.skipped_images": "0"},
                          "metrics": {"val/best_mAP": float(stats.weighted_map(probs, y)[0])},
                          "datasets": {"train": "t", "validation": data} if data else {}})
     monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: frames[run_id] if split == "val" else None)
@@ -89,7 +88,7 @@ def test_runs_on_two_data_sets_are_never_grouped_or_paired(monkeypatch):
     found = groups.compare_groups("unused", a_runs + b_runs, n_resamples=200)
     t = found.table.set_index("group")
     assert list(t.index) == ["model=good data=A", "model=bad data=A", "model=good data=B"]
-    assert t.loc["model=good data=B", "verdict"] == "set apart: other data"
+    assert t.loc["model=good data=B", "verdict"].startswith("set apart: scored on other images or labels")
     assert pd.isna(t.loc["model=good data=B", "p_value"]) and t.loc["model=good data=B", "n"] == 2
     assert set(t.loc["model=good data=B", "run_ids"].split()) == {r["run_id"] for r in b_runs}
     alone = groups.compare_groups("unused", a_runs, n_resamples=200).table.set_index("group")
@@ -105,7 +104,9 @@ def test_runs_of_an_older_version_on_other_images_are_set_apart_too(monkeypatch)
     found = groups.compare_groups("unused", runs, n_resamples=200)
     t = found.table.set_index("group")
     moved = [g for g in t.index if t.loc[g, "run_ids"] == "bad-1"]
-    assert len(moved) == 1 and t.loc[moved[0], "verdict"] == "set apart: other data"
+    assert len(moved) == 1
+    assert t.loc[moved[0], "verdict"] == ("set apart: scored on other images or labels than the best group (300 "
+                                          "validation images each)")
     main = t.loc[[g for g in t.index if g not in moved]]
     assert sorted(main["n"]) == [2, 3] and "validation images every run scored" in found.evaluated_on
 
@@ -155,7 +156,8 @@ def test_one_seed_a_group_compares_the_runs_over_the_images_and_says_so(monkeypa
     assert any("one seed" in note and "not which setting" in note for note in found.notes)
     unpaired = groups.compare_groups("unused", constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,),
                                                            moved="bad-0"), n_resamples=200)
-    assert unpaired.table["verdict"].tolist() == ["", "set apart: other data"]  # nothing left to compare with
+    assert unpaired.table["verdict"].tolist()[0] == ""  # nothing left to compare with
+    assert unpaired.table["verdict"].tolist()[1].startswith("set apart: scored on other images")
 
 
 def test_groups_are_ranked_on_the_images_the_test_used(monkeypatch):

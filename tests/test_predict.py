@@ -91,7 +91,7 @@ def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trai
     for p, t in ((probs, np.array(thresholds)), (probs.astype(np.float32), np.array(thresholds, dtype=np.float32))):
         expected = [[c for c, on in zip(result.classes, row) if on] for row in p >= t]
         assert [rec["labels"] for rec in payload["predictions"].values()] == expected
-        assert [s.split() for s in csv["labels"]] == expected
+        assert [json.loads(s) for s in csv["labels"]] == expected  # a JSON array a cell: any class name whole
         assert [[c for c in sorted(result.classes) if row[c]] for _, row in sub.iterrows()] == \
             [sorted(e) for e in expected]
     assert json.loads((out / "summary.json").read_text())["skipped"] == 3
@@ -105,9 +105,9 @@ def test_predict_from_a_checkpoint_with_a_glob_and_a_fixed_threshold(trained, ne
     result = predict(_cfg(tmp, checkpoint=str(tmp / "out" / "checkpoints" / "best.pt"),
                           input=str(new_images / "im*.jpg"), threshold=0.5), tmp_path / "o")
     assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"] and not result.skipped
-    labels = pd.read_csv(tmp_path / "o" / "predictions.csv")["labels"].fillna("")
-    expected = [" ".join(c for c, p in zip(result.classes, row) if p >= 0.5) for row in result.probs]
-    assert list(labels) == expected
+    labels = pd.read_csv(tmp_path / "o" / "predictions.csv")["labels"]
+    expected = [[c for c, p in zip(result.classes, row) if p >= 0.5] for row in result.probs]
+    assert [json.loads(s) for s in labels] == expected
 
 
 def _predict_the_validation_images(out, images, tmp_path, device):

@@ -122,7 +122,7 @@ def test_clearly_better_model_is_detected():
     assert result.difference < 0 and result.ci_high < 0
     assert result.p_value < 0.05
     assert verdict(False, result.p_value) == "worse (p<0.05)"
-    assert verdict(True, None) == "best" and verdict(False, None) == "not tested (one seed, no shared images)"
+    assert verdict(True, None) == "best" and verdict(False, None, cannot_tell="why") == "cannot tell (why)"
 
 
 def test_mismatched_shapes_are_refused():
