@@ -215,3 +215,84 @@ def test_the_console_table_fits_120_characters_and_says_once_what_every_row_shar
     wide = console_table(table, wide=True).splitlines()
     assert [c.strip() for c in wide[0].strip("|").split("|")] == list(table.columns)
     assert f"dropout=0.6 {shared}" in wide[4] and len(wide) == 2 + 3
+
+
+# ------------------------------------------------------------------ what the data can support
+
+def _tie(runs: list[dict], frames: dict, name: str) -> None:
+    """Seed 1 of model=<name> scores exactly as its seed 0 (a deterministic setting, one run logged twice)."""
+    by_id = {r["run_id"]: r for r in runs}
+    frames[f"{name}-1"] = frames[f"{name}-0"]
+    by_id[f"{name}-1"]["metrics"] = dict(by_id[f"{name}-0"]["metrics"])
+
+
+def test_seeds_that_tie_exactly_get_no_t_test(monkeypatch):
+    """Both groups' two seeds tie exactly (the audit's "worse (p<0.05)", p=0.0000, interval [0.6439, 0.6439]): no
+    t-test. Over the images every run scored, the runs are compared as runs; without such images: cannot tell."""
+    frames = {}
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0, 1), frames=frames)
+    for name in ("good", "bad"):
+        _tie(runs, frames, name)
+    found = groups.compare_groups("unused", runs, n_resamples=300)
+    t = found.table.set_index("group")
+    assert t.loc["model=bad", "test"] == "paired bootstrap over images (no seed spread to test: the runs, not the settings)"
+    assert t.loc["model=bad", "verdict"] == "worse run (p<0.05, runs over images)"
+    assert t.loc["model=bad", "diff_ci_low"] < t.loc["model=bad", "diff_ci_high"]  # the images' noise, not zero width
+    assert any(n.startswith("model=good, model=bad: the seeds score exactly alike") for n in found.notes)
+    monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: None)  # no prediction files: no images
+    t = groups.compare_groups("unused", runs, n_resamples=300).table.set_index("group")
+    assert t.loc["model=bad", "verdict"] == ("cannot tell (the best group's 2 seeds score exactly alike: no seed "
+                                             "spread to test against; and no images every run scored)")
+    assert pd.isna(t.loc["model=bad", "p_value"]) and pd.isna(t.loc["model=bad", "diff_ci_low"])
+
+
+def test_one_seed_against_one_or_several_gets_no_t_test(monkeypatch):
+    """One seed has no spread: against three seeds the runs are compared over the images (no pooled t-test that
+    borrows the other group's spread); one against one without shared images cannot be told apart."""
+    frames = {}
+    runs = constructed(monkeypatch, {"good": 1.0}, seeds=(0, 1, 2), frames=frames)
+    runs += constructed(monkeypatch, {"bad": 6.0}, seeds=(0,), frames=frames)
+    t = groups.compare_groups("unused", runs, n_resamples=300).table.set_index("group")
+    assert t.loc["model=bad", "test"].startswith("paired bootstrap over images")
+    assert t.loc["model=bad", "verdict"] == "worse run (p<0.05, runs over images)"
+    single = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,))
+    monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: None)
+    t = groups.compare_groups("unused", single, n_resamples=300).table.set_index("group")
+    assert t.loc["model=bad", "verdict"] == ("cannot tell (the best group has 1 seed: no seed spread to test against; "
+                                             "and no images every run scored)")
+
+
+def test_a_groups_interval_stays_inside_0_and_1_and_says_it_was_cut(monkeypatch):
+    from scipy import stats as scipy_stats
+
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0, 1))
+    for run, value in zip([r for r in runs if r["params"]["model.name"] == "bad"], (0.02, 0.12)):
+        run["metrics"]["val/best_mAP"] = value  # two seeds far apart: the t-interval (12.7 standard errors) below 0
+    found = groups.compare_groups("unused", runs, n_resamples=200)
+    row = found.table.set_index("group").loc["model=bad"]
+    low, high = scipy_stats.t.interval(0.95, 1, loc=0.07, scale=scipy_stats.sem([0.02, 0.12]))
+    assert low < 0 < high < 1 and (row["ci_low"], row["ci_high"]) == pytest.approx((0.0, high), abs=1e-12)
+    assert any(n.startswith("model=bad: its 95% t-interval over 2 seeds reached past 0 or 1 and is cut")
+               for n in found.notes)
+
+
+def test_runs_scored_on_a_few_batches_are_set_apart_from_runs_scored_on_the_whole_split(monkeypatch):
+    """Five smoke runs (trainer.max_steps_per_epoch=2) scored on 8 of the 300 validation images, the data set's
+    digest the same as the others': set apart (the runs on the most images are compared, however many the smoke runs
+    are). A run with a step limit whose file holds the whole split is compared as it is."""
+    frames = {}
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, frames=frames, data="V")
+    smoke = constructed(monkeypatch, {"smoke": 1.0}, seeds=(0, 1, 2, 3, 4), frames=frames, data="V")
+    capped = constructed(monkeypatch, {"capped": 1.0}, seeds=(0, 1), frames=frames, data="V")
+    for run in smoke + capped:
+        run["params"]["trainer.max_steps_per_epoch"] = "2"
+    for run in smoke:
+        p = frames[run["run_id"]]
+        frames[run["run_id"]] = Predictions(p.classes, p.files[:8], p.probs[:8], p.labels[:8], p.targets[:8], True)
+    found = groups.compare_groups("unused", runs + smoke + capped, n_resamples=200)
+    t = found.table.set_index("group")
+    (apart,) = [g for g in t.index if t.loc[g, "verdict"].startswith("set apart")]
+    assert set(t.loc[apart, "run_ids"].split()) == {r["run_id"] for r in smoke}
+    assert t.loc[apart, "verdict"] == "set apart: scored on 8 validation images; the best group on 300"
+    assert "300 validation images every run scored" in found.evaluated_on
+    assert not any(t.loc[g, "verdict"].startswith("set apart") for g in t.index if "capped" in g)
