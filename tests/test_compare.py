@@ -229,14 +229,14 @@ def test_per_class_differences_from_the_best_group_are_the_runs_own_ap_differenc
     ap = {}
     for run_id, name in by_id.items():  # each run's per-class AP from its own val.csv, by scikit-learn
         val = pd.read_csv(store.tmp / name / "predictions" / "val.csv", keep_default_na=False).sort_values("file")
-        classes = [c for c in val.columns if c not in ("file", "labels", "true_labels")]
-        truth = [set(t.split()) for t in val["true_labels"]]
+        classes = [c for c in val.columns if c not in ("file", "labels", "true_labels", "unknown_labels")]
+        truth = [set(json.loads(t)) for t in val["true_labels"]]  # no unknown label in the synthetic set
         ap[run_id] = {c: average_precision_score([c in t for t in truth], val[c]) if any(c in t for t in truth)
                       else np.nan for c in classes}
     table = pd.read_csv(compared.out_dir / "class_differences.csv")
     groups = compared.groups.table
     best = groups["run_ids"].iloc[0]  # one run a group
-    assert list(table.columns) == ["class", "group", "versus", "difference", "low", "high"]
+    assert list(table.columns) == ["class", "group", "versus", "difference", "low", "high", "positives", "verdict"]
     assert list(table["group"].unique()) == list(groups["group"].iloc[1:]) and set(table["versus"]) == {groups["group"].iloc[0]}
     assert len(table) == 2 * len(classes)
     for row in table.itertuples():
@@ -245,6 +245,7 @@ def test_per_class_differences_from_the_best_group_are_the_runs_own_ap_differenc
         # the same float64 numbers, AP summed in another order: a few float64 roundings (1e-16) per image
         assert row.difference == pytest.approx(expected, abs=len(truth) * 1e-15, nan_ok=True), row
         assert row.low <= row.high or np.isnan(row.difference)
+        assert row.positives == sum(row[1] in t for t in truth)
     assert not [n for n in compared.notes if "not found" in n]  # the thumbnails were read from the data root
 
 

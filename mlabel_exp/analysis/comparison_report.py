@@ -29,7 +29,8 @@ class PerClass:
 
 #: Captions of the figures compare makes; a figure not named here is shown under its file name.
 CAPTIONS = {
-    "seed_intervals.png": "Each group's mean best val mAP over its seed runs (diamond), its 95% t-interval (bar) and "
+    "seed_intervals.png": "Each group's mean best val mAP over its seed runs (diamond), its 95% t-interval (bar, cut "
+                          "at 0 and 1) and "
                           "each seed run (circle), with the verdict against the best group. One seed gives no "
                           "interval: the axis then spans 0-1, so that a gap without a measure of noise does not look "
                           "large.",

@@ -172,8 +172,8 @@ def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)", positiv
     ax.set_yticks(range(n_runs), [str(r) for r in rows.index], fontsize=8)
     if chance is not None:
         ax.axhline(len(ap) - 0.5, color="white", lw=3)  # the chance rows apart from the runs
-        ax.set_xlabel(f"class (validation positives among the {n_images} images of the first chance row); "
-                      "last row(s): its prevalence, the AP of a random ranking", fontsize=8)
+        ax.set_xlabel(f"class (validation positives, of the {n_images} images of the first chance row)\nchance rows: "
+                      "the prevalence among the images the runs scored, the AP of a random ranking", fontsize=8)
     if n_runs * n_classes <= 600:
         for (r, c), v in np.ndenumerate(rows.to_numpy(dtype=float)):
             text, colour = (f"{v:.2f}", "white" if v < 0.5 else "black") if v == v else ("n/a", "0.4")  # NaN: no AP
@@ -305,7 +305,8 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
         ax.plot([row.mean], [y], "D", color=colour, ms=8)
         ax.plot(row.values, [y] * len(row.values), "o", mfc="none", color="k", ms=5, alpha=0.6)
         p = f", p={row.p_value:.3f}" if row.p_value is not None and row.p_value == row.p_value else ""
-        ax.annotate(f"  {row.verdict}{p}", (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        words = textwrap.fill(textwrap.shorten(f"{row.verdict}{p}", 102, placeholder=" ..."), 34)  # 3 lines at most
+        ax.annotate(textwrap.indent(words, "  "), (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     names = [textwrap.shorten(g, 80, placeholder=" ...") for g in reversed(list(groups["group"]))]
     ax.set_yticks(range(n), [textwrap.fill(g, 42) for g in names], fontsize=8)  # long names: two lines at most
     ax.set_ylim(-0.7, n - 0.3)

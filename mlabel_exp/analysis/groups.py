@@ -113,7 +113,8 @@ def data_key(run: dict, frames: _Frames | None) -> Scored:
 def _split_key(run: dict, split: str, digest: str, frames: _Frames | None) -> tuple[str, int | None]:
     size = run["params"].get(f"data.num_{split}")
     size = int(size) if str(size).isdigit() else None
-    whole = run["params"].get("trainer.max_steps_per_epoch") == "0" and run["tags"].get("data.skipped_images") == "0"
+    whole = run["params"].get("trainer.max_steps_per_epoch") == "0" and \
+        run.get("tags", {}).get("data.skipped_images") == "0"
     if digest and (frames is None or whole):
         return digest, size
     scored = frames.get(run["run_id"], split) if frames is not None else None
