@@ -168,8 +168,7 @@ def group_names(keys: list[tuple], members: list[list[dict]]) -> list[str]:
     """Every setting that differs between the groups: what their runs were started with (``model=resnet50``), less
     what every group shares, then each param that differs and that no typed word names (``precision=bfloat16``,
     ``dropout_value=0.5`` where only the model was typed), then the images scored (``data=<digest>``) where they
-    differ. A param
-    some groups lack (sgd's momentum) follows from one that differs and is left out; so are FACTS."""
+    differ. A param some groups lack (sgd's momentum) follows from one that differs and is left out; so are FACTS."""
     typed = [set.intersection(*(set(_typed_settings(r)) for r in rs)) for rs in members]
     shared = set.intersection(*typed) if typed else set()
     typed = [sorted(t - shared) for t in typed]
