@@ -47,7 +47,7 @@ def assert_labels_are_the_written_decisions(csv_path: Path, json_path: Path, cla
     assert np.array_equal(csv[classes].to_numpy(), probs)
     for p, t in ((probs, np.array(thresholds)), (probs.astype(np.float32), np.array(thresholds, dtype=np.float32))):
         expected = [[c for c, on in zip(classes, row) if on] for row in p >= t]
-        assert [r["labels"] for r in records] == expected and [s.split() for s in csv["labels"]] == expected
+        assert [r["labels"] for r in records] == expected and [json.loads(s) for s in csv["labels"]] == expected
 
 
 def huge_png(width: int = 12000, height: int = 12000) -> bytes:

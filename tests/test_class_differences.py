@@ -64,3 +64,23 @@ def test_disagreements_are_the_images_with_the_largest_gap_on_some_class():
     assert [i for i, _ in picked] == expected
     for i, c in picked:  # each at its class of largest gap
         assert abs(a[i, c] - b[i, c]) == max(abs(a[i] - b[i]))
+
+
+def test_a_class_with_too_few_positives_is_neither_won_nor_lost():
+    """The audit's case: one positive among the images, ranked last by one group and first by the best: every
+    resample holding it says "worse" (the interval lies below 0), yet one image is no evidence. Below MIN_POSITIVES
+    known positives no verdict is given; a class with enough positives still gets one."""
+    from mlabel_exp.comparison.class_differences import MIN_POSITIVES
+
+    n = 40
+    targets = np.zeros((n, 2), dtype=int)
+    targets[0, 0] = 1                  # one positive
+    targets[:20, 1] = 1                # twenty
+    targets[30:, 1] = -1               # and some unknown labels, which count for nothing
+    best = np.where(targets == 1, 0.9, 0.1)
+    worse = np.where(targets == 1, 0.05, np.linspace(0.2, 0.8, n)[:, None])  # every positive ranked last
+    table = class_differences(targets, {"best": [best], "other": [worse]}, ["rare", "common"], n_resamples=200)
+    rare, common = table.set_index("class").loc["rare"], table.set_index("class").loc["common"]
+    assert rare["high"] < 0 and rare["positives"] == 1 < MIN_POSITIVES == 5
+    assert rare["verdict"] == "cannot tell (1 positive, fewer than 5)"
+    assert common["high"] < 0 and common["positives"] == 20 and common["verdict"] == "loses"

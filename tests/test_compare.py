@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mlabel_exp.training import trainer as engine
+from mlabel_exp.cli.compare import main
 from mlabel_exp.comparison import report as comparison_report
 from mlabel_exp.comparison.compare import compare
 from mlabel_exp.comparison.table import COLUMNS
-from mlabel_exp.cli.compare import main
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.experiment.train import train
 from mlabel_exp.tracking.runs import Tracker
+from mlabel_exp.training import trainer as engine
 from tests.conftest import artifact_paths, compose_cfg, mlflow_runs, tiny_overrides
 from tests.test_report import assert_self_contained, embedded_images
 
@@ -229,14 +229,14 @@ def test_per_class_differences_from_the_best_group_are_the_runs_own_ap_differenc
     ap = {}
     for run_id, name in by_id.items():  # each run's per-class AP from its own val.csv, by scikit-learn
         val = pd.read_csv(store.tmp / name / "predictions" / "val.csv", keep_default_na=False).sort_values("file")
-        classes = [c for c in val.columns if c not in ("file", "labels", "true_labels")]
-        truth = [set(t.split()) for t in val["true_labels"]]
+        classes = [c for c in val.columns if c not in ("file", "labels", "true_labels", "unknown_labels")]
+        truth = [set(json.loads(t)) for t in val["true_labels"]]  # no unknown label in the synthetic set
         ap[run_id] = {c: average_precision_score([c in t for t in truth], val[c]) if any(c in t for t in truth)
                       else np.nan for c in classes}
     table = pd.read_csv(compared.out_dir / "class_differences.csv")
     groups = compared.groups.table
     best = groups["run_ids"].iloc[0]  # one run a group
-    assert list(table.columns) == ["class", "group", "versus", "difference", "low", "high"]
+    assert list(table.columns) == ["class", "group", "versus", "difference", "low", "high", "positives", "verdict"]
     assert list(table["group"].unique()) == list(groups["group"].iloc[1:]) and set(table["versus"]) == {groups["group"].iloc[0]}
     assert len(table) == 2 * len(classes)
     for row in table.itertuples():
@@ -245,6 +245,7 @@ def test_per_class_differences_from_the_best_group_are_the_runs_own_ap_differenc
         # the same float64 numbers, AP summed in another order: a few float64 roundings (1e-16) per image
         assert row.difference == pytest.approx(expected, abs=len(truth) * 1e-15, nan_ok=True), row
         assert row.low <= row.high or np.isnan(row.difference)
+        assert row.positives == sum(row[1] in t for t in truth)
     assert not [n for n in compared.notes if "not found" in n]  # the thumbnails were read from the data root
 
 
@@ -350,3 +351,152 @@ def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, monkeypatch,
     assert rows[0].replace(" ", "").startswith("|run_id|run_name|model|dropout_value|")  # every column, in full
     assert {"comparison.csv", "comparison.md", *FIGURES} <= {p.name for p in (tmp_path / "cli").iterdir()}
     assert "MLflow run:" in out.out and "note: skipped 2 run(s)" in out.out
+
+# ------------------------------------------------------------------ compare tells the truth (issue 33)
+
+#: Four synthetic classes renamed as a user's might be: names holding spaces
+SPACED = {"circle": "big dog", "square": "cat", "triangle": "red car", "ring": "tree"}
+
+
+def _labelled_images(tmp: Path) -> tuple[Path, list[str], np.ndarray]:
+    """80 synthetic 32 px images (the tiny runs' kind) and their 0/1 labels of the four SPACED classes."""
+    from mlabel_exp.data.formats.folder import build_index
+    from mlabel_exp.data.synthetic import SyntheticSpec, generate
+
+    index = build_index(generate(tmp / "synthetic", SyntheticSpec(num_images=80, image_size=32, seed=0)))
+    return index.image_dir, index.files, index.labels[:, [index.classes.index(c) for c in SPACED]]
+
+
+def _csv_root(tmp: Path, images: Path, files: list[str], header: str, rows: list[str]) -> Path:
+    import shutil
+
+    root = tmp / "data"
+    shutil.copytree(images, root / "images")
+    (root / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root
+
+
+def _tiny_run(tmp: Path, name: str, *extra: str) -> None:
+    train(compose_cfg(*tiny_overrides(tmp, f"tracking.run_name={name}", "tracking.log_checkpoints=none",
+                                      f"trainer.output_dir={tmp / name}", *extra)))
+
+
+def _ids(tmp: Path) -> dict:
+    client, runs = mlflow_runs(tmp)
+    return client, {r.data.tags["mlflow.runName"]: r.info.run_id for r in runs}
+
+
+@pytest.fixture(scope="module")
+def spaced(tmp_path_factory):
+    """A labels-column CSV (``image,tags``, names joined by ';'), classes with spaces, a test split: two runs scored on
+    all their 16 validation and 20 test images (no step limit), a smoke run on 8 of each (2 steps of 4)."""
+    tmp = tmp_path_factory.mktemp("spaced")
+    images, files, labels = _labelled_images(tmp)
+    names = list(SPACED.values())
+    rows = [f"{f},{';'.join(n for n, on in zip(names, row) if on)}" for f, row in zip(files, labels)]
+    root = _csv_root(tmp, images, files, "image,tags", rows)
+    data = ("data=csv", f"data.root={root}", "data.label_separator=';'", "data.test_fraction=0.25")
+    for name, extra in {"a": ("dropout=0.0", "trainer.max_steps_per_epoch=0"),
+                        "b": ("dropout=0.5", "trainer.max_steps_per_epoch=0"), "s": ("dropout=0.0",)}.items():
+        _tiny_run(tmp, name, *data, *extra)
+    truth = dict(zip(files, labels))
+    return SimpleNamespace(tmp=tmp, uri=f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", truth=truth, names=names)
+
+
+def _float32_map_tolerance(n: int) -> float:
+    """How far compare's mAP (stats.weighted_map in float64 on the written float32 probabilities) may sit from the
+    run's own (torchmetrics in float32): n float32 roundings of values <= 1, plus a few (tests/test_floats.py)."""
+    return (n + 3) * 2**-24
+
+
+def test_compare_scores_each_run_on_its_own_images_and_labels_with_class_names_that_hold_spaces(spaced, tmp_path):
+    client, ids = _ids(spaced.tmp)
+    for name in ids:  # the files keep every name whole: the truth of labels.csv, image by image
+        for split in ("val", "test"):
+            scored = pd.read_csv(spaced.tmp / name / "predictions" / f"{split}.csv", keep_default_na=False)
+            assert [c for c in scored.columns if c in spaced.names] == spaced.names
+            for file, cell in zip(scored["file"], scored["true_labels"]):
+                assert json.loads(cell) == [n for n, on in zip(spaced.names, spaced.truth[file]) if on]
+    result = compare(tracking_uri=spaced.uri, out_dir=tmp_path, log_to_mlflow=False, cost=False)
+    n = len(pd.read_csv(spaced.tmp / "a" / "predictions" / "test.csv"))
+    assert n == 20 and result.groups.evaluated_on.endswith(f"the mAP on the {n} test images every run scored")
+    t = result.groups.table.set_index("run_ids")
+    for name in ("a", "b"):  # one run a group, on the 20 test images every compared run scored: the run's own mAP
+        own = client.get_run(ids[name]).data.metrics["test/mAP"]
+        assert t.loc[ids[name], "eval_mAP"] == pytest.approx(own, abs=_float32_map_tolerance(n)), name
+        assert result.table.set_index("run_id").loc[ids[name], "test_mAP"] == own
+    # the smoke run scored 8 of the 16 validation images (and 8 of the 20 test images): never paired or tested
+    assert t.loc[ids["s"], "verdict"] == "set apart: scored on 8 validation images; the best group on 16"
+    assert pd.isna(t.loc[ids["s"], "p_value"]) and pd.isna(t.loc[ids["s"], "eval_mAP"])
+    (note,) = [n for n in result.notes if n.startswith("set apart")]
+    assert note.startswith("set apart 1 run(s) scored on 8 validation images; the best group on 16") and \
+        ids["s"][:8] in note
+
+
+def test_the_chance_floor_is_the_prevalence_among_the_images_each_run_scored(spaced, tmp_path):
+    from mlabel_exp.comparison import groups
+    from mlabel_exp.comparison.compare import per_class_ap
+
+    _, ids = _ids(spaced.tmp)
+    scored = {name: list(pd.read_csv(spaced.tmp / name / "predictions" / "val.csv")["file"]) for name in ("s", "a")}
+    # the reference: labels.csv's labels of the images each run's val.csv lists (no unknown label here)
+    expected = {n: np.mean([spaced.truth[f] for f in files], axis=0) for n, files in scored.items()}
+    per_class, notes = per_class_ap(spaced.uri, pd.DataFrame({"run_id": [ids["s"], ids["a"]]}), ["s", "a"],
+                                    groups._Frames(spaced.uri))
+    assert list(per_class.chance.index) == ["random ranking (16 images)", "random ranking (8 images)"]
+    np.testing.assert_array_equal(per_class.chance.loc["random ranking (8 images)", spaced.names], expected["s"])
+    np.testing.assert_array_equal(per_class.chance.loc["random ranking (16 images)", spaced.names], expected["a"])
+    assert per_class.n_images == 16 and any("different validation images (16, 8)" in n for n in notes)
+    # the report's per-class table: the prevalence among the compared runs' images, not the data set's count
+    compare(tracking_uri=spaced.uri, out_dir=tmp_path, log_to_mlflow=False, cost=False)
+    table = pd.read_csv(tmp_path / "per_class_differences.csv").set_index("class")
+    np.testing.assert_array_equal(table.loc[spaced.names, "prevalence"], expected["a"])
+
+
+@pytest.fixture(scope="module")
+def unknowns(tmp_path_factory):
+    """A one-hot CSV with about 15% of its cells unknown (-1 or empty); dropout 0 and 0.5, seeds 0 and 1 each, every
+    run scored on all 16 validation images."""
+    tmp = tmp_path_factory.mktemp("unknowns")
+    images, files, labels = _labelled_images(tmp)
+    hidden = np.random.default_rng(5).random(labels.shape) < 0.15
+    cells = np.where(hidden, np.where(np.arange(labels.size).reshape(labels.shape) % 2, "-1", ""), labels.astype(str))
+    rows = [",".join([f, *row]) for f, row in zip(files, cells)]
+    root = _csv_root(tmp, images, files, ",".join(["image", *SPACED.values()]), rows)
+    for dropout in ("0.0", "0.5"):
+        for seed in (0, 1):
+            _tiny_run(tmp, f"d{dropout}s{seed}", "data=csv", f"data.root={root}", f"dropout={dropout}", f"seed={seed}",
+                      "trainer.max_steps_per_epoch=0")
+    return SimpleNamespace(tmp=tmp, uri=f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", files=files, hidden=hidden)
+
+
+def test_unknown_labels_are_masked_in_compares_map_and_its_welch_test_is_scipys(unknowns, tmp_path):
+    from scipy.stats import ttest_ind
+
+    client, ids = _ids(unknowns.tmp)
+    val = pd.read_csv(unknowns.tmp / "d0.0s0" / "predictions" / "val.csv", keep_default_na=False)
+    hidden = dict(zip(unknowns.files, unknowns.hidden))
+    marked = [json.loads(cell) for cell in val["unknown_labels"]]
+    assert marked == [[n for n, h in zip(SPACED.values(), hidden[f]) if h] for f in val["file"]] and any(marked)
+    # single runs (seed 0 of each setting): compare's mAP is each run's own, unknown labels masked as the run masks them
+    single = compare(tracking_uri=unknowns.uri, filter_string="params.seed = '0'", out_dir=tmp_path / "one",
+                     log_to_mlflow=False, cost=False).groups.table.set_index("run_ids")
+    for name in ("d0.0s0", "d0.5s0"):
+        own = client.get_run(ids[name]).data.metrics["val/best_mAP"]
+        assert single.loc[ids[name], "eval_mAP"] == pytest.approx(own, abs=_float32_map_tolerance(len(val))), name
+    # two seeds a group: Welch's t-test on the runs' val/best_mAP, as scipy computes it
+    t = compare(tracking_uri=unknowns.uri, out_dir=tmp_path / "all", log_to_mlflow=False,
+                cost=False).groups.table.set_index("group")
+    best, other = t.index
+    logged = {g: [client.get_run(r).data.metrics["val/best_mAP"] for r in t.loc[g, "run_ids"].split()] for g in t.index}
+    assert t.loc[other, "test"] == "Welch's t-test" and np.ptp(logged[best]) > 0 and np.ptp(logged[other]) > 0
+    reference = ttest_ind(logged[best], logged[other], equal_var=False).pvalue
+    # compare tests its mAP recomputed from the files, each within eps of the logged one: p moves by at most
+    # sum |dp/dx| * eps (the gradient by central differences), twice that for the curvature
+    eps, values = _float32_map_tolerance(len(val)), np.array(logged[best] + logged[other])
+
+    def p_of(x):
+        return ttest_ind(x[:2], x[2:], equal_var=False).pvalue
+
+    gradient = [(p_of(values + eps * e) - p_of(values - eps * e)) / (2 * eps) for e in np.eye(4)]
+    assert t.loc[other, "p_value"] == pytest.approx(reference, abs=2 * eps * np.sum(np.abs(gradient)) + 1e-15)

@@ -233,3 +233,24 @@ def test_temperature_scaling_finds_the_cross_entropy_minimum_of_a_grid_search():
     assert abs(t - grid[np.argmin(bce)]) <= grid[1] - grid[0]  # the grid's resolution
     assert 1.5 < t < 2.7  # softens: the probabilities were sharpened by 2
     np.testing.assert_allclose(D.scaled(probs, t), 1 / (1 + np.exp(-2 * z / t)), rtol=1e-9)
+
+
+def test_diagnostics_read_unknowns_from_the_file_and_from_the_data_set_only_for_an_older_file(tmp_path):
+    """A file that marks unknown labels is read as it is; one an older version wrote (true labels only) takes its
+    unknowns from the data set's rows where it has them, never turning a known label unknown the other way round."""
+    from mlabel_exp.inference.outputs import write_predictions
+
+    probs = np.array([[0.9, 0.2], [0.4, 0.7], [0.1, 0.6]], dtype=np.float32)
+    targets = np.array([[1, -1], [0, 1], [-1, 0]], dtype=np.int8)
+    write_predictions(tmp_path, "val", ["a.jpg", "b.jpg", "c.jpg"], probs, ["cat", "dog"], 0.5, targets=targets)
+    everything_unknown = lambda name: np.array([-1, -1])  # noqa: E731 - a data set that would say otherwise
+    ev = D.read_predictions(tmp_path / "val.json", "val", labels_of=everything_unknown)
+    np.testing.assert_array_equal(ev.targets, targets)
+    payload = json.loads((tmp_path / "val.json").read_text())
+    for record in payload["predictions"].values():
+        del record["unknown_labels"]  # as an older version wrote it
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    np.testing.assert_array_equal(D.read_predictions(tmp_path / "old.json", "val").targets, [[1, 0], [0, 1], [0, 0]])
+    data_set = {"a.jpg": np.array([1, -1]), "c.jpg": np.array([-1, 0])}  # b.jpg: not in the data set here
+    ev = D.read_predictions(tmp_path / "old.json", "val", labels_of=data_set.get)
+    np.testing.assert_array_equal(ev.targets, targets)

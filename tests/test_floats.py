@@ -82,7 +82,7 @@ def test_labels_are_the_written_probability_at_or_above_the_written_threshold(ne
     for p in (from_json, from_json.astype(F32)):
         expected = [[c for c, on in zip(classes, row) if on] for row in p >= t.astype(p.dtype)]
         assert [payload["predictions"][f]["labels"] for f in files] == expected
-        assert [s.split() for s in csv.loc[files, "labels"]] == expected
+        assert [json.loads(s) for s in csv.loc[files, "labels"]] == expected  # a JSON array a cell
     assert expected == [[], classes, classes]  # one ulp below: no label; at or above: every label
     submission = pd.read_csv(folder / "submission.csv").set_index("image")
     assert [[c for c in classes if submission.loc[f, c]] for f in files] == expected
@@ -95,7 +95,7 @@ def test_true_labels_are_written_beside_the_decisions(near_thresholds):
     assert "true_labels" not in pd.read_csv(folder / "predictions.csv").columns
 
 
-@pytest.mark.parametrize("name", ["file", "labels", "true_labels", "error", "image"])
+@pytest.mark.parametrize("name", ["file", "labels", "true_labels", "unknown_labels", "error", "image"])
 def test_a_class_named_like_an_output_column_is_refused_naming_its_annotation_file(tree, name):
     root = tree([1, 2], {"cat.txt": "1\n", f"{name}.txt": "2\n"})
     with pytest.raises(DataError, match=rf"annotations/{name}\.txt: class '{name}' has the name of a column .*"

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from mlabel_exp.comparison import groups
+from mlabel_exp.inference.outputs import Predictions
 from mlabel_exp.metrics import stats
 
 CLASSES = ["bird", "car", "dog", "sea"]
@@ -27,14 +28,12 @@ def constructed(monkeypatch, spread: dict[str, float], seeds=(0, 1, 2), n=300, m
             while run_id in frames:  # a repeat of the same seed
                 run_id += "+"
             noise = np.random.default_rng(seed).normal(0, 1, y.shape)  # model=twin is model=good, seed for seed
-            probs = 1 / (1 + np.exp(-(4 * (y - 0.5) + sd * noise)))
-            frame = pd.DataFrame(probs, columns=CLASSES, index=pd.Index(files, name="file"))
-            frame["true_labels"] = [" ".join(c for c, t in zip(CLASSES, row) if t) for row in y]
-            if run_id == moved:
-                frame = frame.rename(index={"im0.jpg": "elsewhere.jpg"}).sort_index()
-            frames[run_id] = frame
-            runs.append({"run_id": run_id, "params": {"seed": str(seed), "model.name": name, "optimizer.lr": "0.001"},
-                         "tags": {"overrides": f"seed={seed} model={name} trainer=smoke"},
+            probs = (1 / (1 + np.exp(-(4 * (y - 0.5) + sd * noise)))).astype(np.float32).astype(np.float64)  # a run's
+            scored = ["elsewhere.jpg", *files[1:]] if run_id == moved else files
+            frames[run_id] = Predictions(CLASSES, scored, probs, probs >= 0.5, y.astype(np.int8), True).sorted()
+            runs.append({"run_id": run_id, "params": {"seed": str(seed), "model.name": name, "optimizer.lr": "0.001",
+                                                      "trainer.max_steps_per_epoch": "0", "data.num_val": str(n)},
+                         "tags": {"overrides": f"seed={seed} model={name} trainer=smoke", "data.skipped_images": "0"},
                          "metrics": {"val/best_mAP": float(stats.weighted_map(probs, y)[0])},
                          "datasets": {"train": "t", "validation": data} if data else {}})
     monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: frames[run_id] if split == "val" else None)
@@ -89,7 +88,7 @@ def test_runs_on_two_data_sets_are_never_grouped_or_paired(monkeypatch):
     found = groups.compare_groups("unused", a_runs + b_runs, n_resamples=200)
     t = found.table.set_index("group")
     assert list(t.index) == ["model=good data=A", "model=bad data=A", "model=good data=B"]
-    assert t.loc["model=good data=B", "verdict"] == "set apart: other data"
+    assert t.loc["model=good data=B", "verdict"].startswith("set apart: scored on other images or labels")
     assert pd.isna(t.loc["model=good data=B", "p_value"]) and t.loc["model=good data=B", "n"] == 2
     assert set(t.loc["model=good data=B", "run_ids"].split()) == {r["run_id"] for r in b_runs}
     alone = groups.compare_groups("unused", a_runs, n_resamples=200).table.set_index("group")
@@ -105,7 +104,9 @@ def test_runs_of_an_older_version_on_other_images_are_set_apart_too(monkeypatch)
     found = groups.compare_groups("unused", runs, n_resamples=200)
     t = found.table.set_index("group")
     moved = [g for g in t.index if t.loc[g, "run_ids"] == "bad-1"]
-    assert len(moved) == 1 and t.loc[moved[0], "verdict"] == "set apart: other data"
+    assert len(moved) == 1
+    assert t.loc[moved[0], "verdict"] == ("set apart: scored on other images or labels than the best group (300 "
+                                          "validation images each)")
     main = t.loc[[g for g in t.index if g not in moved]]
     assert sorted(main["n"]) == [2, 3] and "validation images every run scored" in found.evaluated_on
 
@@ -155,7 +156,8 @@ def test_one_seed_a_group_compares_the_runs_over_the_images_and_says_so(monkeypa
     assert any("one seed" in note and "not which setting" in note for note in found.notes)
     unpaired = groups.compare_groups("unused", constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,),
                                                            moved="bad-0"), n_resamples=200)
-    assert unpaired.table["verdict"].tolist() == ["", "set apart: other data"]  # nothing left to compare with
+    assert unpaired.table["verdict"].tolist()[0] == ""  # nothing left to compare with
+    assert unpaired.table["verdict"].tolist()[1].startswith("set apart: scored on other images")
 
 
 def test_groups_are_ranked_on_the_images_the_test_used(monkeypatch):
@@ -213,3 +215,84 @@ def test_the_console_table_fits_120_characters_and_says_once_what_every_row_shar
     wide = console_table(table, wide=True).splitlines()
     assert [c.strip() for c in wide[0].strip("|").split("|")] == list(table.columns)
     assert f"dropout=0.6 {shared}" in wide[4] and len(wide) == 2 + 3
+
+
+# ------------------------------------------------------------------ what the data can support
+
+def _tie(runs: list[dict], frames: dict, name: str) -> None:
+    """Seed 1 of model=<name> scores exactly as its seed 0 (a deterministic setting, one run logged twice)."""
+    by_id = {r["run_id"]: r for r in runs}
+    frames[f"{name}-1"] = frames[f"{name}-0"]
+    by_id[f"{name}-1"]["metrics"] = dict(by_id[f"{name}-0"]["metrics"])
+
+
+def test_seeds_that_tie_exactly_get_no_t_test(monkeypatch):
+    """Both groups' two seeds tie exactly (the audit's "worse (p<0.05)", p=0.0000, interval [0.6439, 0.6439]): no
+    t-test. Over the images every run scored, the runs are compared as runs; without such images: cannot tell."""
+    frames = {}
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0, 1), frames=frames)
+    for name in ("good", "bad"):
+        _tie(runs, frames, name)
+    found = groups.compare_groups("unused", runs, n_resamples=300)
+    t = found.table.set_index("group")
+    assert t.loc["model=bad", "test"] == "paired bootstrap over images (no seed spread to test: the runs, not the settings)"
+    assert t.loc["model=bad", "verdict"] == "worse run (p<0.05, runs over images)"
+    assert t.loc["model=bad", "diff_ci_low"] < t.loc["model=bad", "diff_ci_high"]  # the images' noise, not zero width
+    assert any(n.startswith("model=good, model=bad: the seeds score exactly alike") for n in found.notes)
+    monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: None)  # no prediction files: no images
+    t = groups.compare_groups("unused", runs, n_resamples=300).table.set_index("group")
+    assert t.loc["model=bad", "verdict"] == ("cannot tell (the best group's 2 seeds score exactly alike: no seed "
+                                             "spread to test against; and no images every run scored)")
+    assert pd.isna(t.loc["model=bad", "p_value"]) and pd.isna(t.loc["model=bad", "diff_ci_low"])
+
+
+def test_one_seed_against_one_or_several_gets_no_t_test(monkeypatch):
+    """One seed has no spread: against three seeds the runs are compared over the images (no pooled t-test that
+    borrows the other group's spread); one against one without shared images cannot be told apart."""
+    frames = {}
+    runs = constructed(monkeypatch, {"good": 1.0}, seeds=(0, 1, 2), frames=frames)
+    runs += constructed(monkeypatch, {"bad": 6.0}, seeds=(0,), frames=frames)
+    t = groups.compare_groups("unused", runs, n_resamples=300).table.set_index("group")
+    assert t.loc["model=bad", "test"].startswith("paired bootstrap over images")
+    assert t.loc["model=bad", "verdict"] == "worse run (p<0.05, runs over images)"
+    single = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,))
+    monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: None)
+    t = groups.compare_groups("unused", single, n_resamples=300).table.set_index("group")
+    assert t.loc["model=bad", "verdict"] == ("cannot tell (the best group has 1 seed: no seed spread to test against; "
+                                             "and no images every run scored)")
+
+
+def test_a_groups_interval_stays_inside_0_and_1_and_says_it_was_cut(monkeypatch):
+    from scipy import stats as scipy_stats
+
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0, 1))
+    for run, value in zip([r for r in runs if r["params"]["model.name"] == "bad"], (0.02, 0.12)):
+        run["metrics"]["val/best_mAP"] = value  # two seeds far apart: the t-interval (12.7 standard errors) below 0
+    found = groups.compare_groups("unused", runs, n_resamples=200)
+    row = found.table.set_index("group").loc["model=bad"]
+    low, high = scipy_stats.t.interval(0.95, 1, loc=0.07, scale=scipy_stats.sem([0.02, 0.12]))
+    assert low < 0 < high < 1 and (row["ci_low"], row["ci_high"]) == pytest.approx((0.0, high), abs=1e-12)
+    assert any(n.startswith("model=bad: its 95% t-interval over 2 seeds reached past 0 or 1 and is cut")
+               for n in found.notes)
+
+
+def test_runs_scored_on_a_few_batches_are_set_apart_from_runs_scored_on_the_whole_split(monkeypatch):
+    """Five smoke runs (trainer.max_steps_per_epoch=2) scored on 8 of the 300 validation images, the data set's
+    digest the same as the others': set apart (the runs on the most images are compared, however many the smoke runs
+    are). A run with a step limit whose file holds the whole split is compared as it is."""
+    frames = {}
+    runs = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, frames=frames, data="V")
+    smoke = constructed(monkeypatch, {"smoke": 1.0}, seeds=(0, 1, 2, 3, 4), frames=frames, data="V")
+    capped = constructed(monkeypatch, {"capped": 1.0}, seeds=(0, 1), frames=frames, data="V")
+    for run in smoke + capped:
+        run["params"]["trainer.max_steps_per_epoch"] = "2"
+    for run in smoke:
+        p = frames[run["run_id"]]
+        frames[run["run_id"]] = Predictions(p.classes, p.files[:8], p.probs[:8], p.labels[:8], p.targets[:8], True)
+    found = groups.compare_groups("unused", runs + smoke + capped, n_resamples=200)
+    t = found.table.set_index("group")
+    (apart,) = [g for g in t.index if t.loc[g, "verdict"].startswith("set apart")]
+    assert set(t.loc[apart, "run_ids"].split()) == {r["run_id"] for r in smoke}
+    assert t.loc[apart, "verdict"] == "set apart: scored on 8 validation images; the best group on 300"
+    assert "300 validation images every run scored" in found.evaluated_on
+    assert not any(t.loc[g, "verdict"].startswith("set apart") for g in t.index if "capped" in g)

@@ -94,7 +94,7 @@ def test_predict_from_a_run_writes_three_outputs_and_skips_unreadable_files(trai
     for p, t in ((probs, np.array(thresholds)), (probs.astype(np.float32), np.array(thresholds, dtype=np.float32))):
         expected = [[c for c, on in zip(result.classes, row) if on] for row in p >= t]
         assert [rec["labels"] for rec in payload["predictions"].values()] == expected
-        assert [s.split() for s in csv["labels"]] == expected
+        assert [json.loads(s) for s in csv["labels"]] == expected  # a JSON array a cell: any class name whole
         assert [[c for c in sorted(result.classes) if row[c]] for _, row in sub.iterrows()] == \
             [sorted(e) for e in expected]
     summary = json.loads((out / "summary.json").read_text())
@@ -111,9 +111,9 @@ def test_predict_from_a_checkpoint_with_a_glob_and_a_fixed_threshold(trained, ne
                           input=str(new_images / "im*.jpg"), threshold=0.5), tmp_path / "o")
     assert result.files == ["im2.jpg", "im3.jpg", "im7.jpg", "im10.jpg"]
     assert result.skipped == {"im11.jpg": "a symbolic link to a missing target (-> moved.jpg)"}
-    labels = pd.read_csv(tmp_path / "o" / "predictions.csv")["labels"].fillna("")
-    expected = [" ".join(c for c, p in zip(result.classes, row) if p >= 0.5) for row in result.probs]
-    assert list(labels) == expected
+    labels = pd.read_csv(tmp_path / "o" / "predictions.csv")["labels"]
+    expected = [[c for c, p in zip(result.classes, row) if p >= 0.5] for row in result.probs]
+    assert [json.loads(s) for s in labels] == expected
 
 
 def _predict_the_validation_images(out, images, tmp_path, device):
@@ -580,7 +580,7 @@ def test_predict_warns_when_every_image_gets_the_same_labels(trained, tmp_path, 
         (folder / f"copy{i}.jpg").write_bytes((images / "im3.jpg").read_bytes())
     result = predict(_cfg(tmp, run=run_id, input=str(folder), log_to_run=False, device="cpu"), tmp_path / "o")
     labels = pd.read_csv(tmp_path / "o" / "predictions.csv", keep_default_na=False)["labels"]
-    shown = labels[0].replace(" ", ", ") or "no label"
+    shown = ", ".join(json.loads(labels[0])) or "no label"
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "same labels" in r.getMessage()]
     assert warned == [f"every one of the {SAME_LABELS_MIN} images got the same labels ({shown}): check that the images "
                       "are like the run's training images and the model is the one meant (run=, model=), and look at "

@@ -1,4 +1,4 @@
-"""report.html (analysis.report, run_report, comparison_report) and the figures behind it, on constructed inputs:
+"""report.html (render.page, diagnostics.report, comparison.report) and the figures behind it, on constructed inputs:
 the page holds what it is given, embedded, and nothing it would have to fetch."""
 
 import base64

@@ -59,7 +59,7 @@ def test_train_logs_a_complete_run(tmp_path):
     import json
 
     classes = json.loads(open(client.download_artifacts(run.info.run_id, "classes.json", str(tmp_path))).read())
-    assert list(preds.columns) == ["file", *classes, "labels", "true_labels"]
+    assert list(preds.columns) == ["file", *classes, "labels", "true_labels", "unknown_labels"]
     assert len(preds) == 8 and preds["file"].str.fullmatch(r"im\d+\.jpg").all()
     assert ((preds[classes] >= 0) & (preds[classes] <= 1)).all().all()
     # every number written agrees: the labels are the written decisions at thresholds.json's numbers, which
@@ -391,7 +391,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
     images = sorted((tmp_path / "cache").rglob("images"))[0]
     files, probs, _ = Predictor.from_checkpoint(load_checkpoint(out / "checkpoints" / "best.pt")).predict_files(
         [images / f for f in test["file"]], batch_size=16, num_workers=0)
-    truth = torch.tensor(np.stack([[c in str(t).split() for c in classes] for t in test["true_labels"]]).astype(int))
+    truth = torch.tensor(np.stack([[c in json.loads(t) for c in classes] for t in test["true_labels"]]).astype(int))
     expected = compute(torch.tensor(probs), truth, thresholds, classes)
     assert_labels_are_the_written_decisions(out / "predictions" / "test.csv", out / "predictions" / "test.json",
                                             classes, tuned["per_class"])

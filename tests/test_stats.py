@@ -10,7 +10,8 @@ from scipy.stats import norm
 from sklearn.metrics import average_precision_score
 
 from mlabel_exp.metrics.scores import compute
-from mlabel_exp.metrics.stats import paired_bootstrap, seed_difference, seed_interval, verdict, weighted_map
+from mlabel_exp.metrics.stats import (paired_bootstrap, seed_difference, seed_interval, seed_test_limit, verdict,
+                                      weighted_map)
 
 
 def sklearn_map(scores, targets):
@@ -122,7 +123,7 @@ def test_clearly_better_model_is_detected():
     assert result.difference < 0 and result.ci_high < 0
     assert result.p_value < 0.05
     assert verdict(False, result.p_value) == "worse (p<0.05)"
-    assert verdict(True, None) == "best" and verdict(False, None) == "not tested (one seed, no shared images)"
+    assert verdict(True, None) == "best" and verdict(False, None, cannot_tell="why") == "cannot tell (why)"
 
 
 def test_mismatched_shapes_are_refused():
@@ -142,6 +143,26 @@ def test_seed_interval():
     standard_error = 0.02 / math.sqrt(3)
     assert (three.ci_high - three.mean) / standard_error == pytest.approx(4.3027, abs=1e-4)  # t_{0.975, 2 df}
     assert (three.mean - three.ci_low) / standard_error == pytest.approx(4.3027, abs=1e-4)
+    assert not three.clipped
+
+
+def test_a_seed_interval_is_cut_at_the_metrics_range():
+    """The audit's t-interval [-0.0849, 0.7384] of two mAPs: cut at 0 (the mean is the same; the cut interval covers
+    the true mean whenever the uncut one does, as that lies in [0, 1])."""
+    two = [0.29, 0.355]
+    uncut = seed_interval(two, bounds=None)
+    assert uncut.ci_low == pytest.approx(0.3225 - 12.7062 * 0.0325, abs=1e-4) and uncut.ci_low < 0
+    cut = seed_interval(two)
+    assert (cut.ci_low, cut.ci_high, cut.mean, cut.clipped) == (0.0, uncut.ci_high, uncut.mean, True)
+    high = seed_interval([0.97, 0.999, 0.9])
+    assert high.ci_high == 1.0 and high.clipped and high.ci_low == seed_interval([0.97, 0.999, 0.9], bounds=None).ci_low
+
+
+def test_a_t_test_needs_two_seeds_that_differ_on_each_side():
+    assert seed_test_limit([0.6, 0.62], [0.5, 0.51]) is None
+    assert seed_test_limit([0.6], [0.5, 0.51], ("best", "other")) == "best has 1 seed: no seed spread to test against"
+    assert seed_test_limit([0.6, 0.62], [0.6439, 0.6439], ("best", "other")) == \
+        "other's 2 seeds score exactly alike: no seed spread to test against"
 
 
 # ------------------------------------------------------------------ the verdict's test

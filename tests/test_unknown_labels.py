@@ -13,7 +13,6 @@ from mlabel_exp.metrics.thresholds import best_f1_threshold, cross_fitted, tune_
 from mlabel_exp.models.losses import AsymmetricLoss, FocalLoss, MaskedBCE, build_loss, pos_weight
 from tests.conftest import compose_cfg
 
-
 #: AP in float32 sums one rounded precision x recall step per image: at most n float32 roundings of values <= 1
 AP_TOL = 240 * float(np.finfo(np.float32).eps)
 
@@ -83,8 +82,9 @@ def test_each_loss_is_the_mean_over_known_entries_and_unknowns_change_nothing(na
 def test_without_unknowns_a_run_computes_the_loss_exactly_as_before(group):
     """build_loss(unknown=False), what a run on fully labelled data gets: the old plain mean, bit for bit, and the
     masked mean agrees with it."""
-    from mlabel_exp.config import validate
     from torchvision.ops import sigmoid_focal_loss
+
+    from mlabel_exp.config import validate
 
     cfg = validate(compose_cfg(f"loss={group}")).loss
     labels = (np.random.default_rng(0).random((50, 14)) < 0.2).astype(np.uint8)
@@ -234,3 +234,63 @@ def test_a_resume_notices_a_label_that_became_unknown(partial_index):
     with pytest.raises(DataError, match=f"{partial_index.files[row]}: {partial_index.classes[0]} 1->-1"):
         check_data(data_record(dataclasses.replace(partial_index, labels=labels), content), then, "r1",
                    partial_index.root)
+
+
+# ------------------------------------------------------------------ in the prediction files
+
+#: Class names that a space-, comma-, semicolon- or pipe-joined cell would cut apart or merge
+AWKWARD_NAMES = sorted(["big dog", "a,b", "c;d", "e|f", 'say "hi"', "[x]", "ünï", "1"])
+
+
+def test_prediction_files_carry_positives_negatives_and_unknowns_whatever_the_class_names(tmp_path):
+    import csv
+    import json
+
+    from mlabel_exp.inference.outputs import read_predictions, write_predictions
+
+    p, _, yu = with_unknowns(8, n=30, c=len(AWKWARD_NAMES))
+    files = [f"dir/im {i}.jpg" for i in range(30)]
+    write_predictions(tmp_path, "val", files, p, AWKWARD_NAMES, 0.5, targets=yu)
+    with open(tmp_path / "val.csv", newline="", encoding="utf-8") as f:  # read with nothing but csv and json
+        rows = list(csv.DictReader(f))
+    for row, y, hits in zip(rows, yu, p >= np.float32(0.5)):
+        assert json.loads(row["true_labels"]) == [c for c, t in zip(AWKWARD_NAMES, y) if t == 1]
+        assert json.loads(row["unknown_labels"]) == [c for c, t in zip(AWKWARD_NAMES, y) if t == -1]
+        assert json.loads(row["labels"]) == [c for c, on in zip(AWKWARD_NAMES, hits) if on]
+    for fmt in ("csv", "json"):
+        back = read_predictions((tmp_path / f"val.{fmt}").read_text(encoding="utf-8"), fmt)
+        assert back.classes == AWKWARD_NAMES and back.files == files and back.marks_unknowns
+        np.testing.assert_array_equal(back.targets, yu)  # 1, 0 and -1: every label as the data set had it
+        np.testing.assert_array_equal(back.probs.astype(np.float32), p)
+        np.testing.assert_array_equal(back.labels, p >= np.float32(0.5))
+    write_predictions(tmp_path, "predictions", files, p, AWKWARD_NAMES, 0.5)  # predict's: no truth
+    for fmt in ("csv", "json"):
+        back = read_predictions((tmp_path / f"predictions.{fmt}").read_text(encoding="utf-8"), fmt)
+        assert back.targets is None and not back.marks_unknowns
+        np.testing.assert_array_equal(back.labels, p >= np.float32(0.5))
+
+
+def test_prediction_files_of_older_versions_still_read_and_an_ambiguous_one_is_named():
+    """Before the JSON cells: names joined by spaces (a name with a space read back by matching the class names in
+    order), true labels only (an unknown label reads as a negative: ``marks_unknowns`` False)."""
+    import json
+
+    from mlabel_exp.errors import DataError
+    from mlabel_exp.inference.outputs import read_predictions
+
+    old_csv = ("file,big dog,cat,dog,labels,true_labels\nim1.jpg,0.9,0.2,0.7,big dog dog,big dog\n"
+               "im2.jpg,0.1,0.8,0.1,cat,cat dog\nim3.jpg,0.1,0.1,0.1,,\n")
+    records = {"im1.jpg": (0.9, 0.2, 0.7, ["big dog", "dog"], ["big dog"]),
+               "im2.jpg": (0.1, 0.8, 0.1, ["cat"], ["cat", "dog"]), "im3.jpg": (0.1, 0.1, 0.1, [], [])}
+    old_json = json.dumps({"classes": ["big dog", "cat", "dog"], "thresholds": {"big dog": 0.5, "cat": 0.5, "dog": 0.5},
+                           "predictions": {f: {"probabilities": dict(zip(["big dog", "cat", "dog"], r[:3])),
+                                               "labels": r[3], "true_labels": r[4]} for f, r in records.items()}})
+    for text, fmt in ((old_csv, "csv"), (old_json, "json")):
+        back = read_predictions(text, fmt)
+        assert back.files == ["im1.jpg", "im2.jpg", "im3.jpg"] and not back.marks_unknowns
+        np.testing.assert_array_equal(back.targets, [[1, 0, 0], [0, 1, 1], [0, 0, 0]])
+        np.testing.assert_array_equal(back.labels, [[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+    ambiguous = "file,big,big dog,dog,labels,true_labels\nim1.jpg,0.9,0.2,0.7,,big dog\n"
+    with pytest.raises(DataError, match=r"old/val\.csv line 2, true_labels: 'big dog' reads as \['big', 'dog'\] or "
+                                        r"\['big dog'\]"):
+        read_predictions(ambiguous, "csv", "old/val.csv")

@@ -18,6 +18,7 @@ from typing import Any
 from mlabel_exp.cli.app import command
 from mlabel_exp.cli.predict import list_inputs, load_run_checkpoint, named_run
 from mlabel_exp.config import DataConfig, ExportConfig, resolve_path, validate
+from mlabel_exp.data.formats import index_from_config
 from mlabel_exp.errors import ConfigError, ParityError, UserError
 from mlabel_exp.experiment.hydra_job import output_dir_of_job
 from mlabel_exp.fsutil import write_atomic
@@ -48,7 +49,6 @@ def validation_images(ckpt: dict, limit: int) -> tuple[list[Path], list[str]]:
 
     from omegaconf import OmegaConf
 
-    from mlabel_exp.data.formats import index_from_config
 
     fix = "give images=<folder or glob> for the parity check"
     names = list((ckpt.get("val") or {}).get("names") or [])[:limit]

@@ -20,8 +20,10 @@ from typing import Any
 
 from mlabel_exp.cli.app import command
 from mlabel_exp.config import PredictConfig, resolve_path, validate
+from mlabel_exp.data.formats.common import some, unfollowable_link
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.experiment.hydra_job import output_dir_of_job
+from mlabel_exp.floats import decide
 from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.inference.outputs import label_names, write_predictions, write_submission
 from mlabel_exp.tracking.query import download_best_checkpoint
@@ -44,7 +46,6 @@ def list_inputs(spec: str, unreadable: dict[str, str] | None = None) -> tuple[li
     outputs: the path below the folder, or below the glob's last folder without a wildcard ('g/*/x.jpg' gives
     'a/x.jpg' and 'b/x.jpg', two rows, not two 'x.jpg'). Symbolic links that cannot be followed (a loop, a missing
     target) go to ``unreadable`` (name -> why), to be reported with the files that do not decode."""
-    from mlabel_exp.data.formats.common import some, unfollowable_link
 
     folder = resolve_path(spec)
     if folder.is_dir():
@@ -148,7 +149,6 @@ def _predictor(cfg: PredictConfig, device):
 
 def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     from mlabel_exp.data.loaders import default_workers
-    from mlabel_exp.floats import decide
     from mlabel_exp.runtime.precision import select_device
 
     device = select_device(cfg.device, "device")  # a device that is not there fails first, in one line

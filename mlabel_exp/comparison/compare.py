@@ -16,16 +16,8 @@ from mlabel_exp.comparison import cost
 from mlabel_exp.comparison import figures as plots
 from mlabel_exp.comparison import report as comparison_report
 from mlabel_exp.comparison.report import PerClass
-from mlabel_exp.comparison.table import (
-    REGULARISATION,
-    SETTINGS,
-    build_table,
-    groups_table,
-    labels,
-    run_row,
-    to_markdown,
-    write_groups,
-)
+from mlabel_exp.comparison.table import (REGULARISATION, SETTINGS, build_table, groups_table, labels, run_row,
+                                         to_markdown, write_groups)
 from mlabel_exp.config import project_root
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import write_atomic
@@ -135,29 +127,40 @@ def no_runs_error(all_runs: list[dict], skipped: list[str], where: str) -> Confi
 
 # ------------------------------------------------------------------ figures
 
-def per_class_ap(uri: str, table: pd.DataFrame, names: list[str]) -> tuple[PerClass, list[str]]:
-    """Runs x classes AP from each run's per_class.csv; runs without the file are left out (noted)."""
+def per_class_ap(uri: str, table: pd.DataFrame, names: list[str], frames=None) -> tuple[PerClass, list[str]]:
+    """Runs x classes AP from each run's per_class.csv (runs without it are left out, noted), and the chance floor of
+    the images each run actually scored (its predictions/val.csv, ``frames``): per class its positives over its known
+    labels there, one row per set of images, the most images first."""
     import io
 
+    import numpy as np
     import pandas as pd
 
-    rows, ids, missing, positives = {}, [], [], None
+    rows, ids, missing, sets = {}, [], [], {}
     for run_id, name in zip(table["run_id"], names):
         text = query.artifact_text(uri, run_id, "per_class.csv")
         if text is None:
             missing.append(name)
             continue
-        per_class = pd.read_csv(io.StringIO(text)).set_index("class")
-        rows[name] = per_class["AP"]
+        rows[name] = pd.read_csv(io.StringIO(text)).set_index("class")["AP"]
         ids.append(run_id)
-        positives = per_class["support"] if positives is None else positives
+        scored = frames.get(run_id, "val") if frames is not None else None
+        if scored is not None and scored.targets is not None:
+            positive, known = (scored.targets == 1).sum(0), (scored.targets >= 0).sum(0)
+            sets.setdefault((len(scored.files), tuple(positive), tuple(known)), scored.classes)
     notes = [f"per_class_ap.png: left out {len(missing)} run(s) without per_class.csv ({', '.join(missing)})"] \
         if missing else []
-    n_images = None
-    if ids:
-        n_val = query.run_param(uri, ids[0], "data.num_val")
-        n_images = int(n_val) if n_val and str(n_val).isdigit() else None
-    return PerClass(pd.DataFrame(rows).T if rows else None, ids, positives, n_images), notes
+    if not sets:
+        return PerClass(pd.DataFrame(rows).T if rows else None, ids), notes
+    order = sorted(sets, key=lambda k: -k[0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chance = pd.DataFrame([np.where(np.array(k) > 0, np.array(p) / np.array(k), np.nan) for _, p, k in order],
+                              columns=sets[order[0]], index=[f"random ranking ({n} images)" for n, _, _ in order])
+    if len({n for n, _, _ in order}) > 1:
+        notes.append("per_class_ap.png: the runs were scored on different validation images "
+                     f"({', '.join(str(n) for n, _, _ in order)}): a chance row for each")
+    positives = pd.Series(order[0][1], index=sets[order[0]])
+    return PerClass(pd.DataFrame(rows).T, ids, positives, order[0][0], chance), notes
 
 
 def swept_axes(table: pd.DataFrame, varying: list[str]) -> tuple[list[str], list[str]]:
@@ -174,7 +177,7 @@ def swept_axes(table: pd.DataFrame, varying: list[str]) -> tuple[list[str], list
 
 
 def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_dir: Path,
-                 title: str) -> tuple[dict[str, Path], list[str], PerClass]:
+                 title: str, frames=None) -> tuple[dict[str, Path], list[str], PerClass]:
     names = labels(table)
     lengths = table["epochs"].dropna()
     if lengths.nunique() > 1:  # a 2-epoch smoke run beside a 28-epoch run says so
@@ -182,12 +185,13 @@ def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_
     figures = {"model_comparison.png": save(
         plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title),
         out_dir / "model_comparison.png")}
-    per_class, notes = per_class_ap(uri, table, names)
+    per_class, notes = per_class_ap(uri, table, names, frames)
     if per_class.ap is None:
         notes.append("per_class_ap.png skipped: no run has a per_class.csv artifact")
     else:
         figures["per_class_ap.png"] = save(plots.per_class_heatmap(
-            per_class.ap, positives=per_class.positives, n_images=per_class.n_images), out_dir / "per_class_ap.png")
+            per_class.ap, positives=per_class.positives, n_images=per_class.n_images, chance=per_class.chance),
+            out_dir / "per_class_ap.png")
     varying = [c for c in SETTINGS if table[c].nunique(dropna=True) > 1]
     swept, confounded = swept_axes(table, varying)
     for column in confounded:
@@ -253,13 +257,14 @@ def cost_figure(uri: str, found: Groups, runs: list[dict], out_dir: Path) -> tup
 
 
 def _class_and_cost(uri: str, runs: list[dict], found: Groups, per_class, out_dir: Path, title: str, cost: bool,
-                    figures: dict, notes: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Path]]:
+                    figures: dict, notes: list[str],
+                    frames=None) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Path]]:
     """Per class, each group against the best (paired intervals: class_differences; point differences of the runs'
     per_class.csv for report.html) and the images the two leading groups disagree on; accuracy against cost.
     Adds to ``figures`` and ``notes``; returns (cost table, per-class differences, files written)."""
     from mlabel_exp.comparison import class_differences
 
-    class_figures, files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title)
+    class_figures, files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title, frames)
     figures |= class_figures
     notes += class_notes
     costs = None
@@ -303,9 +308,10 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     write_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     sweep_name = runs[0]["tags"].get("sweep_dir", sweep) if sweep else None  # its folder, not the mangled id
     title = f"{experiment}" + (f", sweep {sweep_name}" if sweep else "") + f": {len(table)} runs"
-    figures, figure_notes, per_class = make_figures(uri, table, histories, out_dir, title)
+    frames = groups._Frames(uri)  # each run's prediction files, read once for the figures, groups and classes
+    figures, figure_notes, per_class = make_figures(uri, table, histories, out_dir, title, frames)
     notes += figure_notes
-    found = groups.compare_groups(uri, runs)
+    found = groups.compare_groups(uri, runs, frames=frames)
     notes += found.notes
     write_groups(found, out_dir)
     write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}\n## Groups across seeds "
@@ -314,7 +320,8 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if len(found.table) > 1:
         figures["seed_intervals.png"] = save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
-    costs, differences, files = _class_and_cost(uri, runs, found, per_class, out_dir, title, cost, figures, notes)
+    costs, differences, files = _class_and_cost(uri, runs, found, per_class, out_dir, title, cost, figures, notes,
+                                                frames)
     files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *files]
     report = comparison_report.write(out_dir, f"Comparison: {title}", where, found, groups_table(found), figures,
                                      differences, costs, table, notes)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from mlabel_exp.render.figures import QUALITATIVE, figure
 
-
 _CURVE_PANELS = (("train/loss", "train loss", "BCE loss"), ("val/loss", "validation loss", "BCE loss"),
                  ("val/mAP", "validation mAP", "mAP"))
 
@@ -49,33 +48,30 @@ def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: 
     return fig
 
 
-def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)", positives=None, n_images: int | None = None):
+def per_class_heatmap(ap, title: str = "per-class AP (val, best epoch)", positives=None, n_images: int | None = None,
+                      chance=None):
     """Runs x classes heatmap of AP; ``ap`` is a DataFrame indexed by run label with one column per class. With
-    ``positives`` (validation images holding each class, a Series by class) and ``n_images`` (validation images), each
-    column is labelled with its positives and prevalence, and a last row shows the prevalence: the AP a random
-    ranking scores on average, the floor each run's AP should be read against."""
+    ``chance`` (a row per set of images the runs were scored on, each class's prevalence there: the AP a random
+    ranking scores on average, the floor each run's AP should be read against) those rows follow the runs, and with
+    ``positives`` (known positives of each class among the ``n_images`` of the first chance row) each column is
+    labelled with its count."""
     import numpy as np
     import pandas as pd
 
-    rows = ap
-    chance = None
-    if positives is not None and n_images:
-        chance = pd.Series(positives, dtype=float).reindex(ap.columns) / n_images
-        rows = pd.concat([ap, pd.DataFrame([chance.to_numpy()], columns=ap.columns,
-                                           index=["random ranking (prevalence)"])])
+    rows = ap if chance is None else pd.concat([ap, chance.reindex(columns=ap.columns)])
     n_runs, n_classes = rows.shape
     fig, ax = figure(figsize=(max(6.0, 0.6 * n_classes + 4), 0.4 * n_runs + 2.8))
     values = np.ma.masked_invalid(rows.to_numpy(dtype=float))
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     names = [str(c) for c in ap.columns]
-    if chance is not None:
-        names = [f"{c} ({int(positives[c]) if positives[c] == positives[c] else '?'})" for c in ap.columns]
+    if chance is not None and positives is not None:
+        names = [f"{c} ({int(positives[c]) if positives.get(c) == positives.get(c) else '?'})" for c in ap.columns]
     ax.set_xticks(range(n_classes), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n_runs), [str(r) for r in rows.index], fontsize=8)
     if chance is not None:
-        ax.axhline(n_runs - 1.5, color="white", lw=3)  # the chance row apart from the runs
-        ax.set_xlabel(f"class (validation positives: images holding it, of {n_images}); last row: its prevalence, "
-                      "the AP of a random ranking", fontsize=8)
+        ax.axhline(len(ap) - 0.5, color="white", lw=3)  # the chance rows apart from the runs
+        ax.set_xlabel(f"class (validation positives, of the {n_images} images of the first chance row)\nchance rows: "
+                      "the prevalence among the images the runs scored, the AP of a random ranking", fontsize=8)
     if n_runs * n_classes <= 600:
         for (r, c), v in np.ndenumerate(rows.to_numpy(dtype=float)):
             text, colour = (f"{v:.2f}", "white" if v < 0.5 else "black") if v == v else ("n/a", "0.4")  # NaN: no AP
@@ -168,7 +164,8 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
         ax.plot([row.mean], [y], "D", color=colour, ms=8)
         ax.plot(row.values, [y] * len(row.values), "o", mfc="none", color="k", ms=5, alpha=0.6)
         p = f", p={row.p_value:.3f}" if row.p_value is not None and row.p_value == row.p_value else ""
-        ax.annotate(f"  {row.verdict}{p}", (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        words = textwrap.fill(textwrap.shorten(f"{row.verdict}{p}", 102, placeholder=" ..."), 34)  # 3 lines at most
+        ax.annotate(textwrap.indent(words, "  "), (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
     names = [textwrap.shorten(g, 80, placeholder=" ...") for g in reversed(list(groups["group"]))]
     ax.set_yticks(range(n), [textwrap.fill(g, 42) for g in names], fontsize=8)  # long names: two lines at most
     ax.set_ylim(-0.7, n - 0.3)

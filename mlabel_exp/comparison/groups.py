@@ -1,26 +1,29 @@
-"""Which settings win, and is it more than noise: ``compare``'s runs grouped by the data they were evaluated on and
+"""Which settings win, and is it more than noise: ``compare``'s runs grouped by the images they were scored on and
 their settings (every param but the seed and where it ran), each group's objective over its seeds with a t-interval,
 and the best group tested against each other one over seeds (``stats.seed_difference``: Welch's t-test).
 
-Runs evaluated on other data (another validation or test digest: other images, classes or labels) are never in one
-group with, nor compared against, the runs of the main data (the data most runs share); they are listed, set apart,
-and the notes say which and why. A seed run again is the same observation: a group's repeats of one seed count once
-(their mean). When every compared run scored the same evaluation images (the test split when each has one, otherwise
-validation; ``data.split_seed`` keeps the split fixed across seeds), the values tested are the mAP recomputed on them
-from each run's per-image probabilities; groups of a single run each are then compared run against run by a paired
-bootstrap over those images (what it says is about the two trained models, not their settings).
+Runs scored on other images (another validation or test set, other classes or labels, or a few batches of the same
+split: ``trainer.max_steps_per_epoch``) are never in one group with, nor compared against, the runs scored on the most
+images; they are listed, set apart, and the notes say how many images each scored. A seed run again is the same
+observation: a group's repeats of one seed count once (their mean). When every compared run scored the same
+evaluation images (the test split when each has one, otherwise validation; ``data.split_seed`` keeps the split fixed
+across seeds), the values tested are the mAP recomputed on them from each run's per-image probabilities (unknown
+labels masked, as the run's own metrics). Where a t-test over seeds cannot stand (a group with one seed, or seeds that
+score exactly alike: ``stats.seed_test_limit``) the runs are compared over those images by a paired bootstrap (what it
+says is about the trained models, not their settings), or else the verdict says it cannot tell, and why.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from mlabel_exp.inference.outputs import read_predictions
 from mlabel_exp.metrics import stats
 from mlabel_exp.tracking import query
 from mlabel_exp.tracking.runs import BEST_SCORE
@@ -37,7 +40,7 @@ NOT_SETTINGS = ("seed", "device", "world_size", "data.num_workers", "data.num_wo
 #: group the settings do not, and would only lengthen the groups' names.
 FACTS = ("model.weights_used", "data.num_images", "data.num_train", "data.num_val", "data.num_test",
          "metrics.classes_left_out", "data.unknown_labels")
-EVALUATION = ("validation", "test")  # the data set contexts a run is scored on (record.dataset_digests)
+SPLITS = (("val", "validation"), ("test", "test"))  # prediction file stem, data set context (record.dataset_digests)
 LEGACY_BEST_SCORE = "best/val_mAP"  # BEST_SCORE in runs logged before the metric names were unified
 COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "eval_mAP", "difference", "diff_ci_low",
            "diff_ci_high", "p_value", "seeds", "values", "run_ids", "test"]
@@ -65,52 +68,91 @@ def _typed_settings(run: dict) -> list[str]:
     return [w for w in run["tags"].get("overrides", "").split() if not w.startswith("seed=") and w != "(none)"]
 
 
-# ------------------------------------------------------------------ the data a run was evaluated on
+# ------------------------------------------------------------------ the images a run was scored on
 
 class _Frames:
-    """Each run's predictions/<split>.csv, read once per comparison."""
+    """Each run's predictions/<split>.csv (``outputs.Predictions``, rows by file name), read once per comparison."""
 
     def __init__(self, uri: str):
         self.uri, self.read = uri, {}
 
-    def get(self, run_id: str, split: str) -> pd.DataFrame | None:
+    def get(self, run_id: str, split: str):
         if (run_id, split) not in self.read:
             self.read[run_id, split] = _predictions(self.uri, run_id, split)
         return self.read[run_id, split]
 
 
-def data_key(run: dict, frames: _Frames | None) -> tuple[str, ...]:
-    """The evaluation data of a run: its validation and test digests (ids, classes, labels, pixels); for a run that
-    logged none (an older one), a digest of the ids and true labels in its predictions/val.csv."""
+@dataclass(frozen=True)
+class Scored:
+    """The images a run was scored on, per evaluation split: an id of them with their labels ('' where the run has no
+    such split) and how many they are (None: not known)."""
+    val: str = ""
+    test: str = ""
+    n_val: int | None = None
+    n_test: int | None = None
+
+    @property
+    def label(self) -> str:
+        return "data=" + "/".join(d for d in (self.val, self.test) if d)
+
+    @property
+    def images(self) -> int:
+        return (self.n_val or 0) + (self.n_test or 0)
+
+
+def data_key(run: dict, frames: _Frames | None) -> Scored:
+    """The images a run was scored on. The digest it logged of a split (ids, classes, labels, pixels) stands for
+    them only where the run provably scored the whole split: no step limit (trainer.max_steps_per_epoch=0) and no
+    image skipped, or its prediction file holds as many images as the split. Otherwise (a smoke run's few batches, a
+    run that logged no digest) the key is a digest of the files, classes and labels (unknowns included) in its
+    prediction file. ``frames`` None: the logged digests alone (a sweep's ranking, which reads no file)."""
     digests = run.get("datasets") or {}
-    if any(c in digests for c in EVALUATION):
-        return tuple(digests.get(c, "") for c in EVALUATION)
-    frame = frames.get(run["run_id"], "val") if frames is not None else None
-    if frame is None or "true_labels" not in frame.columns:
-        return ("unknown", "")
-    h = hashlib.sha256("\n".join(frame.columns).encode())
-    h.update("\n".join(f"{i} {t}" for i, t in zip(frame.index, frame["true_labels"])).encode())
-    return ("files:" + h.hexdigest()[:10], "")
+    found = {split: _split_key(run, split, digests.get(context, ""), frames) for split, context in SPLITS}
+    return Scored(found["val"][0], found["test"][0], found["val"][1], found["test"][1])
 
 
-def _data_label(key: tuple[str, ...]) -> str:
-    return "data=" + "/".join(d for d in key if d)
+def _split_key(run: dict, split: str, digest: str, frames: _Frames | None) -> tuple[str, int | None]:
+    size = run["params"].get(f"data.num_{split}")
+    size = int(size) if str(size).isdigit() else None
+    whole = run["params"].get("trainer.max_steps_per_epoch") == "0" and \
+        run.get("tags", {}).get("data.skipped_images") == "0"
+    if digest and (frames is None or whole):
+        return digest, size
+    scored = frames.get(run["run_id"], split) if frames is not None else None
+    if scored is None or scored.targets is None:  # no file to tell: the logged digest, as runs were keyed before
+        return digest, (size if digest else None)
+    if digest and len(scored.files) == size:
+        return digest, size
+    h = hashlib.sha256(json.dumps([scored.classes, scored.files], ensure_ascii=False).encode())
+    h.update(np.ascontiguousarray(scored.targets, dtype=np.int8).tobytes())
+    return "files:" + h.hexdigest()[:10], len(scored.files)
 
 
-def main_data(runs: list[dict], keys: dict[str, tuple]) -> tuple:
-    """The data most runs were evaluated on (a tie: the newest run's)."""
-    counts: dict[tuple, int] = {}
+def _other_images(key: Scored, main: Scored) -> str:
+    """How a run's evaluation images differ from the compared runs', in plain words."""
+    for split, name in SPLITS:
+        n, m = getattr(key, f"n_{split}"), getattr(main, f"n_{split}")
+        if n != m:
+            return f"scored on {n or 'no'} {name} images; the best group on {m or 'no'}"
+    return f"scored on other images or labels than the best group ({key.n_val or 'no'} validation images each)"
+
+
+def main_data(runs: list[dict], keys: dict[str, Scored]) -> Scored:
+    """The images the compared runs share: those of the runs scored on the most images (a smoke run's few batches
+    never outrank a whole split), then the ones most runs share, then the newest run's."""
+    counts: dict[Scored, int] = {}
     for run in runs:
         counts[keys[run["run_id"]]] = counts.get(keys[run["run_id"]], 0) + 1
     newest = {k: max(r.get("start_time", 0) for r in runs if keys[r["run_id"]] == k) for k in counts}
-    return max(counts, key=lambda k: (counts[k], newest[k]))
+    return max(counts, key=lambda k: (k.images, counts[k], newest[k]))
 
 
 # ------------------------------------------------------------------ groups and their names
 
-def group_runs(runs: list[dict], keys: dict[str, tuple] | None = None) -> dict[str, list[dict]]:
-    """Runs by their evaluation data (``keys``: run id -> data key) and settings, seed runs of a group in seed order."""
-    keys = keys or {r["run_id"]: ("",) for r in runs}
+def group_runs(runs: list[dict], keys: dict[str, Scored] | None = None) -> dict[str, list[dict]]:
+    """Runs by the images they were scored on (``keys``: run id -> ``Scored``) and settings, seed runs of a group in
+    seed order."""
+    keys = keys or {r["run_id"]: Scored() for r in runs}
     by_key: dict[tuple, list[dict]] = {}
     for run in runs:
         by_key.setdefault((keys[run["run_id"]], settings_key(run)), []).append(run)
@@ -126,8 +168,8 @@ def _covers(typed_key: str, param: str) -> bool:
 def group_names(keys: list[tuple], members: list[list[dict]]) -> list[str]:
     """Every setting that differs between the groups: what their runs were started with (``model=resnet50``), less
     what every group shares, then each param that differs and that no typed word names (``precision=bfloat16``,
-    ``dropout_value=0.5`` where only the model was typed), then the data (``data=<digest>``) where it differs. A param
-    some groups lack (sgd's momentum) follows from one that differs and is left out; so are FACTS."""
+    ``dropout_value=0.5`` where only the model was typed), then the images scored (``data=<digest>``) where they
+    differ. A param some groups lack (sgd's momentum) follows from one that differs and is left out; so are FACTS."""
     typed = [set.intersection(*(set(_typed_settings(r)) for r in rs)) for rs in members]
     shared = set.intersection(*typed) if typed else set()
     typed = [sorted(t - shared) for t in typed]
@@ -140,7 +182,7 @@ def group_names(keys: list[tuple], members: list[list[dict]]) -> list[str]:
         extra = [f"{k}={p[k]}" for k in differing if not any(_covers(t, k) for t in typed_keys)]
         names.append(words + extra)
     if len({data for data, _ in keys}) > 1:
-        names = [n + [_data_label(data)] for n, (data, _) in zip(names, keys)]
+        names = [n + [data.label] for n, (data, _) in zip(names, keys)]
     if len(keys) == 1:  # nothing differs: what its runs' names share, the seed left out
         words = [set(r.get("name", "").split()) for r in members[0]]
         names = [[w for w in members[0][0].get("name", "").split() if w in set.intersection(*words)
@@ -191,36 +233,32 @@ def rank_settings(runs: list[dict]) -> list[Setting]:
 
 # ------------------------------------------------------------------ the images every run scored
 
-def _predictions(uri: str, run_id: str, split: str) -> pd.DataFrame | None:
-    """A run's per-image probabilities and true labels on ``split`` (predictions/<split>.csv), by file name. The
-    probabilities are read back as the float32 the run scored (floats.written: lossless), so an mAP recomputed from
-    them is the run's own to float32 precision (a file from before that was written at 6 decimals)."""
+def _predictions(uri: str, run_id: str, split: str):
+    """A run's predictions/<split>.csv read back (``outputs.read_predictions``: probabilities as written, true and
+    unknown labels), rows by file name; None when it has none."""
+
     text = query.artifact_text(uri, run_id, f"predictions/{split}.csv")
     if text is None:
         return None
-    frame = pd.read_csv(io.StringIO(text), keep_default_na=False)
-    probabilities = [c for c in frame.columns if c not in ("file", "labels", "true_labels")]
-    frame[probabilities] = frame[probabilities].astype(np.float32)
-    return frame.set_index("file").sort_index()
+    return read_predictions(text, "csv", f"run {run_id[:8]}: predictions/{split}.csv").sorted()
 
 
-def _arrays(frames: list[pd.DataFrame]) -> tuple[np.ndarray, list[np.ndarray]] | str:
-    """Targets and each run's probabilities on the same images, classes and labels, or why the runs cannot be
-    paired (each run is scored against its own labels: they must be the same)."""
-    first = frames[0]
-    classes = [c for c in first.columns if c not in ("labels", "true_labels")]
-    if "true_labels" not in first.columns:
+def _arrays(scored: list) -> tuple[np.ndarray, list[np.ndarray]] | str:
+    """Targets (1, 0, -1 unknown) and each run's probabilities on the same images, classes and labels, or why the runs
+    cannot be paired (each run is scored against its own labels: they must be the same). The probabilities are the
+    float32 the run scored (floats.written: lossless), so an mAP recomputed from them is the run's own to float32
+    precision."""
+    first = scored[0]
+    if first.targets is None:
         return "the predictions hold no true labels"
-    for frame in frames[1:]:
-        if list(frame.index) != list(first.index):
+    for other in scored[1:]:
+        if other.files != first.files:
             return "the runs were scored on different images"
-        if [c for c in frame.columns if c not in ("labels", "true_labels")] != classes:
+        if other.classes != first.classes:
             return "the runs have different classes"
-        if "true_labels" not in frame.columns or list(frame["true_labels"]) != list(first["true_labels"]):
+        if other.targets is None or not np.array_equal(other.targets, first.targets):
             return "the runs' true labels differ"
-    truth = [set(s.split()) for s in first["true_labels"]]
-    targets = np.array([[c in t for c in classes] for t in truth], dtype=np.int64)
-    return targets, [f[classes].to_numpy(np.float64) for f in frames]
+    return first.targets, [p.probs.astype(np.float32).astype(np.float64) for p in scored]
 
 
 def _paired_inputs(frames: _Frames, runs: list[dict]) -> tuple[str, np.ndarray, dict[str, np.ndarray]] | str:
@@ -255,19 +293,24 @@ class _Group:
 
 
 def _test(best: _Group, other: _Group, paired, n_resamples: int, seed: int) -> dict:
-    """best - other: difference, interval, p-value, test name; {} where no test can be made."""
-    if len(best.tested) + len(other.tested) >= 3:
+    """best - other: difference, interval, p-value, test name: Welch's t-test over seeds where it can stand, else the
+    runs over the shared images (paired bootstrap; ``runs_only`` says why), else ``why`` no test can be made."""
+    limit = stats.seed_test_limit(best.tested, other.tested, ("the best group", "this group"))
+    if limit is None:
         d = stats.seed_difference(best.tested, other.tested, 1 - ALPHA)
         return {"difference": d.difference, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high, "p_value": d.p_value,
                 "test": d.method}
     if isinstance(paired, str):
-        return {}
+        return {"why": f"{limit}; and no images every run scored"}
     _, targets, probs = paired
     d = stats.paired_bootstrap(targets, [probs[r["run_id"]] for r in best.members],
                                [probs[r["run_id"]] for r in other.members], n_resamples=n_resamples, seed=seed,
                                confidence=1 - ALPHA, draw_runs=False)
+    single = len(best.tested) == len(other.tested) == 1
+    test = ("paired bootstrap over images (one seed a group: the runs, not the settings)" if single else
+            "paired bootstrap over images (no seed spread to test: the runs, not the settings)")
     return {"difference": d.difference, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high, "p_value": d.p_value,
-            "test": "paired bootstrap over images (one seed a group: the runs, not the settings)"}
+            "test": test, "runs_only": "1 seed" if single else "runs over images"}
 
 
 def _row(group: _Group, best: _Group, paired, eval_map: dict, n_groups: int, n_resamples: int, seed: int) -> dict:
@@ -277,23 +320,24 @@ def _row(group: _Group, best: _Group, paired, eval_map: dict, n_groups: int, n_r
            "run_ids": " ".join(r["run_id"] for r in group.members), "test": ""}
     if group.apart:
         return row | {"verdict": group.apart}
-    if group is not best:
-        row |= _test(best, group, paired, n_resamples, seed)
+    found = _test(best, group, paired, n_resamples, seed) if group is not best else {}
+    why, runs_only = found.pop("why", ""), found.pop("runs_only", "")
+    row |= found
     interval = (row["diff_ci_low"], row["diff_ci_high"]) if "diff_ci_low" in row else None
-    runs_only = row["test"].startswith("paired bootstrap")
-    word = stats.verdict(group is best, row.get("p_value"), ALPHA, interval, runs_only) if n_groups > 1 else ""
+    word = stats.verdict(group is best, row.get("p_value"), ALPHA, interval, runs_only, why) if n_groups > 1 else ""
     return row | {"verdict": word}
 
 
 def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAULT_RESAMPLES,
-                   seed: int = 0) -> Groups:
+                   seed: int = 0, frames: _Frames | None = None) -> Groups:
     """Per group: n (seeds), mean, std and t-interval of the best val mAP over seeds. The groups on the main data are
     ranked by their mean over seeds of what the test uses (``eval_mAP``: the mAP on the images every run scored, or
     else the best val mAP), and the best is tested against each other one (best - other: difference, interval,
-    p-value, verdict: ``_test``). Groups on other data are listed last, set apart, untested."""
-    frames = _Frames(uri)
+    p-value, verdict: ``_test``). Groups scored on other images are listed last, set apart, untested. ``frames``:
+    the runs' prediction files, where the caller reads them too."""
+    frames = frames or _Frames(uri)
     keys = {r["run_id"]: data_key(r, frames) for r in runs}
-    main = main_data(runs, keys) if runs else ("",)
+    main = main_data(runs, keys) if runs else Scored()
     groups = group_runs(runs, keys)
     compared = [r for r in runs if keys[r["run_id"]] == main]
     n_main = sum(keys[rs[0]["run_id"]] == main for rs in groups.values())
@@ -303,7 +347,8 @@ def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAU
     built = []
     for name, members in groups.items():
         seeds, scores = per_seed(members, lambda r: objective(r["metrics"]))
-        apart = "" if keys[members[0]["run_id"]] == main else "set apart: other data"
+        key = keys[members[0]["run_id"]]
+        apart = "" if key == main else f"set apart: {_other_images(key, main)}"
         tested = per_seed(members, value)[1] if not apart else scores
         built.append(_Group(name, members, seeds, scores, tested, apart))
     eval_map = {} if isinstance(paired, str) else {g.name: float(np.mean(g.tested)) for g in built if not g.apart}
@@ -324,34 +369,49 @@ def evaluated_on(paired, table: pd.DataFrame) -> str:
     return f"{how} of the mAP on the {len(targets)} {where} images every run scored"
 
 
-def _notes(built: list[_Group], paired, keys: dict, main: tuple, table: pd.DataFrame) -> list[str]:
-    """What qualifies the verdicts: runs set apart, repeats, few seeds, validation pairing, several tests."""
+def _notes(built: list[_Group], paired, keys: dict, main: Scored, table: pd.DataFrame) -> list[str]:
+    """What qualifies the verdicts: runs set apart, repeats, few seeds, cut intervals, validation pairing, several
+    tests."""
     notes = []
     for data in dict.fromkeys(keys[g.members[0]["run_id"]] for g in built if g.apart):
         ids = [r["run_id"][:8] for g in built if g.apart for r in g.members if keys[r["run_id"]] == data]
-        notes.append(f"set apart {len(ids)} run(s) evaluated on other data ({_data_label(data)}, not the compared "
-                     f"runs' {_data_label(main)}: other images, classes or labels): {' '.join(ids[:8])}"
-                     f"{' ...' if len(ids) > 8 else ''}; never grouped or tested with them")
+        notes.append(f"set apart {len(ids)} run(s) {_other_images(data, main)} ({data.label}, the compared runs' "
+                     f"{main.label}): {' '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}; never grouped or tested "
+                     "with them")
     for g in built:
         if len(g.members) > len(g.seeds):
             notes.append(f"{g.name}: {len(g.members)} runs of {len(g.seeds)} seed(s) ({' '.join(g.seeds)}): a seed run "
                          "again is one observation (the mean of its repeats), n counts seeds")
-    compared = [g for g in built if not g.apart]
-    if len(compared) > 1 and isinstance(paired, str):
+        if len(g.scores) > 1 and stats.seed_interval(g.scores).clipped:
+            notes.append(f"{g.name}: its 95% t-interval over {len(g.scores)} seeds reached past 0 or 1 and is cut "
+                         "there (mAP lies in [0, 1]): the seeds spread too much for so few; more seeds narrow it")
+    return notes + _test_notes([g for g in built if not g.apart], paired, table)
+
+
+def _test_notes(compared: list[_Group], paired, table: pd.DataFrame) -> list[str]:
+    """What qualifies the tests between the compared groups."""
+    if len(compared) < 2:
+        return []
+    notes = []
+    if isinstance(paired, str):
         notes.append(f"no shared evaluation images ({paired}): the verdicts test the best val mAP over seeds")
-    elif len(compared) > 1 and paired[0] == "val":
+    elif paired[0] == "val":
         notes.append("compared on validation, the images that also chose each run's best epoch: the values are "
                      "slightly optimistic; a test split (data.test_fraction) gives held-out ones")
     if len(compared) > 2:
         notes.append(f"{len(compared) - 1} groups are each tested against the best, without a correction for "
                      "multiple comparisons: read a p just under 0.05 with care")
-    if any(len(g.seeds) < 2 for g in compared) and len(compared) > 1:
-        runs_only = any(t.startswith("paired bootstrap") for t in table["test"])
-        notes.append("a group with one seed has no across-seed interval" + (
-            "; groups of one run each are compared run against run over the images (`worse run`): that says which "
-            "trained model is better on such images, not which setting (seed noise is not measured)" if runs_only
+    alike = [g.name for g in compared if len(g.tested) > 1 and np.ptp(g.tested) == 0]
+    if alike:
+        notes.append(f"{', '.join(alike)}: the seeds score exactly alike, so the spread over seeds is not measured "
+                     "(a seed that changes nothing, or one run logged twice): no t-test against such a group")
+    if any(len(g.seeds) < 2 for g in compared):
+        runs_only = any(str(t).startswith("paired bootstrap") for t in table["test"])
+        notes.append("a group with one seed has no across-seed interval and no t-test" + (
+            "; runs are then compared run against run over the images (`worse run`): that says which trained "
+            "model is better on such images, not which setting (seed noise is not measured)" if runs_only
             else "") + ": repeat it, e.g. -m seed=0,1,2")
-    elif any(len(g.seeds) < 5 for g in compared) and len(compared) > 1:
+    elif any(len(g.seeds) < 5 for g in compared):
         notes.append("with 2-4 seeds a group the t-test holds its 5% error rate but sees only large differences "
                      "(wide intervals): 'not distinguishable' is not 'equal'; more seeds make it more sensitive")
     return notes

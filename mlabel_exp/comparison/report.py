@@ -21,19 +21,24 @@ class PerClass:
     """compare's per-class AP of each run, as read from the runs' per_class.csv."""
     ap: pd.DataFrame | None              # runs (labelled as in the figures) x classes: each run's AP on validation
     run_ids: list[str]                   # the run of each row of ``ap``
-    positives: pd.Series | None = None   # validation images holding each class (of the first run with the file)
-    n_images: int | None = None          # its validation images
+    positives: pd.Series | None = None   # known positives of each class among the images of chance's first row
+    n_images: int | None = None          # those images
+    #: per set of validation images the runs scored (most images first): each class's prevalence there (positives
+    #: over known labels), the AP of a random ranking
+    chance: pd.DataFrame | None = None
 
 #: Captions of the figures compare makes; a figure not named here is shown under its file name.
 CAPTIONS = {
-    "seed_intervals.png": "Each group's mean best val mAP over its seed runs (diamond), its 95% t-interval (bar) and "
+    "seed_intervals.png": "Each group's mean best val mAP over its seed runs (diamond), its 95% t-interval (bar, cut "
+                          "at 0 and 1) and "
                           "each seed run (circle), with the verdict against the best group. One seed gives no "
                           "interval: the axis then spans 0-1, so that a gap without a measure of noise does not look "
                           "large.",
     "model_comparison.png": "Train loss, validation loss and validation mAP per epoch, one line per run.",
     "per_class_ap.png": "AP of each class (column) for each run (row) on validation at its best epoch; the column "
-                        "label counts the class's validation positives, the last row its prevalence: the AP a random "
-                        "ranking scores, the floor to read each AP against.",
+                        "label counts the class's validation positives, the last row its prevalence among the images "
+                        "the runs scored (a row for each set where they differ): the AP a random ranking scores, the "
+                        "floor to read each AP against.",
     "regularisation.png": "Best val mAP against each regularisation setting the sweep varied: mean over seeds "
                           "(diamond) with its 95% t-interval, seed runs as circles. A setting that only follows "
                           "another (each model's default dropout) has no panel: its effect is confounded.",
@@ -51,18 +56,18 @@ def verdict(found: Groups) -> str:
     lead = f"{best['group']} has the best mean best val mAP ({best['mean']:.4f}, n={int(best['n'])})"
     if len(t) == 1:
         return f"One group ({int(best['n'])} run(s)): mean best val mAP {best['mean']:.4f}; nothing to compare it with."
-    others = t.iloc[1:]
-    worse = int(others["verdict"].astype(str).str.startswith("worse").sum())
-    untested = int(others["verdict"].astype(str).str.startswith("not tested").sum())
-    tied = len(others) - worse - untested
-    if worse == len(others):
+    words = t.iloc[1:]["verdict"].astype(str)
+    counts = {what: int(words.str.startswith(start).sum()) for start, what in (
+        ("worse", "worse at p<0.05"), ("not distinguishable", "not distinguishable from it"),
+        ("cannot tell", "with no verdict (one seed or no seed spread, and no shared images)"),
+        ("set apart", "set apart (scored on other images)"))}
+    if counts["worse at p<0.05"] == len(words):
         return f"{lead}; every other group is worse at p<0.05."
-    if tied == len(others):
-        return (f"{lead}, but no other group is distinguishable from it ({tied} within the noise): the choice can rest "
-                "on cost.")
-    parts = [f"{n} {what}" for n, what in ((worse, "worse at p<0.05"), (tied, "not distinguishable from it"),
-                                          (untested, "not tested (one seed, no shared images)")) if n]
-    return f"{lead}; of the {len(others)} other groups, " + ", ".join(parts) + "."
+    if counts["not distinguishable from it"] == len(words):
+        return (f"{lead}, but no other group is distinguishable from it ({len(words)} within the noise): the choice "
+                "can rest on cost.")
+    parts = [f"{n} {what}" for what, n in counts.items() if n]
+    return f"{lead}; of the {len(words)} other groups, " + ", ".join(parts) + "."
 
 
 def group_of_run(found: Groups) -> dict[str, str]:
@@ -79,14 +84,17 @@ def class_differences(per_class: PerClass, found: Groups) -> pd.DataFrame | None
     of_run = group_of_run(found)
     ap = per_class.ap.set_axis([of_run.get(r) for r in per_class.run_ids], axis=0)
     means = ap.groupby(level=0, sort=False).mean()
-    order = [g for g in found.table["group"] if g in means.index]
+    compared = found.table[~found.table["verdict"].astype(str).str.startswith("set apart")]["group"]
+    order = [g for g in compared if g in means.index]  # groups scored on other images: not beside the best's AP
     if len(order) < 2 or order[0] != found.table["group"].iloc[0]:
         return None
     best = means.loc[order[0]]
     frame = pd.DataFrame({"class": means.columns})
     if per_class.positives is not None:
         frame["positives"] = [per_class.positives.get(c) for c in means.columns]
-        if per_class.n_images:
+        if per_class.chance is not None:  # of the images the runs scored, unknown labels left out
+            frame["prevalence"] = [per_class.chance.iloc[0].get(c) for c in means.columns]
+        elif per_class.n_images:
             frame["prevalence"] = frame["positives"].astype(float) / per_class.n_images
     frame[f"AP: {order[0]} (best)"] = best.to_numpy()
     for group in order[1:]:

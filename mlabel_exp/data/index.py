@@ -15,7 +15,6 @@ import numpy as np
 from mlabel_exp.errors import DataError
 
 
-
 @dataclass
 class DatasetIndex:
     """Everything known about a data root without decoding an image."""
@@ -45,7 +44,7 @@ class DatasetIndex:
 
 #: The columns the prediction files and the pyfunc model write beside one column per class (outputs.write_predictions,
 #: outputs.write_submission, pyfunc_model.py): a class of one of these names would overwrite it or be overwritten.
-OUTPUT_COLUMNS = ("file", "image", "labels", "true_labels", "error")
+OUTPUT_COLUMNS = ("file", "image", "labels", "true_labels", "unknown_labels", "error")
 
 
 def check_class_names(classes: Sequence[str], where: str = "classes", fix: str = "rename that class") -> None:

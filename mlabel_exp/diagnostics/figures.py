@@ -197,10 +197,11 @@ def pr_curves(probs, targets, classes: list[str], title: str = "precision-recall
     styles past ten classes);
     classes without a validation positive have no curve (and say so in the legend's title). Unknown labels (-1) are
     left out of each class's curve."""
-    from mlabel_exp.metrics.scores import ignored, per_class_ap, positives
+    import textwrap
+
     from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
-    import textwrap
+    from mlabel_exp.metrics.scores import ignored, per_class_ap, positives
 
     fig, ax = figure(figsize=(10, 6.5))
     targets = targets.int()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.inference.outputs import read_predictions as read
 
 INDEX = "index.json"
 
@@ -38,23 +39,22 @@ class Evaluation:
 
 
 def read_predictions(path: Path, split: str, image_of=None, labels_of=None) -> Evaluation:
-    """An Evaluation from ``predictions/<split>.json`` (outputs.write_predictions): its probabilities and thresholds
-    exactly as written. ``image_of(name)``: the image's path (or None); ``labels_of(name)``: its label row from the data
-    set (with unknowns, -1), else the file's true labels (positives only) are used."""
-    payload = json.loads(Path(path).read_text())
-    classes = payload["classes"]
-    names = list(payload["predictions"])
-    records = [payload["predictions"][n] for n in names]
-    probs = np.array([[r["probabilities"][c] for c in classes] for r in records], dtype=np.float64)
-    targets = np.array([[c in r.get("true_labels", ()) for c in classes] for r in records], dtype=np.int8)
-    for i, name in enumerate(names):
-        known = labels_of(name) if labels_of else None
-        if known is not None:
-            targets[i] = np.where(np.asarray(known) < 0, -1, targets[i])  # unknown stays unknown, never negative
-    thresholds = np.array([payload["thresholds"][c] for c in classes], dtype=np.float64)
+    """An Evaluation from ``predictions/<split>.json`` (read by ``outputs.read_predictions``): its probabilities,
+    thresholds and true and unknown labels exactly as written. ``image_of(name)``: the image's path (or None);
+    ``labels_of(name)``: its label row in the data set, which marks the unknown labels (-1) of a file an older version
+    wrote (true labels only) and is not needed otherwise."""
+
+    p = read(Path(path).read_text(), "json", str(path))
+    names, n = p.files, len(p.files)
+    targets = p.targets if p.targets is not None else np.zeros((n, len(p.classes)), dtype=np.int8)
+    if not p.marks_unknowns and labels_of is not None:
+        for i, name in enumerate(names):
+            known = labels_of(name)
+            if known is not None:
+                targets[i] = np.where(np.asarray(known) < 0, -1, targets[i])  # unknown stays unknown, never negative
+    thresholds = p.thresholds if p.thresholds is not None else np.full(len(p.classes), 0.5)
     paths = [image_of(n) if image_of else None for n in names]
-    return Evaluation(split, classes, names, probs.reshape(len(names), len(classes)),
-                      targets.reshape(len(names), len(classes)), thresholds, paths)
+    return Evaluation(split, p.classes, names, p.probs, targets, thresholds, paths)
 
 
 # ------------------------------------------------------------------ calibration

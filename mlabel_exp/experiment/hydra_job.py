@@ -11,7 +11,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mlabel_exp.config import Config, project_root, resolve_path, resolved_tracking
-
 from mlabel_exp.errors import UserError
 from mlabel_exp.tracking.sweeps import end_sweep_parent, sweep_id_of, swept
 from mlabel_exp.training.stop import scheduler_job

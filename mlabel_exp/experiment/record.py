@@ -12,8 +12,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import FORMAT_SETTINGS, Config, dataset_name
+from mlabel_exp.diagnostics import figures as plots
+from mlabel_exp.diagnostics import writer as P
 from mlabel_exp.diagnostics.report import write_run_report
+from mlabel_exp.diagnostics.writer import ap_table
 from mlabel_exp.errors import UserError
+from mlabel_exp.experiment.resume import length_params
+from mlabel_exp.floats import as_threshold, written
 from mlabel_exp.fsutil import share_bytes, write_atomic
 from mlabel_exp.inference.outputs import write_predictions
 from mlabel_exp.render.figures import save
@@ -140,7 +145,6 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
     if isinstance(tracker, NullTracker):  # nothing recorded: no parent run to find, no digest to compute
         return
     if resume:
-        from mlabel_exp.experiment.resume import length_params
 
         tracker.attach(resume["run_id"], length_params(resume["last"], cfg.trainer.epochs))
         return
@@ -172,7 +176,6 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
     diagnostics (``index``: the data set, where the galleries find the images), the best weights (in the model, once).
     ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights. Returns the held-out
     figures (test split, out-of-fold tuned F1) for the closing lines."""
-    from mlabel_exp.diagnostics import figures as plots
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}", loss=cfg.loss.name)
     tracker.log_artifact(save(fig, out / "curves.png"))
@@ -210,7 +213,6 @@ def log_diagnostics(tracker, settings, out: Path, index, step: int) -> None:
     """diagnostics/ from the prediction files just written (what ``python -m mlabel_exp.diagnose`` recomputes), logged
     under diagnostics/, with ``<split>/ece`` and ``<split>/brier`` at the best epoch. A failure here costs the run its
     diagnostics, not its results: it is logged, tagged and left to the diagnose command."""
-    from mlabel_exp.diagnostics import writer as P
 
     image_of = labels_of = None
     if index is not None:
@@ -293,8 +295,6 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     """thresholds.json (tuned on the best epoch, also in best.pt), metrics at them, the per-class table and figures."""
     import torch
 
-    from mlabel_exp.diagnostics import figures as plots
-    from mlabel_exp.floats import as_threshold, written
     from mlabel_exp.metrics import scores as M
     from mlabel_exp.metrics.thresholds import cross_fitted
 
@@ -330,7 +330,6 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
 
 def _ap_intervals(probs, targets, resamples: int):
     """prevalence, AP low and AP high of each class (the diagnostics' per-class AP table, the same draws)."""
-    from mlabel_exp.diagnostics.writer import ap_table
 
     return ap_table(probs.float().cpu().numpy(), targets.cpu().numpy(), [str(c) for c in range(probs.shape[1])],
                     resamples)

@@ -30,16 +30,25 @@ RESAMPLE_BATCH = 250
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """One metric over the seeds of a group; ``std`` and the interval are None when one seed cannot give them."""
+    """One metric over the seeds of a group; ``std`` and the interval are None when one seed cannot give them;
+    ``clipped``: the t-interval reached past the metric's range and was cut at its end."""
     n: int
     mean: float
     std: float | None
     ci_low: float | None
     ci_high: float | None
+    clipped: bool = False
 
 
-def seed_interval(values: Sequence[float], confidence: float = 0.95) -> SeedSummary:
-    """Mean and Student-t interval of a metric over seed runs: how far the mean could move with other seeds."""
+#: The range of the metrics compare summarises over seeds (mAP, F1): intervals are cut at its ends.
+METRIC_RANGE = (0.0, 1.0)
+
+
+def seed_interval(values: Sequence[float], confidence: float = 0.95,
+                  bounds: tuple[float, float] | None = METRIC_RANGE) -> SeedSummary:
+    """Mean and Student-t interval of a metric over seed runs: how far the mean could move with other seeds. The
+    interval is cut at ``bounds`` (the metric's range; None: not cut): the true mean lies inside them, so the cut
+    interval covers it whenever the t-interval does (the same coverage), and says no impossible value."""
     x = np.asarray(values, dtype=float)
     if x.ndim != 1 or len(x) == 0:
         raise ValueError(f"seed_interval needs a non-empty list of numbers, got shape {x.shape}")
@@ -48,7 +57,25 @@ def seed_interval(values: Sequence[float], confidence: float = 0.95) -> SeedSumm
         return SeedSummary(n=n, mean=mean, std=None, ci_low=None, ci_high=None)
     std = float(x.std(ddof=1))
     half_width = float(scipy_stats.t.ppf((1 + confidence) / 2, df=n - 1)) * std / math.sqrt(n)
-    return SeedSummary(n=n, mean=mean, std=std, ci_low=mean - half_width, ci_high=mean + half_width)
+    low, high = mean - half_width, mean + half_width
+    if bounds is None:
+        return SeedSummary(n=n, mean=mean, std=std, ci_low=low, ci_high=high)
+    clipped = low < bounds[0] or high > bounds[1]
+    return SeedSummary(n=n, mean=mean, std=std, ci_low=max(low, bounds[0]), ci_high=min(high, bounds[1]),
+                       clipped=clipped)
+
+
+def seed_test_limit(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("A", "B")) -> str | None:
+    """Why a t-test over seeds cannot support a verdict on ``a`` against ``b`` (one value a seed), or None. It needs
+    two seeds or more on each side, and seeds that differ on each: a group whose seeds score exactly alike (a
+    deterministic setting, or one run logged twice) shows no seed noise, and a t-test would then take its mean as
+    exact (p = 0 with a zero-width interval)."""
+    for values, name in zip((a, b), names):
+        if len(values) < 2:
+            return f"{name} has {len(values)} seed: no seed spread to test against"
+        if np.ptp(np.asarray(values, dtype=float)) == 0:
+            return f"{name}'s {len(values)} seeds score exactly alike: no seed spread to test against"
+    return None
 
 
 @dataclass(frozen=True)
@@ -392,16 +419,19 @@ def _counts(indices: np.ndarray, n: int) -> np.ndarray:
 # ------------------------------------------------------------------ verdicts
 
 def verdict(best: bool, p_value: float | None, alpha: float = 0.05, interval: tuple[float, float] | None = None,
-            runs_only: bool = False) -> str:
+            runs_only: str | bool = "", cannot_tell: str = "") -> str:
     """The word for a group next to the best one (ranked on the data the test used): worse only when the test says
     so at ``alpha``; with the test's (1 - alpha) ``interval`` of best - this, the interval decides (they agree but
-    for rounding at the boundary, where the interval shown must not contradict the word). ``runs_only``: one run a
-    group, compared over the images: the run is worse, the setting is not tested. No test is said as such."""
+    for rounding at the boundary, where the interval shown must not contradict the word). ``runs_only``: the runs
+    were compared over the images, not the settings over seeds (why: "1 seed", ...): the runs are worse, the setting
+    is not tested. No test (``p_value`` None): "cannot tell (``cannot_tell``)"."""
     if best:
         return "best"
     if p_value is None:
-        return "not tested (one seed, no shared images)"
+        return f"cannot tell ({cannot_tell or 'no test'})"
     worse = (interval[0] > 0 or interval[1] < 0) if interval is not None else p_value < alpha
+    if worse and runs_only:
+        return f"worse run (p<{alpha:g}, {'1 seed' if runs_only is True else runs_only})"
     if worse:
-        return f"worse run (p<{alpha:g}, 1 seed)" if runs_only else f"worse (p<{alpha:g})"
+        return f"worse (p<{alpha:g})"
     return "not distinguishable from best"

@@ -11,8 +11,6 @@ from torch import nn
 from mlabel_exp.errors import ModelError
 
 
-
-
 @dataclass(frozen=True)
 class Backbone:
     """What the generic code needs to know about one architecture."""

@@ -12,9 +12,9 @@ from typing import Any
 from torch import nn
 
 from mlabel_exp.config import TRAINABLE_MODES, one_of
+from mlabel_exp.errors import ModelError
 from mlabel_exp.models import timm_backbones
 from mlabel_exp.models.backbones import backbone
-from mlabel_exp.errors import ModelError
 
 log = logging.getLogger(__name__)
 

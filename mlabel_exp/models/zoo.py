@@ -16,9 +16,9 @@ import torch
 import torchvision
 from torch import nn
 
+from mlabel_exp.errors import ModelError
 from mlabel_exp.models import backbones, timm_backbones
 from mlabel_exp.models.backbones import Backbone, SmallCNN, backbone
-from mlabel_exp.errors import ModelError
 from mlabel_exp.models.weights import (check_timm_weights, download_state_dict, hub_file, is_weights_file,
                                        read_state_dict, weights_file, weights_member)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.tracking.client import client, resolve_uri, store_exists
 from mlabel_exp.tracking.query import list_runs, run_record

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from mlabel_exp.data.index import DatasetIndex, check_class_names
-
 from mlabel_exp.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from mlabel_exp.data.formats.common import (images_folder, index_of, list_files, missing_images, resolve_file, some,
-                                            under_root)
+                                             under_root)
 from mlabel_exp.data.index import DatasetIndex
 from mlabel_exp.errors import DataError
 
