@@ -143,15 +143,11 @@ def test_report_html_holds_the_verdict_groups_every_figure_and_per_class_differe
         assert f"<td>{html.escape(group)}</td>" in page
     assert sorted(embedded_images(page)) == sorted(p.read_bytes() for p in compared.figures.values())
     assert_self_contained(page)
-    # per class: each group's AP minus the best group's, as each run's own per_class.csv says (one run a group)
-    differences = pd.read_csv(compared.out_dir / "per_class_differences.csv")
-    by_group = {g: pd.read_csv(store.tmp / names_of(store)[ids] / "per_class.csv").set_index("class")["AP"]
-                for g, ids in zip(compared.groups.table["group"], compared.groups.table["run_ids"])}
-    best, *others = list(by_group)
-    for other in others:
-        expected = (by_group[other] - by_group[best]).reindex(differences["class"]).to_numpy()
-        assert np.allclose(differences[f"{other} - best"], expected, equal_nan=True, atol=1e-7)
+    # per class: the one class-differences table (class_differences.csv), each cell as the page shows it
+    shown = comparison_report.class_table(pd.read_csv(compared.out_dir / "class_differences.csv"))
     assert "Per-class AP: each group against the best" in page
+    for column in shown.columns[3:]:
+        assert all(f"<td>{html.escape(cell)}</td>" in page for cell in shown[column])
 
 
 def names_of(store) -> dict[str, str]:
@@ -182,7 +178,7 @@ def test_comparison_run_has_a_description_and_each_groups_metrics(store, compare
     for i, row in enumerate(compared.groups.table.itertuples(), start=1):
         assert metrics[f"group_{i}/mean_best_val_mAP"] == row.mean and metrics[f"group_{i}/n"] == row.n
         assert f"| group_{i} | {row.group} |" in note
-    assert {"report.html", "cost.csv", "per_class_differences.csv"} <= artifact_paths(store.client, compared.run_id)
+    assert {"report.html", "cost.csv", "class_differences.csv"} <= artifact_paths(store.client, compared.run_id)
 
 
 def test_the_printed_runs_table_link_opens_sorted_by_best_val_map_with_its_column(store):
@@ -236,7 +232,8 @@ def test_per_class_differences_from_the_best_group_are_the_runs_own_ap_differenc
     table = pd.read_csv(compared.out_dir / "class_differences.csv")
     groups = compared.groups.table
     best = groups["run_ids"].iloc[0]  # one run a group
-    assert list(table.columns) == ["class", "group", "versus", "difference", "low", "high", "positives", "verdict"]
+    assert list(table.columns) == ["class", "group", "versus", "versus_AP", "difference", "low", "high", "positives",
+                                   "verdict"]
     assert list(table["group"].unique()) == list(groups["group"].iloc[1:]) and set(table["versus"]) == {groups["group"].iloc[0]}
     assert len(table) == 2 * len(classes)
     for row in table.itertuples():
@@ -246,6 +243,7 @@ def test_per_class_differences_from_the_best_group_are_the_runs_own_ap_differenc
         assert row.difference == pytest.approx(expected, abs=len(truth) * 1e-15, nan_ok=True), row
         assert row.low <= row.high or np.isnan(row.difference)
         assert row.positives == sum(row[1] in t for t in truth)
+        assert row.versus_AP == pytest.approx(ap[best][row[1]], abs=len(truth) * 1e-15, nan_ok=True)  # the best's own
     assert not [n for n in compared.notes if "not found" in n]  # the thumbnails were read from the data root
 
 
@@ -434,23 +432,19 @@ def test_compare_scores_each_run_on_its_own_images_and_labels_with_class_names_t
 
 
 def test_the_chance_floor_is_the_prevalence_among_the_images_each_run_scored(spaced, tmp_path):
-    from mlabel_exp.comparison import groups
     from mlabel_exp.comparison.compare import per_class_ap
+    from mlabel_exp.comparison.paired import PredictionFiles
 
     _, ids = _ids(spaced.tmp)
     scored = {name: list(pd.read_csv(spaced.tmp / name / "predictions" / "val.csv")["file"]) for name in ("s", "a")}
     # the reference: labels.csv's labels of the images each run's val.csv lists (no unknown label here)
     expected = {n: np.mean([spaced.truth[f] for f in files], axis=0) for n, files in scored.items()}
     per_class, notes = per_class_ap(spaced.uri, pd.DataFrame({"run_id": [ids["s"], ids["a"]]}), ["s", "a"],
-                                    groups._Frames(spaced.uri))
+                                    PredictionFiles(spaced.uri))
     assert list(per_class.chance.index) == ["random ranking (16 images)", "random ranking (8 images)"]
     np.testing.assert_array_equal(per_class.chance.loc["random ranking (8 images)", spaced.names], expected["s"])
     np.testing.assert_array_equal(per_class.chance.loc["random ranking (16 images)", spaced.names], expected["a"])
     assert per_class.n_images == 16 and any("different validation images (16, 8)" in n for n in notes)
-    # the report's per-class table: the prevalence among the compared runs' images, not the data set's count
-    compare(tracking_uri=spaced.uri, out_dir=tmp_path, log_to_mlflow=False, cost=False)
-    table = pd.read_csv(tmp_path / "per_class_differences.csv").set_index("class")
-    np.testing.assert_array_equal(table.loc[spaced.names, "prevalence"], expected["a"])
 
 
 @pytest.fixture(scope="module")

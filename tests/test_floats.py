@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mlabel_exp import floats
-from mlabel_exp.comparison import groups
+from mlabel_exp.comparison import paired
 from mlabel_exp.inference import outputs
 from mlabel_exp.metrics import stats
 from mlabel_exp.data.formats.folder import build_index
@@ -121,9 +121,9 @@ def test_compare_recomputes_the_runs_own_map_from_its_written_probabilities(tmp_
     run_map = compute(probs, torch.from_numpy(targets))["mAP"]
     files = [f"im{i}.jpg" for i in range(n)]
     outputs.write_predictions(tmp_path, "val", files, probs, classes, 0.5, targets=targets)
-    monkeypatch.setattr(groups.query, "artifact_text", lambda uri, run_id, path: (tmp_path / "val.csv").read_text())
-    frame = groups._predictions("unused", "run", "val")
-    truth, (read,) = groups._arrays([frame])
+    monkeypatch.setattr(paired.query, "artifact_text", lambda uri, run_id, path: (tmp_path / "val.csv").read_text())
+    frame = paired.run_predictions("unused", "run", "val")
+    truth, (read,) = paired.shared_arrays([frame])
     order = np.argsort(files)  # compare reads the images sorted by name
     assert np.array_equal(read, probs.numpy()[order]) and np.array_equal(truth, targets[order])
     assert stats.weighted_map(read, truth)[0] == pytest.approx(run_map, abs=(n + 3) * 2**-24)

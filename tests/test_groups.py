@@ -1,11 +1,11 @@
 """compare's groups across seeds, on constructed runs whose answer is known (the predictions each run logged are
-stand-ins: groups._predictions is replaced; the statistics themselves are checked in test_stats.py)."""
+stand-ins: paired.run_predictions is replaced; the statistics themselves are checked in test_stats.py)."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mlabel_exp.comparison import groups
+from mlabel_exp.comparison import groups, paired
 from mlabel_exp.inference.outputs import Predictions
 from mlabel_exp.metrics import stats
 
@@ -36,7 +36,7 @@ def constructed(monkeypatch, spread: dict[str, float], seeds=(0, 1, 2), n=300, m
                          "tags": {"overrides": f"seed={seed} model={name} trainer=smoke", "data.skipped_images": "0"},
                          "metrics": {"val/best_mAP": float(stats.weighted_map(probs, y)[0])},
                          "datasets": {"train": "t", "validation": data} if data else {}})
-    monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: frames[run_id] if split == "val" else None)
+    monkeypatch.setattr(paired, "run_predictions", lambda uri, run_id, split: frames[run_id] if split == "val" else None)
     return runs
 
 
@@ -239,7 +239,7 @@ def test_seeds_that_tie_exactly_get_no_t_test(monkeypatch):
     assert t.loc["model=bad", "verdict"] == "worse run (p<0.05, runs over images)"
     assert t.loc["model=bad", "diff_ci_low"] < t.loc["model=bad", "diff_ci_high"]  # the images' noise, not zero width
     assert any(n.startswith("model=good, model=bad: the seeds score exactly alike") for n in found.notes)
-    monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: None)  # no prediction files: no images
+    monkeypatch.setattr(paired, "run_predictions", lambda uri, run_id, split: None)  # no prediction files: no images
     t = groups.compare_groups("unused", runs, n_resamples=300).table.set_index("group")
     assert t.loc["model=bad", "verdict"] == ("cannot tell (the best group's 2 seeds score exactly alike: no seed "
                                              "spread to test against; and no images every run scored)")
@@ -256,7 +256,7 @@ def test_one_seed_against_one_or_several_gets_no_t_test(monkeypatch):
     assert t.loc["model=bad", "test"].startswith("paired bootstrap over images")
     assert t.loc["model=bad", "verdict"] == "worse run (p<0.05, runs over images)"
     single = constructed(monkeypatch, {"good": 1.0, "bad": 6.0}, seeds=(0,))
-    monkeypatch.setattr(groups, "_predictions", lambda uri, run_id, split: None)
+    monkeypatch.setattr(paired, "run_predictions", lambda uri, run_id, split: None)
     t = groups.compare_groups("unused", single, n_resamples=300).table.set_index("group")
     assert t.loc["model=bad", "verdict"] == ("cannot tell (the best group has 1 seed: no seed spread to test against; "
                                              "and no images every run scored)")

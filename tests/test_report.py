@@ -127,15 +127,18 @@ def test_comparison_metrics_are_each_groups_numbers_by_rank():
     assert "| group_2 | model=b | 2 | 0.6000 | worse (p<0.05) |" in note and "**Verdict:** model=a" in note
 
 
-def test_class_differences_are_group_means_minus_the_best_groups():
-    ap = pd.DataFrame({"cat": [0.9, 0.7, 0.4], "dog": [0.2, 0.4, 0.5]}, index=["r1", "r2", "r3"])
-    per_class = comparison_report.PerClass(ap, ["id1", "id2", "id3"], pd.Series({"cat": 3, "dog": 6}), 12)
-    found = groups_frame([("best", "best", 2, 0.7), ("other", "worse (p<0.05)", 1, 0.6)])
-    found.table["run_ids"] = ["id1 id2", "id3"]
-    frame = comparison_report.class_differences(per_class, found)
-    assert frame["class"].tolist() == ["cat", "dog"] and frame["prevalence"].tolist() == [0.25, 0.5]
-    assert frame["AP: best (best)"].tolist() == pytest.approx([0.8, 0.3])
-    assert frame["other - best"].tolist() == pytest.approx([0.4 - 0.8, 0.5 - 0.3])
+def test_the_pages_class_table_is_class_differences_csv_one_row_a_class():
+    rows = [("cat", "b", 0.8, -0.4, -0.6, -0.2, 9, "loses"), ("dog", "b", 0.3, 0.2, -0.1, 0.4, 12, "not distinguishable"),
+            ("cat", "c", 0.8, 0.05, 0.01, 0.1, 9, "wins"), ("dog", "c", 0.3, float("nan"), float("nan"), float("nan"), 0,
+                                                             "no positive")]
+    frame = pd.DataFrame([dict(zip(["class", "group", "versus_AP", "difference", "low", "high", "positives", "verdict"],
+                                   r), versus="a") for r in rows])
+    table = comparison_report.class_table(frame)
+    assert table.columns.tolist() == ["class", "positives", "AP: a (best)", "b - best", "c - best"]
+    assert table["class"].tolist() == ["cat", "dog"] and table["AP: a (best)"].tolist() == [0.8, 0.3]
+    assert table["b - best"].tolist() == ["-0.4000 [-0.6000, -0.2000] loses",
+                                          "+0.2000 [-0.1000, +0.4000] not distinguishable"]
+    assert table["c - best"].tolist()[1] == "no positive"
 
 
 def test_only_a_setting_that_changes_alone_gets_a_regularisation_axis():

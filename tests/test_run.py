@@ -429,7 +429,7 @@ def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run
     import matplotlib.pyplot as plt
 
     from mlabel_exp.diagnostics import writer as diagnostics_pass
-    from mlabel_exp.cli.diagnose import diagnose
+    from mlabel_exp.diagnostics.rerun import diagnose
     from mlabel_exp.config import DiagnoseConfig, DiagnosticsConfig, TrackingConfig
 
     folder = out / "diagnostics"
@@ -451,7 +451,7 @@ def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run
     cfg = DiagnoseConfig(run=run.info.run_id[:6], out=str(tmp_path / "again"), diagnostics=DiagnosticsConfig(
         gallery_classes=1, resamples=200, activation_maps=1), tracking=TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                                                                    experiment="mlabel-exp"))
-    written = diagnose(cfg)
+    written = diagnose(cfg).folder
     assert sorted(drawn) == sorted(p.name for p in folder.glob("*.png"))
     for name in [p.name for p in folder.iterdir() if p.suffix in (".csv", ".json")]:
         assert (written / name).read_text() == (folder / name).read_text(), name

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.comparison.paired import PredictionFiles, paired_inputs
 from mlabel_exp.metrics import stats
 from mlabel_exp.render.figures import class_rows_height, clip, figure, save
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
     from mlabel_exp.comparison.groups import Groups
 
-COLUMNS = ["class", "group", "versus", "difference", "low", "high", "positives", "verdict"]
+COLUMNS = ["class", "group", "versus", "versus_AP", "difference", "low", "high", "positives", "verdict"]
 #: Known positives a class needs among the evaluation images before a group is said to win or lose it.
 MIN_POSITIVES = 5
 WINS, LOSSES, UNDECIDED = "#0072B2", "#D55E00", "0.55"  # blue / vermillion: told apart by colour-blind readers too
@@ -46,7 +47,8 @@ def class_differences(targets: np.ndarray, group_probs: dict[str, Sequence[np.nd
     result = stats.class_ap_differences(targets, [group_probs[n] for n in names], reference=0,
                                         n_resamples=n_resamples, confidence=confidence, seed=seed)
     positives = [int(k) for k in (np.asarray(targets) == 1).sum(0)]
-    rows = [{"class": c, "group": name, "versus": names[0], "difference": result.difference[g, j],
+    rows = [{"class": c, "group": name, "versus": names[0], "versus_AP": result.reference_ap[j],
+             "difference": result.difference[g, j],
              "low": result.low[g, j], "high": result.high[g, j], "positives": positives[j],
              "verdict": class_verdict(result.difference[g, j], result.low[g, j], result.high[g, j], positives[j])}
             for g, name in enumerate(names) if g > 0 for j, c in enumerate(classes)]
@@ -187,21 +189,21 @@ def image_path(params: dict, file: str) -> Path | None:
 
 
 def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path, title: str,
-                   frames=None) -> tuple[dict[str, Path], list[Path], list[str]]:
-    """class_differences.png (+ .csv) and disagreements.png of compared groups scored on the same images:
-    (figures, other files written, notes). ``frames``: the runs' prediction files as compare read them."""
-    from mlabel_exp.comparison.groups import _Frames, _paired_inputs
+                   frames=None) -> tuple[dict[str, Path], pd.DataFrame | None, list[str]]:
+    """class_differences.csv and .png and disagreements.png of compared groups scored on the same images: (figures,
+    the class differences table, the one report.html shows too (its attrs say the split and the image count), notes).
+    ``frames``: the runs' prediction files as compare read them."""
 
     # the groups on the compared data (best first); groups set apart (other data) are never paired with them
     members = {row.group: row.run_ids.split() for row in found.table.itertuples()
                if not str(row.verdict).startswith("set apart")}
     if len(members) < 2:
-        return {}, [], []
+        return {}, None, []
     compared = {r for ids in members.values() for r in ids}
-    frames = frames or _Frames(uri)
-    paired = _paired_inputs(frames, [r for r in runs if r["run_id"] in compared])
+    frames = frames or PredictionFiles(uri)
+    paired = paired_inputs(frames, [r for r in runs if r["run_id"] in compared])
     if isinstance(paired, str):
-        return {}, [], [f"class_differences.png and disagreements.png skipped: {paired}"]
+        return {}, None, [f"class_differences.png and disagreements.png skipped: {paired}"]
     split, targets, probs = paired
     scored = frames.get(next(iter(members.values()))[0], split)
     classes, files = scored.classes, scored.files
@@ -209,6 +211,7 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path, tit
     table = class_differences(targets, group_probs, classes)
     write_atomic(out_dir / "class_differences.csv", table.to_csv(index=False))
     where = "test" if split == "test" else "validation"
+    table.attrs.update(split=where, n_images=len(targets))
     figures = {"class_differences.png": save(class_differences_figure(table, len(targets), title),
                                               out_dir / "class_differences.png")}
     (a, b), by_id = list(group_probs)[:2], {r["run_id"]: r for r in runs}
@@ -222,5 +225,5 @@ def for_comparison(uri: str, runs: list[dict], found: Groups, out_dir: Path, tit
     missing = sum(p is None for p in paths.values())
     notes = [f"disagreements.png: {missing} of {len(paths)} images not found under the runs' data root"] \
         if missing else []
-    return figures, [out_dir / "class_differences.csv"], notes
+    return figures, table, notes
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from mlabel_exp.comparison import cost
 from mlabel_exp.comparison import figures as plots
 from mlabel_exp.comparison import report as comparison_report
+from mlabel_exp.comparison.paired import PredictionFiles
 from mlabel_exp.comparison.report import PerClass
 from mlabel_exp.comparison.table import (REGULARISATION, SETTINGS, build_table, groups_table, labels, run_row,
                                          to_markdown, write_groups)
@@ -256,27 +257,25 @@ def cost_figure(uri: str, found: Groups, runs: list[dict], out_dir: Path) -> tup
     return frame, figures, notes
 
 
-def _class_and_cost(uri: str, runs: list[dict], found: Groups, per_class, out_dir: Path, title: str, cost: bool,
-                    figures: dict, notes: list[str],
-                    frames=None) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[Path]]:
-    """Per class, each group against the best (paired intervals: class_differences; point differences of the runs'
-    per_class.csv for report.html) and the images the two leading groups disagree on; accuracy against cost.
-    Adds to ``figures`` and ``notes``; returns (cost table, per-class differences, files written)."""
+def _class_and_cost(uri: str, runs: list[dict], found: Groups, out_dir: Path, title: str, cost: bool,
+                    figures: dict, notes: list[str], frames=None) -> tuple[pd.DataFrame | None, pd.DataFrame | None,
+                                                                          list[Path]]:
+    """Per class, each group against the best with paired intervals (class_differences.csv: the one table the figure
+    and report.html show) and the images the two leading groups disagree on; accuracy against cost. Adds to
+    ``figures`` and ``notes``; returns (cost table, class differences, files written)."""
     from mlabel_exp.comparison import class_differences
 
-    class_figures, files, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title, frames)
+    class_figures, differences, class_notes = class_differences.for_comparison(uri, runs, found, out_dir, title,
+                                                                               frames)
     figures |= class_figures
     notes += class_notes
+    files = [out_dir / "class_differences.csv"] if differences is not None else []
     costs = None
     if cost:
         costs, cost_figures, cost_notes = cost_figure(uri, found, runs, out_dir)
         figures |= cost_figures
         notes += cost_notes
         files.append(out_dir / "cost.csv")
-    differences = comparison_report.class_differences(per_class, found)
-    if differences is not None:
-        write_atomic(out_dir / "per_class_differences.csv", differences.to_csv(index=False))
-        files.append(out_dir / "per_class_differences.csv")
     return costs, differences, files
 
 
@@ -308,7 +307,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     write_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     sweep_name = runs[0]["tags"].get("sweep_dir", sweep) if sweep else None  # its folder, not the mangled id
     title = f"{experiment}" + (f", sweep {sweep_name}" if sweep else "") + f": {len(table)} runs"
-    frames = groups._Frames(uri)  # each run's prediction files, read once for the figures, groups and classes
+    frames = PredictionFiles(uri)  # each run's prediction files, read once for the figures, groups and classes
     figures, figure_notes, per_class = make_figures(uri, table, histories, out_dir, title, frames)
     notes += figure_notes
     found = groups.compare_groups(uri, runs, frames=frames)
@@ -320,8 +319,7 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     if len(found.table) > 1:
         figures["seed_intervals.png"] = save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
                                               out_dir / "seed_intervals.png")
-    costs, differences, files = _class_and_cost(uri, runs, found, per_class, out_dir, title, cost, figures, notes,
-                                                frames)
+    costs, differences, files = _class_and_cost(uri, runs, found, out_dir, title, cost, figures, notes, frames)
     files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *files]
     report = comparison_report.write(out_dir, f"Comparison: {title}", where, found, groups_table(found), figures,
                                      differences, costs, table, notes)

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlabel_exp.inference.outputs import read_predictions
+from mlabel_exp.comparison.paired import PredictionFiles, paired_inputs
 from mlabel_exp.metrics import stats
-from mlabel_exp.tracking import query
 from mlabel_exp.tracking.runs import BEST_SCORE
 
 log = logging.getLogger(__name__)
@@ -70,17 +69,6 @@ def _typed_settings(run: dict) -> list[str]:
 
 # ------------------------------------------------------------------ the images a run was scored on
 
-class _Frames:
-    """Each run's predictions/<split>.csv (``outputs.Predictions``, rows by file name), read once per comparison."""
-
-    def __init__(self, uri: str):
-        self.uri, self.read = uri, {}
-
-    def get(self, run_id: str, split: str):
-        if (run_id, split) not in self.read:
-            self.read[run_id, split] = _predictions(self.uri, run_id, split)
-        return self.read[run_id, split]
-
 
 @dataclass(frozen=True)
 class Scored:
@@ -100,7 +88,7 @@ class Scored:
         return (self.n_val or 0) + (self.n_test or 0)
 
 
-def data_key(run: dict, frames: _Frames | None) -> Scored:
+def data_key(run: dict, frames: PredictionFiles | None) -> Scored:
     """The images a run was scored on. The digest it logged of a split (ids, classes, labels, pixels) stands for
     them only where the run provably scored the whole split: no step limit (trainer.max_steps_per_epoch=0) and no
     image skipped, or its prediction file holds as many images as the split. Otherwise (a smoke run's few batches, a
@@ -111,7 +99,7 @@ def data_key(run: dict, frames: _Frames | None) -> Scored:
     return Scored(found["val"][0], found["test"][0], found["val"][1], found["test"][1])
 
 
-def _split_key(run: dict, split: str, digest: str, frames: _Frames | None) -> tuple[str, int | None]:
+def _split_key(run: dict, split: str, digest: str, frames: PredictionFiles | None) -> tuple[str, int | None]:
     size = run["params"].get(f"data.num_{split}")
     size = int(size) if str(size).isdigit() else None
     whole = run["params"].get("trainer.max_steps_per_epoch") == "0" and \
@@ -231,55 +219,6 @@ def rank_settings(runs: list[dict]) -> list[Setting]:
     return sorted(found, key=lambda s: -s.mean)
 
 
-# ------------------------------------------------------------------ the images every run scored
-
-def _predictions(uri: str, run_id: str, split: str):
-    """A run's predictions/<split>.csv read back (``outputs.read_predictions``: probabilities as written, true and
-    unknown labels), rows by file name; None when it has none."""
-
-    text = query.artifact_text(uri, run_id, f"predictions/{split}.csv")
-    if text is None:
-        return None
-    return read_predictions(text, "csv", f"run {run_id[:8]}: predictions/{split}.csv").sorted()
-
-
-def _arrays(scored: list) -> tuple[np.ndarray, list[np.ndarray]] | str:
-    """Targets (1, 0, -1 unknown) and each run's probabilities on the same images, classes and labels, or why the runs
-    cannot be paired (each run is scored against its own labels: they must be the same). The probabilities are the
-    float32 the run scored (floats.written: lossless), so an mAP recomputed from them is the run's own to float32
-    precision."""
-    first = scored[0]
-    if first.targets is None:
-        return "the predictions hold no true labels"
-    for other in scored[1:]:
-        if other.files != first.files:
-            return "the runs were scored on different images"
-        if other.classes != first.classes:
-            return "the runs have different classes"
-        if other.targets is None or not np.array_equal(other.targets, first.targets):
-            return "the runs' true labels differ"
-    return first.targets, [p.probs.astype(np.float32).astype(np.float64) for p in scored]
-
-
-def _paired_inputs(frames: _Frames, runs: list[dict]) -> tuple[str, np.ndarray, dict[str, np.ndarray]] | str:
-    """(split, targets, run_id -> probabilities) of the images every run scored, or why there are none: the test
-    split when every run scored the same test images, else validation."""
-    why = []
-    for split in ("test", "val"):
-        found = {r["run_id"]: frames.get(r["run_id"], split) for r in runs}
-        missing = [run_id[:8] for run_id, f in found.items() if f is None]
-        if missing:
-            why.append(f"run(s) {', '.join(missing[:5])} have no predictions/{split}.csv")
-            continue
-        arrays = _arrays(list(found.values()))
-        if isinstance(arrays, str):
-            why.append(f"{arrays} on the {split} split")
-            continue
-        targets, probs = arrays
-        return split, targets, dict(zip(found, probs))
-    return "; ".join(why)
-
-
 # ------------------------------------------------------------------ the comparison
 
 @dataclass
@@ -329,19 +268,19 @@ def _row(group: _Group, best: _Group, paired, eval_map: dict, n_groups: int, n_r
 
 
 def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAULT_RESAMPLES,
-                   seed: int = 0, frames: _Frames | None = None) -> Groups:
+                   seed: int = 0, frames: PredictionFiles | None = None) -> Groups:
     """Per group: n (seeds), mean, std and t-interval of the best val mAP over seeds. The groups on the main data are
     ranked by their mean over seeds of what the test uses (``eval_mAP``: the mAP on the images every run scored, or
     else the best val mAP), and the best is tested against each other one (best - other: difference, interval,
     p-value, verdict: ``_test``). Groups scored on other images are listed last, set apart, untested. ``frames``:
     the runs' prediction files, where the caller reads them too."""
-    frames = frames or _Frames(uri)
+    frames = frames or PredictionFiles(uri)
     keys = {r["run_id"]: data_key(r, frames) for r in runs}
     main = main_data(runs, keys) if runs else Scored()
     groups = group_runs(runs, keys)
     compared = [r for r in runs if keys[r["run_id"]] == main]
     n_main = sum(keys[rs[0]["run_id"]] == main for rs in groups.values())
-    paired = _paired_inputs(frames, compared) if n_main > 1 else "one group: nothing to compare"
+    paired = paired_inputs(frames, compared) if n_main > 1 else "one group: nothing to compare"
     value = (lambda r: objective(r["metrics"])) if isinstance(paired, str) else \
         (lambda r: float(stats.weighted_map(paired[2][r["run_id"]], paired[1])[0]))
     built = []

@@ -74,31 +74,19 @@ def group_of_run(found: Groups) -> dict[str, str]:
     return {run_id: g for g, ids in zip(found.table["group"], found.table["run_ids"]) for run_id in str(ids).split()}
 
 
-def class_differences(per_class: PerClass, found: Groups) -> pd.DataFrame | None:
-    """Per class: its validation positives, prevalence, the best group's mean AP over its runs, and each other group's
-    mean AP minus it (point differences; negative: worse than the best group on that class)."""
+def class_table(differences: pd.DataFrame) -> pd.DataFrame:
+    """class_differences.csv for reading: a row per class (its known positives and the best group's AP), a column per
+    other group: its difference from the best, the interval and the verdict in one cell."""
     import pandas as pd
 
-    if per_class.ap is None or len(found.table) < 2:
-        return None
-    of_run = group_of_run(found)
-    ap = per_class.ap.set_axis([of_run.get(r) for r in per_class.run_ids], axis=0)
-    means = ap.groupby(level=0, sort=False).mean()
-    compared = found.table[~found.table["verdict"].astype(str).str.startswith("set apart")]["group"]
-    order = [g for g in compared if g in means.index]  # groups scored on other images: not beside the best's AP
-    if len(order) < 2 or order[0] != found.table["group"].iloc[0]:
-        return None
-    best = means.loc[order[0]]
-    frame = pd.DataFrame({"class": means.columns})
-    if per_class.positives is not None:
-        frame["positives"] = [per_class.positives.get(c) for c in means.columns]
-        if per_class.chance is not None:  # of the images the runs scored, unknown labels left out
-            frame["prevalence"] = [per_class.chance.iloc[0].get(c) for c in means.columns]
-        elif per_class.n_images:
-            frame["prevalence"] = frame["positives"].astype(float) / per_class.n_images
-    frame[f"AP: {order[0]} (best)"] = best.to_numpy()
-    for group in order[1:]:
-        frame[f"{group} - best"] = (means.loc[group] - best).to_numpy()
+    first = differences.drop_duplicates("class").set_index("class")
+    frame = pd.DataFrame({"class": first.index, "positives": first["positives"].to_numpy(),
+                          f"AP: {first['versus'].iloc[0]} (best)": first["versus_AP"].to_numpy()})
+    for group, rows in differences.groupby("group", sort=False):
+        rows = rows.set_index("class").loc[frame["class"]]
+        frame[f"{group} - best"] = [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] {v}" if d == d else v
+                                    for d, lo, hi, v in zip(rows["difference"], rows["low"], rows["high"],
+                                                            rows["verdict"])]
     return frame
 
 
@@ -145,8 +133,11 @@ def sections(found: Groups, groups_frame: pd.DataFrame, figures: dict[str, Path]
              report.Section("Figures", shown)]
     if differences is not None:
         pages.append(report.Section("Per-class AP: each group against the best", [report.Table(
-            differences, "Mean AP over each group's runs on validation (per_class.csv of each run); a negative "
-            "difference: worse than the best group on that class. Point differences, no interval.")]))
+            class_table(differences), f"Seed-mean AP of each group on the {differences.attrs['n_images']} "
+            f"{differences.attrs['split']} images every compared run scored, minus the best group's, with a 95% "
+            "paired bootstrap interval over those images and the verdict (wins or loses only where the interval "
+            "excludes 0 and the class has enough positives): class_differences.csv, as class_differences.png draws "
+            "it.")]))
     if cost is not None and len(cost):
         pages.append(report.Section("Accuracy against cost", [report.Table(
             cost_for_reading(cost), "Each group's best run: parameters (trainable with its model.trainable preset), "

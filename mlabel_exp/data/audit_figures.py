@@ -3,7 +3,7 @@ stay legible whatever their number; the height grows with the number of classes.
 
 from __future__ import annotations
 
-from mlabel_exp.render.figures import class_matrix, class_rows_height, figure
+from mlabel_exp.render.figures import class_matrix, class_rows_height, figure, save
 
 
 def positives_per_class(classes: list[str], positives, n_images: int, title: str = "positive images per class"):
@@ -74,3 +74,19 @@ def split_per_class(classes: list[str], counts: dict[str, list[int]], title: str
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def write_figures(report, index, split: dict, out_dir) -> list:
+    """The audit's four figures, saved as PNGs in ``out_dir``; returns their paths."""
+    import numpy as np
+
+    positive = (index.labels == 1)
+    made = {
+        "positives_per_class.png": positives_per_class(index.classes, positive.sum(0), len(index)),
+        "labels_per_image.png": labels_per_image(positive.sum(1)),
+        "cooccurrence.png": cooccurrence(index.classes, report.cooccurrence.to_numpy()),
+        "split_per_class.png": split_per_class(
+            index.classes, {f"{k} ({len(rows)} images)": positive[np.asarray(rows, dtype=int)].sum(0).tolist()
+                            for k, rows in split.items() if len(rows)}),
+    }
+    return [save(drawn, out_dir / name) for name, drawn in made.items()]

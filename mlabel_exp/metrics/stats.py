@@ -362,12 +362,14 @@ def resample_indices(n_images: int, n_resamples: int, seed: int = 0, batch: int 
 @dataclass(frozen=True)
 class ClassDifferences:
     """Per group and class (G x C): seed-mean AP minus the reference group's, with a percentile bootstrap interval.
-    NaN where the class has no known positive; ``low``/``high`` also NaN in a class too rare to resample."""
+    NaN where the class has no known positive; ``low``/``high`` also NaN in a class too rare to resample.
+    ``reference_ap`` (C): the reference group's seed-mean AP itself, on the same images."""
     difference: np.ndarray
     low: np.ndarray
     high: np.ndarray
     n_images: int
     n_resamples: int
+    reference_ap: np.ndarray | None = None
 
 
 def class_ap_differences(targets: np.ndarray, groups: Sequence[Sequence[np.ndarray]], reference: int = 0, *,
@@ -397,6 +399,9 @@ def class_ap_differences(targets: np.ndarray, groups: Sequence[Sequence[np.ndarr
         return np.where(defined[0], group_ap - group_ap[reference], np.nan)  # defined alike in every run
 
     observed = differences(np.ones((1, n_images)))[..., 0]
+    ap, defined = ranked.class_ap(np.ones((1, n_images)))
+    reference_ap = np.full(n_classes, np.nan)
+    reference_ap[ranked.classes] = np.einsum("r,rc->c", mean_of[reference], ap[..., 0])
     resampled = np.concatenate([differences(_counts(idx, n_images))
                                 for idx in resample_indices(n_images, n_resamples, seed, batch)], axis=2)
     alpha = (1 - confidence) / 2
@@ -407,7 +412,7 @@ def class_ap_differences(targets: np.ndarray, groups: Sequence[Sequence[np.ndarr
     out = [full.copy() for _ in range(3)]
     for array, values in zip(out, (observed, low, high)):
         array[:, ranked.classes] = values
-    return ClassDifferences(*out, n_images=n_images, n_resamples=n_resamples)
+    return ClassDifferences(*out, n_images=n_images, n_resamples=n_resamples, reference_ap=reference_ap)
 
 
 def _counts(indices: np.ndarray, n: int) -> np.ndarray:
