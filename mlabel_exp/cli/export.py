@@ -43,7 +43,7 @@ def validation_images(ckpt: dict, limit: int) -> tuple[list[Path], list[str]]:
 
     from omegaconf import OmegaConf
 
-    from mlabel_exp.config import DataConfig
+    from mlabel_exp.config import DataConfig, upgraded
     from mlabel_exp.data.formats import index_from_config
 
     fix = "give images=<folder or glob> for the parity check"
@@ -51,7 +51,7 @@ def validation_images(ckpt: dict, limit: int) -> tuple[list[Path], list[str]]:
     if not names:
         raise ConfigError(f"the checkpoint records no validation images; {fix}")
     fields = {f.name for f in dataclasses.fields(DataConfig)}
-    data = {k: v for k, v in ckpt["config"]["data"].items() if k in fields}
+    data = {k: v for k, v in upgraded({"data": dict(ckpt["config"]["data"])})["data"].items() if k in fields}
     try:
         folder = index_from_config(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), data))).image_dir
     except UserError as e:
@@ -84,9 +84,9 @@ def _write(cfg: ExportConfig, predictor, source: str, out: Path):
 
     from mlabel_exp.inference import exported
 
-    proto, exporter = exported.to_onnx(predictor.model, predictor.preprocessing["input_size"], cfg.exporter)
+    proto, exporter = exported.to_onnx(predictor.model, predictor.preprocessing["input_size"], cfg.exporter, cfg.tta)
     meta = exported.metadata(predictor.classes, predictor.thresholds, predictor.preprocessing, exporter=exporter,
-                             opset=str(exported.OPSET), source=source, run_id=cfg.run or "",
+                             opset=str(exported.OPSET), source=source, run_id=cfg.run or "", tta=cfg.tta,
                              torch=torch.__version__.split("+")[0])
     out.mkdir(parents=True, exist_ok=True)
     return proto, exporter, exported.save(proto, meta, out / "model.onnx")
@@ -104,9 +104,10 @@ def export(cfg: ExportConfig) -> ExportResult:
     cfg = named_run(cfg) if cfg.run else cfg
     ckpt, source = load_run_checkpoint(cfg)
     reference = Predictor.from_checkpoint(ckpt)  # on the CPU; in float32, as the exported graph computes
-    reference.amp_dtype, reference.autocast = torch.float32, False
+    reference.amp_dtype, reference.autocast, reference.tta = torch.float32, False, cfg.tta
     proto, exporter, path = _write(cfg, reference, source, _out_dir(cfg))
-    print(f"exported with {EXPORTER_NAMES[exporter]}, opset {exported.OPSET}, dynamic batch size: {path}")
+    tta = ", flip TTA in the graph" if cfg.tta == "flip" else ""
+    print(f"exported with {EXPORTER_NAMES[exporter]}, opset {exported.OPSET}, dynamic batch size{tta}: {path}")
     if ckpt.get("amp_dtype", "float32") != "float32":
         print(f"note: the run computed in {ckpt['amp_dtype']} autocast; the exported model computes in float32, and "
               "predict on the run autocasts where this CPU has bfloat16 instructions")
@@ -123,6 +124,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     for row in parity.label_differences[:10]:
         print("  label differs: {} {}: run {:.9g}, exported {:.9g}, threshold {:.9g}".format(*row))
     summary = {"file": str(path), "exporter": exporter, "opset": exported.OPSET, "source": source, "run": cfg.run,
+               "tta": cfg.tta,
                "parity": {"images": parity.images, "max_difference": parity.max_difference,
                           "tolerance": parity.tolerance, "tolerance_derivation": parity.how, "ok": parity.ok,
                           "label_differences": parity.label_differences, "near_threshold": parity.near_threshold}}

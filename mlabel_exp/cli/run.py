@@ -125,7 +125,9 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     from mlabel_exp.tracking import record
     from mlabel_exp.training import optim
     from mlabel_exp.training.callbacks import RunCallbacks
+    from mlabel_exp.training.ema import ema_decay
     from mlabel_exp.training.precision import memory_format, precision
+    from mlabel_exp.training.trainer import epoch_steps
 
     m, main_rank = typed.model, distributed.is_main()
     index, split, content, data = _data(out, typed, resume, main_rank)
@@ -141,7 +143,8 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
     check_validation_images(index, split, loaders.cache)
     weights = weights_description(m.key, m.weights)
     facts = record.run_facts(index, split, weights=weights, device=device, precision=precision(typed.trainer, device),
-                             workers=loaders.workers, cache=loaders.cache)
+                             workers=loaders.workers, cache=loaders.cache, ema_decay=ema_decay(typed.trainer.ema, (
+                                 epoch_steps(loaders.train, typed.trainer))))
     params = record.run_params(cfg, typed, facts, cuda=device.type == "cuda")
     record.start(tracker, cfg, identity, out, index, split, content, params, {"weights": weights}, resume)
     log.info("training %s on %s (%s): %s, %d classes, %d trainable parameters; outputs in %s", m.name, device,
@@ -152,7 +155,9 @@ def _train_in(out, device, tracker, cfg: DictConfig, typed: Config, resume, on_e
         result = trainer.fit(loaders.train, loaders.val, resume=resume and resume["last"],
                              resume_best=resume and resume["best"])
         test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
-        held_out = record.log_results(tracker, typed, out, index.classes, result, test, index) if main_rank else {}
+        tta = {part: trainer.evaluate_best(loader, typed.trainer.tta) for part, loader in (
+            ("val", loaders.val), ("test", loaders.test)) if loader is not None and typed.trainer.tta != "none"}
+        held_out = record.log_results(tracker, typed, out, index.classes, result, test, index, tta) if main_rank else {}
     record.log_data_problems(tracker, out, index, trainer.bad_images)
     record.finish(tracker, result, held_out)
     if main_rank:  # a sweep job or a search trial: one line (the console is quiet); a single run: the closing block

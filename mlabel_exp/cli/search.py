@@ -77,9 +77,10 @@ def search(cfg: DictConfig):
             OmegaConf.update(trial_cfg, key, value, merge=False)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            trial.report(metrics["val/mAP"], epoch)
+            score = max(metrics["val/mAP"], metrics.get("val_ema/mAP", float("-inf")))  # the kept weights' (trainer.ema)
+            trial.report(score, epoch)
             if trial.should_prune():
-                print(shorten(f"trial {trial.number}: pruned after epoch {epoch} (val mAP {metrics['val/mAP']:.4f})  "
+                print(shorten(f"trial {trial.number}: pruned after epoch {epoch} (val mAP {score:.4f})  "
                               f"{tags['overrides']}"), flush=True)
                 raise TrialPruned()
 

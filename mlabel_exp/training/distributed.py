@@ -73,6 +73,15 @@ def sum_all(*values) -> list:
     return out
 
 
+def broadcast_buffers(module) -> None:
+    """Rank 0's buffers of ``module`` (BatchNorm's statistics) on every rank; nothing when not distributed."""
+    import torch.distributed as dist
+
+    if active():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def gather(obj) -> list:
     """``obj`` of every rank, in rank order, on every rank."""
     import torch.distributed as dist
