@@ -92,6 +92,24 @@ def _write(cfg: ExportConfig, predictor, source: str, out: Path):
     return proto, exporter, exported.save(proto, meta, out / "model.onnx")
 
 
+class _Averaged:
+    """A Predictor with flip TTA as the parity check reads a reference (it compares the sigmoid of its ``logits``): the
+    logit of the mean probability, clamped to [eps, 1 - eps] (float32's eps) so that it stays finite; the sigmoid gives
+    the mean back within eps."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def __getattr__(self, name: str):
+        return getattr(self.predictor, name)
+
+    def logits(self, images):
+        import torch
+
+        probs = self.predictor.probabilities_of(images, self.predictor.logits(images))
+        return torch.logit(probs, eps=torch.finfo(torch.float32).eps)
+
+
 def export(cfg: ExportConfig) -> ExportResult:
     import torch
 
@@ -114,7 +132,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     limit = cfg.parity_batches * cfg.batch_size
     paths, names = (list_inputs(cfg.images) if cfg.images else validation_images(ckpt, limit))
     candidate = exported.OnnxPredictor.from_file(path, "the exported file")  # the file as written, read back
-    parity = compare(reference, candidate, paths[:limit], names[:limit], cfg.batch_size)
+    parity = compare(_Averaged(reference) if cfg.tta == "flip" else reference, candidate, paths[:limit], names[:limit],
+                     cfg.batch_size)
     if not parity.images:
         where = f"images={cfg.images}" if cfg.images else "the run's validation images"
         raise ConfigError(f"no readable image among the {len(paths[:limit])} parity image(s) of {where}; give "

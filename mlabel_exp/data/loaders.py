@@ -181,7 +181,7 @@ class RepeatFactorSampler:
         return self.per_rank
 
     def epoch_order(self):
-        """The whole epoch's image indices (every rank's share), as a tensor."""
+        """The epoch's image indices, every rank's (``images`` of them), as a tensor."""
         import torch
 
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
@@ -189,11 +189,11 @@ class RepeatFactorSampler:
         counts = whole + (torch.rand(len(whole), generator=g, dtype=torch.float64) < self.factors - whole)
         drawn = torch.repeat_interleave(torch.arange(len(whole)), counts.long())
         drawn = drawn[torch.randperm(len(drawn), generator=g)]
-        total = self.per_rank * self.world
-        return drawn.repeat(-(-total // max(len(drawn), 1)))[:total]
+        return drawn.repeat(-(-self.images // max(len(drawn), 1)))[:self.images]
 
     def __iter__(self):
-        return iter(self.epoch_order()[self.rank::self.world].tolist())
+        order, total = self.epoch_order(), self.per_rank * self.world
+        return iter(order.repeat(-(-total // len(order)))[:total][self.rank::self.world].tolist())
 
 
 def train_sampler(cfg: Config, labels: np.ndarray, train_set):
