@@ -250,11 +250,12 @@ class Trainer:
     def evaluate_best(self, loader, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
         """``predict`` over ``loader`` (the test split; with ``tta``, trainer.tta's) with best.pt's weights (the kept
         ones: raw or averaged)."""
-        best = self.checkpoints.best_weights(self.device)
+        best = self.checkpoints.best_weights(self.device)  # rank 0's: under DDP the other ranks write no checkpoint
         if best is not None:
             self.net.load_state_dict(best)
-        else:
+        elif distributed.is_main():
             log.warning("no best.pt (trainer.checkpoint=false): the last epoch's weights are scored")
+        distributed.broadcast_state(self.net)  # so every rank scores its share with rank 0's weights
         return self.predict(loader, predictor=self._predictor(self.model, tta))
 
     def _epoch(self, epoch: int, train_loader, val_loader) -> bool:
@@ -268,7 +269,7 @@ class Trainer:
         outputs = {"raw": self.predict(val_loader, stoppable=epoch < self.cfg.epochs)}
         row.update(_scored("val", outputs["raw"], self.classes, quiet=bool(self.result.history)))
         if self.average is not None:
-            distributed.broadcast_buffers(self.average.module)  # every rank validates with rank 0's (the saved) one
+            distributed.broadcast_state(self.average.module, buffers_only=True)  # rank 0's (the saved) statistics
             outputs["ema"] = self.predict(val_loader, epoch < self.cfg.epochs, self._predictor(self.average.module))
             row.update(_scored("val_ema", outputs["ema"], self.classes, quiet=True, every=False))
         row.update({"lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
