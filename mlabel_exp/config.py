@@ -85,6 +85,13 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 LOSSES = ("bce", "focal", "asl")
 POS_WEIGHTS = ("none", "balanced", "sqrt")
 LOG_CHECKPOINTS = ("best", "all", "none")
+AUGMENT_POLICIES = ("none", "flip", "randaugment", "trivialaugment")  # each after none includes the flips
+SAMPLERS = ("random", "repeat_factor")
+TTA_MODES = ("none", "flip")
+#: Settings of an earlier version and what replaced them: a command line or config naming one is told so in one line.
+RENAMED = {"data.augment.hflip": "data.augment=flip (true) or data.augment=none (false)",
+           "data.augment.random_resized_crop": "data.random_resized_crop",
+           "data.augment.crop_scale_min": "data.crop_scale_min"}
 
 
 def _fraction(setting: str, value: float, *, upper_open: bool = True) -> None:
@@ -92,16 +99,26 @@ def _fraction(setting: str, value: float, *, upper_open: bool = True) -> None:
            "a number in [0, 1)" if upper_open else "a number in [0, 1]")
 
 
-@dataclass
-class AugmentConfig:
-    # Off by default: on multi-label images a crop can cut an object out while its label stays.
-    random_resized_crop: bool = False
-    crop_scale_min: float = 0.6
-    hflip: bool = True
+def upgraded(config: dict) -> dict:
+    """A config an earlier version saved (a checkpoint's), in this version's names (RENAMED): data.augment's hflip,
+    random_resized_crop and crop_scale_min. Changed in place, and returned."""
+    data = config.get("data") or {}
+    old = data.get("augment")
+    if isinstance(old, dict):
+        data["augment"] = "flip" if old.get("hflip", True) else "none"
+        for key in ("random_resized_crop", "crop_scale_min"):
+            if key in old:
+                data.setdefault(key, old[key])
+    return config
 
-    def __post_init__(self):
-        _check(0.0 < self.crop_scale_min <= 1.0, "data.augment.crop_scale_min", self.crop_scale_min,
-               "a number in (0, 1]")
+
+def _augment(value: Any) -> None:
+    """data.augment: a policy name; a mapping (data.augment.hflip: ..., an earlier version's) is named with its
+    replacement."""
+    if isinstance(value, dict):
+        raise ConfigError(f"data.augment={value!r} is invalid: data.augment is now one policy, "
+                          f"{one_of(AUGMENT_POLICIES)}; " + "; ".join(f"{k} is now {v}" for k, v in RENAMED.items()))
+    _choice("data.augment", value, AUGMENT_POLICIES)
 
 
 @dataclass
@@ -164,7 +181,13 @@ class DataConfig:
     verify_images: bool = False          # decode every image when auditing (finds truncated files)
     on_bad_image: str = "skip"           # unreadable image during training: skip (counted, listed on the run) | error
     on_bad_annotation: str = "error"     # malformed annotation line: error (file:line) | skip (reported on the run)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Training augmentation (docs/configuration.md: what each risks on multi-label images)
+    augment: Any = "flip"                # none | flip (random horizontal flips) | randaugment | trivialaugment (+ flips)
+    random_resized_crop: bool = False    # off by default: a crop can cut an object out while its label stays
+    crop_scale_min: float = 0.6          # random_resized_crop: the smallest share of the image's area kept
+    cutout: float = 0.0                  # > 0: a square of this share of the side erased with a random colour per image
+    sampler: str = "random"              # random (each training image once an epoch) | repeat_factor (LVIS)
+    repeat_threshold: float = 0.1        # repeat_factor: an image of a class in a share f < t of images repeats sqrt(t/f)x
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -193,6 +216,12 @@ class DataConfig:
                "0 (the model's input size) or a side in pixels")
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
         _check(self.split_seed >= 0, "data.split_seed", self.split_seed, "an integer >= 0")
+        _augment(self.augment)
+        _check(0.0 < self.crop_scale_min <= 1.0, "data.crop_scale_min", self.crop_scale_min, "a number in (0, 1]")
+        _fraction("data.cutout", self.cutout)
+        _choice("data.sampler", self.sampler, SAMPLERS)
+        _check(0.0 < self.repeat_threshold <= 1.0, "data.repeat_threshold", self.repeat_threshold,
+               "a share of the training images in (0, 1], e.g. 0.1 (LVIS used 0.001 for its 1,203 classes)")
 
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -302,9 +331,14 @@ class TrainerConfig:
     checkpoint: bool = True              # write best.pt / last.pt in the job's output folder
     output_dir: Optional[str] = None     # default: Hydra's job folder (outputs/...)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    ema: Any = None                      # weight averaging: null or 0 (off) | a decay per step in (0, 1) such as 0.9997 |
+    #                                      a window: 3000steps, 2epochs (decay 1 - 1/steps); docs/recipes.md
+    tta: str = "none"                    # none | flip: the final evaluation also scores the best weights with flip TTA
 
     def __post_init__(self):
         _choice("trainer.amp_dtype", self.amp_dtype, AMP_DTYPES)
+        ema_setting(self.ema)
+        _choice("trainer.tta", self.tta, TTA_MODES)
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "an integer >= 1")
         _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "an integer >= 1")
         _check(self.devices >= 1, "trainer.devices", self.devices, "an integer >= 1")
@@ -316,6 +350,24 @@ class TrainerConfig:
         _check(self.max_steps_per_epoch >= 0, "trainer.max_steps_per_epoch", self.max_steps_per_epoch, "an integer >= 0")
         _choice("trainer.progress", self.progress, PROGRESS_MODES)
         _choice("trainer.device", re.sub(r"^cuda:[0-9]+$", "cuda:N", self.device), DEVICES)
+
+
+_EMA_WINDOW = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(step|epoch)s?\s*")
+
+
+def ema_setting(value: Any) -> tuple[str, float] | None:
+    """trainer.ema read: None (off: null or 0), ("decay", d) with d in (0, 1), or ("steps" | "epochs", n): a window of
+    about n steps or epochs; anything else is a ConfigError naming the forms."""
+    expected = ("null or 0 (off), a decay per step in (0, 1) such as 0.9997, or an averaging window such as 3000steps "
+                "or 2epochs")
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check(0 < value < 1, "trainer.ema", value, expected)
+        return "decay", float(value)
+    window = _EMA_WINDOW.fullmatch(value) if isinstance(value, str) else None
+    _check(window is not None and float(window.group(1)) > 0, "trainer.ema", value, expected)
+    return window.group(2) + "s", float(window.group(1))
 
 
 @dataclass
@@ -521,6 +573,7 @@ class PredictConfig:
     num_workers: int = -1
     device: str = "auto"
     log_to_run: bool = True              # with run=: log the outputs to that run as artifacts
+    tta: str = "none"                    # none | flip: the mean of the probabilities of each image and its mirror image
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # model=FILE is short for model_file=FILE (a setting named model would be taken by Hydra for the config group
     # conf/model/ of a run)
@@ -543,6 +596,7 @@ class PredictConfig:
             raise ConfigError(f"threshold={self.threshold!r} is invalid: expected a number in (0, 1)")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} is invalid: expected an integer >= 1")
+        _choice("tta", self.tta, TTA_MODES)
 
 
 EXPORT_FORMATS = ("onnx",)
@@ -563,9 +617,11 @@ class ExportConfig:
     batch_size: int = 32
     log_to_run: bool = True              # with run=: log the model under the run (MLflow's ONNX flavor)
     register: Optional[str] = None       # register that logged model under this name (a new version)
+    tta: str = "none"                    # flip: the graph averages the probabilities of each image and its mirror image
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
+        _choice("tta", self.tta, TTA_MODES)
         if bool(self.run) == bool(self.checkpoint):
             raise ConfigError("export needs exactly one of run=<run id, prefix, latest or best> or "
                               "checkpoint=<path to best.pt>")

@@ -40,8 +40,16 @@ def test_the_schema_holds_the_one_set_of_defaults_and_the_default_yaml_files_agr
     ("data.val_fraction=1.5", "data.val_fraction"),
     ("data.test_fraction=-0.1", "data.test_fraction"),
     ("data.synthetic.num_images=0", "data.synthetic.num_images"),
-    ("data.augment.crop_scale_min=0", "data.augment.crop_scale_min"),
+    ("data.crop_scale_min=0", "data.crop_scale_min"),
     ("data.num_workers=-4", "data.num_workers"),
+    ("data.augment=autoaugment", "data.augment"),
+    ("data.cutout=1.0", "data.cutout"),
+    ("data.sampler=weighted", "data.sampler"),
+    ("data.repeat_threshold=0", "data.repeat_threshold"),
+    ("trainer.ema=3000", "trainer.ema"),
+    ("trainer.ema=2days", "trainer.ema"),
+    ("trainer.ema=true", "trainer.ema"),
+    ("trainer.tta=hflip", "trainer.tta"),
 ])
 def test_out_of_range_values_name_the_setting(override, setting):
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):

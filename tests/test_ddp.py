@@ -30,3 +30,28 @@ def test_two_process_run_counts_each_validation_image_once(tmp_path, monkeypatch
     ckpt = torch.load(tmp_path / "out" / "checkpoints" / "best.pt", weights_only=True)
     model = build_model("smallcnn", 14)
     model.load_state_dict(ckpt["model"])  # no "module." prefix: loads in a single process
+
+
+def test_two_processes_with_averaging_and_repeat_factor_sampling_score_every_split_with_the_kept_weights(tmp_path):
+    """Every rank validates its share of the images with the average (and rank 0's BatchNorm statistics) and scores the
+    test split with rank 0's best.pt (the other ranks write no checkpoint): best.pt, run again in one process, gives
+    the validation and test probabilities the run wrote."""
+    import numpy as np
+    import pandas as pd
+
+    from mlabel_exp.inference.predictor import Predictor
+    from mlabel_exp.training.checkpoints import load_checkpoint
+
+    out = tmp_path / "out"
+    train(compose_cfg(*tiny_overrides(tmp_path, "trainer.devices=2", "data.synthetic.num_images=90",
+                                      "trainer.max_steps_per_epoch=0", "trainer.batch_size=8", "trainer.ema=1epochs",
+                                      "data.sampler=repeat_factor", "data.test_fraction=0.2",
+                                      f"trainer.output_dir={out}")))
+    _, (run,) = mlflow_runs(tmp_path)
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert run.data.tags["best_weights"] == best["weights"] and "val_ema/mAP" in run.data.metrics
+    predictor, images = Predictor.from_checkpoint(best), sorted((tmp_path / "cache").rglob("images"))[0]
+    for part in ("val", "test"):
+        written = pd.read_csv(out / "predictions" / f"{part}.csv", keep_default_na=False)
+        _, probs, _ = predictor.predict_files([images / f for f in written["file"]], batch_size=16, num_workers=0)
+        np.testing.assert_allclose(probs, written[best["classes"]].to_numpy(), rtol=0, atol=1e-5, err_msg=part)

@@ -9,7 +9,7 @@ import difflib
 import re
 import typing
 
-from mlabel_exp.config import CONF_DIR, not_a_setting
+from mlabel_exp.config import CONF_DIR, RENAMED, not_a_setting
 
 #: Hydra's command-line options and how many values each takes ("?": one of INFO_TOPICS, or none).
 OPTIONS: dict[str, int | str] = {
@@ -35,6 +35,8 @@ def key_problem(key: str, schema: type) -> str | None:
     """Why ``key`` (dotted) is not a setting of ``schema`` (or a short name it declares), with the closest valid name;
     None when it is one."""
     key = getattr(schema, "aliases", {}).get(key, key)
+    if key in RENAMED:  # an earlier version's setting
+        return f"{key} is not a setting any more: it is now {RENAMED[key]}"
     node, prefix = schema, ""
     for part in key.split("."):
         fields = _fields(node)

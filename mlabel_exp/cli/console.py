@@ -135,9 +135,12 @@ def settings_table(children: list[dict], settings: list, title: str, look: list[
 def closing_block(outcome) -> str:
     """What a person reads last: the best and held-out figures, where the files are, how to look at the run."""
     stop = " (early stop)" if outcome.stopped_early else ""
-    lines = [f"best val mAP {outcome.objective:.4f} at epoch {outcome.best_epoch} of {outcome.epochs}{stop}"]
+    ema = " (the averaged weights)" if outcome.best_weights == "ema" else ""
+    lines = [f"best val mAP {outcome.objective:.4f}{ema} at epoch {outcome.best_epoch} of {outcome.epochs}{stop}"]
     where = {"test": "test:     {} (the test split, best weights, thresholds tuned on validation)",
-             "tuned": "tuned:    {} (validation, thresholds tuned out of fold)"}
+             "tuned": "tuned:    {} (validation, thresholds tuned out of fold)",
+             "val_tta": "val TTA:  {} (validation, best weights, flip TTA; F1 at 0.5 as val/*)",
+             "test_tta": "test TTA: {} (the test split, best weights, flip TTA, tuned thresholds)"}
     for part, scores in outcome.held_out.items():
         lines.append(where[part].format(", ".join(f"{k} {v:.4f}" for k, v in scores.items())))
     lines.append(f"outputs:  {outcome.out}")

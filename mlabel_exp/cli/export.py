@@ -17,7 +17,7 @@ from typing import Any
 
 from mlabel_exp.cli.app import command
 from mlabel_exp.cli.predict import list_inputs, load_run_checkpoint, named_run
-from mlabel_exp.config import DataConfig, ExportConfig, resolve_path, validate
+from mlabel_exp.config import DataConfig, ExportConfig, resolve_path, upgraded, validate
 from mlabel_exp.data.formats import index_from_config
 from mlabel_exp.errors import ConfigError, ParityError, UserError
 from mlabel_exp.experiment.hydra_job import output_dir_of_job
@@ -55,7 +55,7 @@ def validation_images(ckpt: dict, limit: int) -> tuple[list[Path], list[str]]:
     if not names:
         raise ConfigError(f"the checkpoint records no validation images; {fix}")
     fields = {f.name for f in dataclasses.fields(DataConfig)}
-    data = {k: v for k, v in ckpt["config"]["data"].items() if k in fields}
+    data = {k: v for k, v in upgraded({"data": dict(ckpt["config"]["data"])})["data"].items() if k in fields}
     try:
         folder = index_from_config(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), data))).image_dir
     except UserError as e:
@@ -84,12 +84,30 @@ def _write(cfg: ExportConfig, predictor, source: str, out: Path):
 
     from mlabel_exp.inference import exported
 
-    proto, exporter = exported.to_onnx(predictor.model, predictor.preprocessing["input_size"], cfg.exporter)
+    proto, exporter = exported.to_onnx(predictor.model, predictor.preprocessing["input_size"], cfg.exporter, cfg.tta)
     meta = exported.metadata(predictor.classes, predictor.thresholds, predictor.preprocessing, exporter=exporter,
-                             opset=str(exported.OPSET), source=source, run_id=cfg.run or "",
+                             opset=str(exported.OPSET), source=source, run_id=cfg.run or "", tta=cfg.tta,
                              torch=torch.__version__.split("+")[0])
     out.mkdir(parents=True, exist_ok=True)
     return proto, exporter, exported.save(proto, meta, out / "model.onnx")
+
+
+class _Averaged:
+    """A Predictor with flip TTA as the parity check reads a reference (it compares the sigmoid of its ``logits``): the
+    logit of the mean probability, clamped to [eps, 1 - eps] (float32's eps) so that it stays finite; the sigmoid gives
+    the mean back within eps."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def __getattr__(self, name: str):
+        return getattr(self.predictor, name)
+
+    def logits(self, images):
+        import torch
+
+        probs = self.predictor.probabilities_of(images, self.predictor.logits(images))
+        return torch.logit(probs, eps=torch.finfo(torch.float32).eps)
 
 
 def export(cfg: ExportConfig) -> ExportResult:
@@ -103,16 +121,18 @@ def export(cfg: ExportConfig) -> ExportResult:
     cfg = named_run(cfg) if cfg.run else cfg
     ckpt, source = load_run_checkpoint(cfg)
     reference = Predictor.from_checkpoint(ckpt)  # on the CPU; in float32, as the exported graph computes
-    reference.amp_dtype, reference.autocast = torch.float32, False
+    reference.amp_dtype, reference.autocast, reference.tta = torch.float32, False, cfg.tta
     proto, exporter, path = _write(cfg, reference, source, _out_dir(cfg))
-    print(f"exported with {EXPORTER_NAMES[exporter]}, opset {exported.OPSET}, dynamic batch size: {path}")
+    tta = ", flip TTA in the graph" if cfg.tta == "flip" else ""
+    print(f"exported with {EXPORTER_NAMES[exporter]}, opset {exported.OPSET}, dynamic batch size{tta}: {path}")
     if ckpt.get("amp_dtype", "float32") != "float32":
         print(f"note: the run computed in {ckpt['amp_dtype']} autocast; the exported model computes in float32, and "
               "predict on the run autocasts where this CPU has bfloat16 instructions")
     limit = cfg.parity_batches * cfg.batch_size
     paths, names = (list_inputs(cfg.images) if cfg.images else validation_images(ckpt, limit))
     candidate = exported.OnnxPredictor.from_file(path, "the exported file")  # the file as written, read back
-    parity = compare(reference, candidate, paths[:limit], names[:limit], cfg.batch_size)
+    parity = compare(_Averaged(reference) if cfg.tta == "flip" else reference, candidate, paths[:limit], names[:limit],
+                     cfg.batch_size)
     if not parity.images:
         where = f"images={cfg.images}" if cfg.images else "the run's validation images"
         raise ConfigError(f"no readable image among the {len(paths[:limit])} parity image(s) of {where}; give "
@@ -122,6 +142,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     for row in parity.label_differences[:10]:
         print("  label differs: {} {}: run {:.9g}, exported {:.9g}, threshold {:.9g}".format(*row))
     summary = {"file": str(path), "exporter": exporter, "opset": exported.OPSET, "source": source, "run": cfg.run,
+               "tta": cfg.tta,
                "parity": {"images": parity.images, "max_difference": parity.max_difference,
                           "tolerance": parity.tolerance, "tolerance_derivation": parity.how, "ok": parity.ok,
                           "label_differences": parity.label_differences, "near_threshold": parity.near_threshold}}

@@ -134,12 +134,15 @@ def _predictor(cfg: PredictConfig, device):
 
         source, tuned = str(resolve_path(cfg.model_file)), True
         predictor = OnnxPredictor.from_file(resolve_path(cfg.model_file))
+        if predictor.graph_tta == "flip" and cfg.tta != "flip":
+            log.info("model=%s averages each image with its mirror image in its graph (exported with tta=flip)", source)
         if device.type != "cpu":
             log.info("model=%s runs on onnxruntime's CPUExecutionProvider (device=%s is for runs)", source, device)
     else:
         cfg = named_run(cfg) if cfg.run else cfg
         ckpt, source = load_run_checkpoint(cfg)
         predictor, tuned = Predictor.from_checkpoint(ckpt, device), bool(ckpt.get("thresholds"))
+    predictor.tta = cfg.tta
     if cfg.threshold != "tuned":
         predictor.thresholds = np.full(len(predictor.classes), float(cfg.threshold), dtype=np.float32)
     elif not tuned:
@@ -163,8 +166,10 @@ def predict(cfg: PredictConfig, out_dir: Path) -> PredictResult:
     classes, thresholds = predictor.classes, predictor.thresholds
     outputs = write_predictions(out_dir, "predictions", files, p, classes, thresholds)
     outputs.append(write_submission(out_dir / "submission.csv", files, p, classes, thresholds))
+    tta = "flip" if "flip" in (cfg.tta, getattr(predictor, "graph_tta", "none")) else "none"
     summary = {"input": cfg.input, "images": len(files), "skipped": len(skipped), "skipped_files": skipped,
-               "checkpoint": None if cfg.model_file else source, "model": cfg.model_file and source, "run": cfg.run}
+               "checkpoint": None if cfg.model_file else source, "model": cfg.model_file and source, "run": cfg.run,
+               "tta": tta}
     outputs.append(write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1)))
     for name, hits in zip(files, decide(p[:SHOWN], thresholds)):  # a handful: the labels at a glance
         print(f"  {name}: {', '.join(label_names(hits, classes)) or '(no label)'}")

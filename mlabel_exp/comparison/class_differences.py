@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.comparison.paired import PredictionFiles, paired_inputs
+from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.metrics import stats
 from mlabel_exp.render.figures import class_rows_height, clip, figure, save
 

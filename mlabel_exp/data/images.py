@@ -68,12 +68,21 @@ def interpolation_mode(name: str):
     return InterpolationMode(name)
 
 
-def image_steps(input_size: int, train: bool = False, random_resized_crop: bool = False,
-                crop_scale_min: float = 0.6, interpolation: str = "bilinear"):
-    """The per-image part of the pipeline, run in DataLoader workers: PIL image -> uint8 tensor at the input size,
-    resized with ``interpolation`` (the model's: timm models say which they were trained with).
+def policy_steps(policy: str) -> list:
+    """The per-image steps of an augmentation policy (data.augment) on uint8 tensors: torchvision's RandAugment or
+    TrivialAugmentWide with their defaults; none and flip have none (the flips run per batch: BatchTransform)."""
+    from torchvision.transforms import v2
 
-    Everything else (scaling to float, the random flip, normalising) runs on whole batches on the training
+    return {"randaugment": [v2.RandAugment()], "trivialaugment": [v2.TrivialAugmentWide()]}.get(policy, [])
+
+
+def image_steps(input_size: int, train: bool = False, random_resized_crop: bool = False,
+                crop_scale_min: float = 0.6, interpolation: str = "bilinear", policy: str = "flip"):
+    """The per-image part of the pipeline, run in DataLoader workers: PIL image -> uint8 tensor at the input size,
+    resized with ``interpolation`` (the model's: timm models say which they were trained with); in training, then the
+    random crop and the ``policy``'s own steps (policy_steps).
+
+    Everything else (scaling to float, the random flip, cutout, normalising) runs on whole batches on the training
     device (``BatchTransform``): workers send a quarter of the bytes and the GPU does the arithmetic.
     """
     from torchvision.transforms import v2
@@ -83,7 +92,19 @@ def image_steps(input_size: int, train: bool = False, random_resized_crop: bool 
         steps.append(v2.RandomResizedCrop(input_size, scale=(crop_scale_min, 1.0), interpolation=mode, antialias=True))
     else:
         steps.append(v2.Resize((input_size, input_size), interpolation=mode, antialias=True))
-    return v2.Compose(steps)
+    return v2.Compose(steps + (policy_steps(policy) if train else []))
+
+
+def worker_augmentation(data_cfg, input_size: int, interpolation: str = "bilinear"):
+    """What a training run draws per image on images already at their decoded size (the decoded cache's): the random
+    crop to ``input_size`` and the policy's steps; None when the settings draw nothing there."""
+    from torchvision.transforms import v2
+
+    steps = policy_steps(data_cfg.augment)
+    if data_cfg.random_resized_crop:
+        steps.insert(0, v2.RandomResizedCrop(input_size, scale=(data_cfg.crop_scale_min, 1.0), antialias=True,
+                                             interpolation=interpolation_mode(interpolation)))
+    return v2.Compose(steps) if steps else None
 
 
 def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
@@ -96,18 +117,39 @@ def build_transform(input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std:
     return lambda image: finish(steps(image)[None], train=train)[0]
 
 
+def cutout(x, fraction: float, generator):
+    """ML-Decoder's CutoutPIL on a uint8 batch at once: in each image a rectangle of round(fraction x its height) by
+    round(fraction x its width) (a square on square images), centred on a uniformly drawn pixel and clipped at the
+    borders, filled with one random colour."""
+    import torch
+
+    n, channels, height, width = x.shape
+    kw = {"generator": generator, "device": x.device}
+
+    def covered(size: int):
+        """(n, size): the rows (or columns) each image's square covers."""
+        side = int(fraction * size + 0.5)
+        start = torch.randint(size, (n, 1), **kw) - side // 2
+        position = torch.arange(size, device=x.device)
+        return (position >= start) & (position < start + side)
+
+    rows, columns = covered(height), covered(width)
+    colour = torch.randint(256, (n, channels, 1, 1), dtype=x.dtype, **kw)
+    return torch.where((rows[:, :, None] & columns[:, None, :])[:, None], colour, x)
+
+
 class BatchTransform:
     """uint8 image batches -> normalised float32 batches, on the device they train on.
 
     A batch stored at another size (a decoded cache kept smaller) is resized here. In training each image
-    is flipped with probability 1/2, drawn from a generator seeded by (seed, epoch, rank): the flips of an
-    epoch do not depend on workers or on where a resumed run restarted.
+    is flipped with probability 1/2, then (``cutout`` > 0) has a square erased, drawn from a generator seeded by
+    (seed, epoch, rank): the flips and squares of an epoch do not depend on workers or on where a resumed run restarted.
     """
 
     def __init__(self, input_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 hflip: bool = False, seed: int = 0, interpolation: str = "bilinear"):
+                 hflip: bool = False, seed: int = 0, interpolation: str = "bilinear", cutout: float = 0.0):
         self.input_size, self.mean, self.std, self.hflip, self.seed = input_size, list(mean), list(std), hflip, seed
-        self.interpolation = interpolation
+        self.interpolation, self.cutout = interpolation, cutout
         self.epoch_seed = seed
         self._generator, self._generator_device = None, None
         self._affine = {}  # device -> (scale, shift) with x / 255 normalised = x * scale + shift
@@ -122,11 +164,14 @@ class BatchTransform:
         import torch
         from torchvision.transforms.v2 import functional as F
 
-        if train and self.hflip:
+        if train and (self.hflip or self.cutout):
             if self._generator is None or self._generator_device != x.device:  # once per epoch and device
                 self._generator, self._generator_device = torch.Generator(x.device).manual_seed(self.epoch_seed), x.device
-            flip = torch.rand(len(x), generator=self._generator, device=x.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if self.hflip:
+                flip = torch.rand(len(x), generator=self._generator, device=x.device) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if self.cutout:
+                x = cutout(x, self.cutout, self._generator)
         x = x.to(torch.float32, copy=True)  # our own copy: the in-place steps below allocate nothing more
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.resize(x, [self.input_size, self.input_size], interpolation=interpolation_mode(self.interpolation),

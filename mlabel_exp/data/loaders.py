@@ -13,7 +13,7 @@ import numpy as np
 
 from mlabel_exp.config import Config, resolve_path
 from mlabel_exp.data import cache as image_cache
-from mlabel_exp.data.images import BatchTransform, image_steps, interpolation_mode, load_image
+from mlabel_exp.data.images import BatchTransform, image_steps, load_image, worker_augmentation
 from mlabel_exp.data.index import DatasetIndex
 from mlabel_exp.errors import DataError
 from mlabel_exp.fsutil import epoch_seed
@@ -80,7 +80,8 @@ class CachedImages:
     ``__getitems__`` (which the DataLoader calls with a whole batch of indices) returns the batch itself;
     rows that failed to decode are left out and reported in ``bad``, as ``collate`` does for files. Targets as in
     ``MultiLabelImages``: float 1/0, -1 for an unknown label.
-    ``crop`` (a RandomResizedCrop) runs per image; without it the cache's pixels go out as they are.
+    ``crop`` (data.images.worker_augmentation: a random crop, a policy's steps) runs per image; without it the
+    cache's pixels go out as they are.
     """
 
     def __init__(self, cache, rows: Sequence[int], labels: np.ndarray | None, names: Sequence[str], crop=None):
@@ -148,6 +149,69 @@ class EpochShuffle:
 
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def repeat_factors(labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Each image's repeat factor (LVIS, Gupta et al. 2019): the largest r_c = max(1, sqrt(t / f_c)) of its positive
+    classes, f_c the share of the images holding class c (an unknown label holds nothing); 1 without a positive."""
+    positive = np.asarray(labels) == 1
+    share = positive.mean(0) if len(positive) else np.zeros(positive.shape[1])
+    per_class = np.sqrt(threshold / np.where(share > 0, share, threshold))  # a class no image holds: never used
+    return np.where(positive, np.maximum(1.0, per_class)[None, :], 1.0).max(1, initial=1.0)
+
+
+class RepeatFactorSampler:
+    """Repeat-factor sampling (detectron2's RepeatFactorTrainingSampler) by epochs: image i appears floor(r_i) times,
+    plus once more with probability r_i - floor(r_i) (stochastic rounding, drawn anew each epoch), shuffled. The epoch
+    has a fixed length, round(sum r_i), so that the LR schedule knows its steps: the draw is cut, or extended by its
+    own first images, to that length (every copy as likely to go or repeat: the shares stay r_i / sum r). Depends
+    only on (seed, epoch), as EpochShuffle. Under DDP every rank draws the same epoch and takes every world-th image
+    from its rank on (the epoch padded to a multiple of the world size, as DistributedSampler pads)."""
+
+    def __init__(self, factors: np.ndarray, seed: int = 0, rank: int = 0, world: int = 1):
+        import torch
+
+        self.factors = torch.as_tensor(np.asarray(factors, dtype=np.float64))
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        self.images = max(1, round(float(self.factors.sum())))  # of the whole epoch, every rank
+        self.per_rank = -(-self.images // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def epoch_order(self):
+        """The epoch's image indices, every rank's (``images`` of them), as a tensor."""
+        import torch
+
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        whole = torch.floor(self.factors)
+        counts = whole + (torch.rand(len(whole), generator=g, dtype=torch.float64) < self.factors - whole)
+        drawn = torch.repeat_interleave(torch.arange(len(whole)), counts.long())
+        drawn = drawn[torch.randperm(len(drawn), generator=g)]
+        return drawn.repeat(-(-self.images // max(len(drawn), 1)))[:self.images]
+
+    def __iter__(self):
+        order, total = self.epoch_order(), self.per_rank * self.world
+        return iter(order.repeat(-(-total // len(order)))[:total][self.rank::self.world].tolist())
+
+
+def train_sampler(cfg: Config, labels: np.ndarray, train_set):
+    """The training loader's sampler: data.sampler's, each rank its share under DDP; None: make_loader's EpochShuffle."""
+    if cfg.data.sampler == "repeat_factor":
+        factors = repeat_factors(labels, cfg.data.repeat_threshold)
+        sampler = RepeatFactorSampler(factors, cfg.seed, distributed.rank(), distributed.world_size())
+        log.info("data.sampler=repeat_factor (t=%g): %d images an epoch from %d training images (%d of them repeated, "
+                 "at most %.2fx)", cfg.data.repeat_threshold, sampler.images, len(factors), int((factors > 1).sum()),
+                 float(factors.max(initial=1.0)))
+        return sampler
+    if distributed.active():  # each rank its share of every epoch
+        from torch.utils.data.distributed import DistributedSampler
+
+        return DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
+    return None
 
 
 def check_validation_images(index: DatasetIndex, split: dict, cache=None) -> None:
@@ -231,12 +295,11 @@ class Loaders:
 
 
 def build_loaders(cfg: Config, index, split, cuda: bool) -> Loaders:
-    """Train loader (shuffled by seed and epoch), validation and test loaders (in split order; each rank its share)
-    of uint8 images, the BatchTransform that finishes them on the device; with the decoded cache, batches are
-    gathered from it."""
-    m, d, aug = cfg.model, cfg.data, cfg.data.augment
+    """Train loader (ordered by data.sampler, by seed and epoch), validation and test loaders (in split order; each
+    rank its share) of uint8 images, the BatchTransform that finishes them on the device; with the decoded cache,
+    batches are gathered from it."""
+    m, d = cfg.model, cfg.data
     cache = decoded_cache(cfg, index)
-    crop = aug.random_resized_crop
     workers = default_workers(d.num_workers, cached=cache is not None, cuda=cuda)
 
     def evaluation_set(rows):
@@ -246,27 +309,20 @@ def build_loaders(cfg: Config, index, split, cuda: bool) -> Loaders:
         return MultiLabelImages.from_index(index, rows, image_steps(m.input_size, interpolation=m.interpolation),
                                            d.on_bad_image)
 
+    drawn = worker_augmentation(d, m.input_size, m.interpolation)  # per image: a crop, a policy (None: nothing)
     if cache is not None:
-        from torchvision.transforms import v2
-
-        crop_tf = v2.RandomResizedCrop(m.input_size, scale=(aug.crop_scale_min, 1.0), antialias=True,
-                                       interpolation=interpolation_mode(m.interpolation)) if crop else None
-        train_set = CachedImages.from_index(cache, index, split["train"], crop_tf)
+        train_set = CachedImages.from_index(cache, index, split["train"], drawn)
     else:
-        train_tf = image_steps(m.input_size, train=True, random_resized_crop=crop, crop_scale_min=aug.crop_scale_min,
-                               interpolation=m.interpolation)
+        train_tf = image_steps(m.input_size, train=True, random_resized_crop=d.random_resized_crop,
+                               crop_scale_min=d.crop_scale_min, interpolation=m.interpolation, policy=d.augment)
         train_set = MultiLabelImages.from_index(index, split["train"], train_tf, d.on_bad_image)
-    sampler = None
-    if distributed.active():  # each rank its share of every epoch
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
+    sampler = train_sampler(cfg, index.labels[split["train"]], train_set)
     batch = cfg.trainer.batch_size
     train = make_loader(train_set, batch, shuffle=True, num_workers=workers, seed=cfg.seed, pin_memory=cuda,
-                        sampler=sampler, persistent=not crop)  # a random crop draws in the workers: reseeded per epoch
+                        sampler=sampler, persistent=drawn is None)  # workers that draw: reseeded per epoch
     val, test = (make_loader(evaluation_set(rows), batch, shuffle=False, num_workers=workers, pin_memory=cuda,
                              persistent=part == "val") if len(rows) else None
                  for part, rows in (("val", split["val"]), ("test", split.get("test", np.zeros(0, np.int64)))))
-    transform = BatchTransform(m.input_size, m.mean, m.std, hflip=aug.hflip, seed=cfg.seed,
-                               interpolation=m.interpolation)
+    transform = BatchTransform(m.input_size, m.mean, m.std, hflip=d.augment != "none", seed=cfg.seed,
+                               interpolation=m.interpolation, cutout=d.cutout)
     return Loaders(train, val, test, transform, workers, cache)

@@ -56,9 +56,9 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
                                                    backbone(typed.model.name).aux_classifier is not None)) and
         (k != "hidden" or typed.model.source == "builtin"),
         "data.synthetic.": lambda k: d.name == "synthetic",
-        "data.": lambda k: k in FORMAT_SETTINGS.get(d.name, ()) or
-        all(k not in keys for keys in FORMAT_SETTINGS.values()),
-        "data.augment.": lambda k: k != "crop_scale_min" or d.augment.random_resized_crop,
+        "data.": lambda k: (k in FORMAT_SETTINGS.get(d.name, ()) or
+                            all(k not in keys for keys in FORMAT_SETTINGS.values())) and
+        (k != "crop_scale_min" or d.random_resized_crop) and (k != "repeat_threshold" or d.sampler == "repeat_factor"),
         "trainer.": lambda k: k != "amp_dtype" or cuda,  # amp also applies on the CPU (bfloat16 where native)
     }
     skipped = ("presets.", "tracking.", "diagnostics.", "resume", "dropout", "weight_decay", "trainer.output_dir", "trainer.progress",
@@ -73,10 +73,11 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
     return {**params, "dropout_value": typed.dropout, "weight_decay_value": typed.weight_decay, **facts}
 
 
-def run_facts(index, split, *, weights: str, device, precision: str, workers: int, cache) -> dict:
+def run_facts(index, split, *, weights: str, device, precision: str, workers: int, cache,
+              ema_decay: float | None = None) -> dict:
     """What this run used, beyond its settings: weights, device, data counts, the classes validation cannot score
     (no known positive), and, only where the data set has any, the number of unknown labels (``data.unknown_labels``;
-    per class and split in unknown_labels.json)."""
+    per class and split in unknown_labels.json); with trainer.ema, the decay per step in effect."""
     without = [c for c, n in zip(index.classes, (index.labels[split["val"]] == 1).sum(0)) if n == 0]
     unknown = unknown_label_counts(index, split)
     return {"model.weights_used": weights, "device": str(device), "precision": precision,
@@ -85,7 +86,8 @@ def run_facts(index, split, *, weights: str, device, precision: str, workers: in
             "data.decoded_cache_used": cache is not None, "world_size": distributed.world_size(),
             # left out of mAP and of every macro average (no validation positive)
             "metrics.classes_left_out": f"{len(without)}: {', '.join(without)}" if without else "0",
-            **({"data.unknown_labels": unknown["total"]} if unknown else {})}
+            **({"data.unknown_labels": unknown["total"]} if unknown else {}),
+            **({"trainer.ema_decay_used": ema_decay} if ema_decay is not None else {})}
 
 
 def unknown_label_counts(index, split) -> dict | None:
@@ -171,11 +173,13 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
 
 # ------------------------------------------------------------------ end of a run
 
-def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None, index=None) -> dict[str, dict]:
+def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, test=None, index=None,
+                tta: dict | None = None) -> dict[str, dict]:
     """Curves, tuned thresholds, per-class table and figures, validation (and test) predictions and metrics, their
     diagnostics (``index``: the data set, where the galleries find the images), the best weights (in the model, once).
-    ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights. Returns the held-out
-    figures (test split, out-of-fold tuned F1) for the closing lines."""
+    ``test``: (probs, targets, loss, names) of the test split from the best epoch's weights; ``tta``: the same of
+    trainer.tta's final evaluation, per split. Returns the held-out figures (test split, out-of-fold tuned F1, TTA)
+    for the closing lines."""
 
     fig = plots.curves(result.history, title=f"{cfg.model.name}: best val mAP {result.best_score:.3f}", loss=cfg.loss.name)
     tracker.log_artifact(save(fig, out / "curves.png"))
@@ -189,6 +193,7 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
         tracker.log_artifact(path, "predictions")
     if test is not None:
         held_out["test"] = _log_test(tracker, out, classes, test, tuned, result.best_epoch)
+    held_out.update(_log_tta(tracker, out, classes, tta or {}, tuned, result.best_epoch))
     if cfg.diagnostics.enabled:
         log_diagnostics(tracker, cfg.diagnostics, out, index, result.best_epoch)
     if "best" in result.checkpoints:
@@ -202,7 +207,8 @@ def log_report(tracker, cfg: Config, out: Path, result) -> None:
     epoch's validation mAP joins summary.json first, so that the page and the file say the same."""
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
-    summary["val"] = {"mAP": result.best_score, "best_epoch": result.best_epoch, "epochs": len(result.history)}
+    summary["val"] = {"mAP": result.best_score, "best_epoch": result.best_epoch, "epochs": len(result.history),
+                      "weights": result.best_weights}
     write_atomic(path, json.dumps(summary, indent=1))
     tracker.log_artifact(path)
     name = f"run {tracker.run_id[:8]}" if tracker.run_id else out.name
@@ -274,6 +280,19 @@ def _log_test(tracker, out: Path, classes: list[str], test, tuned, step: int) ->
     for path in write_predictions(out / "predictions", "test", names, probs, classes, tuned.numpy(), targets=targets):
         tracker.log_artifact(path, "predictions")
     return {"mAP": scores["mAP"], "F1 micro": scores["f1_micro"], "F1 macro": scores["f1_macro"]}
+
+
+def _log_tta(tracker, out: Path, classes: list[str], tta: dict, tuned, step: int) -> dict[str, dict[str, float]]:
+    """trainer.tta's figures, beside the plain ones (never in their place): ``val_tta/*`` at 0.5 as val/* per epoch,
+    ``test_tta/*`` at the tuned thresholds as test/*."""
+    from mlabel_exp.metrics import scores as M
+
+    figures = {}
+    for part, (probs, targets, _, _) in tta.items():
+        scores = M.compute(probs, targets, tuned if part == "test" else 0.5, classes, quiet=True)
+        _log_summary(tracker, out, f"{part}_tta", scores, step)
+        figures[f"{part}_tta"] = {"mAP": scores["mAP"], "F1 micro": scores["f1_micro"], "F1 macro": scores["f1_macro"]}
+    return figures
 
 
 SUMMARY_METRICS = ("mAP", "f1_micro", "f1_macro")  # of a single figure set, the few logged as metrics
@@ -351,9 +370,11 @@ def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> 
 def finish(tracker, result, held_out: dict[str, dict[str, float]]) -> None:
     """The run's summary figures and its description (MLflow shows ``mlflow.note.content`` on the run page)."""
     stop = ", early stop" if result.stopped_early else ""
-    note = [f"**best val mAP {result.best_score:.4f}** at epoch {result.best_epoch} of {len(result.history)}{stop}"]
+    ema = " (the averaged weights, trainer.ema)" if result.best_weights == "ema" else ""
+    note = [f"**best val mAP {result.best_score:.4f}**{ema} at epoch {result.best_epoch} of {len(result.history)}{stop}"]
     note += [f"**{part}**: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) for part, scores in held_out.items()]
     tracker.set_tags({"best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                      "best_weights": result.best_weights,  # raw, or ema: trainer.ema's average scored higher
                       "mlflow.note.content": "  \n".join(note) + "  \n(test: the held-out split at thresholds tuned on "
                       "validation; tuned: validation, thresholds tuned out of fold)"})
     tracker.log_metrics({BEST_SCORE: result.best_score, "val/best_epoch": result.best_epoch}, step=result.best_epoch)

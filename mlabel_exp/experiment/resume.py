@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlabel_exp.config import CONF_DIR, Config, resolve_path, resolved_tracking, validate
+from mlabel_exp.config import CONF_DIR, Config, resolve_path, resolved_tracking, upgraded, validate
 from mlabel_exp.errors import ConfigError, DataError
 from mlabel_exp.fsutil import is_held
 from mlabel_exp.runtime.distributed import launched_by_torchrun
@@ -47,12 +47,13 @@ def why_not(tags: dict, latest: bool) -> str | None:
 
 def _renamed(config: dict) -> dict:
     """A checkpoint's config in this version's names: tracking.log_checkpoint (true/false) is now
-    tracking.log_checkpoints (best, or none where no model held the weights either)."""
+    tracking.log_checkpoints (best, or none where no model held the weights either); data.augment's keys
+    (config.upgraded)."""
     t = config.get("tracking", {})
     if "log_checkpoint" in t:
         logged = t.pop("log_checkpoint") or t.get("log_model", True)
         t.setdefault("log_checkpoints", "best" if logged else "none")
-    return config
+    return upgraded(config)
 
 
 def _key(override: str) -> str:

@@ -76,9 +76,10 @@ def search(cfg: DictConfig, on_trial=lambda outcome: None, on_pruned=lambda tria
             OmegaConf.update(trial_cfg, key, value, merge=False)
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            trial.report(metrics["val/mAP"], epoch)
+            score = max(metrics["val/mAP"], metrics.get("val_ema/mAP", float("-inf")))  # the kept weights' (trainer.ema)
+            trial.report(score, epoch)
             if trial.should_prune():
-                on_pruned(trial.number, epoch, metrics["val/mAP"], tags["overrides"])
+                on_pruned(trial.number, epoch, score, tags["overrides"])
                 raise TrialPruned()
 
         tags = {**group, "optuna_trial": str(trial.number),

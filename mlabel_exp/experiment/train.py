@@ -23,6 +23,7 @@ from mlabel_exp.runtime import distributed
 from mlabel_exp.tracking import runs as tracking
 from mlabel_exp.training import optim
 from mlabel_exp.training.callbacks import RunCallbacks
+from mlabel_exp.training.ema import ema_decay
 from mlabel_exp.training.output_folder import output_folder
 from mlabel_exp.training.stop import StopRequest
 
@@ -40,6 +41,7 @@ class RunOutcome:
     out: Path
     run_name: str
     tags: dict[str, str]
+    best_weights: str = "raw"            # raw, or ema: the averaged weights (trainer.ema) scored better and were kept
     run_id: str | None = None            # None where nothing was recorded (tracking.enabled=false)
     tracking_uri: str | None = None
     experiment_id: str | None = None
@@ -117,13 +119,15 @@ def _train(run: Run) -> RunOutcome:
             result = trainer.fit(loaders.train, loaders.val, resume=run.resume and run.resume["last"],
                                  resume_best=run.resume and run.resume["best"])
             test = trainer.evaluate_best(loaders.test) if loaders.test is not None else None  # held out until now
+            tta = {part: trainer.evaluate_best(loader, run.typed.trainer.tta) for part, loader in (
+                ("val", loaders.val), ("test", loaders.test)) if loader is not None and run.typed.trainer.tta != "none"}
             held_out = record.log_results(run.tracker, run.typed, run.out, data.index.classes, result, test,
-                                          data.index) if distributed.is_main() else {}
+                                          data.index, tta) if distributed.is_main() else {}
         record.log_data_problems(run.tracker, run.out, data.index, trainer.bad_images)
         record.finish(run.tracker, result, held_out)
     t = run.tracker
     return RunOutcome(float(result.best_score), result.best_epoch, len(result.history), result.stopped_early, held_out,
-                      run.out, run.identity[0], run.identity[1], t.run_id, getattr(t, "uri", None),
+                      run.out, run.identity[0], run.identity[1], result.best_weights, t.run_id, getattr(t, "uri", None),
                       getattr(t, "experiment_id", None))
 
 
@@ -192,6 +196,7 @@ def build(run: Run, data: RunData):
     from mlabel_exp.models.weights import weights_description
     from mlabel_exp.models.zoo import build_model
     from mlabel_exp.runtime.precision import memory_format, precision
+    from mlabel_exp.training.trainer import epoch_steps
 
     typed, m, device, index, split = run.typed, run.typed.model, run.device, data.index, data.split
     net = build_model(m.key, len(index.classes), weights=m.weights, dropout=typed.dropout, hidden=m.hidden,
@@ -206,7 +211,8 @@ def build(run: Run, data: RunData):
     check_validation_images(index, split, loaders.cache)
     weights = weights_description(m.key, m.weights)
     facts = record.run_facts(index, split, weights=weights, device=device, precision=precision(typed.trainer, device),
-                             workers=loaders.workers, cache=loaders.cache)
+                             workers=loaders.workers, cache=loaders.cache,
+                             ema_decay=ema_decay(typed.trainer.ema, epoch_steps(loaders.train, typed.trainer)))
     params = record.run_params(run.cfg, typed, facts, cuda=device.type == "cuda")
     record.start(run.tracker, run.cfg, run.identity, run.out, index, split, data.content, params,
                  {"weights": weights}, run.resume)

@@ -66,23 +66,28 @@ def require_extra() -> None:
 
 
 class Probabilities(nn.Module):
-    """The model with its sigmoid: what the exported graph computes."""
+    """The model with its sigmoid: what the exported graph computes; with tta=flip, the mean of the probabilities of
+    the images and of their mirror images (the Predictor's flip TTA, inside the graph)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, tta: str = "none"):
         super().__init__()
-        self.model = model
+        self.model, self.tta = model, tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(split_outputs(self.model(x))[0])
+        probs = torch.sigmoid(split_outputs(self.model(x))[0])
+        if self.tta == "flip":
+            probs = (probs + torch.sigmoid(split_outputs(self.model(x.flip(-1)))[0])) / 2
+        return probs
 
 
-def to_onnx(model: nn.Module, input_size: int, exporter: str = "auto"):
+def to_onnx(model: nn.Module, input_size: int, exporter: str = "auto", tta: str = "none"):
     """(onnx ModelProto, the exporter that wrote it: 'dynamo' or 'legacy') of ``model`` (eval mode, float32, the
-    contiguous layout, on the CPU) with its sigmoid, for any batch size. ``exporter=auto`` tries dynamo first and falls
-    back to the legacy exporter, saying why."""
+    contiguous layout, on the CPU) with its sigmoid (and ``tta``), for any batch size. ``exporter=auto`` tries dynamo
+    first and falls back to the legacy exporter, saying why."""
     import onnx
 
-    wrapped = Probabilities(copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format)).eval()
+    plain = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format)
+    wrapped = Probabilities(plain, tta).eval()
     example = torch.zeros(2, 3, input_size, input_size)
     names = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": OPSET}
     if exporter in ("auto", "dynamo"):
@@ -127,7 +132,8 @@ def metadata(classes: list[str], thresholds, preprocessing: dict, **extra: str) 
            "std": [float(v) for v in preprocessing["std"]], **resize_steps(decode, size, interpolation), **PIPELINE}
     return {"classes": json.dumps(list(classes)), "thresholds": json.dumps(written(thresholds).tolist()),
             "preprocessing": json.dumps(pre), "output": f"{OUTPUT}: sigmoid of the logits, one per class, in the "
-            "order of classes; a label where probability >= its threshold", **extra}
+            "order of classes (tta flip: the mean of the image's and its mirror image's); a label where probability "
+            ">= its threshold", **extra}
 
 
 def save(proto, meta: dict[str, str], path: Path) -> Path:
@@ -163,6 +169,7 @@ class OnnxPredictor(Predictor):
     def __init__(self, onnx_session, meta: dict):
         super().__init__(None, meta["preprocessing"], meta["classes"], thresholds=meta["thresholds"])
         self.session, self.meta = onnx_session, meta
+        self.graph_tta = meta.get("tta", "none")  # what the graph itself averages (export tta=flip)
 
     @classmethod
     def from_file(cls, path: Path, setting: str = "model") -> "OnnxPredictor":
@@ -175,9 +182,16 @@ class OnnxPredictor(Predictor):
             raise ConfigError(f"{setting}={str(path)!r}: onnxruntime cannot load it ({str(e)[:200]})") from None
         return cls(s, read_metadata(s.get_modelmeta().custom_metadata_map, f"{setting}={str(path)!r}"))
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(self.inputs(images).numpy())
         return torch.from_numpy(self.session.run([OUTPUT], {INPUT: x})[0])
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """The graph's probabilities; tta=flip on a graph exported without it: the mean with the mirror images'."""
+        probs = self._run(images)
+        if self.tta == "flip" and self.graph_tta != "flip":
+            probs = (probs + self._run(images.flip(-1))) / 2
+        return probs
 
 
 def read_metadata(props: dict[str, str], where: str) -> dict:

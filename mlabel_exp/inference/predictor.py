@@ -46,11 +46,13 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, preprocessing: dict, classes: list[str], *,
                  thresholds: Sequence[float] | None = None, device: torch.device = torch.device("cpu"),
                  amp_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 transform: BatchTransform | None = None):
+                 transform: BatchTransform | None = None, tta: str = "none"):
         """``transform``: the training run's own BatchTransform (it also flips in training); else one is made
-        from ``preprocessing``."""
+        from ``preprocessing``. ``tta``: none, or flip (test-time augmentation: each image's probabilities are the mean
+        of its own and its mirror image's)."""
         p = preprocessing
         self.model, self.preprocessing, self.classes, self.device = model, p, list(classes), device
+        self.tta = tta
         # float32, as the probabilities: the numbers the outputs write and decide labels from (floats.decide)
         self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(classes), dtype=np.float32)
         interpolation = p.get("interpolation", "bilinear") if p else "bilinear"  # older checkpoints: bilinear
@@ -101,9 +103,18 @@ class Predictor:
         """float32 logits (on the device) of a uint8 batch from ``image_steps``; the model's mode is the caller's."""
         return self.outputs(self.inputs(images))[0].float()
 
+    def probabilities_of(self, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """float32 probabilities (on the device) of a uint8 batch whose ``logits`` were computed: their sigmoid; with
+        tta=flip, the mean of theirs and the horizontally mirrored images' (one more pass)."""
+        probs = torch.sigmoid(logits)
+        if self.tta == "flip":
+            probs = (probs + torch.sigmoid(self.logits(images.to(self.device, non_blocking=True).flip(-1)))) / 2
+        return probs
+
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(images)).cpu()
+        """float32 probabilities (on the CPU) of a uint8 batch, with the ``tta`` set."""
+        return self.probabilities_of(images, self.logits(images)).cpu()
 
     def predict_encoded(self, blobs) -> tuple[np.ndarray, list[str]]:
         """(probabilities, errors) of encoded images (bytes), row for row: an image that cannot be read (not an image,

@@ -73,6 +73,18 @@ def sum_all(*values) -> list:
     return out
 
 
+def broadcast_state(module, buffers_only: bool = False) -> None:
+    """Rank 0's parameters and buffers of ``module`` (or its buffers only: BatchNorm's statistics, which differ per
+    rank) on every rank; nothing when not distributed."""
+    import torch
+    import torch.distributed as dist
+
+    if active():
+        with torch.no_grad():
+            for tensor in [*([] if buffers_only else module.parameters()), *module.buffers()]:
+                dist.broadcast(tensor, 0)
+
+
 def gather(obj) -> list:
     """``obj`` of every rank, in rank order, on every rank."""
     import torch.distributed as dist

@@ -1,5 +1,6 @@
-"""What a run saves where, once: ``<folder>/last.pt`` (everything a resume needs) and ``<folder>/best.pt`` (what
-predicting reads), written atomically; and reading either back without unpickling code."""
+"""What a run saves where, once: ``<folder>/last.pt`` (everything a resume needs: the raw weights, trainer.ema's
+average, the optimizer) and ``<folder>/best.pt`` (what predicting reads: the kept weights), written atomically; and
+reading either back without unpickling code."""
 
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ class Checkpoints:
         """last.pt: the trainer's whole state (Trainer.state_dict) and the metadata."""
         return self._save("last", {**state, **self.metadata})
 
-    def save_best(self, model: dict, epoch: int, score: float, val: dict, thresholds: dict | None) -> Path | None:
-        """best.pt: the best epoch's weights, score, validation outputs (``val``: probs, targets, names) and thresholds.
-        No optimizer state (twice the weights with Adam), which nothing reads from it; not the data record (every file
-        name, label and content hash: for a resume, which reads last.pt), which would otherwise travel in the served
-        and registered model."""
+    def save_best(self, model: dict, epoch: int, score: float, val: dict, thresholds: dict | None,
+                  weights: str = "raw") -> Path | None:
+        """best.pt: the best epoch's kept weights (``weights``: raw, or ema: trainer.ema's average), score, validation
+        outputs (``val``: probs, targets, names) and thresholds. No optimizer state (twice the weights with Adam), which
+        nothing reads from it; not the data record (every file name, label and content hash: for a resume, which reads
+        last.pt), which would otherwise travel in the served and registered model."""
         metadata = {k: v for k, v in self.metadata.items() if k != "data"}
-        return self._save("best", {"model": model, "epoch": epoch, "best_score": score, **metadata, "val": val,
-                                   "thresholds": thresholds})
+        return self._save("best", {"model": model, "weights": weights, "epoch": epoch, "best_score": score,
+                                   **metadata, "val": val, "thresholds": thresholds})
 
     def best_weights(self, device: torch.device) -> dict | None:
         """The model state in best.pt, on ``device``; None when there is no best.pt."""

@@ -24,6 +24,7 @@ from mlabel_exp.runtime import distributed
 from mlabel_exp.runtime.precision import memory_format, train_dtype
 from mlabel_exp.training.callbacks import Callbacks, TrainingInterrupted
 from mlabel_exp.training.checkpoints import Checkpoints, planned_epochs
+from mlabel_exp.training.ema import WeightAverage, ema_decay
 from mlabel_exp.training.optim import OptimizerStep, change_length
 from mlabel_exp.training.progress import Progress, RunEstimate
 
@@ -35,6 +36,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = float("-inf")
+    best_weights: str = "raw"                  # which weights scored best_score: raw, or ema (trainer.ema's average)
     best_probs: torch.Tensor | None = None     # validation probabilities of the best epoch
     best_targets: torch.Tensor | None = None
     best_names: list[str] = field(default_factory=list)  # validation file names, aligned with best_probs
@@ -45,7 +47,7 @@ class FitResult:
     def restore(self, state: dict[str, Any], best: dict[str, Any] | None) -> None:
         """The history and best epoch of a resumed run: from last.pt (``state``), its outputs from best.pt."""
         self.history, self.best_epoch = list(state["history"]), state["best_epoch"]
-        self.best_score = state["best_score"]
+        self.best_score, self.best_weights = state["best_score"], state.get("best_weights", "raw")
         if best is not None and "val" in best:
             v = best["val"]
             self.best_probs, self.best_targets, self.best_names = v["probs"], v["targets"], list(v["names"])
@@ -80,9 +82,48 @@ def _gathered(probs: list, targets: list, loss: float, names: list[str], n_class
     return p, t, loss / len(p), names
 
 
+def _batches(trainer: "Trainer", loader, stop: str | None):
+    """(step, batch) of an epoch (at most ``epoch_steps``), unreadable images noted in ``trainer.bad_images`` and
+    batches without a readable image left out; with ``stop`` (the reason it names), a stop request ends it before the
+    next batch."""
+    steps = epoch_steps(loader, trainer.cfg)
+    for i, batch in enumerate(loader, start=1):
+        if i > steps:
+            break
+        if stop and trainer.callbacks.should_stop():
+            raise TrainingInterrupted(stop)
+        for name, error in batch["bad"]:
+            if name not in trainer.bad_images:
+                log.warning("skipping unreadable image %s (%s)", name, error)
+                trainer.bad_images[name] = error
+        if batch["image"] is not None:
+            yield i, batch
+
+
+def _resume(trainer: "Trainer", state: dict[str, Any], best: dict[str, Any] | None, steps: int) -> None:
+    """Continue from last.pt (``state``) and best.pt; a changed trainer.epochs changes the schedule's length."""
+    trainer.load_state_dict(state, best)
+    log.info("resuming after epoch %d (best val/mAP %.4f at epoch %d)", trainer.epoch, trainer.result.best_score,
+             trainer.result.best_epoch)
+    planned, cfg, scheduler = planned_epochs(state), trainer.cfg, trainer.update.scheduler
+    if planned is not None and planned != cfg.epochs and scheduler is not None:
+        log.info(change_length(scheduler, cfg.scheduler.name, planned, cfg.epochs, steps))
+
+
+def _scored(split: str, outputs, classes: list[str], quiet: bool, every: bool = True) -> dict[str, float]:
+    """``<split>/loss`` and the metrics of a validation's (probabilities, targets, loss, names): every one, or (``every``
+    false) the key ones."""
+    from mlabel_exp.metrics import scores as M  # imported late: run.py imports it beside the first epoch
+
+    scores = M.compute(outputs[0], outputs[1], classes=classes, quiet=quiet)
+    return {f"{split}/loss": outputs[2], **{M.logged_name(split, k): v for k, v in scores.items()
+                                            if every or k in M.KEY_METRICS}}
+
+
 def _log_epoch(epoch: int, epochs: int, row: dict[str, float], improved: bool) -> None:
-    log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/mAP %.4f val/f1_micro %.4f (%.1fs)%s", epoch, epochs,
-             row["train/loss"], row["val/loss"], row["val/mAP"], row["val/f1_micro"], row["time/epoch_s"],
+    ema = f" val_ema/mAP {row['val_ema/mAP']:.4f}" if "val_ema/mAP" in row else ""
+    log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/mAP %.4f%s val/f1_micro %.4f (%.1fs)%s", epoch, epochs,
+             row["train/loss"], row["val/loss"], row["val/mAP"], ema, row["val/f1_micro"], row["time/epoch_s"],
              " *best*" if improved else "")
 
 
@@ -108,13 +149,12 @@ class Trainer:
         self.batch_transform = batch_transform or (lambda x, train=False: x.float())
         self.loss_fn, self.aux_weight = loss_fn or nn.BCEWithLogitsLoss(), aux_weight
         self.callbacks = callbacks or Callbacks()
-        channels_last = memory_format(cfg, device) == torch.channels_last
+        self.channels_last = memory_format(cfg, device) == torch.channels_last
         self.checkpoints = Checkpoints(checkpoint_dir if cfg.checkpoint else None, {
             "classes": classes, "amp_dtype": str(self.amp_dtype).removeprefix("torch."),
-            "channels_last": channels_last, **(metadata or {})})
-        # training and validation run through the same Predictor that predict and the pyfunc model use
-        self.predictor = Predictor(self.model, {}, classes, device=device, amp_dtype=self.amp_dtype,
-                                   channels_last=channels_last, transform=self.batch_transform)
+            "channels_last": self.channels_last, **(metadata or {})})
+        self.predictor = self._predictor(self.model)
+        self.average: WeightAverage | None = None  # trainer.ema's, made by fit (its decay needs the epoch's steps)
         self.update = OptimizerStep(optimizer, scheduler, device_type=device.type,
                                     scale_loss=self.amp_dtype == torch.float16)
         self.result = FitResult(checkpoints=self.checkpoints.paths)
@@ -123,48 +163,32 @@ class Trainer:
         self.bad_images: dict[str, str] = {}  # file name -> error, over the whole run
         self.estimate: RunEstimate | None = None  # set by fit: the time estimate said after the first steps
 
+    def _predictor(self, model: nn.Module, tta: str = "none") -> Predictor:
+        """``model`` behind the run's preprocessing, precision and layout: training and validation run through the same
+        Predictor that predict and the pyfunc model use."""
+        return Predictor(model, {}, self.classes, device=self.device, amp_dtype=self.amp_dtype,
+                         channels_last=self.channels_last, transform=self.batch_transform, tta=tta)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly where the last finished epoch ended."""
         r = self.result
         return {"model": self.net.state_dict(), **self.update.state_dict(), "rng": torch.get_rng_state(),
                 "epoch": self.epoch, "planned_epochs": self.cfg.epochs,  # the length the schedule was built for
                 "best_epoch": r.best_epoch, "best_score": r.best_score, "since_best": self.since_best,
-                "history": r.history, "bad_images": self.bad_images}
+                "history": r.history, "bad_images": self.bad_images, "best_weights": r.best_weights,
+                "ema": self.average.state_dict() if self.average is not None else None}
 
     def load_state_dict(self, state: dict[str, Any], best: dict[str, Any] | None = None) -> None:
         """Continue from a ``state_dict()`` (last.pt); ``best`` (best.pt) brings back the best epoch's outputs."""
         self.net.load_state_dict(state["model"])
+        if self.average is not None:
+            self.average.load_state_dict(state["ema"])
         self.update.load_state_dict(state)
         torch.set_rng_state(state["rng"])
         self.epoch, self.since_best = state["epoch"], state.get("since_best", 0)
         self.bad_images.update(state.get("bad_images", {}))
         self.result.restore(state, best)
         self.checkpoints.find_existing()
-
-    def _resume(self, state: dict[str, Any], best: dict[str, Any] | None, steps: int) -> None:
-        """Continue from last.pt (``state``) and best.pt; a changed trainer.epochs changes the schedule's length."""
-        self.load_state_dict(state, best)
-        log.info("resuming after epoch %d (best val/mAP %.4f at epoch %d)", self.epoch, self.result.best_score,
-                 self.result.best_epoch)
-        planned = planned_epochs(state)
-        if planned is not None and planned != self.cfg.epochs and self.update.scheduler is not None:
-            log.info(change_length(self.update.scheduler, self.cfg.scheduler.name, planned, self.cfg.epochs, steps))
-
-    def _batches(self, loader, stop: str | None):
-        """(step, batch) of an epoch (at most ``epoch_steps``), unreadable images noted and batches without a readable
-        image left out; with ``stop`` (the reason it names), a stop request ends it before the next batch."""
-        steps = epoch_steps(loader, self.cfg)
-        for i, batch in enumerate(loader, start=1):
-            if i > steps:
-                break
-            if stop and self.callbacks.should_stop():
-                raise TrainingInterrupted(stop)
-            for name, error in batch["bad"]:
-                if name not in self.bad_images:
-                    log.warning("skipping unreadable image %s (%s)", name, error)
-                    self.bad_images[name] = error
-            if batch["image"] is not None:
-                yield i, batch
 
     def _step(self, batch) -> torch.Tensor:
         main, aux = self.predictor.outputs(self.predictor.inputs(batch["image"], train=True))
@@ -174,6 +198,8 @@ class Trainer:
         if aux is not None:
             loss = loss + self.aux_weight * self.loss_fn(aux.float(), y)
         self.update(loss)
+        if self.average is not None:
+            self.average.update()
         return loss.detach()
 
     def train_epoch(self, loader, epoch: int) -> dict[str, float]:
@@ -186,7 +212,7 @@ class Trainer:
         start = time.perf_counter()
         _seed_epoch(loader, self.batch_transform, epoch)
         try:
-            for i, batch in self._batches(loader, stop=f"stop requested during epoch {epoch}"):
+            for i, batch in _batches(self, loader, stop=f"stop requested during epoch {epoch}"):
                 loss_sum += self._step(batch) * len(batch["image"])
                 seen += len(batch["image"])
                 progress.step(i, lambda: float(loss_sum) / seen)
@@ -201,54 +227,64 @@ class Trainer:
                 "throughput/img_s": seen / max(seconds, 1e-9)}
 
     @torch.inference_mode()
-    def predict(self, loader, stoppable: bool = False) -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
-        """Probabilities, targets, mean loss and file names over (at most ``max_steps_per_epoch`` batches of) a loader.
-        ``stoppable``: a stop request ends it at the next batch (TrainingInterrupted; last.pt holds the epoch before),
-        so that a scheduler's warning during a long validation still leaves time to stop cleanly."""
-        self.model.eval()
+    def predict(self, loader, stoppable: bool = False,
+                predictor: Predictor | None = None) -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
+        """Probabilities, targets, mean loss and file names over (at most ``max_steps_per_epoch`` batches of) a loader,
+        by ``predictor`` (default: the trained model's; its ``tta`` averages the probabilities, the loss is the plain
+        pass's). ``stoppable``: a stop request ends it at the next batch (TrainingInterrupted; last.pt holds the epoch
+        before), so that a scheduler's warning during a long validation still leaves time to stop cleanly."""
+        predictor = predictor or self.predictor
+        predictor.model.eval()
         probs, targets, names = [], [], []
         loss_sum = torch.zeros((), device=self.device)
-        for _, batch in self._batches(loader, stop="stop requested during validation" if stoppable else None):
+        for _, batch in _batches(self, loader, "stop requested during validation" if stoppable else None):
             names += batch["name"]
-            logits = self.predictor.logits(batch["image"])
+            logits = predictor.logits(batch["image"])
             y = batch["target"].to(self.device, non_blocking=True)
             loss_sum += self.loss_fn(logits, y) * len(y)
-            probs.append(torch.sigmoid(logits))
+            probs.append(predictor.probabilities_of(batch["image"], logits))
             targets.append(y)
         return _gathered(probs, targets, float(loss_sum), names, len(self.classes), self.bad_images)
 
-    def evaluate_best(self, loader) -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
-        """``predict`` over ``loader`` (the test split) with the best epoch's weights from best.pt."""
-        best = self.checkpoints.best_weights(self.device)
+    def evaluate_best(self, loader, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor, float, list[str]]:
+        """``predict`` over ``loader`` (the test split; with ``tta``, trainer.tta's) with best.pt's weights (the kept
+        ones: raw or averaged)."""
+        best = self.checkpoints.best_weights(self.device)  # rank 0's: under DDP the other ranks write no checkpoint
         if best is not None:
             self.net.load_state_dict(best)
-        else:
-            log.warning("no best.pt (trainer.checkpoint=false): the test split is scored with the last epoch's weights")
-        return self.predict(loader)
+        elif distributed.is_main():
+            log.warning("no best.pt (trainer.checkpoint=false): the last epoch's weights are scored")
+        distributed.broadcast_state(self.net)  # so every rank scores its share with rank 0's weights
+        return self.predict(loader, predictor=self._predictor(self.model, tta))
 
     def _epoch(self, epoch: int, train_loader, val_loader) -> bool:
-        """Train and validate epoch ``epoch``; returns True when early stopping ends the run."""
+        """Train and validate epoch ``epoch`` (and trainer.ema's average: the epoch keeps the better weights); returns
+        True when early stopping ends the run."""
         extra = self.callbacks.on_epoch_start(epoch) or {}
         lr = self.update.lr
         start = time.perf_counter()
         row = self.train_epoch(train_loader, epoch)
         # the last epoch's validation runs to its end: then only the closing evaluation is left
-        probs, targets, val_loss, names = self.predict(val_loader, stoppable=epoch < self.cfg.epochs)
-        from mlabel_exp.metrics import scores as M
+        outputs = {"raw": self.predict(val_loader, stoppable=epoch < self.cfg.epochs)}
+        row.update(_scored("val", outputs["raw"], self.classes, quiet=bool(self.result.history)))
+        if self.average is not None:
+            distributed.broadcast_state(self.average.module, buffers_only=True)  # rank 0's (the saved) statistics
+            outputs["ema"] = self.predict(val_loader, epoch < self.cfg.epochs, self._predictor(self.average.module))
+            row.update(_scored("val_ema", outputs["ema"], self.classes, quiet=True, every=False))
+        row.update({"lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
+        weights = "ema" if "ema" in outputs and row["val_ema/mAP"] > row["val/mAP"] else "raw"
+        return self._end_epoch(epoch, row, outputs[weights], weights)
 
-        scores = M.compute(probs, targets, classes=self.classes, quiet=bool(self.result.history))
-        row.update({"val/loss": val_loss, **{M.logged_name("val", k): v for k, v in scores.items()},
-                    "lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
-        return self._end_epoch(epoch, row, probs, targets, names)
-
-    def _end_epoch(self, epoch: int, row: dict[str, float], probs, targets, names) -> bool:
-        """Record epoch ``epoch``: best score, patience, checkpoints, report. Returns True when early stopping ends the run."""
-        r = self.result
+    def _end_epoch(self, epoch: int, row: dict[str, float], outputs, weights: str) -> bool:
+        """Record epoch ``epoch`` with the validation ``outputs`` of its kept ``weights`` (raw or ema): best score,
+        patience, checkpoints, report. Returns True when early stopping ends the run."""
+        r, (probs, targets, _, names) = self.result, outputs
         r.history.append({"epoch": epoch, **row})
         self.epoch = epoch
-        improved = row["val/mAP"] > r.best_score
+        score = row["val_ema/mAP" if weights == "ema" else "val/mAP"]
+        improved = score > r.best_score
         if improved:
-            r.best_epoch, r.best_score = epoch, row["val/mAP"]
+            r.best_epoch, r.best_score, r.best_weights = epoch, score, weights
             r.best_probs, r.best_targets, r.best_names = probs, targets, names
             r.thresholds = self.callbacks.on_new_best(epoch, probs, targets)
             self.since_best = 0
@@ -257,8 +293,9 @@ class Trainer:
         _log_epoch(epoch, self.cfg.epochs, row, improved)
         self.callbacks.on_epoch_end(epoch, row)
         if improved:
-            self.checkpoints.save_best(self.net.state_dict(), epoch, r.best_score,
-                                       {"probs": probs, "targets": targets, "names": names}, r.thresholds)
+            kept = self.average.module if weights == "ema" else self.net
+            self.checkpoints.save_best(kept.state_dict(), epoch, r.best_score,
+                                       {"probs": probs, "targets": targets, "names": names}, r.thresholds, weights)
         self.checkpoints.save_last(self.state_dict())
         patience = self.cfg.early_stopping_patience
         if patience and self.since_best >= patience:
@@ -268,10 +305,13 @@ class Trainer:
 
     def fit(self, train_loader, val_loader, resume: dict | None = None, resume_best: dict | None = None) -> FitResult:
         """Train for ``cfg.epochs``; ``resume`` (a last.pt state) continues an interrupted run exactly."""
+        decay = ema_decay(self.cfg.ema, epoch_steps(train_loader, self.cfg))
+        self.average = WeightAverage(self.net, decay) if decay is not None else None
         if resume:
-            self._resume(resume, resume_best, epoch_steps(train_loader, self.cfg))
-        self.estimate = RunEstimate(self.device, epoch_steps(train_loader, self.cfg), epoch_steps(val_loader, self.cfg),
-                                    self.cfg.epochs - self.epoch)
+            _resume(self, resume, resume_best, epoch_steps(train_loader, self.cfg))
+        validations = 2 if self.average is not None else 1  # the raw weights' and the average's
+        self.estimate = RunEstimate(self.device, epoch_steps(train_loader, self.cfg),
+                                    epoch_steps(val_loader, self.cfg) * validations, self.cfg.epochs - self.epoch)
         epoch = self.epoch
         try:
             for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
