@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mlabel_exp.errors import ConfigError
-from mlabel_exp.cli.predict import predict
+from mlabel_exp.experiment.predict import predict
 from mlabel_exp.config import PredictConfig
 from mlabel_exp.experiment.train import train
 from tests.conftest import artifact_paths, compose_cfg, huge_png, mlflow_runs, peak_memory_growth, tiny_overrides
@@ -433,7 +433,7 @@ def test_predict_replays_a_smaller_decoded_cache_size(tmp_path):
 @pytest.fixture(scope="module")
 def exported(trained):
     """The run exported once, by its id's prefix, into its output folder (the default), and logged under it."""
-    from mlabel_exp.cli.export import export
+    from mlabel_exp.experiment.export import export
     from mlabel_exp.config import ExportConfig, TrackingConfig
 
     tmp, client, run_id, _ = trained
@@ -571,7 +571,7 @@ def test_export_fails_in_one_line_and_logs_nothing_when_the_exported_model_diffe
 def test_predict_warns_when_every_image_gets_the_same_labels(trained, tmp_path, caplog):
     """Ten copies of one image get one label set: one warning line naming it (a model fed images unlike its training
     images does that silently otherwise). Fewer than ten images, or two label sets, say nothing."""
-    from mlabel_exp.cli.predict import SAME_LABELS_MIN, same_labels_warning
+    from mlabel_exp.experiment.predict import SAME_LABELS_MIN, same_labels_warning
 
     tmp, _, run_id, images = trained
     folder = tmp_path / "same"

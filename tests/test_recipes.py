@@ -366,8 +366,8 @@ def test_export_with_tta_matches_predict_with_tta(recipe_run, tmp_path):
     and both differ from the plain ones by more than it (the check could fail)."""
     import onnx
 
-    from mlabel_exp.cli.export import export
-    from mlabel_exp.cli.predict import predict
+    from mlabel_exp.experiment.export import export
+    from mlabel_exp.experiment.predict import predict
     from mlabel_exp.config import ExportConfig, PredictConfig
 
     tmp, _, _ = recipe_run
