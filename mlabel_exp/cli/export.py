@@ -14,7 +14,6 @@ EXPORTER_NAMES = {"dynamo": "torch.onnx's dynamo exporter (torch.export)",
 
 def _main(cfg) -> None:
     from mlabel_exp.experiment.export import export
-    from mlabel_exp.inference.exported import OPSET
 
     try:
         done = export(validate(cfg, ExportConfig))
