@@ -2,12 +2,14 @@
 and the setting that fixes each; four figures; the audit's MLflow run. And data sets stay apart: a run's experiment
 defaults to its data set's name."""
 
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from mlabel_exp.render.shell import python
 from tests.conftest import compose_cfg, mlflow_runs, write_tree
 
 
@@ -62,8 +64,8 @@ def test_inspect_lists_every_problem_in_one_run_and_writes_the_figures(tmp_path,
     no_class = _block(out, "image in no class")  # 20..24 (im5 is cat's): 5, three shown
     assert no_class[0].startswith("  image in no class: 5 ") and no_class[-1] == "    ... and 2 more"
     assert "Problems (13 in 7 kind(s))" in out
-    assert out.rstrip().splitlines()[-1] == \
-        f"Next: python -m mlabel_exp.run data=folder data.root={root} data.cache_dir={tmp_path / 'cache'}"
+    assert shlex.split(out.rstrip().splitlines()[-1].removeprefix("Next: ")) == \
+        [*python(), "-m", "mlabel_exp.run", "data=folder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"]
     names = ["positives_per_class.png", "labels_per_image.png", "cooccurrence.png", "split_per_class.png"]
     for name in names:
         with Image.open(out_dir / name) as im:

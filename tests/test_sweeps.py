@@ -92,9 +92,10 @@ def test_parallel_regularisation_sweep_gives_one_run_per_combination_under_one_p
     lines = [line for line in logs.splitlines() if "SADeprecationWarning" not in line and "configure_mappers" not in line]
     jobs = [line for line in lines if line.startswith("job ")]
     assert len(jobs) == 4 and all("val mAP 0." in line for line in jobs), logs
-    assert len(lines) == 1 + 4 + 1 + 4 + 4, logs  # start, jobs, title, settings, best / compare / look / sweep
+    assert len(lines) == 1 + 4 + 1 + 4 + 5, logs  # start, jobs, title, settings, best / compare / look / sweep / runs
     assert sum(line.startswith("look:") for line in lines) == 1 and sum("compare sweep=" in line for line in lines) == 1
-    assert all(len(line) <= 120 for line in lines if str(tmp_path) not in line), logs
+    assert sum(line.startswith("runs:") and "viewStateShareKey=" in line for line in lines) == 1  # the runs table
+    assert all(len(line) <= 120 for line in lines if str(tmp_path) not in line and sys.prefix not in line), logs
     # the parent names the winning setting (one seed each here: the best run's) and carries its mean
     best = max(children, key=lambda r: r.data.metrics["val/best_mAP"])
     typed = {w for w in best.data.tags["overrides"].split() if w.startswith(("dropout=", "weight_decay="))}

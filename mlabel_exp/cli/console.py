@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mlabel_exp.experiment import hydra_job as job
+from mlabel_exp.render.shell import module_command
 from mlabel_exp.tracking.client import run_url, ui_command
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class SweepSummary(Callback):
 
 
 def settings_table(children: list[dict], settings: list, title: str, look: list[str],
-                   compare: str = "python -m mlabel_exp.compare sweep=latest") -> str:
+                   compare: str = "") -> str:
     """The end of a sweep or a search: its settings best first (mean best val mAP over seeds, each seed's value), the
     runs that did not finish, the winner, the command that tests it, and where to look: each once."""
     if not children:
@@ -128,7 +129,7 @@ def settings_table(children: list[dict], settings: list, title: str, look: list[
     if settings:
         more = "" if all(len(s.seeds) > 1 for s in settings[:2]) else " (one seed: repeat it, e.g. -m seed=0,1,2)"
         lines.append(shorten(f"best setting: {settings[0].name}{more}"))
-    lines.append(f"is it more than seed noise? {compare}")
+    lines.append(f"is it more than seed noise? {compare or module_command('compare', 'sweep=latest')}")
     return "\n".join([*lines, *look])
 
 
@@ -150,5 +151,6 @@ def closing_block(outcome) -> str:
         if not outcome.tracking_uri.startswith(("http://", "https://")):
             lines.append(f"look:     {ui_command(outcome.tracking_uri)}")
         lines.append(f"run:      {run_url(outcome.tracking_uri, outcome.experiment_id, outcome.run_id)}")
+        lines.append(f"runs:     {run_url(outcome.tracking_uri, outcome.experiment_id)}")
     rule = "-" * 72
     return "\n".join([rule, *lines, rule])

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 from mlabel_exp.cli import console
 from mlabel_exp.cli.app import command
 from mlabel_exp.config import SearchJobConfig
+from mlabel_exp.render.shell import module_command, override
 from mlabel_exp.experiment.search import end_search, search
 
 
@@ -26,7 +27,7 @@ def search_and_report(cfg: DictConfig):
         return study
     children, settings, look = ended
     print(console.settings_table(children, settings, f"study {study.study_name!r} ({summary.split(';')[0]})", look,
-                                 f"python -m mlabel_exp.compare sweep={sweep_id}"), flush=True)
+                                 module_command("compare", override("sweep", sweep_id))), flush=True)
     return study
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from mlabel_exp.cli.app import command
 from mlabel_exp.config import SyntheticCommandConfig, resolve_path, validate
 from mlabel_exp.errors import ConfigError
+from mlabel_exp.render.shell import module_command, override
 
 
 def _main(cfg) -> None:
@@ -22,7 +23,7 @@ def _main(cfg) -> None:
     data = "csv" if typed.format == "onehot" else typed.format
     what = "annotation files" if typed.format == "folder" else f"classes in the {typed.format} format"
     print(f"wrote {typed.num_images} images and {len(PREVALENCE)} {what} to {out}; "
-          f"train on it: python -m mlabel_exp.run data={data} data.root={out}")
+          f"train on it: {module_command('run', override('data', data), override('data.root', str(out)))}")
 
 
 def main() -> None:

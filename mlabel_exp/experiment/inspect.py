@@ -18,13 +18,15 @@ from mlabel_exp.data.audit_figures import write_figures
 from mlabel_exp.data.split import split_from_config
 from mlabel_exp.experiment.hydra_job import task_overrides
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.render.shell import module_command
 from mlabel_exp.tracking.runs import log_audit
 
 
 def next_command() -> str:
-    """``python -m mlabel_exp.run`` with the data settings this audit was given."""
+    """``python -m mlabel_exp.run`` with the data settings this audit was given, as they were typed (Hydra's syntax:
+    its quotes kept), quoted for the shell: it runs as printed."""
     given = [o for o in task_overrides() if o.split("=")[0].lstrip("+~").startswith("data")]
-    return " ".join(["python -m mlabel_exp.run", *given])
+    return module_command("run", *given)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from mlabel_exp.floats import as_threshold, written
 from mlabel_exp.fsutil import share_bytes, write_atomic
 from mlabel_exp.inference.outputs import write_predictions
 from mlabel_exp.render.figures import save
+from mlabel_exp.render.shell import module_command, override
 from mlabel_exp.runtime import distributed
 from mlabel_exp.tracking import registry
 from mlabel_exp.tracking.runs import BEST_SCORE, NullTracker, flatten
@@ -228,8 +229,9 @@ def log_diagnostics(tracker, settings, out: Path, index, step: int) -> None:
         metrics = P.write_diagnostics(out / P.FOLDER, evaluations, settings)
         P.activation_maps(out / P.FOLDER, evaluations, out / "checkpoints" / "best.pt", settings)
     except Exception as e:  # noqa: BLE001 - reported, and the diagnose command can redo it
-        log.warning("diagnostics failed (%s: %s); python -m mlabel_exp.diagnose run=%s writes them again",
-                    type(e).__name__, e, tracker.run_id or "<run id>")
+        log.warning("diagnostics failed (%s: %s); %s writes them again", type(e).__name__, e,
+                    module_command("diagnose", override("run", tracker.run_id)) if tracker.run_id else
+                    "python -m mlabel_exp.diagnose run=<run id>")
         tracker.set_tags({"diagnostics_error": f"{type(e).__name__}: {e}"[:500]})
         return
     tracker.log_metrics(metrics, step=step)

@@ -17,6 +17,7 @@ from typing import Any
 from mlabel_exp.config import project_root
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import file_lock
+from mlabel_exp.render.shell import command, script
 
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -30,8 +31,9 @@ LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def ui_command(uri: str) -> str:
-    """How to look at a local store (one web worker starts in seconds on 2 busy cores; the default 4 take a minute)."""
-    return f"mlflow ui --backend-store-uri {uri} --workers 1 --port 5000"
+    """How to look at a local store, as a command that runs as printed (this environment's mlflow, whether or not it
+    is on the PATH; render.shell); one web worker starts in seconds on 2 busy cores, the default 4 take a minute."""
+    return command(*script("mlflow"), "ui", "--backend-store-uri", uri, "--workers", "1", "--port", "5000")
 
 
 # The runs table as the project's link opens it. MLflow 3.17's UI takes the table's sort from the URL (orderByKey,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlabel_exp.render.shell import module_command, override
 from mlabel_exp.tracking.client import run_url, store_exists, store_lock, ui_command
 from mlabel_exp.tracking.query import run_record
 from mlabel_exp.tracking.runs import BEST_SCORE, KIND_TAG, Tracker
@@ -87,6 +88,7 @@ def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str,
     look = [] if tracker.uri.startswith(("http://", "https://")) else [f"look:  {ui_command(tracker.uri)}"]
     if parent is not None:
         look.append(f"sweep: {run_url(tracker.uri, tracker.experiment_id, parent)}")
+    look.append(f"runs:  {run_url(tracker.uri, tracker.experiment_id)}")
     return children, settings, look
 
 
@@ -97,7 +99,7 @@ def _winner_tags(best, n_settings: int, n_runs: int, summary: str, parent: str) 
             f"({', '.join(f'{v:.4f}' for v in best.values)})" if len(best.seeds) > 1
             else f"val mAP {best.mean:.4f}, one seed")
     note = (f"**Best setting of {n_settings}** ({n_runs} runs): {best.name} ({over}). Whether it is more than seed "
-            f"noise: `python -m mlabel_exp.compare sweep={parent[:8]}`.")
+            f"noise: `{module_command('compare', override('sweep', parent[:8]))}`.")
     return {"best_settings": best.name, "best_setting_runs": " ".join(r["run_id"] for r in best.runs),
             "best_run_id": top["run_id"], "best_run_name": top["name"],
             "mlflow.note.content": f"{note}\n\n{summary[:2000]}"}
