@@ -25,15 +25,34 @@ def png(path, colour=(200, 30, 30), size=(24, 16)):
 
 
 def embedded_images(page: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+    """The bytes of every image embedded in the page (PNG or JPEG), in order."""
+    return [base64.b64decode(m) for m in re.findall(
+        r'<img [^>]*src="data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)"', page)]
 
 
-def assert_self_contained(page: str) -> None:
-    """No reference the browser would follow: every src is an embedded PNG, no href, no script, no http/file URL."""
+def pixels(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def assert_self_contained(page: str, folder=None) -> None:
+    """Nothing the browser would fetch: every src an embedded image, no script or style sheet, no URL with a scheme;
+    a link goes to a section of the page (#id, which is there) or to a file beside it (relative, never above its
+    folder; present in ``folder`` where given)."""
     sources = re.findall(r'\bsrc="([^"]*)"', page)
-    assert all(s.startswith("data:image/png;base64,") for s in sources)
-    assert not re.search(r"\bhref=|<script|<link|@import|url\(", page, re.I)
+    assert all(re.match(r"data:image/(png|jpeg);base64,", s) for s in sources)
+    assert not re.search(r"<script|<link|@import|url\(", page, re.I)
     assert not re.search(r"(https?|file)://", page)
+    for href in re.findall(r'\bhref="([^"]*)"', page):
+        if href.startswith("#"):
+            assert f'id="{href[1:]}"' in page, href
+        else:
+            assert not href.startswith("/") and ".." not in href.split("/") and ":" not in href, href
+            assert folder is None or (folder / href).is_file(), href
 
 
 def test_page_embeds_every_figure_and_table_row_and_nothing_external(tmp_path):
@@ -44,34 +63,68 @@ def test_page_embeds_every_figure_and_table_row_and_nothing_external(tmp_path):
                 report.Section("Empty", [])]
     page = report.render("Title & co", "The verdict sentence.", sections)
     assert "The verdict sentence." in page and "Title &amp; co" in page
-    assert embedded_images(page) == [p.read_bytes() for p in images.values()]  # each file, whole, in order
+    shown = embedded_images(page)  # each file, every pixel (a chart's 256-colour copy loses none of 3 colours), in order
+    assert len(shown) == 3 and all((pixels(a) == pixels(p.read_bytes())).all() for a, p in zip(shown, images.values()))
     assert "a &lt;b&gt;" in page and "<td>0.5123</td>" in page and "<b>" not in page  # escaped, 4 decimals
     assert "Empty" not in page  # a section with nothing in it is left out
+    assert '<a href="#s-tables">Tables</a> <a href="#s-figures">Figures</a></nav>' in page  # the contents, in order
+    assert "href=\"f0.png\"" not in page  # rendered without its folder: no link
     assert_self_contained(page)
 
 
-def test_diagnostics_section_renders_index_json_in_order_and_is_absent_without_it(tmp_path):
+def test_a_page_of_photographs_is_a_folded_thumbnail_linked_to_its_file_and_a_chart_its_own_size(tmp_path):
+    """What keeps a run's page a few megabytes: a gallery is a JPEG thumbnail of a fixed width inside <details>,
+    linked to the file beside the page; a chart keeps its size and pixels (up to its 256-colour copy)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "diagnostics").mkdir()
+    photo = tmp_path / "diagnostics" / "gallery.png"
+    Image.fromarray(rng.integers(0, 256, (500, 1400, 3), dtype=np.uint8)).save(photo)
+    chart = png(tmp_path / "chart.png", (0, 90, 200), size=(900, 300))
+    sections = [report.Section("Chart", [report.Figure(chart, "a chart")]),
+                report.Section("Galleries", [report.Fold("errors of cat", [report.Figure(photo, "cat", thumbnail=560)])])]
+    page = report.write(tmp_path / "report.html", "run", "", sections).read_text()
+    shown, thumb = embedded_images(page)
+    assert (pixels(shown) == pixels(chart.read_bytes())).all()
+    assert pixels(thumb).shape == (200, 560, 3) and thumb[:2] == b"\xff\xd8"  # a JPEG, 560 px wide, the aspect kept
+    folded = page[page.index("<details>"):page.index("</details>")]
+    assert "<summary>errors of cat</summary>" in folded and 'href="diagnostics/gallery.png"' in folded
+    assert len(thumb) < 560 * 200 * 3 / 4 < photo.stat().st_size / 10  # noise: the worst case for a JPEG
+    assert_self_contained(page, tmp_path)
+
+
+def test_diagnostics_sections_render_index_json_in_order_with_galleries_and_maps_folded(tmp_path):
     folder = tmp_path / "diagnostics"
-    assert report.diagnostics_section(folder) is None
-    folder.mkdir()
-    png(folder / "calibration.png")
+    assert run_report.diagnostics_sections(folder)[0].items == []
+    (folder / "activation_maps").mkdir(parents=True)
+    for name in ("calibration.png", "gallery_val_00_cat.png", "activation_maps/00_cat.png"):
+        png(folder / name)
     pd.DataFrame({"class": ["cat", "dog"], "ECE": [0.125, 0.25]}).to_csv(folder / "calibration.csv", index=False)
     json.dump([{"title": "Calibration", "image": "calibration.png", "caption": "reliability"},
+               {"title": "Errors of cat", "image": "gallery_val_00_cat.png", "caption": "the errors"},
                {"title": "Calibration table", "table": "calibration.csv", "caption": "per class"},
-               {"title": "Gone", "image": "gone.png", "caption": ""}], (folder / "index.json").open("w"))
-    section = report.diagnostics_section(folder)
-    page = report.render("run", "", [section])
+               {"title": "Gone", "image": "gone.png", "caption": ""},
+               {"title": "where the model looks: cat", "image": "activation_maps/00_cat.png", "caption": "maps"}],
+              (folder / "index.json").open("w"))
+    main, galleries, maps = run_report.diagnostics_sections(folder)
+    page = report.render("run", "", [main, galleries, maps], base=tmp_path)
     assert page.index("Calibration") < page.index("Calibration table") < page.index("Gone")
-    assert len(embedded_images(page)) == 1 and "reliability" in page and "<td>dog</td>" in page
-    assert "gone.png is missing" in page
+    assert "reliability" in page and "<td>dog</td>" in page and "gone.png is missing" in page
+    assert (galleries.heading, maps.heading) == ("Error galleries (1, folded)", "Activation maps (1, folded)")
+    assert [f.summary for f in galleries.items + maps.items] == ["Errors of cat", "where the model looks: cat"]
+    assert page.count("<details>") == 2 and 'href="diagnostics/activation_maps/00_cat.png"' in page
+    assert_self_contained(page, tmp_path)
 
 
 def run_folder(tmp_path, with_diagnostics: bool):
     out = tmp_path / "out"
     out.mkdir()
     summary = {"val": {"mAP": 0.61234, "best_epoch": 3, "epochs": 5},
-               "tuned": {"mAP": 0.6, "f1_micro": 0.5, "f1_macro": 0.4567, "global_threshold": 0.3},
-               "test": {"mAP": 0.55556, "f1_micro": 0.44444, "f1_macro": 0.3, "loss": 0.2}}
+               "tuned": {"mAP": 0.61234, "f1_micro": 0.5, "f1_macro": 0.4567, "precision_macro": 0.25, "CP": 0.25,
+                         "CF1": 0.3, "global_threshold": 0.3},
+               "test": {"mAP": 0.55556, "f1_micro": 0.44444, "f1_macro": 0.3, "precision_macro": 0.5, "CP": 0.5,
+                        "CF1": 0.2, "loss": 0.2}}
     (out / "summary.json").write_text(json.dumps(summary))
     (out / "thresholds.json").write_text(json.dumps({"classes": ["cat", "dog"], "global": 0.3, "per_class": [0.2, 0.4]}))
     pd.DataFrame({"class": ["cat", "dog"], "support": [4, 2], "AP": [0.7, 0.5], "threshold": [0.2, 0.4]}).to_csv(
@@ -80,22 +133,44 @@ def run_folder(tmp_path, with_diagnostics: bool):
         png(out / name)
     if with_diagnostics:
         (out / "diagnostics").mkdir()
-        png(out / "diagnostics" / "gallery.png", (0, 90, 0))
+        png(out / "diagnostics" / "gallery_val_00_cat.png", (0, 90, 0))
+        png(out / "diagnostics" / "per_class_ap_val.png", (0, 0, 90))
+        pd.DataFrame({"class": ["cat", "dog", "eel"], "support": [4, 2, 0], "AP": [0.7, 0.5, float("nan")]}).to_csv(
+            out / "diagnostics" / "per_class_ap_val.csv", index=False)
         (out / "diagnostics" / "index.json").write_text(json.dumps(
-            [{"title": "Worst images", "image": "gallery.png", "caption": "the largest losses"}]))
+            [{"title": "Per-class AP with intervals (val)", "image": "per_class_ap_val.png", "caption": "intervals"},
+             {"title": "Errors of cat (val)", "image": "gallery_val_00_cat.png", "caption": "the largest losses"}]))
     return out
 
 
 @pytest.mark.parametrize("with_diagnostics", [False, True])
-def test_run_report_shows_the_headline_figures_thresholds_and_diagnostics(tmp_path, with_diagnostics):
+def test_run_report_shows_the_headline_contents_key_figures_thresholds_and_diagnostics(tmp_path, with_diagnostics):
     out = run_folder(tmp_path, with_diagnostics)
     page = run_report.write_run_report(out, "smallcnn: run x").read_text()
     assert "Best val mAP 0.6123 at epoch 3 of 5; test mAP 0.5556, F1 micro 0.4444" in page
+    assert ("Weakest classes (val AP, positives): dog 0.500 (2), cat 0.700 (4)." in page) == with_diagnostics
     assert "<td>cat</td>" in page and "global threshold 0.3" in page
+    # the per-class AP with intervals takes the plain one's place; the gallery is folded
     assert len(embedded_images(page)) == 3 + with_diagnostics
-    assert ("<h2>Diagnostics</h2>" in page) == with_diagnostics
-    assert ("the largest losses" in page) == with_diagnostics
-    assert_self_contained(page)
+    assert ("intervals" in page) == with_diagnostics and ("<details><summary>Errors of cat (val)" in page) == with_diagnostics
+    contents = re.search(r'<nav class="toc">(.*?)</nav>', page).group(1)
+    headings = re.findall(r'<h2 id="[^"]+">([^<]+)</h2>', page)
+    assert re.findall(r">([^<]+)</a>", contents) == headings  # every section, in order
+    assert headings[:2] == ["Key figures", "Metrics"]
+    assert ("Error galleries (1, folded)" in headings) == with_diagnostics
+    assert page.index("<h3>Curves</h3>") < page.index("Metrics</h2>") < page.index("<h3>Precision-recall</h3>")
+    assert_self_contained(page, out)
+
+
+def test_the_run_reports_metrics_table_has_each_metric_once_and_every_column_filled(tmp_path):
+    """The ML-GCN names (CP, ...) share a row with their twin; CF1 (F1 of CP and CR, not the mean F1) has its own;
+    validation's column holds the threshold-free mAP and the out-of-fold tuned figures."""
+    summary = json.loads((run_folder(tmp_path, False) / "summary.json").read_text())
+    table = run_report.metrics_table(summary).set_index("metric")
+    assert list(table.columns) == ["validation", "test"]
+    assert list(table.index) == ["mAP", "f1_micro", "f1_macro", "precision_macro (CP)", "CF1", "global_threshold", "loss"]
+    assert table.loc["mAP", "validation"] == 0.61234 and table.loc["precision_macro (CP)", "test"] == 0.5
+    assert table.loc["CF1"].tolist() == [0.3, 0.2]
 
 
 def groups_frame(rows: list[tuple[str, str, int, float]]) -> Groups:

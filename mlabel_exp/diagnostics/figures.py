@@ -65,24 +65,40 @@ def reliability(cal, classes: list[str], panels: list[int], positives, known, ru
     return fig
 
 
+#: Widest figure a page shows at its own size (report.html's column: 1,200 px less its margins, at 100 dpi), inches.
+PAGE_WIDTH = 11.5
+CELL = 0.27  # the narrowest cell (inches) that holds a value written at 7 points ("0.25")
+
+
 def confusion(classes: list[str], cooccurrence, fp_share, fp_n, title: str):
-    """Left: P(j present | i present) of the true labels (label correlation). Right: P(j predicted | i present,
-    j absent), the false positives of j when i is in the image (model confusion); blank where no image qualifies."""
+    """Left (or above): P(j present | i present) of the true labels (label correlation). Right (or below): P(j
+    predicted | i present, j absent), the false positives of j when i is in the image (model confusion); blank where no
+    image qualifies. As wide as a page shows at its own size, so the values written in the cells read at 7-8 points:
+    side by side where the cells are wide enough, else one above the other."""
     n = len(classes)
-    side = max(5.0, 0.55 * n + 2.8)
-    fig, (left, right) = figure(1, 2, figsize=(2 * side + 1.5, side + 0.6))
+    side_by_side = (PAGE_WIDTH - 3.6) / 2 / n >= CELL
+    cell = (PAGE_WIDTH - 3.6) / 2 / n if side_by_side else min(0.6, (PAGE_WIDTH - 2.2) / n)
+    panel = n * cell + 1.5  # the matrix, its rotated class names below and its title above
+    fig, (left, right) = figure(1 if side_by_side else 2, 2 if side_by_side else 1,
+                                figsize=(PAGE_WIDTH, (panel if side_by_side else 2 * panel) + 0.7))
+    fontsize = 7 if cell < 0.4 else 8
     cooc = np.asarray(cooccurrence, dtype=float)
-    class_matrix(fig, left, classes, cooc / np.maximum(np.diag(cooc), 1)[:, None], vmax=1.0)
-    left.set(xlabel="class j", ylabel="images holding class i",
-             title="true labels: P(j present | i present)\n(how labels go together in the data)")
+    class_matrix(fig, left, classes, cooc / np.maximum(np.diag(cooc), 1)[:, None], vmax=1.0, fontsize=fontsize)
+    left.set(xlabel="class j", ylabel="images holding class i")
+    left.set_title("true labels: P(j present | i present)\n(how labels go together in the data)", fontsize=9)
     top = float(np.nanmax(fp_share)) if np.isfinite(fp_share).any() else 1.0
-    class_matrix(fig, right, classes, fp_share, vmax=max(top, 0.05), cmap="magma")
-    right.set(xlabel="class j (predicted although absent)", ylabel="images holding class i",
-              title=f"errors: P(j predicted | i present, j absent)\n(false positives of j; colour scale 0-{max(top, 0.05):.2f})")
+    class_matrix(fig, right, classes, fp_share, vmax=max(top, 0.05), cmap="magma", fontsize=fontsize)
+    right.set(xlabel="class j (predicted although absent)", ylabel="images holding class i")
+    right.set_title(f"errors: P(j predicted | i present, j absent)\n(false positives of j; colour scale 0-"
+                    f"{max(top, 0.05):.2f})", fontsize=9)
+    for ax in (left, right):
+        ax.tick_params(labelsize=8)
     fewest = int(fp_n[fp_n > 0].min()) if (fp_n > 0).any() else 0
-    fig.suptitle(f"{title}\nRight: j is truly absent in every image counted, so label correlation cannot raise a cell; "
-                 f"a bright cell there is the model confusing j with i (the fewest images behind a cell: {fewest})",
-                 fontsize=10)
+    side = "Right" if side_by_side else "Below"
+    fig.suptitle(title + "\n" + textwrap.fill(
+        f"{side}: j is truly absent in every image counted, so label correlation cannot raise a cell; a bright cell "
+        f"there is the model confusing j with i (the fewest images behind a cell: {fewest})", int(PAGE_WIDTH * 13)),
+        fontsize=9)
     fig.tight_layout()
     return fig
 

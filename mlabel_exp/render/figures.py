@@ -66,9 +66,10 @@ def class_rows_height(n: int) -> float:
     return max(3.0, 0.32 * n + 1.5)
 
 
-def class_matrix(fig, ax, classes: list[str], values, vmax: float = 1.0, cmap: str = "viridis") -> None:
-    """A class-by-class matrix on ``ax``: cells coloured 0..``vmax`` with their value written (up to 20 classes), NaN
-    cells blank, a colour bar."""
+def class_matrix(fig, ax, classes: list[str], values, vmax: float = 1.0, cmap: str = "viridis",
+                 fontsize: float = 8) -> None:
+    """A class-by-class matrix on ``ax``: cells coloured 0..``vmax`` with their value written (up to 20 classes, at
+    ``fontsize``), NaN cells blank, a colour bar."""
     import numpy as np
 
     values = np.asarray(values, dtype=float)
@@ -80,6 +81,6 @@ def class_matrix(fig, ax, classes: list[str], values, vmax: float = 1.0, cmap: s
         for i in range(n):
             for j in range(n):
                 if values[i, j] == values[i, j]:
-                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=fontsize,
                             color="black" if values[i, j] > 0.6 * vmax else "white")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
