@@ -451,11 +451,64 @@ def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run
     cfg = DiagnoseConfig(run=run.info.run_id[:6], out=str(tmp_path / "again"), diagnostics=DiagnosticsConfig(
         gallery_classes=1, resamples=200, activation_maps=1), tracking=TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                                                                    experiment="mlabel-exp"))
-    written = diagnose(cfg).folder
+    done = diagnose(cfg)
+    written = done.folder
     assert sorted(drawn) == sorted(p.name for p in folder.glob("*.png"))
     for name in [p.name for p in folder.iterdir() if p.suffix in (".csv", ".json")]:
         assert (written / name).read_text() == (folder / name).read_text(), name
     assert len(client.get_metric_history(run.info.run_id, "test/ece")) == 2  # logged into the run once more
+    _diagnose_says_where_it_fails_and_rewrites_the_report(out, done, client, run)
+
+
+def _read_labels(csv: Path):
+    """(classes, probabilities, true labels with unknowns -1, predicted labels) of a predictions CSV, read plainly."""
+    import json
+
+    frame = pd.read_csv(csv)
+    classes = list(frame.columns[1:frame.columns.get_loc("labels")])
+    def hot(column):
+        return np.array([[c in json.loads(v) for c in classes] for v in frame[column]])
+    targets = np.where(hot("unknown_labels"), -1, hot("true_labels").astype(int))
+    return classes, frame[classes].to_numpy(), targets, hot("labels")
+
+
+def _diagnose_says_where_it_fails_and_rewrites_the_report(out, done, client, run):
+    """diagnose's findings against a plain reference (scikit-learn's AP over the known labels; the confusion counted
+    image by image), the run's page as a person opens it (contents first, galleries folded, a few hundred KB at most
+    per page of photographs), and report.html rewritten beside the new diagnostics and logged into the run."""
+    from sklearn.metrics import average_precision_score
+
+    from mlabel_exp.cli.diagnose import findings
+    from mlabel_exp.diagnostics.report import THUMBNAIL_PX
+    from tests.test_report import assert_self_contained
+
+    classes, probs, targets, predicted = _read_labels(out / "predictions" / "val.csv")
+    ap = {c: average_precision_score(targets[targets[:, k] >= 0, k], probs[targets[:, k] >= 0, k])
+          for k, c in enumerate(classes) if (targets[:, k] == 1).any()}
+    worst = sorted(ap, key=ap.get)[:3]
+    assert [c for c, _, _ in done.worst["val"]] == worst
+    assert [a for _, a, _ in done.worst["val"]] == pytest.approx([ap[c] for c in worst], abs=1e-5)  # float32 files
+    assert [n for _, _, n in done.worst["val"]] == [int((targets[:, classes.index(c)] == 1).sum()) for c in worst]
+    for i, j, share, n in done.confusions["val"]:
+        among = (targets[:, classes.index(i)] == 1) & (targets[:, classes.index(j)] == 0)
+        assert n == among.sum() and share == pytest.approx(predicted[among, classes.index(j)].mean())
+    printed = "\n".join(findings(done))
+    assert f"weakest classes (val AP, positives): {worst[0]} {ap[worst[0]]:.3f}" in printed
+    assert all(f"{i} -> {j}: {share:.2f} of {n} images" in printed for i, j, share, n in done.confusions["val"])
+    page = (out / "report.html").read_text()  # the training run's, from its own diagnostics
+    assert_self_contained(page, out)
+    assert page.index('<nav class="toc">') < page.index("<h2") and "<details><summary>Errors of " in page
+    photos = [p for p in (out / "diagnostics").rglob("*.png") if p.name.startswith("gallery_") or
+              p.parent.name == "activation_maps"]
+    charts = [p for p in [*out.glob("*.png"), *(out / "diagnostics").glob("*.png")] if p not in photos]
+    bound = 4 / 3 * (sum(p.stat().st_size for p in charts) + len(photos) * THUMBNAIL_PX ** 2) + 100_000
+    assert len(page.encode()) < bound  # a thumbnail: at most 1 byte a pixel, and never taller than wide
+    rewritten = done.report.read_text()
+    assert done.report == done.folder.parent / "report.html" and done.report.parent != out
+    assert "Weakest classes (val AP, positives): " + ", ".join(f"{c} {a:.3f} ({n})" for c, a, n in done.worst["val"]) \
+        in rewritten and f"Best val mAP {run.data.metrics['val/best_mAP']:.4f}" in rewritten  # the run's own files
+    stored = client.download_artifacts(run.info.run_id, "report.html", str(done.folder.parent / "stored"))
+    assert Path(stored).read_text() == rewritten
 
 
 @pytest.mark.parametrize("args,message", [
@@ -475,7 +528,7 @@ def test_a_settings_error_is_one_line_and_exit_status_2(args, message, tmp_path)
 @pytest.mark.integration
 def test_a_smoke_run_logs_no_third_party_warning_and_ends_by_saying_where_to_look(tmp_path):
     """The real command, as a person runs it: a pyfunc model is logged, the log holds no warning from a library,
-    and the last lines name the best figure, the output folder, the UI command and the run's page."""
+    and the last lines name the best figure, the output folder, the UI command, the run's page and the runs table."""
     done = subprocess.run([sys.executable, "-m", "mlabel_exp.run", *tiny_overrides(tmp_path, "tracking.log_model=true",
                                                                                    f"trainer.output_dir={tmp_path / 'out'}")],
                           capture_output=True, text=True, env={**os.environ, "MLABEL_EXP_ROOT": str(tmp_path)}, timeout=300)
@@ -488,5 +541,7 @@ def test_a_smoke_run_logs_no_third_party_warning_and_ends_by_saying_where_to_loo
     tail = lines[len(lines) - 1 - lines[::-1].index(lines[-1], 1):]  # the closing block, between its two rules
     assert tail[1].startswith(f"best val mAP {run.data.metrics['val/best_mAP']:.4f} at epoch")
     assert f"outputs:  {tmp_path / 'out'}" in tail and "--workers 1" in " ".join(tail)
-    assert tail[-2] == (f"run:      http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert tail[-3] == (f"run:      http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
                         "?workflowType=machine_learning")
+    assert tail[-2] == (f"runs:     http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?viewStateShareKey="
+                        "mlabel-best-first&workflowType=machine_learning")  # the runs table, best val mAP first

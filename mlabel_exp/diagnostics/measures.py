@@ -212,6 +212,17 @@ def false_positive_given_present(targets: np.ndarray, predicted: np.ndarray) -> 
     return share, n
 
 
+def top_confusions(share: np.ndarray, n: np.ndarray, k: int = 3) -> list[tuple[int, int]]:
+    """The ``k`` cells (i, j) of ``false_positive_given_present`` surest to be high, highest first: ranked by the lower
+    end of the share's 95% Wilson interval, so that 4 images at 100% do not outrank 100 at 80%; a cell without a
+    false positive is none."""
+    share = np.nan_to_num(np.asarray(share, dtype=float), nan=0.0)
+    hits = np.rint(share * n)
+    low = np.where(hits > 0, wilson_interval(hits, np.maximum(n, 1))[0], -1.0)
+    order = np.argsort(-low, axis=None, kind="stable")[:k]
+    return [divmod(int(c), share.shape[1]) for c in order if low.flat[c] > 0]
+
+
 def cooccurrence_counts(targets: np.ndarray) -> np.ndarray:
     """C x C images holding both classes (known positives), the diagonal each class's positives."""
     present = (targets == 1).astype(np.int64)
