@@ -141,8 +141,12 @@ def test_report_html_holds_the_verdict_groups_every_figure_and_per_class_differe
     assert html.escape(comparison_report.verdict(compared.groups)) in page
     for group in compared.groups.table["group"]:
         assert f"<td>{html.escape(group)}</td>" in page
-    assert sorted(embedded_images(page)) == sorted(p.read_bytes() for p in compared.figures.values())
-    assert_self_contained(page)
+    assert len(embedded_images(page)) == len(compared.figures)  # every figure, each linked to its file beside it
+    assert all(f'href="{name}"' in page for name in compared.figures)
+    assert_self_contained(page, compared.out_dir)
+    assert "<details><summary>disagreements.png</summary>" in page and "<details><summary>the 3 runs</summary>" in page
+    for label, group in zip("ABC", compared.groups.table["group"]):  # labelled as on the console
+        assert f"<td>{label}</td>\n      <td>{html.escape(group)}</td>" in page
     # per class: the one class-differences table (class_differences.csv), each cell as the page shows it
     shown = comparison_report.class_table(pd.read_csv(compared.out_dir / "class_differences.csv"))
     assert "Per-class AP: each group against the best" in page
@@ -328,25 +332,32 @@ def test_cli_takes_a_sweep_by_its_parent_runs_id_prefix_and_a_filter_as_typed(st
     assert len(rows) == 2 and f"| {store.ids['b'][:8]} |" in rows[1]
 
 
-def test_cli_prints_the_table_and_writes_the_files(store, tmp_path, monkeypatch, capsys):
+def test_cli_prints_the_table_and_writes_the_files(store, compared, tmp_path, monkeypatch, capsys):
     _command(monkeypatch, "experiment=mlabel-exp", f"tracking.uri={store.uri}", f"out={tmp_path / 'cli'}")
     out = capsys.readouterr()
     runs, groups = out.out.split("Groups across seeds (paired bootstrap over images ")
     rows = [line for line in runs.splitlines() if line.startswith("|")]
-    assert rows[0].split() == ["|", "run_id", "|", "run_name", "|", "dropout_value", "|", "weight_decay_value", "|",
-                               "optimizer", "|", "lr", "|", "best_val_mAP", "|", "tuned_f1_micro", "|"]
+    assert rows[0].split() == ["|", "run_id", "|", "group", "|", "run_name", "|", "dropout_value", "|",
+                               "weight_decay_value", "|", "optimizer", "|", "lr", "|", "best_val_mAP", "|",
+                               "tuned_f1_micro", "|"]
     assert len(rows) == 2 + 3
+    label = dict(zip(compared.groups.table["group"], "ABC"))  # the same runs: the same groups, best first
+    assert sorted(row.split("|")[2].strip() for row in rows[2:]) == ["A", "B", "C"]  # a group each run
     assert [line for line in out.out.splitlines() if len(line) > 120 and "/" not in line] == []
     # what every run shares is said once, above the table
     assert "same in every row: model=smallcnn, trainable=all, seed=0, best_epoch=" in runs
     rows = [line for line in groups.splitlines() if line.startswith("|")]
     assert rows[0].split()[:6] == ["|", "group", "|", "verdict", "|", "mean"] and len(rows) == 2 + 3
+    assert [row.split("|")[1].strip() for row in rows[2:]] == ["A", "B", "C"]
+    assert all(f"\n{letter}: {name}\n" in groups for name, letter in label.items())  # the legend: its settings
+    assert f"runs: http://127.0.0.1:5000/#/experiments/{store.client.get_experiment_by_name('mlabel-exp').experiment_id}" \
+        "/runs?viewStateShareKey=" in out.out
     assert "| best " in rows[2]  # one run a group: the others compared run against run over the images
     assert all("| worse run (p<0.05, 1 seed) " in row or "| not distinguishable from best " in row for row in rows[3:])
     _command(monkeypatch, "experiment=mlabel-exp", f"tracking.uri={store.uri}", f"out={tmp_path / 'wide'}",
              "log_to_mlflow=false", "wide=true")
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| run_id")]
-    assert rows[0].replace(" ", "").startswith("|run_id|run_name|model|dropout_value|")  # every column, in full
+    assert rows[0].replace(" ", "").startswith("|run_id|group|run_name|model|dropout_value|")  # every column, in full
     assert {"comparison.csv", "comparison.md", *FIGURES} <= {p.name for p in (tmp_path / "cli").iterdir()}
     assert "MLflow run:" in out.out and "note: skipped 2 run(s)" in out.out
 

@@ -217,6 +217,29 @@ def test_the_console_table_fits_120_characters_and_says_once_what_every_row_shar
     assert f"dropout=0.6 {shared}" in wide[4] and len(wide) == 2 + 3
 
 
+def test_the_console_calls_each_group_by_a_label_and_a_legend_line_names_the_settings_that_differ():
+    """compare's groups differ in many settings: each is a short label in the tables, the legend gives its settings in
+    full (wrapped, never cut), and a run's row names its group's label."""
+    from mlabel_exp.comparison.table import console_table, group_labels, groups_table, legend, run_labels
+
+    names = ["dropout_value=0.5 trainer=smoke model.weights=/models/resnet18-f37072fd.pth optimizer.lr=0.001 "
+             "weight_decay_value=0.0001 data.synthetic.num_images=80 precision=bfloat16",
+             "dropout_value=0.1 trainer=default model.weights=imagenet optimizer.lr=0.01", "model=vgg16"]
+    table = pd.DataFrame({c: [float("nan")] * 3 for c in groups.COLUMNS} | {
+        "group": names, "verdict": ["best", "worse (p<0.05)", "not distinguishable from best"], "n": [3, 3, 2],
+        "mean": [0.7, 0.6, 0.65], "seeds": ["0 1 2", "0 1 2", "0 1"], "run_ids": ["r0 r1 r2", "r3 r4 r5", "r6 r7"]})
+    found = groups.Groups(table, "constructed", [])
+    rows = console_table(groups_table(found, short=True)).splitlines()
+    assert [row.split("|")[1].strip() for row in rows[2:]] == ["A", "B", "C"] and all(len(r) <= 120 for r in rows)
+    lines = legend(found)
+    assert all(len(line) <= 120 for line in lines) and lines[0].startswith("A: dropout_value=0.5 trainer=smoke")
+    told = " ".join(lines).split()
+    assert [told.index(label) for label in ("A:", "B:", "C:")] == sorted(told.index(label) for label in ("A:", "B:", "C:"))
+    assert " ".join(told) == " ".join(f"{label}: {name}" for label, name in zip("ABC", names))  # each setting, in full
+    assert run_labels(pd.DataFrame({"run_id": ["r6", "r0", "r4", "other"]}), found) == ["C", "A", "B", ""]
+    assert group_labels(28)[:2] + group_labels(28)[-3:] == ["A", "B", "Z", "AA", "AB"]
+
+
 # ------------------------------------------------------------------ what the data can support
 
 def _tie(runs: list[dict], frames: dict, name: str) -> None:

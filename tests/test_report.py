@@ -244,3 +244,35 @@ def test_cost_figure_draws_each_group_at_its_time_and_mean(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_the_runs_curves_take_a_colour_per_group_a_line_style_per_seed_and_a_legend_entry_per_group():
+    import matplotlib.pyplot as plt
+
+    history = {"train/loss": [(1, 0.5), (2, 0.4)], "val/loss": [(1, 0.6), (2, 0.5)], "val/mAP": [(1, 0.3), (2, 0.4)]}
+    runs = {"a s0": history, "b s0": history, "a s1": history, "b s1": history, "a s2": history}
+    groups = {"a s0": "A: dropout=0.5", "a s1": "A: dropout=0.5", "a s2": "A: dropout=0.5", "b s0": "B: dropout=0.1",
+              "b s1": "B: dropout=0.1"}
+    fig = figures.run_curves(runs, "title", groups)
+    lines = fig.axes[0].get_lines()  # one a run, in the order given
+    style = {name: (line.get_color(), line.get_linestyle()) for name, line in zip(runs, lines)}
+    assert len({style[r][0] for r in runs if r.startswith("a")}) == 1 != len({c for c, _ in style.values()})
+    assert len({style[r][1] for r in runs if r.startswith("a")}) == 3  # its seed runs told apart
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["A: dropout=0.5 (3 runs)", "B: dropout=0.1 (2 runs)"]
+    plt.close(fig)
+
+
+def test_the_seed_intervals_title_is_wrapped_inside_the_figure_and_each_group_named_by_its_label():
+    import matplotlib.pyplot as plt
+
+    found = groups_frame([("model=resnet18 dropout=heavy weight_decay=strong", "best", 3, 0.7),
+                          ("model=vgg16", "worse (p<0.05)", 3, 0.5)])
+    long = "paired bootstrap over images (one seed a group: the runs, not the settings) on the 2000 validation " \
+           "images every run scored, with unknown labels masked as in each run's own metrics"
+    fig = figures.group_intervals(found.table, f"experiment: 6 runs\n{long}", labels=["A", "B"])
+    fig.canvas.draw()
+    box, title = fig.bbox, fig._suptitle.get_window_extent()
+    assert box.x0 <= title.x0 and title.x1 <= box.x1 and title.y1 <= box.y1  # no edge cut off
+    assert [t.get_text().split("\n")[0] for t in fig.axes[0].get_yticklabels()][::-1][0].startswith("A: model=resnet18")
+    plt.close(fig)

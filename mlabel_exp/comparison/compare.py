@@ -17,8 +17,9 @@ from mlabel_exp.comparison import figures as plots
 from mlabel_exp.comparison import report as comparison_report
 from mlabel_exp.comparison.paired import PredictionFiles
 from mlabel_exp.comparison.report import PerClass
-from mlabel_exp.comparison.table import (REGULARISATION, SETTINGS, build_table, groups_table, labels, run_row,
-                                         to_markdown, write_groups)
+from mlabel_exp.comparison.table import (REGULARISATION, SETTINGS, build_table, group_labels, groups_table, labelled,
+                                         labels, run_labels, run_row, to_markdown, write_groups)
+from mlabel_exp.comparison.table import legend as legend_lines
 from mlabel_exp.config import project_root
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import write_atomic
@@ -178,13 +179,18 @@ def swept_axes(table: pd.DataFrame, varying: list[str]) -> tuple[list[str], list
 
 
 def make_figures(uri: str, table: pd.DataFrame, histories: dict[str, dict], out_dir: Path,
-                 title: str, frames=None) -> tuple[dict[str, Path], list[str], PerClass]:
+                 title: str, frames=None, found: Groups | None = None) -> tuple[dict[str, Path], list[str], PerClass]:
+    """The runs' curves (coloured by group where ``found`` has several), per-class AP, regularisation."""
     names = labels(table)
     lengths = table["epochs"].dropna()
     if lengths.nunique() > 1:  # a 2-epoch smoke run beside a 28-epoch run says so
         title += f"  (runs differ in length: {int(lengths.min())}-{int(lengths.max())} epochs)"
+    grouped = None
+    if found is not None and len(found.table) > 1:
+        legend = dict(zip(group_labels(len(found.table)), legend_lines(found, 10 ** 6)))
+        grouped = dict(zip(names, (legend[g] for g in run_labels(table, found))))
     figures = {"model_comparison.png": save(
-        plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title),
+        plots.run_curves({n: histories[i] for n, i in zip(names, table["run_id"])}, title, grouped),
         out_dir / "model_comparison.png")}
     per_class, notes = per_class_ap(uri, table, names, frames)
     if per_class.ap is None:
@@ -253,7 +259,7 @@ def cost_figure(uri: str, found: Groups, runs: list[dict], out_dir: Path) -> tup
     frame, notes = cost.cost_table(uri, comparison_report.best_runs(found, runs))
     frame = comparison_report.with_accuracy(frame, found)
     write_atomic(out_dir / "cost.csv", frame.to_csv(index=False))
-    figures = {"cost.png": save(plots.cost(frame), out_dir / "cost.png")} if len(frame) else {}
+    figures = {"cost.png": save(plots.cost(frame, labels=labelled(found)), out_dir / "cost.png")} if len(frame) else {}
     return frame, figures, notes
 
 
@@ -308,16 +314,16 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     sweep_name = runs[0]["tags"].get("sweep_dir", sweep) if sweep else None  # its folder, not the mangled id
     title = f"{experiment}" + (f", sweep {sweep_name}" if sweep else "") + f": {len(table)} runs"
     frames = PredictionFiles(uri)  # each run's prediction files, read once for the figures, groups and classes
-    figures, figure_notes, per_class = make_figures(uri, table, histories, out_dir, title, frames)
-    notes += figure_notes
     found = groups.compare_groups(uri, runs, frames=frames)
-    notes += found.notes
+    figures, figure_notes, per_class = make_figures(uri, table, histories, out_dir, title, frames, found)
+    notes += figure_notes + found.notes
     write_groups(found, out_dir)
     write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}\n## Groups across seeds "
                  f"({found.evaluated_on})\n\n{to_markdown(groups_table(found))}"
                  + "".join(f"\n- {note}" for note in found.notes))  # which runs were set apart, and why
     if len(found.table) > 1:
-        figures["seed_intervals.png"] = save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}"),
+        figures["seed_intervals.png"] = save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}",
+                                                                   labels=group_labels(len(found.table))),
                                               out_dir / "seed_intervals.png")
     costs, differences, files = _class_and_cost(uri, runs, found, out_dir, title, cost, figures, notes, frames)
     files = [out_dir / "comparison.csv", out_dir / "comparison.md", out_dir / "groups.csv", *files]

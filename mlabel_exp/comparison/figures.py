@@ -3,33 +3,53 @@ accuracy against cost and each group's interval over seeds; returned (never show
 
 from __future__ import annotations
 
-from mlabel_exp.render.figures import QUALITATIVE, figure
+from mlabel_exp.render.figures import DASHES, QUALITATIVE, clip, figure
 
 _CURVE_PANELS = (("train/loss", "train loss", "BCE loss"), ("val/loss", "validation loss", "BCE loss"),
                  ("val/mAP", "validation mAP", "mAP"))
 
 
-def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: str = ""):
+def _curve_styles(labels: list[str], groups: dict[str, str] | None) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """A line style per run and the legend's entries. With ``groups`` (run label -> group legend line): a colour per
+    group, a line style and marker per run within it, one legend entry per group; else a colour per run."""
+    if not groups:
+        styles = [dict(color=QUALITATIVE[i % len(QUALITATIVE)], linestyle=DASHES[i // len(QUALITATIVE) % len(DASHES)],
+                       marker="osD^v<>ph*"[i % 10], markersize=4 + 1.5 * (i % 3)) for i in range(len(labels))]
+        return styles, list(zip(styles, labels))
+    order = list(dict.fromkeys(groups[label] for label in labels))
+    seen: dict[str, int] = {}
+    styles = []
+    for label in labels:
+        g, k = order.index(groups[label]), seen.get(groups[label], 0)
+        seen[groups[label]] = k + 1
+        styles.append(dict(color=QUALITATIVE[g % len(QUALITATIVE)], linestyle=DASHES[k % len(DASHES)],
+                           marker="osD^v<>ph*"[g // len(QUALITATIVE) % 10], markersize=4))
+    first: dict[str, dict] = {}  # a group's legend entry: its colour and marker, a solid line
+    for label, style in zip(labels, styles):
+        first.setdefault(groups[label], {**style, "linestyle": "-"})
+    return styles, [(first[g], f"{g} ({seen[g]} run{'s' * (seen[g] > 1)})") for g in order]
+
+
+def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: str = "",
+               groups: dict[str, str] | None = None):
     """The original project's graph: train loss, val loss and val mAP per epoch, one line per run.
 
-    ``histories``: run label -> metric key -> [(epoch, value), ...]; the legend sits under the panels.
+    ``histories``: run label -> metric key -> [(epoch, value), ...]; ``groups``: run label -> its group's legend line
+    (a colour per group, a line style per seed run in it, the legend per group); the legend sits under the panels.
     """
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    legend_h = 0.25 * -(-len(histories) // 3) + 0.3
+    styles, entries = _curve_styles(list(histories), groups)
+    legend_h = (0.2 * len(entries) + 0.4) if groups else 0.25 * -(-len(entries) // 3) + 0.3
     height = 4.2 + legend_h
     fig, axes = figure(1, 3, figsize=(15, height))
-    handles = []
-    for i, (label, history) in enumerate(histories.items()):
-        # a marker shape of its own and some transparency: a run identical to another still shows under it
-        style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4], alpha=0.85,
-                     marker="osD^v<>ph*"[i % 10], markersize=4 + 1.5 * (i % 3), markerfacecolor="none")
+    for style, history in zip(styles, histories.values()):
+        # some transparency and hollow markers: a run identical to another still shows under it
         for ax, (key, _, _) in zip(axes, _CURVE_PANELS):
             points = history.get(key) or []
             if points:
-                ax.plot(*zip(*points), **style)
-        handles.append(Line2D([], [], **style))
+                ax.plot(*zip(*points), alpha=0.85, markerfacecolor="none", **style)
     for ax, (_, name, ylabel) in zip(axes, _CURVE_PANELS):
         ax.set(xlabel="epoch", ylabel=ylabel, title=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -40,8 +60,10 @@ def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: 
             ax.set_yscale("log")
             ax.set_title(f"{ax.get_title()} (log scale)")
     axes[2].set_ylim(0, 1)
-    fig.legend(handles, list(histories), loc="lower center", ncol=min(3, max(1, len(histories))),
-               fontsize="small", frameon=False)
+    handles = [Line2D([], [], alpha=0.85, markerfacecolor="none", **style) for style, _ in entries]
+    fig.legend(handles, [clip(name, 160 if groups else 60) for _, name in entries], loc="lower center",
+               ncol=1 if groups else min(3, max(1, len(entries))), fontsize="small", frameon=False,
+               title="colour: group; line style: its seed runs" if groups else None, title_fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, legend_h / height, 1, 1))
@@ -121,20 +143,22 @@ def regularisation(table, x_columns: list[str], group_columns: list[str], score:
     return fig
 
 
-def cost(frame, title: str = "accuracy against inference cost"):
+def cost(frame, title: str = "accuracy against inference cost", labels: dict[str, str] | None = None):
     """Mean best val mAP (95% t-interval where 2+ seeds) of each group against the inference time per image of its
-    best run, one marker per group, named beside it. ``frame``: group, mean, ci_low, ci_high, ms_per_image, model."""
+    best run, one marker per group, named beside it (after its short label in ``labels``: group -> label).
+    ``frame``: group, mean, ci_low, ci_high, ms_per_image, model."""
     import textwrap
 
     fig, ax = figure(figsize=(9, 5.5))
     markers = "oDs^v<>ph*"
     for i, row in enumerate(frame.itertuples(index=False)):
         colour = QUALITATIVE[i % len(QUALITATIVE)]
+        name = f"{labels[row.group]}: {row.group}" if labels and row.group in labels else str(row.group)
         if row.ci_low is not None and row.ci_low == row.ci_low:
             ax.plot([row.ms_per_image] * 2, [row.ci_low, row.ci_high], color=colour, lw=2.5, alpha=0.6)
         ax.plot([row.ms_per_image], [row.mean], markers[i // len(QUALITATIVE) % 10], color=colour, ms=8,
-                label=textwrap.shorten(str(row.group), 60, placeholder=" ..."))
-        ax.annotate(textwrap.shorten(str(row.group), 28, placeholder="..."), (row.ms_per_image, row.mean),
+                label=textwrap.shorten(name, 60, placeholder=" ..."))
+        ax.annotate(textwrap.shorten(name, 28, placeholder="..."), (row.ms_per_image, row.mean),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     times = frame["ms_per_image"].astype(float)
     if len(times) and times.max() / max(times.min(), 1e-12) >= 10:
@@ -149,13 +173,15 @@ def cost(frame, title: str = "accuracy against inference cost"):
     return fig
 
 
-def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
+def group_intervals(groups, title: str = "", objective: str = "best val mAP", labels: list[str] | None = None):
     """Each group's mean over seeds with its 95% t-interval, every seed run as a dot, and the verdict beside it; best
-    group on top. ``groups``: groups.COLUMNS rows (a DataFrame), best first."""
+    group on top. ``groups``: groups.COLUMNS rows (a DataFrame), best first; ``labels``: their short labels (the
+    console's), put before each name. The title is wrapped to the figure's width, centred on it."""
     import textwrap
 
     n = len(groups)
-    fig, ax = figure(figsize=(10, 1.4 + 0.5 * n))
+    lines = [wrapped for line in title.splitlines() for wrapped in textwrap.wrap(line, 125) or [""]]
+    fig, ax = figure(figsize=(10, 1.4 + 0.5 * n + 0.17 * len(lines)))
     for y, row in enumerate(groups.itertuples(index=False)):
         y = n - 1 - y  # best on top
         colour = "C0" if row.verdict in ("best", "") else "C7" if row.verdict.startswith("worse") else "C1"
@@ -166,7 +192,8 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
         p = f", p={row.p_value:.3f}" if row.p_value is not None and row.p_value == row.p_value else ""
         words = textwrap.fill(textwrap.shorten(f"{row.verdict}{p}", 102, placeholder=" ..."), 34)  # 3 lines at most
         ax.annotate(textwrap.indent(words, "  "), (1, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
-    names = [textwrap.shorten(g, 80, placeholder=" ...") for g in reversed(list(groups["group"]))]
+    named = [f"{label}: {g}" for label, g in zip(labels, groups["group"])] if labels else list(groups["group"])
+    names = [textwrap.shorten(g, 80, placeholder=" ...") for g in reversed(named)]
     ax.set_yticks(range(n), [textwrap.fill(g, 42) for g in names], fontsize=8)  # long names: two lines at most
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_xlim(*_interval_axis(groups))
@@ -175,7 +202,8 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
     ax.set_xlabel(f"{objective} ({scale})\ndiamond: mean over seeds; bar: 95% t-interval; circles: seed runs",
                   fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=9)
     fig.tight_layout()
     fig.subplots_adjust(right=0.75)  # room for the verdicts
     return fig

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlabel_exp.comparison.table import group_labels
 from mlabel_exp.render import page as report
 
 if TYPE_CHECKING:
@@ -123,14 +124,30 @@ def cost_for_reading(cost: pd.DataFrame) -> pd.DataFrame:
         "batch": cost["batch_size"], "inputs": cost["inputs"], "run": cost["run_id"].str[:8]})
 
 
+#: Figures of photographs: folded, as a thumbnail linked to the file
+PHOTOS = ("disagreements.png",)
+KEY_FIGURES = ("seed_intervals.png", "cost.png")
+THUMBNAIL_PX = 560
+
+
+def _figures(figures: dict[str, Path]) -> tuple[list[report.Item], list[report.Item], list[report.Item]]:
+    """The key figures (seed intervals, cost), the other charts, and the pages of photographs (folded thumbnails)."""
+    key = [report.Figure(figures[n], CAPTIONS.get(n, n), n) for n in KEY_FIGURES if n in figures]
+    more = [report.Figure(p, CAPTIONS.get(n, n), n) for n, p in figures.items() if n not in KEY_FIGURES + PHOTOS]
+    photos = [report.Fold(n, [report.Figure(figures[n], CAPTIONS.get(n, n), thumbnail=THUMBNAIL_PX)])
+              for n in PHOTOS if n in figures]
+    return key, more, photos
+
+
 def sections(found: Groups, groups_frame: pd.DataFrame, figures: dict[str, Path], differences, cost, table,
              notes: list[str]) -> list[report.Section]:
-    """The page's sections: groups, figures (every one given, seed_intervals first), per class, cost, runs, notes."""
-    first = [n for n in ("seed_intervals.png", "cost.png") if n in figures]
-    shown = [report.Figure(figures[n], CAPTIONS.get(n, n), n) for n in first]
-    shown += [report.Figure(path, CAPTIONS.get(n, n), n) for n, path in figures.items() if n not in first]
-    pages = [report.Section("Groups across seeds", [report.Table(groups_frame, found.evaluated_on)]),
-             report.Section("Figures", shown)]
+    """The page's sections: the groups (labelled as on the console), key figures (seed intervals, cost), per class,
+    cost, the other figures, the photographs and the runs folded, notes."""
+    key, more, photos = _figures(figures)
+    labelled = groups_frame.copy()
+    labelled.insert(0, "label", group_labels(len(labelled)))
+    pages = [report.Section("Groups across seeds", [report.Table(labelled, found.evaluated_on)]),
+             report.Section("Key figures", key)]
     if differences is not None:
         pages.append(report.Section("Per-class AP: each group against the best", [report.Table(
             class_table(differences), f"Seed-mean AP of each group on the {differences.attrs['n_images']} "
@@ -144,7 +161,10 @@ def sections(found: Groups, groups_frame: pd.DataFrame, figures: dict[str, Path]
             "the size of best.pt, and inference speed through the run's own predictor (its preprocessing, autocast "
             "precision and device where this machine has it) on one batch of its validation images after a warm-up, "
             "for about 1.5 s: a ranking on this machine, not a benchmark.")]))
-    pages.append(report.Section("Runs", [report.Table(table.assign(run_id=table["run_id"].str[:8]))]))
+    pages.append(report.Section("More figures", more))
+    pages.append(report.Section("Images the leading groups disagree on (folded)", photos))
+    runs = report.Table(table.assign(run_id=table["run_id"].str[:8]), "comparison.csv, best val mAP first.")
+    pages.append(report.Section(f"Runs ({len(table)}, folded)", [report.Fold(f"the {len(table)} runs", [runs])]))
     pages.append(report.Section("Notes", list(notes)))
     return pages
 

@@ -89,9 +89,46 @@ def labels(table: pd.DataFrame) -> list[str]:
     return [f"{n} ({i[:6]})" if names.count(n) > 1 or not n else n for n, i in zip(names, table["run_id"])]
 
 
-def groups_table(found: Groups) -> pd.DataFrame:
+def group_labels(n: int) -> list[str]:
+    """Short labels of ``n`` groups in table order (best first): A, B, ..., Z, AA, AB, ...: what the console and the
+    figures call a group, beside a legend that names its settings (``legend``)."""
+    labels = []
+    for i in range(1, n + 1):
+        label = ""
+        while i:
+            i, r = divmod(i - 1, 26)
+            label = chr(ord("A") + r) + label
+        labels.append(label)
+    return labels
+
+
+def labelled(found: Groups) -> dict[str, str]:
+    """Group name (the settings that differ between the groups) -> its short label."""
+    return dict(zip(found.table["group"], group_labels(len(found.table))))
+
+
+def legend(found: Groups, width: int | None = None) -> list[str]:
+    """One line per group (wrapped at ``width``, default the console's): its label, then the settings that tell it
+    from the other groups."""
+    import textwrap
+
+    return [line for name, label in labelled(found).items()
+            for line in textwrap.wrap(f"{label}: {name}", width or CONSOLE_WIDTH, break_on_hyphens=False,
+                                      subsequent_indent=" " * (len(label) + 2), break_long_words=False)]
+
+
+def run_labels(table: pd.DataFrame, found: Groups) -> list[str]:
+    """The short label of each run's group, in the order of ``table``'s rows ('' for a run in no group)."""
+    label = labelled(found)
+    of_run = {run_id: label[g] for g, ids in zip(found.table["group"], found.table["run_ids"])
+              for run_id in str(ids).split()}
+    return [of_run.get(r, "") for r in table["run_id"]]
+
+
+def groups_table(found: Groups, short: bool = False) -> pd.DataFrame:
     """The groups for reading: intervals as [low, high]. mean/std/95% CI: best val mAP over seeds; mAP (paired images)
-    and the difference: on the images the paired test used (found.evaluated_on)."""
+    and the difference: on the images the paired test used (found.evaluated_on). ``short``: each group by its label
+    (``legend`` names the settings)."""
     import pandas as pd
 
     t = found.table
@@ -100,7 +137,8 @@ def groups_table(found: Groups) -> pd.DataFrame:
         return "" if low is None or low != low else f"[{low:.4f}, {high:.4f}]"
 
     return pd.DataFrame({
-        "group": t["group"], "verdict": t["verdict"], "n": t["n"], "mean": t["mean"], "std": t["std"],
+        "group": group_labels(len(t)) if short else t["group"], "verdict": t["verdict"], "n": t["n"],
+        "mean": t["mean"], "std": t["std"],
         "95% CI": [interval(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
         "mAP (paired images)": t["eval_mAP"], "best - this": t["difference"], "95% CI of difference": [interval(lo, hi) for lo, hi in
                                                                  zip(t["diff_ci_low"], t["diff_ci_high"])],
