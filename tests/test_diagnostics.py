@@ -254,3 +254,16 @@ def test_diagnostics_read_unknowns_from_the_file_and_from_the_data_set_only_for_
     data_set = {"a.jpg": np.array([1, -1]), "c.jpg": np.array([-1, 0])}  # b.jpg: not in the data set here
     ev = D.read_predictions(tmp_path / "old.json", "val", labels_of=data_set.get)
     np.testing.assert_array_equal(ev.targets, targets)
+
+
+def test_top_confusions_rank_by_the_lower_end_of_the_wilson_interval_not_the_share():
+    """4 images at 100% are weaker evidence than 100 at 80%: the lower end of each share's 95% Wilson interval
+    (scipy's binomtest) ranks them; a cell without a false positive, the diagonal and an empty cell are never named."""
+    from scipy.stats import binomtest
+
+    share = np.array([[np.nan, 1.0, 0.0], [0.8, np.nan, 0.5], [np.nan, 0.1, np.nan]])
+    n = np.array([[0, 4, 50], [100, 0, 10], [0, 30, 0]])
+    low = {(i, j): binomtest(int(round(share[i, j] * n[i, j])), int(n[i, j])).proportion_ci(method="wilson").low
+           for i, j in [(0, 1), (1, 0), (1, 2), (2, 1)]}
+    assert D.top_confusions(share, n, k=10) == sorted(low, key=low.get, reverse=True) == [(1, 0), (0, 1), (1, 2), (2, 1)]
+    assert D.top_confusions(share, n, k=2) == [(1, 0), (0, 1)]
