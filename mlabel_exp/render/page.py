@@ -125,8 +125,10 @@ def _figure(item: Figure, base: Path | None) -> str:
         href = html.escape(link, quote=True)
         image = f'<a href="{href}" title="the full file: {href}">{image}</a>'
         if item.thumbnail:  # said in words too: a thumbnail is no place to read a caption in
-            caption = (caption or "<figcaption></figcaption>").replace(
-                "</figcaption>", f' Thumbnail; the full page: <a href="{href}">{html.escape(link)}</a>.</figcaption>')
+            words = item.caption.rstrip()
+            words += "" if not words or words.endswith((".", "?", "!")) else "."
+            caption = (f"<figcaption>{html.escape(words)} Thumbnail; the full page: "
+                       f'<a href="{href}">{html.escape(link)}</a>.</figcaption>')
     return f"{title}<figure>{image}{caption}</figure>"
 
 
