@@ -127,8 +127,33 @@ def compose_cfg(*overrides, command: str = "run"):
         register()
 
 
+_STORE_TEMPLATE: list[Path] = []
+
+
+def migrated_store(db: Path) -> Path:
+    """An empty MLflow SQLite store at ``db``, copied from one this test process migrated once: a new store's first
+    client runs MLflow's schema migrations (seconds), and most tests only need a store to write to. Tests of store
+    creation itself (concurrent first use, a wrong path) open their own."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _STORE_TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="mlflow-store-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        _STORE_TEMPLATE.append(folder / "mlflow.db")
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STORE_TEMPLATE[0], db)
+    return db
+
+
 def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
-    """A seconds-long run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp``.
+    """A seconds-long run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp`` (its MLflow store a copy
+    of a migrated empty one: ``migrated_store``).
 
     Pinned to the CPU, also on a GPU host: tests compare runs bit for bit (same seed twice, resume against an
     uninterrupted run, cache on/off), which CUDA kernels do not promise. CUDA runs are tested where a GPU is
@@ -136,6 +161,7 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
     diagnostics are drawn (``diagnostics.enabled=true``: seconds of figures a run; tests/test_run.py's test split run
     draws them).
     """
+    migrated_store(tmp / "mlruns" / "mlflow.db")
     return ["trainer=smoke", "trainer.device=cpu", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
             "model.input_size=32", "data.num_workers=0", f"data.cache_dir={tmp / 'cache'}",
             f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "tracking.experiment=mlabel-exp",

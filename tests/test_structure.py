@@ -142,6 +142,14 @@ def test_imports_inside_functions_are_only_those_that_defer_a_heavy_library():
     assert pointless == []
 
 
+def test_docs_architecture_names_every_module_and_package():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    listed = [path.relative_to(PACKAGE).as_posix() for path in _modules().values()
+              if path.name != "__init__.py" and not (path.parent == PACKAGE and path.stem in ENTRY_SHIMS)]
+    missing = [module for module in listed if f"`{module}`" not in page]
+    assert missing == [] and all(f"{p}/" in page for p in SUB_PACKAGES)
+
+
 def test_mlflow_is_imported_only_under_the_tracking_package():
     _, everything = _graph()
     importers = {m for m, deps in everything.items() if any(d == "mlflow" or d.startswith("mlflow.") for d in deps)}
