@@ -151,7 +151,7 @@ def migrated_store(db: Path) -> Path:
     return db
 
 
-def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
+def tiny_overrides(tmp: Path, *extra: str, store: bool = True) -> list[str]:
     """A seconds-long run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp`` (its MLflow store a copy
     of a migrated empty one: ``migrated_store``).
 
@@ -161,7 +161,8 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
     diagnostics are drawn (``diagnostics.enabled=true``: seconds of figures a run; tests/test_run.py's test split run
     draws them).
     """
-    migrated_store(tmp / "mlruns" / "mlflow.db")
+    if store:  # store=False: a test of what is opened (a run that fails first must not create a store)
+        migrated_store(tmp / "mlruns" / "mlflow.db")
     return ["trainer=smoke", "trainer.device=cpu", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
             "model.input_size=32", "data.num_workers=0", f"data.cache_dir={tmp / 'cache'}",
             f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "tracking.experiment=mlabel-exp",
