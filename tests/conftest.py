@@ -84,6 +84,16 @@ def peak_memory_growth(fn) -> tuple[object, int]:
     return result, status("VmHWM") - before
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the markers
+def pytest_collection_modifyitems(items):
+    """Under ``--dist loadgroup`` (make test), the tests that share a module-scoped fixture (a run trained once for the
+    module) run in one process, so that it is trained once; every other test goes wherever a process is free."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        if defs and any(d.scope == "module" for ds in defs.name2fixturedefs.values() for d in ds):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def project_root_in_tmp(tmp_path, monkeypatch):
     """Runs started in-process write their default outputs/ under the test's tmp folder, not the checkout."""
@@ -241,6 +251,7 @@ def no_network(tmp_path, monkeypatch):
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the markers
 def pytest_collection_modifyitems(items):
     """Tests that train or start processes first: in several processes (pytest-xdist) the long ones then start early
     and the quick ones fill in at the end, instead of a minute-long test starting last."""
