@@ -11,9 +11,9 @@ import pytest
 from mlabel_exp.cli import arguments
 from mlabel_exp.config import CompareConfig, Config, SyntheticCommandConfig
 
-COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export")
+COMMANDS = ("run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export", "labels")
 MODULES = {"run": "run", "predict": "predict", "compare": "compare", "search": "search", "inspect": "inspect_data",
-           "synthetic": "synthetic", "diagnose": "diagnose", "export": "export"}
+           "synthetic": "synthetic", "diagnose": "diagnose", "export": "export", "labels": "labels"}
 MODELS = "choices: inception, resnet18, resnet50, smallcnn, timm, vgg16"
 
 
@@ -111,6 +111,7 @@ def test_run_ids_and_filters_reach_the_command_as_typed(value):
     ("inspect", ("data=folder data.root=/path/to/data", "data.verify_images=true")),
     ("synthetic", ("out=/tmp/syn", "num_images=20000 image_size=128 seed=0", "grayscale_fraction=F")),
     ("diagnose", ("run=latest", "run=best", "diagnostics.gallery_classes=N", "log_to_run=true|false")),
+    ("labels", ("run=latest", "data.folds=5 data.fold=0,1,2,3,4", "per_class=8", "log_to_run=true|false")),
 ])
 def test_help_is_a_page_of_examples_and_settings_without_importing_torch(help_pages, command, expected):
     page = help_pages["pages"][command]

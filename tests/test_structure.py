@@ -17,7 +17,7 @@ RANK = {"errors": 0, "config": 0, "floats": 0, "fsutil": 0, "render": 1, "runtim
         "experiment": 11, "cli": 12}
 LEAVES = {name for name, rank in RANK.items() if rank == 0}
 SUB_PACKAGES = set(RANK) - LEAVES
-ENTRY_SHIMS = {"run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export"}  # python -m mlabel_exp.<command>
+ENTRY_SHIMS = {"run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export", "labels"}  # python -m mlabel_exp.<command>
 MAX_FUNCTION_LINES, MAX_CLASS_LINES = 60, 200
 
 
