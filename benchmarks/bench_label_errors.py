@@ -14,7 +14,7 @@ Precision@N is the share of the first N pairs that are injected errors, recall@N
 among them; N = 100 and N = the number injected. Then the cost of the ranking step alone on 10,000 images x 14
 classes of constructed probabilities. About 10 minutes on 2 cores (the defaults):
 
-    .venv/bin/python benchmarks/bench_label_errors.py [--images 2000] [--size 48] [--epochs 8] [--folds 5]
+    .venv/bin/python benchmarks/bench_label_errors.py [--images 2000] [--size 48] [--epochs 8] [--folds 5] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def main() -> None:
     p.add_argument("--drop", type=float, default=0.1, help="share of positives dropped (missing labels)")
     p.add_argument("--add", type=float, default=0.01, help="share of negatives made positive (wrong labels)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", help="a folder to keep the data, runs and store in (default: a temporary one)")
     args = p.parse_args()
 
     from mlabel_exp.data.synthetic import write_label_errors
@@ -118,7 +119,8 @@ def main() -> None:
     print(_common.calibration_line(), flush=True)
     clean = _common.dataset(args.images, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.keep or tmp).resolve()
+        work.mkdir(parents=True, exist_ok=True)
         errors = write_label_errors(clean, work / "noisy", args.drop, args.add, args.seed)
         print(f"{args.images} synthetic images at {args.size} px; injected {len(errors)} errors (seed {args.seed}): "
               f"{sum(g == 0 for _, _, g in errors)} positives dropped (p={args.drop}), "
@@ -130,6 +132,9 @@ def main() -> None:
               f"{args.epochs} epochs)", flush=True)
         uri = f"sqlite:///{work}/mlflow.db"
         methods, found, oof = _rankings(uri, work / "noisy" / "injected_errors.csv")
+        if args.keep:
+            print(f"kept in {work}: python -m mlabel_exp.labels run=latest tracking.uri={uri} "
+                  f"experiment={EXPERIMENT}")
     from mlabel_exp.metrics import stats
 
     mean_ap, low, high = stats.map_interval(oof.probs, oof.targets, n_resamples=300)

@@ -23,6 +23,7 @@ from mlabel_exp.data.images import load_image
 from mlabel_exp.diagnostics.rerun import run_data
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.fsutil import write_atomic
+from mlabel_exp.metrics import stats
 from mlabel_exp.metrics.label_issues import LabelIssues, find_label_issues
 from mlabel_exp.render import page
 from mlabel_exp.render.figures import clip, figure, save
@@ -84,9 +85,9 @@ def check_labels(cfg: LabelsConfig) -> LabelCheck:
     missing = int((table["given"] == 0).sum())
     known = int((oof.targets >= 0).sum())
     seeds = f", {oof.seeds} seeds a fold averaged" if oof.seeds > 1 else ""
-    summary = (f"{len(table)} of {known} known labels flagged on {len(oof.files)} images ({oof.folds} folds{seeds}; "
-               f"setting {oof.setting}): {missing} missing (the models see the class), {len(table) - missing} given "
-               "but absent to the models")
+    summary = (f"{len(table)} of {known} known labels flagged on {len(oof.files)} images ({oof.folds} folds{seeds}, "
+               f"out-of-fold mAP {stats.weighted_map(oof.probs, oof.targets)[0]:.3f}): {missing} missing (the models "
+               f"see the class), {len(table) - missing} given but absent to the models")
     html = gallery(out, oof, table, cfg.per_class, summary, data[1].image_dir if data else None)
     if cfg.log_to_run and parent:
         log_files(uri, parent, [csv, html], FOLDER)
@@ -144,7 +145,9 @@ def _thumbnails(rows: pd.DataFrame, image_dir: Path | None, cls: str):
     """The pairs as thumbnails, four a row, each titled with its file, given -> suggested and the probability."""
     cols = min(4, len(rows))
     n_rows = -(-len(rows) // cols)
-    fig, axes = figure(n_rows, cols, figsize=(3.0 * cols, 3.3 * n_rows + 0.4), squeeze=False)
+    height = 3.3 * n_rows + 0.5  # each row: a thumbnail under its three-line title; 0.5 in: the heading
+    fig, axes = figure(n_rows, cols, figsize=(3.0 * cols, height), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 1.1 / height, wspace=0.1, hspace=0.55 / 2.8)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, row in zip(axes.ravel(), rows.to_dict("records")):
@@ -153,10 +156,9 @@ def _thumbnails(rows: pd.DataFrame, image_dir: Path | None, cls: str):
             ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=9, transform=ax.transAxes)
         else:
             ax.imshow(pixels)
-        ax.set_title(f"#{row['rank']} {clip(row['file'], 30, keep='tail')}\ngiven {row['given']} -> "
+        ax.set_title(f"#{row['rank']} {clip(row['file'], 30, keep='tail')}\ngiven {row['given']}, suggested "
                      f"{row['suggested']}\np({clip(cls, 18)}) = {row['probability']:.3f}", fontsize=8.5)
-    fig.suptitle(f"{cls}: the labels most likely wrong", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"{cls}: the labels most likely wrong", fontsize=10, y=1 - 0.1 / height, va="top")
     return fig
 
 
