@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from mlabel_exp.comparison import groups, paired
+from mlabel_exp.comparison.report import verdict
 from mlabel_exp.config import DataConfig
 from mlabel_exp.data.index import DatasetIndex
 from mlabel_exp.data.split import fold_split, make_folds, make_split, split_from_config
@@ -236,6 +237,7 @@ def test_fold_runs_of_a_setting_are_one_group_tested_over_folds(monkeypatch):
     assert t.loc[other, "verdict"] == "not distinguishable from best over 5 folds"
     assert t.loc["model=good", "seeds"] == "folds 0 1 2 3 4"
     assert "Nadeau & Bengio" in found.evaluated_on and "paired by fold" in found.evaluated_on
+    assert found.over == "folds" and f"({t.loc[best, 'mean']:.4f}, over 5 folds)" in verdict(found)
     interval, plain = stats.seed_interval(good, test_train_ratio=ratio), stats.seed_interval(good)
     assert (t.loc["model=good", "ci_low"], t.loc["model=good", "ci_high"]) == pytest.approx(
         (interval.ci_low, interval.ci_high))

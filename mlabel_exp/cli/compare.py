@@ -18,7 +18,7 @@ def report(result, typed: CompareConfig) -> None:
 
     print(console_table(result.table, wide=typed.wide) + "\n")
     if result.groups is not None and len(result.groups.table) > 1:
-        title = f"Groups across seeds ({result.groups.evaluated_on}):"
+        title = f"Groups across {result.groups.over} ({result.groups.evaluated_on}):"
         print(title if typed.wide else textwrap.fill(title, 120, subsequent_indent="  "))
         print(console_table(groups_table(result.groups), wide=typed.wide) + "\n")
     for note in result.notes:  # after the tables they qualify

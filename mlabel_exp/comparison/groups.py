@@ -64,6 +64,12 @@ class Groups:
     evaluated_on: str        # what the verdicts test, on which values
     notes: list[str]
 
+    @property
+    def over(self) -> str:
+        """What the best group's observations are, for headings: "folds" (fold runs) or "seeds"."""
+        first = str(self.table["unit"].iloc[0]) if len(self.table) and "unit" in self.table else ""
+        return "folds" if first.startswith("fold") else "seeds"
+
 
 def is_fold_run(run: dict) -> bool:
     """A run of K-fold cross-validation (data.folds=K): it scored its own fold."""

@@ -53,7 +53,8 @@ def verdict(found: Groups) -> str:
     if t.empty:
         return "No group to compare."
     best = t.iloc[0]
-    lead = f"{best['group']} has the best mean best val mAP ({best['mean']:.4f}, n={int(best['n'])})"
+    n = f"over {int(best['n'])} folds" if found.over == "folds" else f"n={int(best['n'])}"
+    lead = f"{best['group']} has the best mean best val mAP ({best['mean']:.4f}, {n})"
     if len(t) == 1:
         return f"One group ({int(best['n'])} run(s)): mean best val mAP {best['mean']:.4f}; nothing to compare it with."
     words = t.iloc[1:]["verdict"].astype(str)
@@ -129,7 +130,7 @@ def sections(found: Groups, groups_frame: pd.DataFrame, figures: dict[str, Path]
     first = [n for n in ("seed_intervals.png", "cost.png") if n in figures]
     shown = [report.Figure(figures[n], CAPTIONS.get(n, n), n) for n in first]
     shown += [report.Figure(path, CAPTIONS.get(n, n), n) for n, path in figures.items() if n not in first]
-    pages = [report.Section("Groups across seeds", [report.Table(groups_frame, found.evaluated_on)]),
+    pages = [report.Section(f"Groups across {found.over}", [report.Table(groups_frame, found.evaluated_on)]),
              report.Section("Figures", shown)]
     if differences is not None:
         pages.append(report.Section("Per-class AP: each group against the best", [report.Table(
