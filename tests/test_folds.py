@@ -352,3 +352,41 @@ def test_the_out_of_fold_file_keeps_its_fold_column_apart_from_the_classes(tmp_p
     assert json.loads(js.read_text())["predictions"]["a.jpg"]["fold"] == 0
     with pytest.raises(Exception, match="has the name of the column 'fold'"):
         write_predictions(tmp_path, "oof", ["a.jpg"], probs[:1], ["fold", "x"], extra={"fold": [0]})
+
+
+@pytest.mark.parametrize("fmt", ["folder", "csv", "onehot"])
+def test_the_line_to_change_is_named_in_each_layout(synthetic_root, tmp_path, fmt):
+    """A flagged label's fix names the file and line a person edits: the folder layout's annotations/<class>.txt line
+    holding the image number (or a line to add), the CSV row of the image and its labels cell or class column."""
+    import shutil
+
+    from mlabel_exp.data.formats import index_from_config
+    from mlabel_exp.data.formats.fixes import label_fixer
+    from mlabel_exp.data.synthetic import write_format
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    write_format(root, fmt)
+    cfg = DataConfig(name="folder" if fmt == "folder" else "csv", root=str(root))
+    index = index_from_config(cfg)
+    fix = label_fixer(cfg, index)
+    row, cls = next((r, index.classes[c]) for r, c in zip(*np.nonzero(index.labels == 1)))
+    absent = index.classes[int(np.flatnonzero(index.labels[row] == 0)[0])]
+    present, missing = fix(row, cls, 1), fix(row, absent, 0)
+    number, stem = int(index.ids[row]), index.files[row].rsplit(".", 1)[0]
+    if fmt == "folder":
+        path, line = present.split(":")[:2]
+        assert path == str(root / "annotations" / f"{cls}.txt") and f"delete the line {number}" in present
+        assert open(path).read().splitlines()[int(line) - 1] == str(number)
+        assert missing.startswith(f"{root / 'annotations' / absent}.txt: add a line {number}")
+        return
+    path, line = present.split(" ")[0].rsplit(":", 1)
+    cells = open(path).read().splitlines()[int(line) - 1].split(",")
+    assert path == str(root / "labels.csv") and cells[0] in (stem, index.files[row])
+    if fmt == "csv":  # the labels cell: a name to remove, another to add
+        assert cls in cells[1].split() and f"in column 'tags', remove '{cls}'" in present
+        assert absent not in cells[1].split() and f"in column 'tags', add '{absent}'" in missing
+    else:  # the class's column: 1 -> 0, 0 -> 1
+        header = open(path).read().splitlines()[0].split(",")
+        assert cells[header.index(cls)] == "1" and present.endswith(f"column '{cls}': 1 -> 0")
+        assert cells[header.index(absent)] == "0" and missing.endswith(f"column '{absent}': 0 -> 1")
