@@ -146,7 +146,7 @@ print(json.dumps({"pages": pages, "heavy": sorted(m for m in ("torch", "mlflow",
 def help_pages():
     import json
 
-    commands = ["run", "predict", "export", "compare", "search", "inspect", "synthetic", "diagnose"]
+    commands = ["run", "predict", "export", "compare", "search", "inspect", "synthetic", "diagnose", "labels"]
     done = subprocess.run([sys.executable, "-c", HELP_PAGES, *commands], capture_output=True, text=True, check=True,
                           timeout=120)
     return json.loads(done.stdout.splitlines()[-1])
