@@ -99,6 +99,9 @@ def test_the_label_check_ranks_the_flagged_labels_and_names_the_line_to_change(s
     confidence = np.where(table["given"] == "present", table["probability"], 1 - table["probability"])
     assert np.all(np.diff(confidence) >= 0)  # the surest errors first
     assert set(table["suggested"]) <= {"present", "absent"} and (table["given"] != table["suggested"]).all()
+    missing = int((table["given"] == "absent").sum())
+    assert f"{len(table)} of " in done.summary and f": {missing} missing" in done.summary
+    assert f"{len(table) - missing} given but absent" in done.summary
     for row in table.head(20).to_dict("records"):
         number = int(row["file"].removeprefix("im").removesuffix(".jpg"))
         annotations = row["fix"].split(":")[0]

@@ -82,7 +82,7 @@ def check_labels(cfg: LabelsConfig) -> LabelCheck:
         "%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     csv = write_atomic(out / "label_issues.csv", table.to_csv(index=False))
-    missing = int((table["given"] == 0).sum())
+    missing = int((table["given"] == WORDS[0]).sum())
     known = int((oof.targets >= 0).sum())
     seeds = f", {oof.seeds} seeds a fold averaged" if oof.seeds > 1 else ""
     summary = (f"{len(table)} of {known} known labels flagged on {len(oof.files)} images ({oof.folds} folds{seeds}, "
@@ -118,9 +118,10 @@ def issue_table(oof: OutOfFold, issues: LabelIssues, fix) -> pd.DataFrame:
 
 def gallery(out: Path, oof: OutOfFold, table: pd.DataFrame, per_class: int, summary: str,
             image_dir: Path | None) -> Path:
-    """label_issues.html: per class (most flagged first) a figure of its surest ``per_class`` pairs and their rows."""
+    """label_issues.html: per class (the class of the surest error first) a figure of its surest ``per_class`` pairs
+    and their rows."""
     sections = []
-    ordered = sorted(table.groupby("class", sort=False), key=lambda kv: -len(kv[1]))
+    ordered = sorted(table.groupby("class", sort=False), key=lambda kv: int(kv[1]["rank"].min()))
     for i, (cls, rows) in enumerate(ordered):
         top = rows.head(per_class)
         png = save(_thumbnails(top, image_dir, cls), out / "label_issues" / f"{i:02d}_{_slug(cls)}.png", photos=True)
