@@ -172,8 +172,10 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP"):
     ax.set_xlim(*_interval_axis(groups))
     low, high = ax.get_xlim()
     scale = "full scale" if (low, high) == (0, 1) else f"axis {low:.2f}-{high:.2f}, zoomed to the intervals"
-    ax.set_xlabel(f"{objective} ({scale})\ndiamond: mean over seeds; bar: 95% t-interval; circles: seed runs",
-                  fontsize=9)
+    folds = "unit" in groups and str(groups["unit"].iloc[0]).startswith("fold")  # fold groups: a value a fold
+    what = ("mean over folds; bar: 95% corrected t-interval; circles: folds (seeds averaged)" if folds else
+            "mean over seeds; bar: 95% t-interval; circles: seed runs")
+    ax.set_xlabel(f"{objective} ({scale})\ndiamond: {what}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

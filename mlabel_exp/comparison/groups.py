@@ -414,8 +414,7 @@ def evaluated_on(paired, table: pd.DataFrame) -> str:
     tests = sorted({t for t in table["test"] if t})
     how = "; ".join(tests) if tests else "no test"
     if paired == FOLDS:
-        return (f"{how} over folds of each run's best val mAP on its own fold (a fold's seeds averaged), paired by "
-                "fold")
+        return f"{how} of the best val mAP of each fold (its seeds averaged), paired by fold"
     if isinstance(paired, str):
         return f"{how} of the best val mAP over seeds (no shared images: {paired})"
     split, targets, _ = paired
