@@ -18,10 +18,11 @@ run: $(STAMP)  ## train on the embedded synthetic data set (extra Hydra override
 	$(BIN)/python -m mlabel_exp.run $(ARGS)
 
 # The suite runs in TEST_PROCS processes (pytest-xdist) of one thread each. One after another its tests keep about one
-# core busy (process start-ups, imports, tiny models). Work stealing: a process that runs out of tests takes queued ones
-# from the other, so the run does not end with one process busy and the other idle (4 min 12 s instead of 4 min 47 s).
+# core busy (process start-ups, imports, tiny models). loadgroup: the tests of a module that share a module-scoped run
+# go to one process (tests/conftest.py groups them), so the run is trained once; every other test goes to whichever
+# process is free.
 TEST_PROCS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_PROCS) --dist worksteal
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_PROCS) --dist loadgroup
 
 # The whole suite as on a CPU without bfloat16 instructions (float32: the same on every CPU, tests/conftest.py), then
 # the precision-sensitive tests as on a CPU with them (bfloat16 autocast, emulated where the CPU lacks it).
@@ -29,8 +30,12 @@ test: $(STAMP)  ## the whole suite, integration tests included (what CI runs); m
 	$(PYTEST) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-bf16
 
+# Only the files that hold such tests are collected, each file in one process: their runs trained once per module.
+PRECISION_FILES = $(shell grep -l "mark.precision" tests/test_*.py)
+
 test-bf16: $(STAMP)  ## the tests marked precision, as on a CPU with bfloat16 instructions
-	MLABEL_EXP_CPU_BF16=1 $(PYTEST) -m precision $(PYTEST_ARGS)
+	MLABEL_EXP_CPU_BF16=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_PROCS) --dist loadfile -m precision \
+		$(PRECISION_FILES) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)  ## seconds: everything but the tests that train or start processes
 	$(PYTEST) -m "not integration" $(PYTEST_ARGS)

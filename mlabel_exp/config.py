@@ -174,6 +174,8 @@ class DataConfig:
     test_fraction: float = 0.0
     split_seed: int = 0
     split_file: Optional[str] = None     # reuse this split (JSON of file names); written there if absent
+    folds: int = 0                       # K >= 2: K-fold cross-validation of the non-test images (0: val_fraction)
+    fold: int = 0                        # with folds=K: the fold that validates, 0..K-1 (-m data.fold=0,1,2,3,4)
     num_workers: int = -1                # DataLoader workers; -1 = one per CPU core, at most 8
     cache_dir: str = "~/.cache/mlabel_exp"   # synthetic data sets and decoded-image caches
     decoded_cache: str = "auto"          # images decoded once into a memory-mapped array: auto (when it pays) | on | off
@@ -216,6 +218,15 @@ class DataConfig:
                "0 (the model's input size) or a side in pixels")
         _check(self.num_workers >= -1, "data.num_workers", self.num_workers, "-1 (auto) or an integer >= 0")
         _check(self.split_seed >= 0, "data.split_seed", self.split_seed, "an integer >= 0")
+        _check(self.folds == 0 or self.folds >= 2, "data.folds", self.folds,
+               "0 (one validation split, data.val_fraction) or a number of folds >= 2, e.g. data.folds=5")
+        if self.folds:
+            _check(0 <= self.fold < self.folds, "data.fold", self.fold,
+                   f"a fold of data.folds={self.folds}: 0 to {self.folds - 1} (-m data.fold="
+                   f"{','.join(map(str, range(self.folds)))} runs them all)")
+        else:
+            _check(self.fold == 0, "data.fold", self.fold,
+                   "0 without data.folds; for K-fold cross-validation set data.folds=K too, e.g. data.folds=5")
         _augment(self.augment)
         _check(0.0 < self.crop_scale_min <= 1.0, "data.crop_scale_min", self.crop_scale_min, "a number in (0, 1]")
         _fraction("data.cutout", self.cutout)
@@ -668,6 +679,24 @@ class CompareConfig:
     # experiment=NAME is short for tracking.experiment=NAME (a setting of its own would be taken by Hydra for the
     # config group conf/experiment/ of a run)
     aliases: ClassVar[dict[str, str]] = {"experiment": "tracking.experiment"}
+
+
+@dataclass
+class LabelsConfig:
+    """python -m mlabel_exp.labels run=<fold sweep>: the given labels most likely wrong, from the sweep's out-of-fold
+    probabilities (conf/labels.yaml)."""
+
+    run: str = MISSING                   # a fold sweep: its parent's run id (or a prefix), latest, a sweep_id, or one of its runs
+    out: Optional[str] = None            # default: <project root>/outputs/labels/<time>
+    per_class: int = 8                   # the gallery: each class's surest errors, at most this many
+    log_to_run: bool = True              # log the table and the page on the sweep's parent run (artifacts labels/)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    aliases: ClassVar[dict[str, str]] = {"experiment": "tracking.experiment"}
+
+    def __post_init__(self):
+        if not str(self.run).strip():
+            raise ConfigError("run= is empty: give a fold sweep's parent run id (or a prefix of it), or latest")
+        _check(self.per_class >= 1, "per_class", self.per_class, "an integer >= 1")
 
 
 def register(schema: type = Config, name: str = "config_schema") -> None:

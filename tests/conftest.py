@@ -84,6 +84,16 @@ def peak_memory_growth(fn) -> tuple[object, int]:
     return result, status("VmHWM") - before
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the markers
+def pytest_collection_modifyitems(items):
+    """Under ``--dist loadgroup`` (make test), the tests that share a module-scoped fixture (a run trained once for the
+    module) run in one process, so that it is trained once; every other test goes wherever a process is free."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        if defs and any(d.scope == "module" for ds in defs.name2fixturedefs.values() for d in ds):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def project_root_in_tmp(tmp_path, monkeypatch):
     """Runs started in-process write their default outputs/ under the test's tmp folder, not the checkout."""
@@ -127,8 +137,33 @@ def compose_cfg(*overrides, command: str = "run"):
         register()
 
 
-def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
-    """A seconds-long run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp``.
+_STORE_TEMPLATE: list[Path] = []
+
+
+def migrated_store(db: Path) -> Path:
+    """An empty MLflow SQLite store at ``db``, copied from one this test process migrated once: a new store's first
+    client runs MLflow's schema migrations (seconds), and most tests only need a store to write to. Tests of store
+    creation itself (concurrent first use, a wrong path) open their own."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _STORE_TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="mlflow-store-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        _STORE_TEMPLATE.append(folder / "mlflow.db")
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STORE_TEMPLATE[0], db)
+    return db
+
+
+def tiny_overrides(tmp: Path, *extra: str, store: bool = True) -> list[str]:
+    """A seconds-long run: 80 synthetic 32 px images, smoke trainer, everything under ``tmp`` (its MLflow store a copy
+    of a migrated empty one: ``migrated_store``).
 
     Pinned to the CPU, also on a GPU host: tests compare runs bit for bit (same seed twice, resume against an
     uninterrupted run, cache on/off), which CUDA kernels do not promise. CUDA runs are tested where a GPU is
@@ -136,6 +171,8 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
     diagnostics are drawn (``diagnostics.enabled=true``: seconds of figures a run; tests/test_run.py's test split run
     draws them).
     """
+    if store:  # store=False: a test of what is opened (a run that fails first must not create a store)
+        migrated_store(tmp / "mlruns" / "mlflow.db")
     return ["trainer=smoke", "trainer.device=cpu", "data.synthetic.num_images=80", "data.synthetic.image_size=32",
             "model.input_size=32", "data.num_workers=0", f"data.cache_dir={tmp / 'cache'}",
             f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}", "tracking.experiment=mlabel-exp",
@@ -214,6 +251,7 @@ def no_network(tmp_path, monkeypatch):
     return tmp_path / "torch" / "hub" / "checkpoints"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the markers
 def pytest_collection_modifyitems(items):
     """Tests that train or start processes first: in several processes (pytest-xdist) the long ones then start early
     and the quick ones fill in at the end, instead of a minute-long test starting last."""

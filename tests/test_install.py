@@ -123,7 +123,8 @@ def test_an_installed_wheel_trains_from_an_empty_directory_with_the_users_own_da
     before = what_a_run_writes_in_the_checkout()
     done = subprocess.run([str(bin_dir / "mlabel-run"), "--config-dir", str(mine), "data=mydata", "trainer=smoke",
                            "trainer.device=cpu", "model.input_size=32", "data.num_workers=0",
-                           f"data.cache_dir={tmp_path / 'cache'}", "tracking.log_model=true"],
+                           f"data.cache_dir={tmp_path / 'cache'}", "tracking.log_model=true",
+                           "diagnostics.enabled=false"],  # diagnostics: tests/test_run.py, test_diagnostics.py
                           cwd=work, env=users_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in work.iterdir()) == ["mlruns", "outputs"] and (work / "mlruns" / "mlflow.db").is_file()

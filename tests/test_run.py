@@ -201,7 +201,7 @@ def test_transfer_models_default_to_imagenet_weights_and_the_run_records_them(tm
 
 
 def test_offline_a_transfer_model_fails_before_any_data_is_read_naming_the_file(tmp_path, no_network):
-    cfg = compose_cfg(*tiny_overrides(tmp_path, "model=inception", "model.input_size=299"))
+    cfg = compose_cfg(*tiny_overrides(tmp_path, "model=inception", "model.input_size=299", store=False))
     with pytest.raises(ModelError) as e:
         train(cfg)
     assert "inception_v3_google-0cc3c7bd.pth" in str(e.value) and str(no_network) in str(e.value)
@@ -514,12 +514,26 @@ def _diagnose_says_where_it_fails_and_rewrites_the_report(out, done, client, run
 @pytest.mark.parametrize("args,message", [
     (["optimizer.lr=-1"], "error: optimizer.lr=-1.0 is invalid: expected a number > 0"),
     (["trainer.epoch=3"], "error: trainer.epoch is not a setting (did you mean trainer.epochs?)"),
-    (["data=folder", "data.root=/no/such/folder"], "error: data.root='/no/such/folder': /no/such/folder does not exist"),
 ])
+def test_a_settings_error_is_one_line_and_exit_status_2(args, message, tmp_path, monkeypatch, capsys):
+    from mlabel_exp.cli.run import main
+
+    monkeypatch.setenv("MLABEL_EXP_ROOT", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["mlabel_exp.run", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().splitlines() == [message] and "Traceback" not in err
+    assert not (tmp_path / "mlruns").exists()  # nothing was opened or written
+
+
 @pytest.mark.integration
-def test_a_settings_error_is_one_line_and_exit_status_2(args, message, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mlabel_exp.run", *args], capture_output=True, text=True,
-                          env={**os.environ, "MLABEL_EXP_ROOT": str(tmp_path)}, timeout=120)
+def test_a_data_error_of_the_real_command_is_one_line_and_exit_status_2(tmp_path):
+    """The same, from the shell: the exit status a script or a scheduler sees, and no traceback from Hydra's job."""
+    done = subprocess.run([sys.executable, "-m", "mlabel_exp.run", "data=folder", "data.root=/no/such/folder"],
+                          capture_output=True, text=True, env={**os.environ, "MLABEL_EXP_ROOT": str(tmp_path)},
+                          timeout=120)
+    message = "error: data.root='/no/such/folder': /no/such/folder does not exist"
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr
     assert not (tmp_path / "mlruns").exists()  # nothing was opened or written

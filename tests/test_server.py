@@ -44,7 +44,7 @@ def server(tmp_path):
 def test_training_against_a_tracking_server(server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("tracking.uri")]
+    overrides = [o for o in tiny_overrides(tmp_path, store=False) if not o.startswith("tracking.uri")]
     best = train(compose_cfg(*overrides, f"tracking.uri={server}", "tracking.experiment=team")).objective
     client = MlflowClient(server)
     (run,) = client.search_runs([client.get_experiment_by_name("team").experiment_id])

@@ -17,7 +17,7 @@ RANK = {"errors": 0, "config": 0, "floats": 0, "fsutil": 0, "render": 1, "runtim
         "experiment": 11, "cli": 12}
 LEAVES = {name for name, rank in RANK.items() if rank == 0}
 SUB_PACKAGES = set(RANK) - LEAVES
-ENTRY_SHIMS = {"run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export"}  # python -m mlabel_exp.<command>
+ENTRY_SHIMS = {"run", "predict", "compare", "search", "inspect", "synthetic", "diagnose", "export", "labels"}  # python -m mlabel_exp.<command>
 MAX_FUNCTION_LINES, MAX_CLASS_LINES = 60, 200
 
 
@@ -140,6 +140,14 @@ def test_imports_inside_functions_are_only_those_that_defer_a_heavy_library():
                     pointless += [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {d}" for d in sorted(ours)
                                   if not heavy(d) - heavy(name)]
     assert pointless == []
+
+
+def test_docs_architecture_names_every_module_and_package():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    listed = [path.relative_to(PACKAGE).as_posix() for path in _modules().values()
+              if path.name != "__init__.py" and not (path.parent == PACKAGE and path.stem in ENTRY_SHIMS)]
+    missing = [module for module in listed if f"`{module}`" not in page]
+    assert missing == [] and all(f"{p}/" in page for p in SUB_PACKAGES)
 
 
 def test_mlflow_is_imported_only_under_the_tracking_package():

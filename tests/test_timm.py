@@ -201,7 +201,7 @@ def test_a_timm_run_from_a_local_state_dict_records_its_preprocessing_and_predic
 
     out = tmp_path / "out"
     overrides = tiny_overrides(tmp_path, "model=timm", "model.name=test_convnext", "model.trainable=partial",
-                               "trainer.amp=false", "trainer.epochs=1", f"trainer.output_dir={out}")
+                               "trainer.amp=false", "trainer.epochs=1", f"trainer.output_dir={out}", store=False)
     with pytest.raises(WeightsUnavailable, match="test_convnext.r160_in1k/snapshots/main"):  # DEFAULT offline
         train(compose_cfg(*overrides))
     assert not (tmp_path / "cache").exists() and not (tmp_path / "mlruns").exists()  # before any data or tracking

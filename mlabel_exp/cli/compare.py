@@ -24,7 +24,7 @@ def tables(result, wide: bool) -> None:
         table.insert(1, "group", run_labels(table, found))
     print(console_table(table, wide=wide) + "\n")
     if grouped:
-        title = f"Groups across seeds ({found.evaluated_on}):"
+        title = f"Groups across {found.over} ({found.evaluated_on}):"
         print(title if wide else textwrap.fill(title, 120, subsequent_indent="  "))
         print("\n".join(legend(found, 10 ** 6 if wide else None)))
         print(console_table(groups_table(found, short=True), wide=wide) + "\n")

@@ -119,7 +119,9 @@ def settings_table(children: list[dict], settings: list, title: str, look: list[
     unfinished = [c for c in children if c["status"] != "FINISHED"]
     lines = [shorten(f"{title}: {len(children)} run(s), {len(settings)} setting(s), best mean val mAP first")]
     for s in settings[:20]:
-        seeds = f"{len(s.seeds)} seeds: " + " ".join(f"{v:.4f}" for v in s.values) if len(s.seeds) > 1 else "1 seed"
+        word = "fold" if s.unit.startswith("fold") else "seed"  # a fold sweep's values are its folds
+        values = " ".join(f"{v:.4f}" for v in s.values)
+        seeds = f"{len(s.seeds)} {word}s: {values}" if len(s.seeds) > 1 else f"1 {word}"
         lines.append(shorten(f"  {s.mean:.4f}  {s.name}  ({seeds})"))
     if len(settings) > 20:
         lines.append(f"  ... and {len(settings) - 20} more (compare lists them all)")

@@ -318,8 +318,8 @@ def compare(experiment: str = "mlabel-exp", *, tracking_uri: str | None = None, 
     figures, figure_notes, per_class = make_figures(uri, table, histories, out_dir, title, frames, found)
     notes += figure_notes + found.notes
     write_groups(found, out_dir)
-    write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}\n## Groups across seeds "
-                 f"({found.evaluated_on})\n\n{to_markdown(groups_table(found))}"
+    write_atomic(out_dir / "comparison.md", f"# Comparison: {where}\n\n{to_markdown(table)}\n## Groups across "
+                 f"{found.over} ({found.evaluated_on})\n\n{to_markdown(groups_table(found))}"
                  + "".join(f"\n- {note}" for note in found.notes))  # which runs were set apart, and why
     if len(found.table) > 1:
         figures["seed_intervals.png"] = save(plots.group_intervals(found.table, f"{title}\n{found.evaluated_on}",

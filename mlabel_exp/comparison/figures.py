@@ -63,7 +63,7 @@ def run_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], title: 
     handles = [Line2D([], [], alpha=0.85, markerfacecolor="none", **style) for style, _ in entries]
     fig.legend(handles, [clip(name, 160 if groups else 60) for _, name in entries], loc="lower center",
                ncol=1 if groups else min(3, max(1, len(entries))), fontsize="small", frameon=False,
-               title="colour: group; line style: its seed runs" if groups else None, title_fontsize="small")
+               title="colour: group; line style: each of its runs" if groups else None, title_fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, legend_h / height, 1, 1))
@@ -199,8 +199,10 @@ def group_intervals(groups, title: str = "", objective: str = "best val mAP", la
     ax.set_xlim(*_interval_axis(groups))
     low, high = ax.get_xlim()
     scale = "full scale" if (low, high) == (0, 1) else f"axis {low:.2f}-{high:.2f}, zoomed to the intervals"
-    ax.set_xlabel(f"{objective} ({scale})\ndiamond: mean over seeds; bar: 95% t-interval; circles: seed runs",
-                  fontsize=9)
+    folds = "unit" in groups and str(groups["unit"].iloc[0]).startswith("fold")  # fold groups: a value a fold
+    what = ("mean over folds; bar: 95% corrected t-interval; circles: folds (seeds averaged)" if folds else
+            "mean over seeds; bar: 95% t-interval; circles: seed runs")
+    ax.set_xlabel(f"{objective} ({scale})\ndiamond: {what}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     if lines:
         fig.suptitle("\n".join(lines), fontsize=9)

@@ -11,6 +11,11 @@ across seeds), the values tested are the mAP recomputed on them from each run's 
 labels masked, as the run's own metrics). Where a t-test over seeds cannot stand (a group with one seed, or seeds that
 score exactly alike: ``stats.seed_test_limit``) the runs are compared over those images by a paired bootstrap (what it
 says is about the trained models, not their settings), or else the verdict says it cannot tell, and why.
+
+Fold runs (``data.folds=K``, the ``data.fold_set`` tag) each score their own fold: the runs of one setting over the
+folds of one fold set (the same images, K and split seed) form one group, whose observations are its folds (the seeds
+of a fold averaged), paired with another group's on the same fold and tested with the corrected resampled t-test
+(``stats.fold_difference``).
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ NOT_SETTINGS = ("seed", "device", "world_size", "data.num_workers", "data.num_wo
 #: group the settings do not, and would only lengthen the groups' names.
 FACTS = ("model.weights_used", "data.num_images", "data.num_train", "data.num_val", "data.num_test",
          "metrics.classes_left_out", "data.unknown_labels")
+#: Params that differ between the folds of one setting: the fold, and the counts that follow from it.
+FOLD_VARIES = ("data.fold", "data.num_train", "data.num_val", "metrics.classes_left_out")
 SPLITS = (("val", "validation"), ("test", "test"))  # prediction file stem, data set context (record.dataset_digests)
 LEGACY_BEST_SCORE = "best/val_mAP"  # BEST_SCORE in runs logged before the metric names were unified
 COLUMNS = ["group", "verdict", "n", "mean", "std", "ci_low", "ci_high", "eval_mAP", "difference", "diff_ci_low",
-           "diff_ci_high", "p_value", "seeds", "values", "run_ids", "test"]
+           "diff_ci_high", "p_value", "seeds", "values", "run_ids", "test", "unit"]
 ALPHA = 0.05
 
 
@@ -57,14 +64,28 @@ class Groups:
     evaluated_on: str        # what the verdicts test, on which values
     notes: list[str]
 
+    @property
+    def over(self) -> str:
+        """What the best group's observations are, for headings: "folds" (fold runs) or "seeds"."""
+        first = str(self.table["unit"].iloc[0]) if len(self.table) and "unit" in self.table else ""
+        return "folds" if first.startswith("fold") else "seeds"
+
+
+def is_fold_run(run: dict) -> bool:
+    """A run of K-fold cross-validation (data.folds=K): it scored its own fold."""
+    return run["params"].get("data.folds", "0") not in ("0", "")
+
 
 def settings_key(run: dict) -> tuple:
-    return tuple(sorted((k, v) for k, v in run["params"].items() if k not in NOT_SETTINGS))
+    skip = NOT_SETTINGS + (FOLD_VARIES if is_fold_run(run) else ())
+    return tuple(sorted((k, v) for k, v in run["params"].items() if k not in skip))
 
 
 def _typed_settings(run: dict) -> list[str]:
-    """The overrides the run was started with (its ``overrides`` tag), the seed left out: what the user typed."""
-    return [w for w in run["tags"].get("overrides", "").split() if not w.startswith("seed=") and w != "(none)"]
+    """The overrides the run was started with (its ``overrides`` tag), the seed and the fold left out: what the user
+    typed."""
+    return [w for w in run["tags"].get("overrides", "").split()
+            if not w.startswith(("seed=", "data.fold=")) and w != "(none)"]
 
 
 # ------------------------------------------------------------------ the images a run was scored on
@@ -93,10 +114,31 @@ def data_key(run: dict, frames: PredictionFiles | None) -> Scored:
     them only where the run provably scored the whole split: no step limit (trainer.max_steps_per_epoch=0) and no
     image skipped, or its prediction file holds as many images as the split. Otherwise (a smoke run's few batches, a
     run that logged no digest) the key is a digest of the files, classes and labels (unknowns included) in its
-    prediction file. ``frames`` None: the logged digests alone (a sweep's ranking, which reads no file)."""
+    prediction file. ``frames`` None: the logged digests alone (a sweep's ranking, which reads no file). A fold run is
+    keyed by its fold set (``_fold_key``)."""
     digests = run.get("datasets") or {}
     found = {split: _split_key(run, split, digests.get(context, ""), frames) for split, context in SPLITS}
+    if run["tags"].get("data.fold_set"):
+        found["val"] = _fold_key(run, frames)
     return Scored(found["val"][0], found["test"][0], found["val"][1], found["test"][1])
+
+
+def _fold_key(run: dict, frames: PredictionFiles | None) -> tuple[str, int | None]:
+    """A fold run's evaluation key: its fold set (the images the folds cut, data.folds, data.split_seed), the same for
+    every fold, with as many images as the folds hold; ':part' where it scored only some batches of its fold."""
+    p = run["params"]
+    size = sum(int(p[k]) for k in ("data.num_train", "data.num_val") if str(p.get(k)).isdigit())
+    whole = p.get("trainer.max_steps_per_epoch") == "0" and run.get("tags", {}).get("data.skipped_images") == "0"
+    if not whole and frames is not None:
+        scored = frames.get(run["run_id"], "val")
+        whole = scored is not None and str(len(scored.files)) == p.get("data.num_val")
+    key = f"folds:{run['tags']['data.fold_set']}"
+    return (key, size) if whole or frames is None else (f"{key}:part", None)
+
+
+def fold_mode(key: Scored) -> bool:
+    """The compared runs are fold runs (``_fold_key``)."""
+    return key.val.startswith("folds:")
 
 
 def _split_key(run: dict, split: str, digest: str, frames: PredictionFiles | None) -> tuple[str, int | None]:
@@ -118,6 +160,11 @@ def _split_key(run: dict, split: str, digest: str, frames: PredictionFiles | Non
 
 def _other_images(key: Scored, main: Scored) -> str:
     """How a run's evaluation images differ from the compared runs', in plain words."""
+    if key.val.endswith(":part") or fold_mode(key) != fold_mode(main):
+        what = {True: "some batches of each fold (trainer.max_steps_per_epoch)", False: "whole folds"}
+        mine = what[key.val.endswith(":part")] if fold_mode(key) else "one validation split"
+        theirs = what[main.val.endswith(":part")] if fold_mode(main) else "one validation split"
+        return f"scored on {mine}; the best group on {theirs}"
     for split, name in SPLITS:
         n, m = getattr(key, f"n_{split}"), getattr(main, f"n_{split}")
         if n != m:
@@ -174,7 +221,7 @@ def group_names(keys: list[tuple], members: list[list[dict]]) -> list[str]:
     if len(keys) == 1:  # nothing differs: what its runs' names share, the seed left out
         words = [set(r.get("name", "").split()) for r in members[0]]
         names = [[w for w in members[0][0].get("name", "").split() if w in set.intersection(*words)
-                  and not w.startswith("seed=")]]
+                  and not w.startswith(("seed=", "data.fold="))]]
     names = [" ".join(n) or "all runs" for n in names]
     if len(set(names)) < len(names):  # typed words that tell groups apart no param does (a facts-only difference)
         names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
@@ -182,25 +229,55 @@ def group_names(keys: list[tuple], members: list[list[dict]]) -> list[str]:
 
 
 def _seed_order(run: dict) -> tuple:
+    fold = run["params"].get("data.fold", "") if is_fold_run(run) else ""
     seed = run["params"].get("seed", "")
-    return (0, int(seed), "") if str(seed).isdigit() else (1, 0, str(seed))
+    fold = int(fold) if str(fold).isdigit() else -1
+    return (fold, 0, int(seed), "") if str(seed).isdigit() else (fold, 1, 0, str(seed))
+
+
+def observation(run: dict) -> str:
+    """What one observation of a group is: a seed, or for a fold run its fold (the seeds of a fold are averaged into
+    one observation: they share the fold's images, which the corrected test does not count as independent)."""
+    if is_fold_run(run):
+        return str(run["params"].get("data.fold"))
+    return str(run["params"].get("seed", run["run_id"]))
 
 
 def per_seed(members: list[dict], value) -> tuple[list[str], list[float]]:
-    """One observation per seed: the mean of ``value(run)`` over a seed's repeats (a run without a seed is its own)."""
+    """One observation per seed (a fold run's: per fold): the mean of ``value(run)`` over its runs (a run without a
+    seed is its own)."""
     by_seed: dict[str, list[float]] = {}
     for run in members:
-        by_seed.setdefault(str(run["params"].get("seed", run["run_id"])), []).append(value(run))
+        by_seed.setdefault(observation(run), []).append(value(run))
     return list(by_seed), [float(np.mean(v)) for v in by_seed.values()]
+
+
+def unit(members: list[dict]) -> str:
+    """What a group's observations are, in words: "seed", "fold", or "fold (S seeds each)"."""
+    if not is_fold_run(members[0]):
+        return "seed"
+    seeds = len({r["params"].get("seed") for r in members})
+    return "fold" if seeds == 1 else f"fold ({seeds} seeds each)"
+
+
+def fold_ratio(runs: list[dict]) -> float:
+    """Validation over training images of fold runs, averaged (1/(K-1) for K equal folds): the corrected resampled
+    t-test's inflation of the variance."""
+    ratios = [int(r["params"]["data.num_val"]) / int(r["params"]["data.num_train"]) for r in runs
+              if str(r["params"].get("data.num_val")).isdigit() and str(r["params"].get("data.num_train")).isdigit()
+              and int(r["params"]["data.num_train"]) > 0]
+    return float(np.mean(ratios)) if ratios else 0.0
 
 
 @dataclass
 class Setting:
-    """One setting of a sweep: its runs, and its best val mAP over seeds (one value a seed: repeats averaged)."""
+    """One setting of a sweep: its runs, and its best val mAP over seeds (one value a seed: repeats averaged; over
+    folds for fold runs, ``unit`` says which)."""
     name: str
     seeds: list[str]
     values: list[float]
     runs: list[dict]
+    unit: str = "seed"
 
     @property
     def mean(self) -> float:
@@ -215,7 +292,7 @@ def rank_settings(runs: list[dict]) -> list[Setting]:
     found = []
     for name, members in group_runs(scored, keys).items():
         seeds, values = per_seed(members, lambda r: objective(r["metrics"]))
-        found.append(Setting(name, seeds, values, members))
+        found.append(Setting(name, seeds, values, members, unit(members)))
     return sorted(found, key=lambda s: -s.mean)
 
 
@@ -229,11 +306,39 @@ class _Group:
     scores: list[float]      # the objective, one a seed
     tested: list[float]      # what the verdict tests, one a seed (scores, or the mAP on the shared images)
     apart: str = ""          # why this group is not compared (other data)
+    ratio: float | None = None  # fold groups: validation over training images a fold (None: seeds)
+
+    @property
+    def shown(self) -> str:
+        """The observations as the table says them: seeds ("0 1 2"), or folds ("folds 0 1 2 x seeds 0 1")."""
+        if self.ratio is None:
+            return " ".join(self.seeds)
+        seeds = list(dict.fromkeys(str(r["params"].get("seed")) for r in self.members))
+        return f"folds {' '.join(self.seeds)}" + (f" x seeds {' '.join(seeds)}" if len(seeds) > 1 else "")
+
+
+def _fold_test(best: _Group, other: _Group) -> dict:
+    """best - other over the folds both were run on (their seeds averaged per fold), paired by fold: the corrected
+    resampled t-test (stats.fold_difference), else ``why`` it cannot be made."""
+    common = [f for f in best.seeds if f in other.seeds]
+    a = [best.tested[best.seeds.index(f)] for f in common]
+    b = [other.tested[other.seeds.index(f)] for f in common]
+    limit = stats.fold_test_limit(a, b)
+    if limit is not None:
+        return {"why": limit}
+    d = stats.fold_difference(a, b, best.ratio, 1 - ALPHA)
+    seeds = {r["params"].get("seed") for r in best.members + other.members}
+    over = f"{len(common)} folds" + (f" x {len(seeds)} seeds" if len(seeds) > 1 else "")
+    return {"difference": d.difference, "diff_ci_low": d.ci_low, "diff_ci_high": d.ci_high, "p_value": d.p_value,
+            "test": d.method, "over": over}
 
 
 def _test(best: _Group, other: _Group, paired, n_resamples: int, seed: int) -> dict:
     """best - other: difference, interval, p-value, test name: Welch's t-test over seeds where it can stand, else the
-    runs over the shared images (paired bootstrap; ``runs_only`` says why), else ``why`` no test can be made."""
+    runs over the shared images (paired bootstrap; ``runs_only`` says why), else ``why`` no test can be made. Fold
+    groups: ``_fold_test``."""
+    if best.ratio is not None:
+        return _fold_test(best, other)
     limit = stats.seed_test_limit(best.tested, other.tested, ("the best group", "this group"))
     if limit is None:
         d = stats.seed_difference(best.tested, other.tested, 1 - ALPHA)
@@ -253,17 +358,18 @@ def _test(best: _Group, other: _Group, paired, n_resamples: int, seed: int) -> d
 
 
 def _row(group: _Group, best: _Group, paired, eval_map: dict, n_groups: int, n_resamples: int, seed: int) -> dict:
-    s = stats.seed_interval(group.scores)
+    s = stats.seed_interval(group.scores, test_train_ratio=group.ratio or 0.0)
     row = {"group": group.name, "n": s.n, "mean": s.mean, "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high,
-           "eval_mAP": eval_map.get(group.name), "seeds": " ".join(group.seeds), "values": group.scores,
-           "run_ids": " ".join(r["run_id"] for r in group.members), "test": ""}
+           "eval_mAP": eval_map.get(group.name), "seeds": group.shown, "values": group.scores,
+           "run_ids": " ".join(r["run_id"] for r in group.members), "test": "", "unit": unit(group.members)}
     if group.apart:
         return row | {"verdict": group.apart}
     found = _test(best, group, paired, n_resamples, seed) if group is not best else {}
-    why, runs_only = found.pop("why", ""), found.pop("runs_only", "")
+    why, runs_only, over = found.pop("why", ""), found.pop("runs_only", ""), found.pop("over", "")
     row |= found
     interval = (row["diff_ci_low"], row["diff_ci_high"]) if "diff_ci_low" in row else None
-    word = stats.verdict(group is best, row.get("p_value"), ALPHA, interval, runs_only, why) if n_groups > 1 else ""
+    word = stats.verdict(group is best, row.get("p_value"), ALPHA, interval, runs_only, why, over) \
+        if n_groups > 1 else ""
     return row | {"verdict": word}
 
 
@@ -280,7 +386,9 @@ def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAU
     groups = group_runs(runs, keys)
     compared = [r for r in runs if keys[r["run_id"]] == main]
     n_main = sum(keys[rs[0]["run_id"]] == main for rs in groups.values())
-    paired = paired_inputs(frames, compared) if n_main > 1 else "one group: nothing to compare"
+    ratio = fold_ratio(compared) if fold_mode(main) else None
+    paired = (FOLDS if ratio is not None else paired_inputs(frames, compared)) if n_main > 1 \
+        else "one group: nothing to compare"
     value = (lambda r: objective(r["metrics"])) if isinstance(paired, str) else \
         (lambda r: float(stats.weighted_map(paired[2][r["run_id"]], paired[1])[0]))
     built = []
@@ -289,7 +397,7 @@ def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAU
         key = keys[members[0]["run_id"]]
         apart = "" if key == main else f"set apart: {_other_images(key, main)}"
         tested = per_seed(members, value)[1] if not apart else scores
-        built.append(_Group(name, members, seeds, scores, tested, apart))
+        built.append(_Group(name, members, seeds, scores, tested, apart, ratio if not apart else None))
     eval_map = {} if isinstance(paired, str) else {g.name: float(np.mean(g.tested)) for g in built if not g.apart}
     built.sort(key=lambda g: (bool(g.apart), -np.nan_to_num(np.mean(g.tested), nan=-np.inf)))
     rows = [_row(g, built[0], paired, eval_map, n_main, n_resamples, seed) for g in built]
@@ -297,10 +405,16 @@ def compare_groups(uri: str, runs: list[dict], *, n_resamples: int = stats.DEFAU
     return Groups(table, evaluated_on(paired, table), _notes(built, paired, keys, main, table))
 
 
+#: ``paired`` of fold runs: each scored its own fold, so no images are shared; the test pairs folds instead.
+FOLDS = "fold runs: each scored on its own fold"
+
+
 def evaluated_on(paired, table: pd.DataFrame) -> str:
     """What the verdicts test, on which values."""
     tests = sorted({t for t in table["test"] if t})
     how = "; ".join(tests) if tests else "no test"
+    if paired == FOLDS:
+        return f"{how} of the best val mAP of each fold (its seeds averaged), paired by fold"
     if isinstance(paired, str):
         return f"{how} of the best val mAP over seeds (no shared images: {paired})"
     split, targets, _ = paired
@@ -318,13 +432,40 @@ def _notes(built: list[_Group], paired, keys: dict, main: Scored, table: pd.Data
                      f"{main.label}): {' '.join(ids[:8])}{' ...' if len(ids) > 8 else ''}; never grouped or tested "
                      "with them")
     for g in built:
+        if g.ratio is not None:
+            continue  # fold groups: _fold_notes
         if len(g.members) > len(g.seeds):
             notes.append(f"{g.name}: {len(g.members)} runs of {len(g.seeds)} seed(s) ({' '.join(g.seeds)}): a seed run "
                          "again is one observation (the mean of its repeats), n counts seeds")
         if len(g.scores) > 1 and stats.seed_interval(g.scores).clipped:
             notes.append(f"{g.name}: its 95% t-interval over {len(g.scores)} seeds reached past 0 or 1 and is cut "
                          "there (mAP lies in [0, 1]): the seeds spread too much for so few; more seeds narrow it")
-    return notes + _test_notes([g for g in built if not g.apart], paired, table)
+    compared = [g for g in built if not g.apart]
+    if paired == FOLDS or any(g.ratio is not None for g in compared):
+        return notes + _fold_notes(compared)
+    return notes + _test_notes(compared, paired, table)
+
+
+def _fold_notes(compared: list[_Group]) -> list[str]:
+    """What qualifies the groups of fold runs and their tests."""
+    notes = []
+    for g in compared:
+        if len(g.members) > len(g.seeds):
+            notes.append(f"{g.name}: {len(g.members)} runs over {len(g.seeds)} fold(s) ({g.shown}): the seeds of a "
+                         "fold are averaged into one value (they share its images), n counts folds")
+        missing = [f for g2 in compared for f in g2.seeds if f not in g.seeds]
+        if missing:
+            notes.append(f"{g.name}: no finished run on fold(s) {' '.join(sorted(set(missing)))}: it is compared on "
+                         "the folds it has")
+    if compared and compared[0].ratio is not None:
+        notes.append(f"fold runs: each run is scored on its own fold (n_test/n_train {compared[0].ratio:.3f}); the "
+                     "intervals and tests inflate the variance over folds by (1/J + n_test/n_train) (Nadeau & "
+                     "Bengio's correction: the folds' training sets overlap), so 5 folds give wide intervals: 'not "
+                     "distinguishable' is not 'equal'")
+    if len(compared) > 2:
+        notes.append(f"{len(compared) - 1} groups are each tested against the best, without a correction for "
+                     "multiple comparisons: read a p just under 0.05 with care")
+    return notes
 
 
 def _test_notes(compared: list[_Group], paired, table: pd.DataFrame) -> list[str]:

@@ -54,7 +54,8 @@ def verdict(found: Groups) -> str:
     if t.empty:
         return "No group to compare."
     best = t.iloc[0]
-    lead = f"{best['group']} has the best mean best val mAP ({best['mean']:.4f}, n={int(best['n'])})"
+    n = f"over {int(best['n'])} folds" if found.over == "folds" else f"n={int(best['n'])}"
+    lead = f"{best['group']} has the best mean best val mAP ({best['mean']:.4f}, {n})"
     if len(t) == 1:
         return f"One group ({int(best['n'])} run(s)): mean best val mAP {best['mean']:.4f}; nothing to compare it with."
     words = t.iloc[1:]["verdict"].astype(str)
@@ -146,7 +147,7 @@ def sections(found: Groups, groups_frame: pd.DataFrame, figures: dict[str, Path]
     key, more, photos = _figures(figures)
     labelled = groups_frame.copy()
     labelled.insert(0, "label", group_labels(len(labelled)))
-    pages = [report.Section("Groups across seeds", [report.Table(labelled, found.evaluated_on)]),
+    pages = [report.Section(f"Groups across {found.over}", [report.Table(labelled, found.evaluated_on)]),
              report.Section("Key figures", key)]
     if differences is not None:
         pages.append(report.Section("Per-class AP: each group against the best", [report.Table(

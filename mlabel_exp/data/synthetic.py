@@ -288,3 +288,34 @@ def _voc(root: Path, index, names: list[list[str]]) -> None:
         (root / "Annotations" / f"{Path(file).stem}.xml").write_bytes(ET.tostring(node))
     stems = "".join(f"{Path(f).stem}\n" for f in index.files)
     (root / "ImageSets" / "Main" / "trainval.txt").write_text(stems)
+
+
+def write_label_errors(root: str | Path, out: str | Path, drop: float = 0.1, add: float = 0.01,
+                       seed: int = 0) -> list[tuple[int, str, int]]:
+    """A copy of the folder-format data set at ``root`` in ``out`` (images hard-linked where the disk allows, else
+    copied) whose labels are wrong on purpose: each positive dropped with probability ``drop`` (a missing label), each
+    negative made positive with probability ``add`` (a label the image does not show), drawn from
+    ``np.random.default_rng(seed)``. Returns the errors as (image number, class, the label now given) and writes them to
+    ``out``/injected_errors.csv: what the label check is measured against (benchmarks/bench_label_errors.py)."""
+    root, out = Path(root), Path(out)
+    index = build_index(root)
+    if (out / "annotations").exists():
+        raise FileExistsError(f"{out} holds a data set already")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for file in index.files:
+        try:
+            os.link(root / "images" / file, out / "images" / file)
+        except OSError:
+            shutil.copy2(root / "images" / file, out / "images" / file)
+    rng = np.random.default_rng(seed)
+    labels = index.labels.copy()
+    draws = rng.random(labels.shape)
+    dropped, added = (labels == 1) & (draws < drop), (labels == 0) & (draws < add)
+    labels[dropped], labels[added] = 0, 1
+    (out / "annotations").mkdir()
+    for c, name in enumerate(index.classes):
+        ids = index.ids[labels[:, c] == 1]
+        (out / "annotations" / f"{name}.txt").write_text("".join(f"{int(i)}\n" for i in ids))
+    errors = [(int(index.ids[r]), index.classes[c], int(labels[r, c])) for r, c in zip(*np.nonzero(dropped | added))]
+    write_atomic(out / "injected_errors.csv", "image,class,given\n" + "".join(f"{i},{c},{g}\n" for i, c, g in errors))
+    return errors

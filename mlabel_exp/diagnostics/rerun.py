@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 
 def _data_index(uri: str | None, run_id: str):
     """The run's data set, indexed from its logged config.yaml (no image decoded); None when it cannot be found here."""
+    found = run_data(uri, run_id)
+    return found[1] if found is not None else None
+
+
+def run_data(uri: str | None, run_id: str):
+    """(data settings, index) of the run's data set, from its logged config.yaml (no image decoded); None when it
+    cannot be found here (said in a warning)."""
     from omegaconf import OmegaConf
 
 
@@ -42,8 +49,9 @@ def _data_index(uri: str | None, run_id: str):
         log.warning("run %s has no config.yaml: the galleries show no images", run_id)
         return None
     try:
-        data = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.create(text).get("data", {}))
-        return index_from_config(OmegaConf.to_object(data))
+        data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig),
+                                                   OmegaConf.create(text).get("data", {})))
+        return data, index_from_config(data)
     except (UserError, OSError, ValueError, KeyError) as e:
         log.warning("the run's data is not readable here (%s): the galleries show no images", e)
         return None

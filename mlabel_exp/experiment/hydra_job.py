@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from mlabel_exp.config import Config, project_root, resolve_path, resolved_tracking
 from mlabel_exp.errors import UserError
+from mlabel_exp.render.shell import module_command, override
 from mlabel_exp.tracking.sweeps import end_sweep_parent, sweep_id_of, swept
 from mlabel_exp.training.stop import scheduler_job
 
@@ -113,10 +114,29 @@ def failed_jobs(folder: Path) -> list[dict]:
 
 def end_sweep(config: DictConfig, failed: list[dict]) -> tuple[list[dict], list, list[str]]:
     """Close the sweep's parent run (FAILED when a job failed) with its winning setting: (its child runs, the settings
-    best first, the lines that say where to look)."""
-    from mlabel_exp.comparison.groups import rank_settings
+    best first, the lines that say where to look). A fold sweep's parent also gets the out-of-fold table
+    (``out_of_fold``)."""
+    from mlabel_exp.comparison.groups import is_fold_run, rank_settings
 
     lines = [f"  job {f['job']} ({f['overrides']}): {f['error']}" for f in failed]
     summary = f"{len(failed)} sweep job(s) failed:\n" + "\n".join(lines) if failed else "all jobs finished"
-    return end_sweep_parent(resolved_tracking(config), sweep_id_of(config.hydra.sweep.dir),
-                            "FAILED" if failed else "FINISHED", summary, rank_settings)
+    tracking = resolved_tracking(config)
+    children, settings, look = end_sweep_parent(tracking, sweep_id_of(config.hydra.sweep.dir),
+                                                "FAILED" if failed else "FINISHED", summary, rank_settings)
+    if any(is_fold_run(c) for c in children):
+        look = [*out_of_fold(tracking.uri, children, Path(config.hydra.sweep.dir)), *look]
+    return children, settings, look
+
+
+def out_of_fold(uri: str, children: list[dict], sweep_folder: Path) -> list[str]:
+    """The out-of-fold table of a fold sweep, logged on its parent run (comparison.folds), and the label check's
+    command; a sweep that cannot give one (a fold missing or scored in part) says why, and its runs stand."""
+    from mlabel_exp.comparison.folds import FOLDER, log_out_of_fold
+
+    parent = children[0]["tags"].get("mlflow.parentRunId", "")
+    try:
+        line = log_out_of_fold(uri, parent, children, sweep_folder / FOLDER)
+    except UserError as e:
+        log.warning("no out-of-fold table: %s", e)
+        return [f"out-of-fold: none ({e})"]
+    return [line, f"labels: {module_command('labels', override('run', parent[:8]))}   (the labels most likely wrong)"]

@@ -59,7 +59,8 @@ def run_params(cfg: DictConfig, typed: Config, facts: dict, cuda: bool = False) 
         "data.synthetic.": lambda k: d.name == "synthetic",
         "data.": lambda k: (k in FORMAT_SETTINGS.get(d.name, ()) or
                             all(k not in keys for keys in FORMAT_SETTINGS.values())) and
-        (k != "crop_scale_min" or d.random_resized_crop) and (k != "repeat_threshold" or d.sampler == "repeat_factor"),
+        (k != "crop_scale_min" or d.random_resized_crop) and (k != "repeat_threshold" or d.sampler == "repeat_factor")
+        and (k not in ("folds", "fold") or d.folds > 0) and (k != "val_fraction" or d.folds == 0),
         "trainer.": lambda k: k != "amp_dtype" or cuda,  # amp also applies on the CPU (bfloat16 where native)
     }
     skipped = ("presets.", "tracking.", "diagnostics.", "resume", "dropout", "weight_decay", "trainer.output_dir", "trainer.progress",
@@ -121,23 +122,36 @@ def images_used(split, trainer_cfg) -> str:
 def dataset_digests(index, split, content) -> dict[str, str]:
     """Per split, as MLflow dataset contexts (train, validation, test): a digest of its classes, image ids, labels and
     file content (``content``: image_cache.content_hashes), so that two runs on different data (other pixels too), or
-    on another split of it, show different datasets in the UI."""
-    import hashlib
-
-    import numpy as np
-
+    on another split of it (another fold), show different datasets in the UI."""
     digests = {}
     for part, context in (("train", "train"), ("val", "validation"), ("test", "test")):
         rows = split.get(part)
         if rows is None or len(rows) == 0:
             continue
-        h = hashlib.sha256("\n".join(index.classes).encode())
-        h.update(np.asarray(index.ids[rows], dtype=np.int64).tobytes())
-        # the labels' int8 bytes (an unknown -1 as 255): a change of unknowns changes the digest, 0/1 labels keep theirs
-        h.update(np.ascontiguousarray(np.asarray(index.labels[rows]).astype(np.int8)).view(np.uint8).tobytes())
-        h.update(np.ascontiguousarray(content[rows], dtype=np.uint8).tobytes())
-        digests[context] = h.hexdigest()[:10]
+        digests[context] = _digest(index, rows, content)
     return digests
+
+
+def fold_set_digest(index, split, content) -> str:
+    """The digest of the images the folds cut (train and validation together: the same for every fold of one data set
+    and test split); with data.folds and data.split_seed (which fix the folds) the ``data.fold_set`` tag of a fold
+    run, which compare groups a setting's folds by and pairs folds within."""
+    import numpy as np
+
+    return _digest(index, np.sort(np.concatenate([split["train"], split["val"]])), content)
+
+
+def _digest(index, rows, content) -> str:
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256("\n".join(index.classes).encode())
+    h.update(np.asarray(index.ids[rows], dtype=np.int64).tobytes())
+    # the labels' int8 bytes (an unknown -1 as 255): a change of unknowns changes the digest, 0/1 labels keep theirs
+    h.update(np.ascontiguousarray(np.asarray(index.labels[rows]).astype(np.int8)).view(np.uint8).tobytes())
+    h.update(np.ascontiguousarray(content[rows], dtype=np.uint8).tobytes())
+    return h.hexdigest()[:10]
 
 
 def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, params: dict, tags: dict,
@@ -155,6 +169,9 @@ def start(tracker, cfg: DictConfig, identity, out: Path, index, split, content, 
     if "sweep_id" in run_tags:  # every job of a -m sweep is a child of the sweep's one parent run
         name = " ".join(swept(Path(run_tags["sweep_dir"]))) or None  # named by what it varies
         run_tags["mlflow.parentRunId"] = sweep_parent(tracker, run_tags["sweep_id"], run_tags["sweep_dir"], name)
+    if cfg.data.folds:  # what compare groups a setting's folds by (their validation images differ)
+        tags = {**tags, "data.fold_set": f"{fold_set_digest(index, split, content)}:{cfg.data.folds}:"
+                f"{cfg.data.split_seed}"}
     tracker.start(run_name, {**run_tags, **tags, "output_dir": str(out)}, params)
     tracker.log_datasets(dataset_name(cfg.data), index.root, dataset_digests(index, split, content))
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")  # at the start: a killed run has it too

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlabel_exp.config import Config, resolve_path, validate
 from mlabel_exp.data.formats import index_from_config, resolve_data_root
-from mlabel_exp.data.split import save_split, split_from_config
+from mlabel_exp.data.split import save_split, split_from_config, split_meta
 from mlabel_exp.errors import ConfigError
 from mlabel_exp.experiment import hydra_job as job
 from mlabel_exp.experiment import record
@@ -183,7 +183,7 @@ def load_data(run: Run) -> RunData:
     if resume:
         check_classes(index.classes, resume["last"]["classes"])
     elif distributed.is_main():
-        save_split(out / "split.json", index, split, seed=typed.data.split_seed)
+        save_split(out / "split.json", index, split, **split_meta(typed.data))
     return RunData(index, split, content, data)
 
 

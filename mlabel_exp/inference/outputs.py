@@ -11,7 +11,7 @@ whatever it holds (spaces, commas, ``;``, ``|``), is cut apart or merged with an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,23 +33,32 @@ def _cell(names: list[str]) -> str:
 
 
 def write_predictions(folder: Path, stem: str, files: list[str], probs, classes: list[str], thresholds=0.5,
-                      targets=None) -> list[Path]:
+                      targets=None, extra: dict[str, list] | None = None) -> list[Path]:
     """``<stem>.csv`` and ``<stem>.json`` keyed by file: a probability per class and the labels at ``thresholds``
     (one number or one per class); with ``targets`` (1 positive, 0 negative, -1 unknown) also the true and the
     unknown labels. Probabilities and thresholds are written losslessly and the labels decided from exactly the
-    numbers written (``floats``); lists of class names as JSON arrays (CSV cells too)."""
+    numbers written (``floats``); lists of class names as JSON arrays (CSV cells too). ``extra``: more columns
+    (name -> one int or str per file) after ``file``, and keys of each JSON record (the out-of-fold table's fold)."""
     import pandas as pd
 
 
     check_class_names(classes)  # a class named like a column would overwrite it: refused at indexing, asserted here
+    extra = extra or {}
+    clash = [c for c in classes if c in extra]
+    if clash:
+        raise DataError(f"class {clash[0]!r} has the name of the column {clash[0]!r} of {stem}.csv, which it would "
+                        "overwrite; rename that class")
     p = written(probs.numpy() if hasattr(probs, "numpy") else probs)
     t = written(np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(classes),)))
     predicted = p >= t
     frame = pd.DataFrame(p, columns=classes)
     frame.insert(0, "file", files)
+    for i, (name, values) in enumerate(extra.items(), start=1):
+        frame.insert(i, name, list(values))
     frame["labels"] = [_cell(label_names(row, classes)) for row in predicted]
-    records = {f: {"probabilities": dict(zip(classes, row.tolist())), "labels": label_names(hit, classes)}
-               for f, row, hit in zip(files, p, predicted)}
+    records = {f: {**{k: v[i] for k, v in extra.items()}, "probabilities": dict(zip(classes, row.tolist())),
+                   "labels": label_names(hit, classes)}
+               for i, (f, row, hit) in enumerate(zip(files, p, predicted))}
     if targets is not None:
         y = np.asarray(targets.numpy() if hasattr(targets, "numpy") else targets)
         for column, rows in (("true_labels", y > 0.5), ("unknown_labels", y < 0)):
@@ -92,20 +101,23 @@ class Predictions:
     targets: np.ndarray | None
     marks_unknowns: bool
     thresholds: np.ndarray | None = None
+    extra: dict[str, list] = field(default_factory=dict)  # read_predictions' ``extra`` columns, one value a file
 
     def sorted(self) -> Predictions:
         """The same, rows in file-name order (runs' files compared row by row)."""
         order = sorted(range(len(self.files)), key=self.files.__getitem__)
         return Predictions(self.classes, [self.files[i] for i in order], self.probs[order], self.labels[order],
-                           None if self.targets is None else self.targets[order], self.marks_unknowns, self.thresholds)
+                           None if self.targets is None else self.targets[order], self.marks_unknowns, self.thresholds,
+                           {k: [v[i] for i in order] for k, v in self.extra.items()})
 
 
-def read_predictions(text: str, fmt: str, where: str = "predictions") -> Predictions:
+def read_predictions(text: str, fmt: str, where: str = "predictions", extra: tuple[str, ...] = ()) -> Predictions:
     """A ``write_predictions`` file (``fmt``: "csv" or "json") from its text, also one an older version wrote (lists
-    joined by spaces, no unknown labels). ``where`` names the file in errors."""
+    joined by spaces, no unknown labels). ``where`` names the file in errors; ``extra``: the columns written with
+    ``write_predictions``' ``extra`` (not classes), read into ``Predictions.extra`` (CSV cells as text)."""
 
     try:
-        classes, files, probs, lists, thresholds = _read_json(text) if fmt == "json" else _read_csv(text, where)
+        classes, files, probs, lists, thresholds = _read_json(text) if fmt == "json" else _read_csv(text, where, extra)
     except DataError:
         raise
     except (ValueError, KeyError, TypeError) as e:
@@ -122,7 +134,27 @@ def read_predictions(text: str, fmt: str, where: str = "predictions") -> Predict
         targets = np.where(unknown, -1, grids["true_labels"].astype(np.int8)).astype(np.int8)
     labels = grids.get("labels", np.zeros((n, len(classes)), dtype=bool))
     return Predictions(classes, files, probs.reshape(n, len(classes)), labels, targets,
-                       "unknown_labels" in grids, thresholds)
+                       "unknown_labels" in grids, thresholds, _extra(text, fmt, files, extra, where))
+
+
+def _extra(text: str, fmt: str, files: list[str], names: tuple[str, ...], where: str) -> dict[str, list]:
+    """The ``extra`` columns of a prediction file, one value a file (as written in the JSON, as text in the CSV)."""
+    import io
+
+    import pandas as pd
+
+    if not names:
+        return {}
+    if fmt == "json":
+        records = json.loads(text)["predictions"]
+        found = {name: [records[f].get(name) for f in files] for name in names}
+    else:
+        frame = pd.read_csv(io.StringIO(text), keep_default_na=False, dtype=str)
+        found = {name: list(frame[name]) if name in frame.columns else [None] * len(files) for name in names}
+    missing = [name for name, values in found.items() if any(v is None for v in values)]
+    if missing:
+        raise DataError(f"{where}: no {missing[0]!r} for every image; write it again")
+    return found
 
 
 def _read_json(text: str):
@@ -137,14 +169,14 @@ def _read_json(text: str):
     return classes, files, probs, lists, np.array([given[c] for c in classes], dtype=np.float64) if given else None
 
 
-def _read_csv(text: str, where: str):
+def _read_csv(text: str, where: str, extra: tuple[str, ...] = ()):
     import io
 
     import pandas as pd
 
 
     frame = pd.read_csv(io.StringIO(text), keep_default_na=False, dtype=str)
-    classes = [c for c in frame.columns if c not in OUTPUT_COLUMNS]
+    classes = [c for c in frame.columns if c not in OUTPUT_COLUMNS and c not in extra]
     probs = frame[classes].to_numpy(dtype=np.float64)
     lists = {c: _names(list(frame[c]), classes, where, c) if c in frame.columns else None for c in LIST_COLUMNS}
     return classes, list(frame["file"]), probs, lists, None

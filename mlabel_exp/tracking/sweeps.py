@@ -95,7 +95,8 @@ def end_sweep_parent(tracking_cfg, sweep_id: str, status: str, summary: str,
 def _winner_tags(best, n_settings: int, n_runs: int, summary: str, parent: str) -> dict[str, str]:
     """The parent's tags naming the winning setting (not its luckiest seed), and its description."""
     top = max(best.runs, key=lambda r: r["metrics"].get(BEST_SCORE, float("-inf")))
-    over = (f"mean val mAP {best.mean:.4f} over {len(best.seeds)} seeds "
+    word = "folds" if getattr(best, "unit", "seed").startswith("fold") else "seeds"
+    over = (f"mean val mAP {best.mean:.4f} over {len(best.seeds)} {word} "
             f"({', '.join(f'{v:.4f}' for v in best.values)})" if len(best.seeds) > 1
             else f"val mAP {best.mean:.4f}, one seed")
     note = (f"**Best setting of {n_settings}** ({n_runs} runs): {best.name} ({over}). Whether it is more than seed "

@@ -180,3 +180,20 @@ def _index(root, folder, path, existing, names, per_row, classes, strict, proble
             unknown.append(unk)
     missing_images(missing, len(names), folder, str(path), strict, problems)
     return index_of(root, folder, files, positives, unknown, classes, problems=problems, source=str(path))
+
+
+def label_rows(root: str | Path, csv_file: str | None = None, image_column: str | None = None,
+               labels_column: str | None = None, csv_delimiter: str | None = None) -> tuple[Path, str | None,
+                                                                                         dict[str, int]]:
+    """Where each image's labels are in the CSV, for a person to change them: (the file, the labels column, or None
+    for a column per class, {image cell as written: line number}), read as ``read_csv`` reads it."""
+    root = Path(root)
+    path = find_csv(root, csv_file)
+    header, rows = _read_rows(path, csv_delimiter)
+    image_col = _pick(header, image_column, IMAGE_COLUMNS, "data.image_column", path) or header[0]
+    img = header.index(image_col)
+    column = None
+    if _shape(path, header, rows, image_col, labels_column) == "labels":
+        column = _pick(header, labels_column, LABEL_COLUMNS, "data.labels_column", path) or next(
+            h for h in header if h != image_col)
+    return path, column, {r[img]: lineno for lineno, r in reversed(rows)}  # the first row of a repeated image wins

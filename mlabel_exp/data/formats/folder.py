@@ -70,6 +70,12 @@ def _annotation_lines(path: Path, problems: list[str] | None = None,
     return ids
 
 
+def annotation_lines(path: Path) -> dict[int, int]:
+    """{image number: the line that first lists it} of one annotation file (malformed lines skipped): where a person
+    deletes a label."""
+    return {image: line for line, image in reversed(_annotation_lines(path, problems=[]))}
+
+
 def build_index(root: str | Path, image_pattern: str = "im{id}.jpg", strict: bool = False,
                 skip_bad_lines: bool = False, collect: list[Problem] | None = None) -> DatasetIndex:
     """Index a data root in O(images + annotation lines).
