@@ -327,7 +327,7 @@ class TrainerConfig:
     max_steps_per_epoch: int = 0         # > 0: cut each epoch (and validation) short; for smoke runs
     num_threads: int = 0                 # torch CPU threads; 0 = torch's default
     progress: str = "auto"               # auto (bar on a terminal, log lines otherwise) | bar | log | none
-    log_every_steps: int = 50            # log-line progress: one line every this many steps
+    log_every_steps: int = 50            # log-line progress and the lr metric: every this many steps
     checkpoint: bool = True              # write best.pt / last.pt in the job's output folder
     output_dir: Optional[str] = None     # default: Hydra's job folder (outputs/...)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -206,16 +206,19 @@ class Trainer:
         self.model.train()
         self.callbacks.on_train_mode(self.model)
         loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step host sync
-        seen = 0
-        progress = Progress(self.cfg.progress if distributed.is_main() else "none", epoch_steps(loader, self.cfg),
-                            f"epoch {epoch} train", self.cfg.log_every_steps)
+        seen, steps, every = 0, epoch_steps(loader, self.cfg), max(1, self.cfg.log_every_steps)
+        progress = Progress(self.cfg.progress if distributed.is_main() else "none", steps, f"epoch {epoch} train",
+                            self.cfg.log_every_steps)
         start = time.perf_counter()
         _seed_epoch(loader, self.batch_transform, epoch)
         try:
             for i, batch in _batches(self, loader, stop=f"stop requested during epoch {epoch}"):
+                lr = self.update.lr  # the LR this step trains at (the schedule moves it after the step)
                 loss_sum += self._step(batch) * len(batch["image"])
                 seen += len(batch["image"])
                 progress.step(i, lambda: float(loss_sum) / seen)
+                if i % every == 0 or i == steps:  # by training step of the run: a schedule's change on resume shows
+                    self.callbacks.on_steps((epoch - 1) * steps + i, {"lr": lr})
                 if self.estimate is not None and distributed.is_main():
                     self.estimate.step(i)
         finally:
@@ -261,7 +264,6 @@ class Trainer:
         """Train and validate epoch ``epoch`` (and trainer.ema's average: the epoch keeps the better weights); returns
         True when early stopping ends the run."""
         extra = self.callbacks.on_epoch_start(epoch) or {}
-        lr = self.update.lr
         start = time.perf_counter()
         row = self.train_epoch(train_loader, epoch)
         # the last epoch's validation runs to its end: then only the closing evaluation is left
@@ -271,7 +273,7 @@ class Trainer:
             distributed.broadcast_state(self.average.module, buffers_only=True)  # rank 0's (the saved) statistics
             outputs["ema"] = self.predict(val_loader, epoch < self.cfg.epochs, self._predictor(self.average.module))
             row.update(_scored("val_ema", outputs["ema"], self.classes, quiet=True, every=False))
-        row.update({"lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
+        row.update({"time/epoch_s": time.perf_counter() - start, **extra})  # lr: per step (Callbacks.on_steps)
         weights = "ema" if "ema" in outputs and row["val_ema/mAP"] > row["val/mAP"] else "raw"
         return self._end_epoch(epoch, row, outputs[weights], weights)
 
