@@ -120,6 +120,20 @@ def _scored(split: str, outputs, classes: list[str], quiet: bool, every: bool = 
                                             if every or k in M.KEY_METRICS}}
 
 
+def _cut_short(trainer: "Trainer", loader, targets: torch.Tensor) -> bool:
+    """Whether trainer.max_steps_per_epoch cuts the validation short (a smoke run). Such a validation misses rare classes
+    by design: said once, in the first epoch, as what the cut does, not warned as if the data lacked them (the run's
+    param metrics.classes_left_out counts those)."""
+    if epoch_steps(loader, trainer.cfg) == len(loader):
+        return False
+    missing = [c for c, n in zip(trainer.classes, (targets == 1).sum(0).tolist()) if n == 0]
+    if missing and not trainer.result.history:
+        log.info("validation cut to %d images (trainer.max_steps_per_epoch=%d): %d class(es) without a positive among "
+                 "them (%s) are left out of its mAP", len(targets), trainer.cfg.max_steps_per_epoch, len(missing),
+                 ", ".join(missing))
+    return True
+
+
 def _log_epoch(epoch: int, epochs: int, row: dict[str, float], improved: bool) -> None:
     ema = f" val_ema/mAP {row['val_ema/mAP']:.4f}" if "val_ema/mAP" in row else ""
     log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/mAP %.4f%s val/f1_micro %.4f (%.1fs)%s", epoch, epochs,
@@ -268,7 +282,8 @@ class Trainer:
         row = self.train_epoch(train_loader, epoch)
         # the last epoch's validation runs to its end: then only the closing evaluation is left
         outputs = {"raw": self.predict(val_loader, stoppable=epoch < self.cfg.epochs)}
-        row.update(_scored("val", outputs["raw"], self.classes, quiet=bool(self.result.history)))
+        cut = _cut_short(self, val_loader, outputs["raw"][1])
+        row.update(_scored("val", outputs["raw"], self.classes, quiet=bool(self.result.history) or cut))
         if self.average is not None:
             distributed.broadcast_state(self.average.module, buffers_only=True)  # rank 0's (the saved) statistics
             outputs["ema"] = self.predict(val_loader, epoch < self.cfg.epochs, self._predictor(self.average.module))
