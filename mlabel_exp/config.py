@@ -338,7 +338,7 @@ class TrainerConfig:
     max_steps_per_epoch: int = 0         # > 0: cut each epoch (and validation) short; for smoke runs
     num_threads: int = 0                 # torch CPU threads; 0 = torch's default
     progress: str = "auto"               # auto (bar on a terminal, log lines otherwise) | bar | log | none
-    log_every_steps: int = 50            # log-line progress: one line every this many steps
+    log_every_steps: int = 50            # log-line progress and the lr metric: every this many steps
     checkpoint: bool = True              # write best.pt / last.pt in the job's output folder
     output_dir: Optional[str] = None     # default: Hydra's job folder (outputs/...)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -484,13 +484,17 @@ class DiagnosticsConfig:
     min_bin_count: int = 30              # labels a reliability bin holds at least (adjacent bins merged until it does)
     min_positives: int = 20              # a class with fewer positives (or negatives) is in the pooled diagram only
     resamples: int = 1000                # bootstrap resamples of the per-class AP intervals
-    activation_maps: int = 3             # Grad-CAM maps: images per class (its most confident positives); 0: none
+    activation_maps: int = 2             # Grad-CAM maps: images of each kind (true positives, false positives, false
+    #                                      negatives: the most confident) per class page; 0: no maps
+    activation_map_classes: int = 4      # map pages of the N classes with the most errors; 0: every class
 
     def __post_init__(self):
         _check(self.gallery_classes >= 0, "diagnostics.gallery_classes", self.gallery_classes,
                "an integer >= 0 (0: every class)")
         _check(self.activation_maps >= 0, "diagnostics.activation_maps", self.activation_maps,
                "an integer >= 0 (0: no maps)")
+        _check(self.activation_map_classes >= 0, "diagnostics.activation_map_classes", self.activation_map_classes,
+               "an integer >= 0 (0: every class)")
         for key in ("gallery_size", "bins", "min_bin_count", "min_positives"):
             _check(getattr(self, key) >= 1, f"diagnostics.{key}", getattr(self, key), "an integer >= 1")
         _check(self.resamples >= 100, "diagnostics.resamples", self.resamples,

@@ -21,6 +21,10 @@ class ImageTooLarge(DataError):
     """An image over the pixel limit, refused from its header before a pixel is decoded."""
 
 
+class UnsupportedImage(DataError):
+    """An image file Pillow can open but this project cannot use as RGB (a multi-band TIFF): refused by name."""
+
+
 class ModelError(UserError):
     """Bad model settings or weights; the message names the setting or file and the fix."""
 

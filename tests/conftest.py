@@ -65,6 +65,33 @@ def huge_png(width: int = 12000, height: int = 12000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def raw_tiff(array: np.ndarray, photometric: int, extra_samples: tuple[int, ...] = ()) -> bytes:
+    """An uncompressed little-endian TIFF of ``array`` (H x W or H x W x bands, uint8 or uint16), its tags written by
+    hand: Pillow writes 8-bit RGB and greyscale and 16-bit greyscale (mode "I;16"), but neither 16-bit RGB nor a stack
+    of bands. ``photometric``: tag 262 (1 grey, 2 RGB); ``extra_samples``: tag 338 (0 unspecified, 2 alpha)."""
+    import struct
+
+    a = np.ascontiguousarray(array if array.ndim == 3 else array[..., None])
+    (h, w, bands), bits = a.shape, a.dtype.itemsize * 8
+    pixels = a.astype(a.dtype.newbyteorder("<")).tobytes()
+    tags = [(256, w), (257, h), (258, [bits] * bands), (259, 1), (262, photometric), (273, None), (277, bands),
+            (278, h), (279, len(pixels)), (284, 1)] + ([(338, list(extra_samples))] if extra_samples else [])
+    ifd_end = 8 + 2 + 12 * len(tags) + 4
+    arrays = {tag: struct.pack(f"<{len(v)}H", *v) for tag, v in tags if isinstance(v, list) and len(v) > 2}
+    at, offsets = ifd_end, {}
+    for tag, blob in arrays.items():
+        offsets[tag], at = at, at + len(blob)
+    entries = b""
+    for tag, value in tags:
+        if tag in arrays:
+            entries += struct.pack("<HHII", tag, 3, len(value), offsets[tag])
+        elif isinstance(value, list):  # one or two shorts fit in the entry
+            entries += struct.pack("<HHI", tag, 3, len(value)) + struct.pack(f"<{len(value)}H", *value).ljust(4, b"\0")
+        else:  # a long: the strip's offset (after the arrays) or the value
+            entries += struct.pack("<HHII", tag, 4, 1, at if tag == 273 else value)
+    return b"II*\0" + struct.pack("<IH", 8, len(tags)) + entries + b"\0" * 4 + b"".join(arrays.values()) + pixels
+
+
 def peak_memory_growth(fn) -> tuple[object, int]:
     """(fn(), how far this process's peak resident memory rose above its resident memory before, in bytes). Linux
     only: the peak (VmHWM) is reset through /proc/self/clear_refs; skips the test elsewhere."""

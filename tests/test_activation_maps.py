@@ -1,5 +1,6 @@
 """Where the model looks: Grad-CAM maps (the grad-cam package) point at the evidence, line up with the image as
-drawn, and one page per class shows its most confident predicted positives with a map per predicted label."""
+drawn, and one page per class shows its most confident true positives, false positives and false negatives with a map
+of the class and of each other predicted label."""
 
 import inspect
 import logging
@@ -61,27 +62,67 @@ def test_the_map_of_each_label_lies_on_its_own_evidence_and_has_the_drawn_image_
         assert inside / cam.sum() > 0.9, (c, quarters)
 
 
-def test_one_page_per_predicted_class_with_its_most_confident_images(tmp_path, caplog):
+def _random_images(tmp_path, sizes):
     rng = np.random.default_rng(0)
     paths = []
-    for i, (w, h) in enumerate([(40, 40), (64, 48), (48, 64), (40, 56), (50, 40)]):
+    for i, (w, h) in enumerate(sizes):
         paths.append(tmp_path / f"im{i}.png")
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_each_class_shows_its_most_confident_true_positives_and_errors():
+    """Against the definitions, row by row: TP predicted and present (highest p first), FP predicted and known absent
+    (highest first), FN present and not predicted (lowest first); unknown labels are neither; ties by row. Pages go to
+    the classes with the most errors; without true labels, the most confident predicted positives."""
+    probs = np.array([[0.9, 0.1], [0.6, 0.7], [0.95, 0.2], [0.2, 0.1], [0.7, 0.3], [0.1, 0.8], [0.3, 0.9]],
+                     dtype=np.float32)
+    targets = np.array([[1, 0], [0, 1], [1, -1], [1, 1], [0, 1], [-1, 1], [1, 0]], dtype=np.int8)
+    picked = am.pick_images(probs, [0.5, 0.5], per_kind=2, targets=targets)
+    assert picked == {0: {"TP": [2, 0], "FP": [4, 1], "FN": [3, 6]}, 1: {"TP": [5, 1], "FP": [6], "FN": [3, 4]}}
+    predicted = probs >= 0.5
+    for c, kinds in picked.items():
+        p = probs[:, c]
+        expected = {"TP": sorted(np.flatnonzero(predicted[:, c] & (targets[:, c] == 1)), key=lambda r: (-p[r], r)),
+                    "FP": sorted(np.flatnonzero(predicted[:, c] & (targets[:, c] == 0)), key=lambda r: (-p[r], r)),
+                    "FN": sorted(np.flatnonzero(~predicted[:, c] & (targets[:, c] == 1)), key=lambda r: (p[r], r))}
+        assert kinds == {k: [int(r) for r in rows[:2]] for k, rows in expected.items() if len(rows)}
+    errors = ((predicted & (targets == 0)) | (~predicted & (targets == 1))).sum(0)  # class 0: 4 errors, class 1: 3
+    assert am.page_classes(picked, errors, 1) == [int(np.argmax(errors))] and am.page_classes(picked, errors, 0) == [0, 1]
+    assert am.pick_images(probs, [0.5, 0.5], per_kind=3) == {0: {"P": [2, 0, 4]}, 1: {"P": [6, 5, 1]}}
+
+
+def test_a_page_per_class_with_the_whole_file_name_and_its_labels(tmp_path, caplog):
+    """The pages of the classes asked for; each image once per map it needs; the page's text holds each image's whole
+    file name (wrapped at '/', never cut to "...") and its true and predicted labels."""
+    paths = _random_images(tmp_path, [(40, 40), (64, 48), (48, 64), (40, 56), (50, 40)])
+    long_name = "a_folder_with_a_long_name/another_folder/" + "x" * 40 + ".png"
     probs = np.array([[0.9, 0.1, 0.2], [0.6, 0.7, 0.1], [0.95, 0.2, 0.0], [0.2, 0.1, 0.3], [0.7, 0.3, 0.1]],
                      dtype=np.float32)
-    assert am.pick_images(probs, [0.5] * 3, per_class=3) == {0: [2, 0, 4], 1: [1], 2: []}
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 1], [1, 0, 0]], dtype=np.int8)
     torch.manual_seed(0)
     predictor = Predictor(build_model("smallcnn", 3).eval(), PLAIN, ["cat", "dog", "eel"])
-    with caplog.at_level(logging.INFO):
-        entries = am.write_activation_maps(tmp_path / "maps", predictor, paths, probs, [0.5] * 3,
-                                           ["cat", "dog", "eel"], per_class=3, relative_to=tmp_path)
-    assert [e["image"] for e in entries] == ["maps/00_cat.png", "maps/01_dog.png"]  # eel is predicted nowhere
-    assert all(e["title"] and "Grad-CAM" in e["caption"] for e in entries)
+    drawn, real = [], am.class_page
+    with caplog.at_level(logging.INFO), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(am, "class_page", lambda *a: drawn.append(a) or real(*a))
+        entries = am.write_activation_maps(tmp_path / "maps", predictor, paths, probs, [0.5] * 3, ["cat", "dog", "eel"],
+                                           per_kind=2, targets=targets, pages=2, relative_to=tmp_path,
+                                           names=["im0.png", "im1.png", long_name, "im3.png", "im4.png"])
+    # errors: cat 2 (FP im1, FN im3), eel 1 (FN im3), dog none: the two classes with the most
+    assert [e["image"] for e in entries] == ["maps/00_cat.png", "maps/02_eel.png"]
+    assert "(2 TP, 1 FP, 1 FN)" in entries[0]["caption"] and "(1 FN)" in entries[1]["caption"]
     for entry in entries:
         with Image.open(tmp_path / entry["image"]) as page:
-            assert page.format == "PNG" and page.width > 400
-    # cat's page: images 2, 0, 4 (cat their only predicted label); dog's: image 1 with dog and cat: 5 maps of 4 images
-    assert "5 maps of 4 images for 2 classes" in caplog.text
+            assert page.format == "PNG" and page.width > 900
+    texts = {(c, r): am._row_text(kind, c, r, names, p, classes, labels)
+             for c, groups, _, _, names, p, classes, labels, _ in drawn for kind, rows in groups.items() for r in rows}
+    assert sorted(texts) == [(0, 0), (0, 1), (0, 2), (0, 3), (2, 3)]
+    assert texts[0, 2].splitlines() == ["TP  p(cat) = 0.950", "a_folder_with_a_long_name/", "another_folder/", "x" * 34,
+                                        "xxxxxx.png", "true: cat", "predicted: cat"]  # the whole name, wrapped
+    assert texts[0, 1].splitlines() == ["FP  p(cat) = 0.600", "im1.png", "true: dog", "predicted: cat, dog"]
+    assert texts[2, 3].splitlines() == ["FN  p(eel) = 0.300", "im3.png", "true: cat, eel", "predicted: (none)"]
+    # maps: cat's of images 2, 0, 1, 3, dog's of image 1 (predicted there), eel's of image 3
+    assert "6 maps of 4 images for 2 classes" in caplog.text
     assert not predictor.model.training and all(p.requires_grad for p in predictor.model.parameters())
 
 

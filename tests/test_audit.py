@@ -61,9 +61,12 @@ def test_inspect_lists_every_problem_in_one_run_and_writes_the_figures(tmp_path,
     assert _block(out, "unreadable image")[1].startswith(f"    - {root / 'images' / 'im5.jpg'}: unreadable image")
     assert _block(out, "class names differing only by case or spaces")[1] == "    - 'Cat' and 'cat'"
     assert _block(out, "class without any positive")[1] == "    - class 'owl' has no positive image"
-    no_class = _block(out, "image in no class")  # 20..24 (im5 is cat's): 5, three shown
-    assert no_class[0].startswith("  image in no class: 5 ") and no_class[-1] == "    ... and 2 more"
-    assert "Problems (13 in 7 kind(s))" in out
+    assert "image in no class" not in out  # 20..24 (im5 is cat's): background, counted above the problems
+    assert "images with no label         5 (20.8%; background: all-negative samples, not a problem)" in out
+    assert "Problems (11 in 7 kind(s)), those that hurt training first" in out
+    problems = out.split("Problems (")[1].split("\n\n")[0].splitlines()[1:]
+    kinds = [line.split(":")[0].strip() for line in problems if not line.startswith("    ")]
+    assert kinds[:2] == ["class without any positive", "class with fewer than 10 positives in a split"]
     assert shlex.split(out.rstrip().splitlines()[-1].removeprefix("Next: ")) == \
         [*python(), "-m", "mlabel_exp.run", "data=folder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"]
     names = ["positives_per_class.png", "labels_per_image.png", "cooccurrence.png", "split_per_class.png"]
@@ -75,6 +78,38 @@ def test_inspect_lists_every_problem_in_one_run_and_writes_the_figures(tmp_path,
     assert [r.data.tags["mlabel.kind"] for r in runs] == ["audit"]
     logged = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert logged == {"audit.txt", *names}
+
+
+def test_inspect_lists_first_what_the_split_leaves_a_class(tmp_path, monkeypatch, capsys):
+    """A class the split leaves without a validation positive (its AP undefined: out of mAP), one without a training
+    positive, classes under FEW_POSITIVES: listed first, by name, with the counts; background images are a count."""
+    import json
+
+    from mlabel_exp.data.audit import FEW_POSITIVES
+
+    root = write_tree(tmp_path / "tiny", range(1, 13), {"a.txt": "1\n2\n3\n4\n5\n6\n10\n", "b.txt": "1\n2\n",
+                                                       "c.txt": "11\n"})
+    split = tmp_path / "split.json"  # images 7, 8, 9 and 12 hold no class: background
+    split.write_text(json.dumps({"train": [f"im{i}.jpg" for i in range(1, 9)],
+                                 "val": [f"im{i}.jpg" for i in range(9, 13)]}))
+    out = _inspect(monkeypatch, capsys, "data=folder", f"data.root={root}", f"data.split_file={split}",
+                   f"data.cache_dir={tmp_path / 'cache'}", "tracking.enabled=false", f"out={tmp_path / 'audit'}")
+    problems = out.split("Problems (")[1].split("\n\n")[0].splitlines()
+    assert problems[0] == "5 in 3 kind(s)), those that hurt training first"
+    assert problems[1].startswith("  class with no training positive: 1  -> the model cannot learn it")
+    assert problems[2] == "    - class 'c': 0 of its 1 positive images are in the training split (8 images)"
+    assert problems[3].startswith("  class with no validation positive: 1  -> its AP is undefined, so it is left out "
+                                  "of val mAP") and "data.val_fraction" in problems[3]
+    assert problems[4] == "    - class 'b': 0 of its 2 positive images are in the validation split (4 images)"
+    assert problems[5].startswith(f"  class with fewer than {FEW_POSITIVES} positives in a split: 3  -> ")
+    assert problems[6:] == ["    - class 'a': 6 training, 1 validation positives",
+                            "    - class 'b': 2 training, 0 validation positives",
+                            "    - class 'c': 0 training, 1 validation positives"]
+    assert "images with no label         4 (33.3%; background: all-negative samples, not a problem)" in out
+    table = out.split("Images per class (positives)\n")[1].splitlines()[:4]  # with each split's positives
+    assert [line.split() for line in table] == [["class", "images", "share", "train", "val"],
+                                                ["a", "7", "0.5833", "6", "1"], ["b", "2", "0.1667", "2", "0"],
+                                                ["c", "1", "0.0833", "0", "1"]]
 
 
 def test_class_names_differing_only_by_case_or_spaces_are_kept_apart_and_reported(tmp_path, monkeypatch, capsys):
@@ -115,7 +150,7 @@ def test_tracking_disabled_logs_no_audit(tmp_path, monkeypatch, capsys):
                    f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "tracking.enabled=false",
                    f"out={tmp_path / 'audit'}")
     assert "MLflow run" not in out and not (tmp_path / "mlruns").exists()
-    assert "image in no class: 3 " in out   # 10, 11, 12
+    assert "images with no label         3 (25.0%; background" in out   # 10, 11, 12
 
 
 # ------------------------------------------------------------------ data sets stay apart

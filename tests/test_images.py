@@ -121,3 +121,79 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (20, 20)).save(tmp_path / "big.png")  # 400 pixels > 100: Pillow would only warn
     ds = MultiLabelImages([tmp_path / "big.png"], None, build_transform(8))
     assert ds[0].error.startswith("ImageTooLarge: ") and "PIL.Image.MAX_IMAGE_PIXELS" in ds[0].error
+
+
+# ------------------------------------------------------------------ TIFF
+
+def _tiff_cases():
+    """name -> (file bytes, the 8-bit RGB pixels expected): 8-bit RGB and grey through Pillow's own TIFF writer, 16-bit
+    grey through mode I;16, 16-bit RGB by hand (Pillow writes none). 16-bit samples become 8 bits by the bit depth:
+    grey as v / 257 rounded down (to_rgb), RGB as the high byte (Pillow's RGB;16 unpacking): a sample of 65535 is 255
+    both ways, 30000 is 116 or 117."""
+    import io
+
+    from tests.conftest import raw_tiff
+
+    def pillow(img, **kw):
+        data = io.BytesIO()
+        img.save(data, "TIFF", **kw)
+        return data.getvalue()
+
+    grey16 = np.array([[0, 30000, 65535]], dtype=np.uint16)
+    rgb16 = np.array([[[65535, 30000, 0], [257, 512, 40000], [0, 0, 0]]], dtype=np.uint16)
+    rgb8 = np.array([[[200, 10, 30], [0, 255, 7], [1, 2, 3]]], dtype=np.uint8)
+    return {
+        "RGB 8-bit": (pillow(Image.fromarray(rgb8)), rgb8),
+        "RGB 8-bit LZW": (pillow(Image.fromarray(rgb8), compression="tiff_lzw"), rgb8),
+        "grey 8-bit": (pillow(Image.fromarray(rgb8[..., 0])), np.repeat(rgb8[..., :1], 3, axis=2)),
+        "grey 16-bit (I;16)": (pillow(Image.fromarray(grey16)), np.repeat((grey16 // 257)[..., None], 3, axis=2)),
+        "RGB 16-bit": (raw_tiff(rgb16, photometric=2), (rgb16 >> 8).astype(np.uint8)),
+        "RGB 8-bit with alpha": (raw_tiff(np.dstack([rgb8, np.full(rgb8.shape[:2], 255, np.uint8)]), 2, (2,)), rgb8),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tiff_cases()))
+def test_tiff_images_load_as_the_rgb_they_hold(tmp_path, name):
+    """Read from a .tif file and from its bytes (the pyfunc model's way), through the one decoder."""
+    data, expected = _tiff_cases()[name]
+    (tmp_path / "x.tif").write_bytes(data)
+    for source in (tmp_path / "x.tif", data):
+        image = load_image(source)
+        assert image.mode == "RGB" and np.array_equal(np.asarray(image), expected)
+
+
+@pytest.mark.parametrize("bands,photometric,extra", [(5, 1, ()), (4, 1, ()), (2, 1, ()), (5, 2, (0, 0)), (4, 2, (0,))])
+def test_a_multi_band_tiff_is_refused_in_one_line_naming_its_bands(tmp_path, bands, photometric, extra):
+    """A multispectral stack Pillow cannot open (grey photometric), and one it would read as its first three bands
+    without a word (RGB photometric with unspecified extra bands): both refused, naming the bands and the fix; a
+    loader skips the file with that reason."""
+    from mlabel_exp.errors import UnsupportedImage
+    from tests.conftest import raw_tiff
+
+    path = tmp_path / "stack.tif"
+    path.write_bytes(raw_tiff(np.full((4, 5, bands), 7, np.uint8), photometric, extra))
+    with pytest.raises(UnsupportedImage, match=rf"^a TIFF of {bands} bands \(8-bit\): only greyscale .*RGB TIFF") as e:
+        load_image(path)
+    assert "\n" not in str(e.value)
+    ds = MultiLabelImages([path], None, build_transform(8))
+    assert ds[0].error.startswith(f"UnsupportedImage: a TIFF of {bands} bands")
+
+
+def test_tiff_files_are_found_by_name_without_extension_and_audited(tmp_path):
+    """A CSV naming images without extension finds .tif and .tiff files; the audit reads their headers (a 16-bit grey
+    one is counted grey) and lists a multi-band one with the reason."""
+    from mlabel_exp.config import validate
+    from mlabel_exp.data.audit import audit
+    from mlabel_exp.data.formats import index_from_config
+    from tests.conftest import compose_cfg, raw_tiff
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (6, 4), (1, 2, 3)).save(tmp_path / "images" / "a.tif")
+    Image.fromarray(np.full((4, 6), 4000, np.uint16)).save(tmp_path / "images" / "b.tiff")
+    (tmp_path / "images" / "c.tif").write_bytes(raw_tiff(np.zeros((4, 6, 5), np.uint8), 1))
+    (tmp_path / "labels.csv").write_text("image,tags\na,x\nb,y\nc,x y\n")
+    index = index_from_config(validate(compose_cfg("data=csv", f"data.root={tmp_path}")).data)
+    assert index.files == ["a.tif", "b.tiff", "c.tif"]
+    report = audit(index)
+    assert report.summary["grayscale images"] == 1 and sum(report.image_modes.values()) == 2
+    assert [p.where for p in report.findings if p.kind == "unreadable image"] == [str(tmp_path / "images" / "c.tif")]

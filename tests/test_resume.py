@@ -1,5 +1,6 @@
 """Interrupt a real training process with SIGTERM, resume it, and compare with an uninterrupted run."""
 
+import json
 import math
 import os
 import signal
@@ -311,6 +312,21 @@ def test_onecycle_trained_longer_keeps_its_phase_and_spreads_the_rest_of_the_cyc
     assert all(a >= b for a, b in zip(lrs[max(peak, k):], lrs[max(peak, k) + 1:]))
 
 
+def test_an_ended_onecycle_trained_longer_is_stretched_over_the_whole_run_not_left_near_zero():
+    """A finished run (6 epochs of 5 steps: the cycle ended, LR near 0) trained to 9: spreading the 0 steps left would
+    keep the LR near 0 for 3 epochs; instead step s >= 30 runs where step s * 29 / 44 of the 6-epoch cycle would (equal
+    to the last bits where that is a whole step), annealing from there to the end."""
+    short, longer = _schedule("onecycle", 6, 5), _schedule("onecycle", 6, 5, cut=6, longer=9)
+    assert len(longer) == 45 and longer[:30] == short
+    whole = [s for s in range(30, 45) if s * 29 % 44 == 0]
+    assert whole == [44]
+    assert longer[44] == pytest.approx(short[29], rel=1e-12)
+    lrs = [lr for lr, _ in longer[30:]]
+    assert lrs[0] > 0.3 and all(a > b for a, b in zip(lrs, lrs[1:]))  # annealing from the stretched cycle's LR
+    stretched = _schedule("onecycle", 9, 5)  # about where a 9-epoch cycle is (its peak at 30% too)
+    assert lrs[0] == pytest.approx(stretched[30][0], rel=0.05)
+
+
 @pytest.mark.parametrize("name", ["cosine", "step", "none"])
 def test_a_per_step_schedule_trained_longer_continues_as_one_planned_that_long(name):
     """From the resume on, the LR is the uninterrupted 12-epoch run's (cosine: the longer curve's value; step and
@@ -343,6 +359,59 @@ def test_resume_latest_with_more_epochs_finishes_the_longer_run_and_records_its_
     assert len(said) == 1 and (scheduler == "onecycle") == ("without a jump" in said[0])
     last = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 4 and last["planned_epochs"] == 4 and last["config"]["trainer"]["epochs"] == 4
+
+
+def test_a_finished_run_trains_longer_as_the_same_run_and_its_outputs_are_rewritten(tmp_path, monkeypatch, caplog):
+    """``run trainer.epochs=2``, then ``resume=latest trainer.epochs=3``: latest is that finished run (the newest with
+    a last.pt), reopened and finished again under the same id from epoch 3: each per-epoch metric once per epoch, lr
+    by training step without a gap or a repeat, the 2-epoch cosine before and the 3-epoch one after (the change of
+    length shows), the length recorded as for an interrupted run, patience counting afresh (said), the best checkpoint,
+    thresholds, predictions, summary and report written again at the new end. The same run without more epochs is
+    refused, naming the fix."""
+    from mlabel_exp.data.synthetic import SyntheticSpec, generate
+    from mlabel_exp.experiment import hydra_job as job
+
+    root = generate(tmp_path / "data", SyntheticSpec(num_images=60, image_size=32, seed=1))
+    out = tmp_path / "run"
+    settings = _folder(tmp_path, root, f"trainer.output_dir={out}", "trainer.scheduler.name=cosine")
+    first = train(compose_cfg(*settings))
+    ends = ("predictions/val.json", "thresholds.json", "summary.json", "report.html", "curves.png", "per_class.csv")
+    before = {name: (out / name).stat().st_mtime_ns for name in ends}
+    typed = ["resume=latest", "trainer.epochs=3"]  # as on the command line (train() reads them from Hydra)
+    monkeypatch.setattr(job, "task_overrides", lambda: typed)
+    caplog.set_level("INFO", logger="mlabel_exp.experiment.resume")
+    again = train(compose_cfg(*settings, *typed))
+
+    client, runs = mlflow_runs(tmp_path)
+    run = client.get_run(first.run_id)
+    assert again.run_id == first.run_id and len(runs) == 1 and run.info.status == "FINISHED" and again.epochs == 3
+    for key in ("val/mAP", "train/loss", "val/loss", "time/epoch_s"):
+        assert [m.step for m in client.get_metric_history(first.run_id, key)] == [1, 2, 3], key
+    lr = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "lr"))
+    assert [step for step, _ in lr] == [1, 2, 3, 4, 5, 6]  # 2 steps an epoch (trainer=smoke), every one logged
+
+    def cosine(step: int, total: int) -> float:  # build_scheduler's closed form, step counted from 0
+        return float(run.data.params["optimizer.lr"]) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+    expected = [cosine(s, 4) for s in range(4)] + [cosine(s, 6) for s in (4, 5)]
+    assert [v for _, v in lr] == pytest.approx(expected, rel=1e-6)  # float32 LR of a float64 formula
+    assert run.data.params["trainer.epochs"] == "2" and run.data.params["trainer.epochs.from_epoch_3"] == "3"
+    said = [r.getMessage() for r in caplog.records if "had finished after epoch 2" in r.getMessage()]
+    assert len(said) == 1 and "continues to epoch 3; early stopping's patience (5 epochs" in said[0] and \
+        "counts afresh from epoch 3" in said[0]
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert run.data.tags["best_epoch"] == str(best["epoch"]) == str(again.best_epoch)
+    assert json.loads((out / "thresholds.json").read_text())["per_class"] == best["thresholds"]["per_class"]
+    assert json.loads((out / "summary.json").read_text())["val"]["epochs"] == 3
+    assert all((out / name).stat().st_mtime_ns > before[name] for name in ends)
+    stored = client.download_artifacts(first.run_id, "checkpoints/best.pt", str(tmp_path / "stored"))
+    assert open(stored, "rb").read() == (out / "checkpoints" / "best.pt").read_bytes()
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
+
+    typed[:] = [f"resume={first.run_id[:8]}"]
+    with pytest.raises(ConfigError, match=rf"run {first.run_id} already finished epoch 3 of trainer.epochs=3; resume "
+                                          r"with trainer.epochs=N above 3 to train longer"):
+        train(compose_cfg(*settings, *typed))
 
 
 def test_a_resume_adds_params_once_and_a_param_mlflow_cannot_change_becomes_a_tag(tmp_path):

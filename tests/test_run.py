@@ -28,8 +28,13 @@ EPOCH_METRICS = {"train/loss", "val/loss", "val/mAP", "val/f1_micro", "val/f1_ma
 
 @pytest.mark.precision
 @pytest.mark.integration
-def test_train_logs_a_complete_run(tmp_path):
+def test_train_logs_a_complete_run(tmp_path, caplog):
+    caplog.set_level("INFO", logger="mlabel_exp")
     best = train(compose_cfg(*tiny_overrides(tmp_path, f"trainer.output_dir={tmp_path / 'out'}"))).objective
+    # trainer=smoke validates 8 of the 16 images: the classes that cut misses are said once, not warned as missing
+    said = [r for r in caplog.records if "validation cut to 8 images (trainer.max_steps_per_epoch=2)" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"]
+    assert not [r for r in caplog.records if "no positive validation image" in r.getMessage()]
     client, runs = mlflow_runs(tmp_path)
     assert len(runs) == 1
     run = runs[0]
@@ -418,7 +423,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights_at_the_validation_thr
 
 
 DIAGNOSTICS = ("diagnostics.enabled=true", "diagnostics.gallery_classes=1", "diagnostics.resamples=200",
-               "diagnostics.activation_maps=1")
+               "diagnostics.activation_maps=1", "diagnostics.activation_map_classes=1")
 
 
 def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run, monkeypatch):
@@ -449,7 +454,7 @@ def _diagnostics_agree_and_diagnose_writes_them_again(tmp_path, out, client, run
     monkeypatch.setattr(diagnostics_pass, "save", lambda fig, path, **kw: drawn.append(path.name) or plt.close(fig))
     monkeypatch.setattr("mlabel_exp.training.trainer.Trainer.fit", None)  # no training: it would fail
     cfg = DiagnoseConfig(run=run.info.run_id[:6], out=str(tmp_path / "again"), diagnostics=DiagnosticsConfig(
-        gallery_classes=1, resamples=200, activation_maps=1), tracking=TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        gallery_classes=1, resamples=200, activation_maps=1, activation_map_classes=1), tracking=TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                                                                    experiment="mlabel-exp"))
     done = diagnose(cfg)
     written = done.folder

@@ -1,6 +1,8 @@
 """Data audit: class counts, unlabeled images, label cardinality, grayscale images, image sizes, class co-occurrence
-and every problem found in one pass (grouped by kind, with counts, examples and the setting that skips or fixes each),
-read from an index before any training."""
+and every problem found in one pass (grouped by kind, with counts, examples and the setting that skips or fixes each;
+those that hurt training first: a class the split leaves without a training or validation positive, or with few),
+read from an index before any training. Images with no label are background (all-negative samples): a count, not a
+problem."""
 
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from mlabel_exp.data.images import open_image
 from mlabel_exp.data.index import DatasetIndex, Problem
 
 EXAMPLES = 3  # examples shown per kind of problem
+#: A class with fewer positives than this in a split is listed: its AP there swings with one image (on validation),
+#: and the model sees it too rarely to learn it (in training).
+FEW_POSITIVES = 10
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 @dataclass
@@ -40,7 +46,7 @@ class Audit:
 
     def problems_text(self) -> list[str]:
         groups = self.grouped()
-        lines = [f"Problems ({len(self.findings)} in {len(groups)} kind(s))"]
+        lines = [f"Problems ({len(self.findings)} in {len(groups)} kind(s)), those that hurt training first"]
         for kind, found in groups.items():
             lines.append(f"  {kind}: {len(found)}" + (f"  -> {found[0].fix}" if found[0].fix else ""))
             lines += [f"    - {p.where + ': ' if p.where else ''}{p.message}" for p in found[:EXAMPLES]]
@@ -76,9 +82,10 @@ def _image_findings(index: DatasetIndex, decode: bool) -> tuple[Counter, Counter
     return sizes, modes, found
 
 
-def label_findings(classes: list[str], labels: np.ndarray, files: list[str]) -> list[Problem]:
-    """Class names that differ only by case or spaces ('Cat', 'cat'; 'red  car', 'red car'), classes without a
-    positive, images in no class. Such names are reported, not merged: they may be two classes of the user's."""
+def label_findings(classes: list[str], labels: np.ndarray) -> list[Problem]:
+    """Class names that differ only by case or spaces ('Cat', 'cat'; 'red  car', 'red car') and classes without a
+    positive. Such names are reported, not merged: they may be two classes of the user's. Images in no class are
+    background images (all-negative samples), not a problem: the summary counts them."""
     found = []
     by_key: dict[str, list[str]] = {}
     for c in classes:
@@ -93,28 +100,59 @@ def label_findings(classes: list[str], labels: np.ndarray, files: list[str]) -> 
         if n == 0:
             found.append(Problem("class without any positive", f"class {c!r} has no positive image", "",
                                  "annotate some images, or remove the class (its AP is undefined)"))
-    for r in np.flatnonzero(~(labels == 1).any(1)):
-        found.append(Problem("image in no class", f"{files[r]} has no positive label", "",
-                             "fine for background images; otherwise annotate it"))
     return found
 
 
-def audit(index: DatasetIndex, decode: bool = False, reader_findings: list[Problem] | None = None) -> Audit:
+def split_findings(classes: list[str], labels: np.ndarray, split: dict) -> list[Problem]:
+    """What the split does to each class with a positive at all: no positive in a part (training: the model cannot
+    learn the class; validation or test: its AP is undefined, and it is left out of mAP and every macro average), or
+    fewer than FEW_POSITIVES there."""
+    total = (labels == 1).sum(0)
+    counts = {part: (labels[np.asarray(rows, dtype=int)] == 1).sum(0) for part, rows in split.items() if len(rows)}
+    fix = {"train": "the model cannot learn it: annotate more images of it, or lower data.val_fraction",
+           "val": "its AP is undefined, so it is left out of val mAP and every macro average: annotate more images "
+                  "of it, or raise data.val_fraction",
+           "test": "it is left out of the test figures: annotate more images of it, or raise data.test_fraction"}
+    found = []
+    for part, n in counts.items():
+        name = SPLIT_NAMES.get(part, part)
+        found += [Problem(f"class with no {name} positive", f"class {c!r}: 0 of its {int(t)} positive images are in "
+                          f"the {name} split ({len(split[part])} images)", "", fix.get(part, ""))
+                  for c, k, t in zip(classes, n, total) if k == 0 and t > 0]
+    few = [(c, {part: int(n[j]) for part, n in counts.items()}) for j, c in enumerate(classes)
+           if total[j] > 0 and any(0 < n[j] < FEW_POSITIVES for n in counts.values())]
+    found += [Problem(f"class with fewer than {FEW_POSITIVES} positives in a split", f"class {c!r}: " + ", ".join(
+        f"{k} {SPLIT_NAMES.get(part, part)}" for part, k in per.items()) + " positives", "",
+        "a validation AP on so few positives swings with one image, and training sees the class rarely: annotate "
+        "more images of it") for c, per in few]
+    return found
+
+
+def audit(index: DatasetIndex, decode: bool = False, reader_findings: list[Problem] | None = None,
+          split: dict | None = None) -> Audit:
     """Audit an index. Reads each image header (mode, size); ``decode`` also decodes every pixel,
     which finds truncated files at the cost of a full pass over the data. ``reader_findings``: what a reader in
-    collecting mode found (else the index's own problems, as found)."""
+    collecting mode found (else the index's own problems, as found). ``split`` (part -> rows): what it leaves each
+    class, listed first, and each class's positives per part in the table."""
     import pandas as pd
 
-    found = list(reader_findings) if reader_findings is not None else \
+    found = label_findings(index.classes, index.labels)
+    found = [p for p in found if p.kind == "class without any positive"] + \
+        (split_findings(index.classes, index.labels, split) if split else []) + \
+        [p for p in found if p.kind != "class without any positive"]
+    found += list(reader_findings) if reader_findings is not None else \
         [Problem("reader finding", p) for p in index.problems]
     sizes, modes, unreadable = _image_findings(index, decode)
-    found += unreadable + label_findings(index.classes, index.labels, index.files)
+    found += unreadable
     known = index.labels.astype(np.int64)
     positive = (known == 1).astype(np.int64)
     n = len(index)
     counts = positive.sum(0)
     per_image = positive.sum(1)
     per_class = pd.DataFrame({"class": index.classes, "images": counts, "share": np.round(counts / max(n, 1), 4)})
+    for part, rows in (split or {}).items():
+        if len(rows):
+            per_class[part] = positive[np.asarray(rows, dtype=int)].sum(0)
     unknown = (known == -1).sum(0)
     if unknown.any():
         per_class["unknown"] = unknown
@@ -124,7 +162,8 @@ def audit(index: DatasetIndex, decode: bool = False, reader_findings: list[Probl
         "root": str(index.root),
         "images": n,
         "classes": len(index.classes),
-        "images with no label": f"{int((per_image == 0).sum())} ({(per_image == 0).mean():.1%})",
+        "images with no label": f"{int((per_image == 0).sum())} ({(per_image == 0).mean():.1%}; background: "
+                                "all-negative samples, not a problem)" if n else "0",
         "label cardinality (mean)": round(float(per_image.mean()), 3) if n else 0.0,
         "labels per image (max)": int(per_image.max()) if n else 0,
         "grayscale images": grayscale,

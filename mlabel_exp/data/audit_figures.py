@@ -7,19 +7,19 @@ from mlabel_exp.render.figures import class_matrix, class_rows_height, figure, s
 
 
 def positives_per_class(classes: list[str], positives, n_images: int, title: str = "positive images per class"):
-    """Positives per class on a log axis, each bar labelled with the count and its share of the data set."""
+    """Positives per class on a linear axis (a bar's length is its count: 52 against 1,326 looks like it), each bar
+    labelled with the count and its share of the data set; an empty class is a labelled zero."""
     import numpy as np
 
     positives = np.asarray(positives)
     fig, ax = figure(figsize=(9, class_rows_height(len(classes))))
     y = np.arange(len(classes))
-    ax.barh(y, np.maximum(positives, 0.8), color="C0", log=True)  # an empty class still shows as a stub
-    for i, n in enumerate(positives):
-        ax.text(max(n, 0.8) * 1.08, i, f"{int(n)} ({n / max(n_images, 1):.1%})", va="center", fontsize=8)
+    bars = ax.barh(y, positives, color="C0")
+    ax.bar_label(bars, [f"{int(n):,} ({n / max(n_images, 1):.1%})" for n in positives], padding=3, fontsize=8)
     ax.set_yticks(y, classes)
     ax.invert_yaxis()
-    ax.set_xlim(0.7, max(float(positives.max(initial=1)), 1.0) * 6)  # room for the labels at the right
-    ax.set(xlabel=f"images holding the class (log scale; share of {n_images} images)", title=title)
+    ax.set_xlim(0, max(float(positives.max(initial=1)), 1.0) * 1.25)  # room for the labels at the right
+    ax.set(xlabel=f"images holding the class (share of {n_images:,} images)", title=title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mlabel_exp.config import IMAGENET_MEAN, IMAGENET_STD
-from mlabel_exp.errors import ImageTooLarge
+from mlabel_exp.errors import ImageTooLarge, UnsupportedImage
 from mlabel_exp.fsutil import epoch_seed
 
 
@@ -33,11 +33,46 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 
+#: Colour samples per pixel of a TIFF's photometric interpretation (tag 262): grey, palette, RGB, CMYK, YCbCr, Lab.
+TIFF_COLOUR_SAMPLES = {0: 1, 1: 1, 2: 3, 3: 1, 5: 4, 6: 3, 8: 3}
+TIFF_MULTIBAND_FIX = ("only greyscale (1 band) and RGB (3 bands, a 4th if it is alpha) images are read: write the 3 "
+                      "bands to train on as an 8- or 16-bit RGB TIFF (e.g. gdal_translate -b 1 -b 2 -b 3 in.tif "
+                      "out.tif, the bands in R, G, B order)")
+
+
+def _tiff_bands(tags) -> str | None:
+    """Why a TIFF's tags (SamplesPerPixel 277, BitsPerSample 258, Photometric 262, ExtraSamples 338) describe more
+    bands than an image has colours (a multispectral or multi-channel stack: Pillow reads such a file as its first
+    three bands, or not at all); None for grey, RGB, CMYK and the like, with or without alpha."""
+    samples = int(tags.get(277, 1))
+    alpha = sum(1 for e in (tags.get(338) or ()) if e in (1, 2))  # associated or unassociated alpha
+    if samples - alpha <= TIFF_COLOUR_SAMPLES.get(tags.get(262, 1), 1):
+        return None
+    bits = tags.get(258) or (1,)
+    return f"a TIFF of {samples} bands ({bits[0]}-bit): {TIFF_MULTIBAND_FIX}"
+
+
+def _unsupported_tiff(source) -> str | None:
+    """Why a file Pillow cannot identify is a TIFF it cannot use (its first directory's band count), if it is one."""
+    from PIL import TiffImagePlugin
+
+    with (io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")) as fp:
+        head = fp.read(8)
+        if head[:4] not in (b"II*\0", b"MM\0*"):
+            return None
+        tags = TiffImagePlugin.ImageFileDirectory_v2(head)
+        fp.seek(tags.next)
+        tags.load(fp)
+        return _tiff_bands(tags) or f"a TIFF that Pillow cannot decode (BitsPerSample {tags.get(258)}, " \
+            f"Photometric {tags.get(262)}): save it as an 8- or 16-bit RGB or greyscale TIFF, or a PNG"
+
+
 def open_image(source: str | Path | bytes) -> Image.Image:
     """An image file (a path, or its bytes) opened from its header only, refused when its width x height exceeds
     PIL.Image.MAX_IMAGE_PIXELS (Pillow's limit, about 89 million: a 9459 px square, 268 MB as RGB; raise it there,
-    or set it to None for no limit). Pillow itself only warns up to twice its limit, and decodes: a PNG of a few KB
-    and 12000 x 12000 px would become 432 MB of RGB. Closing it is the caller's (``with open_image(...) as im``)."""
+    or set it to None for no limit), or when it is a TIFF of more bands than RGB or greyscale (UnsupportedImage, one
+    line with the fix). Pillow itself only warns up to twice its limit, and decodes: a PNG of a few KB and 12000 x
+    12000 px would become 432 MB of RGB. Closing it is the caller's (``with open_image(...) as im``)."""
     fix = "refused before decoding; shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
     with warnings.catch_warnings():  # our own error below says it; Pillow's warning would repeat it
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -45,11 +80,17 @@ def open_image(source: str | Path | bytes) -> Image.Image:
             im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         except Image.DecompressionBombError as e:  # over twice the limit: Pillow refuses too
             raise ImageTooLarge(f"{str(e).rstrip('.')}: {fix}") from None
+        except UnidentifiedImageError:
+            why = _unsupported_tiff(source)
+            if why:
+                raise UnsupportedImage(why) from None
+            raise
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and im.width * im.height > limit:
+    why = _tiff_bands(im.tag_v2) if im.format == "TIFF" else None
+    if why or (limit is not None and im.width * im.height > limit):
         im.close()
-        raise ImageTooLarge(f"{im.width} x {im.height} pixels, over the limit of {limit} "
-                            f"(PIL.Image.MAX_IMAGE_PIXELS): {fix}")
+        raise UnsupportedImage(why) if why else ImageTooLarge(
+            f"{im.width} x {im.height} pixels, over the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS): {fix}")
     return im
 
 

@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 
-from mlabel_exp.render.figures import DASHES, QUALITATIVE, class_matrix, clip, figure, integer_epochs
+from mlabel_exp.render.figures import DASHES, QUALITATIVE, class_matrix, clip, figure, integer_epochs, wrap_path
 
 PERFECT = ("a perfectly calibrated model draws every dot on the dashed diagonal (of the labels given probability p, "
            "a share p is present)")
@@ -104,48 +104,72 @@ def confusion(classes: list[str], cooccurrence, fp_share, fp_n, title: str):
 
 
 def _caption(name: str, p: float, true: list[str], predicted: list[str], width: int) -> str:
-    """Four short lines under a thumbnail, each at most ``width`` characters (two for a long label list)."""
+    """Short lines under a thumbnail, each at most ``width`` characters: the whole file name (wrapped at '/', never cut:
+    two images may differ only in the middle of their paths), p, and the labels (two lines at most)."""
     def labels(prefix: str, names: list[str]) -> str:
         return textwrap.fill(f"{prefix}: {', '.join(names) or '(none)'}", width, subsequent_indent="  ",
                              max_lines=2, placeholder=" ...")
 
-    shown = name if len(name) <= width else "..." + name[-(width - 3):]  # the end of a path says most
+    shown = "\n".join(wrap_path(name, width))
     return f"{shown}\np = {p:.3f}\n{labels('true', true)}\n{labels('pred', predicted)}"
+
+
+TILE, TILE_GAP = 200, 35  # pixels at 100 dpi: a gallery's thumbnail box (writer.THUMBNAIL_PX), the space between
+
+
+def _tiles(images: list, size: int) -> np.ndarray:
+    """One row of ``size`` TILE-square boxes, each image (an RGB array) scaled to fill its box with its aspect ratio
+    kept and centred there, light grey where it is None (not found here), white past the last."""
+    from PIL import Image
+
+    strip = np.full((TILE, size * (TILE + TILE_GAP) - TILE_GAP, 3), 255, dtype=np.uint8)
+    for k, image in enumerate(images):
+        left = k * (TILE + TILE_GAP)
+        if image is None:
+            strip[:, left:left + TILE] = 235
+            continue
+        h, w = image.shape[:2]
+        h, w = max(1, round(h * TILE / max(h, w))), max(1, round(w * TILE / max(h, w)))
+        top, x = (TILE - h) // 2, left + (TILE - w) // 2
+        strip[top:top + h, x:x + w] = np.asarray(Image.fromarray(image[..., :3]).resize((w, h), Image.BILINEAR))
+    return strip
 
 
 def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
     """The top false positives (upper row) and false negatives (lower row) of class ``c``: each image with its path,
     its probability for the class, its true and its predicted labels. ``thumbnail(row)``: an RGB array or None (the
-    image could not be read here)."""
+    image could not be read here). One axes per row (the thumbnails side by side in one array): a grid of axes per
+    image cost twice as much to draw."""
+    from matplotlib import pyplot as plt
+
     cls, threshold = ev.classes[c], ev.thresholds[c]
-    fig, axes = figure(2, size, figsize=(2.35 * size, 6.6), squeeze=False)
     predicted = ev.predicted
+    width, strip_w = size * (TILE + TILE_GAP) / 100 + 0.2, (size * (TILE + TILE_GAP) - TILE_GAP) / 100
+    row_h, head = 0.35 + TILE / 100 + 1.25, 0.55  # inches: a row's title, thumbnails and captions; the figure's title
+    fig = plt.figure(figsize=(width, head + 2 * row_h))
+    height = head + 2 * row_h
     for r, (rows, what) in enumerate(((false_pos, f"false positives: '{cls}' predicted (p >= {threshold:.3f}) "
                                                   "but absent; highest p first"),
                                       (false_neg, f"false negatives: '{cls}' present but p < {threshold:.3f}; "
                                                   "lowest p first"))):
-        for k in range(size):
-            ax = axes[r][k]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_box_aspect(1)  # square tiles, an image or its placeholder
-            if k >= len(rows):
-                ax.axis("off")
-                continue
-            row = rows[k]
-            image = thumbnail(row)
+        bottom = height - head - (r + 1) * row_h + 1.25
+        ax = fig.add_axes([0.1 / width, bottom / height, strip_w / width, TILE / 100 / height])
+        images = [thumbnail(row) for row in rows]
+        ax.imshow(_tiles(images, size), interpolation="nearest", aspect="auto")
+        ax.axis("off")
+        ax.set_title(what if len(rows) else f"{what}: none", fontsize=9, loc="left")
+        for k, (row, image) in enumerate(zip(rows, images)):
+            left = k * (TILE + TILE_GAP)
             if image is None:
-                ax.text(0.5, 0.5, "image not\nfound here", ha="center", va="center", fontsize=8, color="0.4")
-            else:
-                ax.imshow(image)
+                ax.text(left + TILE / 2, TILE / 2, "image not\nfound here", ha="center", va="center", fontsize=8,
+                        color="0.4")
             true = [n for n, t in zip(ev.classes, ev.targets[row]) if t == 1]
             pred = [n for n, t in zip(ev.classes, predicted[row]) if t]
-            ax.set_xlabel(_caption(ev.names[row], float(ev.probs[row, c]), true, pred, 26), fontsize=8, loc="left")
-        axes[r][0].set_title(what if len(rows) else f"{what}: none", fontsize=9, loc="left")
+            ax.text(left, TILE + 6, _caption(ev.names[row], float(ev.probs[row, c]), true, pred, 26), fontsize=8,
+                    va="top", ha="left", clip_on=False)
     fig.suptitle(f"{ev.split}: errors of class '{cls}' at its threshold {threshold:.3f} "
                  f"(the {len(false_pos)} most confident false positives and {len(false_neg)} false negatives)",
-                 fontsize=10)
-    fig.tight_layout()
+                 fontsize=10, y=1 - 0.15 / height, va="top")
     return fig
 
 

@@ -148,8 +148,11 @@ def _confusion(ev: D.Evaluation, folder: Path) -> list[dict]:
                         f"Matrix in confusion_{ev.split}.csv."}]
 
 
-def _ap(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
-    table = ap_table(ev.probs, ev.targets, ev.classes, settings.resamples)
+def _ap(ev: D.Evaluation, folder: Path, settings, table=None) -> list[dict]:
+    """per_class_ap_<split>.csv and .png; ``table``: ap_table's of these very predictions where the run computed it
+    already (per_class.csv's), else computed here."""
+    if table is None or list(table["class"]) != list(ev.classes):
+        table = ap_table(ev.probs, ev.targets, ev.classes, settings.resamples)
     _csv(table.copy(), folder, f"per_class_ap_{ev.split}.csv")
     save(F.per_class_bars(table, f"{ev.split}: per-class AP, {len(ev.names)} images"),
          folder / f"per_class_ap_{ev.split}.png")
@@ -171,7 +174,8 @@ def _galleries(ev: D.Evaluation, folder: Path, settings) -> list[dict]:
     for c in classes:
         fp, fn = D.top_errors(ev.probs, ev.targets, predicted, c, settings.gallery_size)
         name = f"gallery_{ev.split}_{c:02d}_{_safe(ev.classes[c])}.png"
-        save(F.gallery(ev, c, fp, fn, lambda row: thumbnail(ev.paths[row]), settings.gallery_size), folder / name)
+        save(F.gallery(ev, c, fp, fn, lambda row: thumbnail(ev.paths[row]), settings.gallery_size), folder / name,
+             photos=True)  # thumbnails: 256 colours, drawn and encoded once
         entries.append({"title": f"Errors of {ev.classes[c]} ({ev.split})", "image": name,
                         "caption": f"{int(errors[c])} errors at the threshold {ev.thresholds[c]:.4f}: the most "
                                    "confident false positives (top) and false negatives (bottom), with each image's "
@@ -198,16 +202,19 @@ def _temperature(val: D.Evaluation, test: D.Evaluation, folder: Path, settings) 
                         "The run's predictions and thresholds are unchanged."}]
 
 
-def write_diagnostics(folder: Path, evaluations: list[D.Evaluation], settings) -> dict[str, float]:
+def write_diagnostics(folder: Path, evaluations: list[D.Evaluation], settings,
+                      ap_tables: dict | None = None) -> dict[str, float]:
     """Every figure and table of the ``evaluations`` (one per split) into ``folder``, listed in its index.json;
-    returns the summary metrics (``<split>/ece``, ``<split>/brier``). ``settings``: config.DiagnosticsConfig."""
+    returns the summary metrics (``<split>/ece``, ``<split>/brier``). ``settings``: config.DiagnosticsConfig;
+    ``ap_tables``: split -> ap_table of the same predictions, computed already (the bootstrap is drawn once)."""
     folder.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     for ev in evaluations:
         started = time.perf_counter()
         entries, figures = _calibration(ev, folder, settings)
         metrics |= figures
-        entries += _ap(ev, folder, settings) + _confusion(ev, folder) + _galleries(ev, folder, settings)
+        entries += _ap(ev, folder, settings, (ap_tables or {}).get(ev.split)) + _confusion(ev, folder) + \
+            _galleries(ev, folder, settings)
         D.add_to_index(folder, entries)
         log.info("diagnostics of %s (%d images) in %.1f s: %s", ev.split, len(ev.names),
                  time.perf_counter() - started, folder)
@@ -218,9 +225,10 @@ def write_diagnostics(folder: Path, evaluations: list[D.Evaluation], settings) -
 
 
 def activation_maps(folder: Path, evaluations: list[D.Evaluation], checkpoint: Path | None, settings) -> None:
-    """Grad-CAM pages (analysis.activation_maps) of the validation images the model is surest of, per class, from the
-    run's best checkpoint, listed in index.json after the other diagnostics; nothing when the settings, the
-    checkpoint or the images are missing (the maps read only the images they show)."""
+    """Grad-CAM pages (diagnostics.activation_maps) of the validation set, from the run's best checkpoint: for the
+    classes with the most errors (``settings.activation_map_classes``), their most confident true positives, false
+    positives and false negatives (``settings.activation_maps`` of each); listed in index.json after the other
+    diagnostics. Nothing when the settings, the checkpoint or the images are missing (only the images shown are read)."""
     import torch
 
     from mlabel_exp.inference.predictor import Predictor
@@ -233,10 +241,10 @@ def activation_maps(folder: Path, evaluations: list[D.Evaluation], checkpoint: P
         log.warning("activation maps skipped: the validation images are not on this machine")
         return
     predictor = Predictor.from_checkpoint(torch.load(checkpoint, map_location="cpu", weights_only=False))
-    truth = [", ".join(c for c, t in zip(val.classes, val.targets[r]) if t == 1) or "(none)" for r in found]
     entries = write_activation_maps(folder / "activation_maps", predictor, [val.paths[r] for r in found],
                                     val.probs[found], val.thresholds, val.classes, settings.activation_maps,
-                                    true_labels=truth, relative_to=folder)
+                                    targets=val.targets[found], names=[val.names[r] for r in found],
+                                    pages=settings.activation_map_classes, relative_to=folder)
     D.add_to_index(folder, entries)
 
 

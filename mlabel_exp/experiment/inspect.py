@@ -1,8 +1,9 @@
 """Data audit (``python -m mlabel_exp.inspect [data=folder data.root=PATH] [out=DIR]``).
 
-Class counts, unlabeled images, label cardinality, grayscale images, image sizes, class co-occurrence and every
-problem found in one pass, grouped; figures a person reads at a glance in out= (positives per class, labels per image,
-co-occurrence, images per split per class); with tracking on, the report and figures as a run tagged
+Class counts, background images (no label), label cardinality, grayscale images, image sizes, class co-occurrence and
+every problem found in one pass, grouped, those that hurt training first (what the split leaves each class); figures
+a person reads at a glance in out= (positives per class, labels per image, co-occurrence, images per split per
+class); with tracking on, the report and figures as a run tagged
 mlabel.kind=audit in the data set's experiment; and the next command to run.
 """
 
@@ -43,12 +44,13 @@ def inspect(cfg: InspectConfig) -> Inspected:
     """Audit the data set ``cfg.data`` names: the report and figures in ``cfg.out`` (default outputs/inspect/<time>),
     and with tracking on an MLflow run tagged mlabel.kind=audit in the data set's experiment."""
     index, found = read_for_audit(cfg.data)
-    report = audit(index, decode=cfg.data.verify_images, reader_findings=found)
+    split = split_from_config(index, cfg.data)  # the one a run makes of these settings: what it leaves each class
+    report = audit(index, decode=cfg.data.verify_images, reader_findings=found, split=split)
     out = resolve_path(cfg.out) if cfg.out else \
         project_root() / "outputs" / "inspect" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     text = report.to_text()
-    files = [write_atomic(out / "audit.txt", text + "\n"), *write_figures(report, index, split_from_config(index, cfg.data), out)]
+    files = [write_atomic(out / "audit.txt", text + "\n"), *write_figures(report, index, split, out)]
     run_id = experiment = None
     if cfg.tracking.enabled:
         experiment = cfg.tracking.experiment

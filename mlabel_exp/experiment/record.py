@@ -204,7 +204,7 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
     if result.best_probs is None:
         return {}
     (out / "summary.json").unlink(missing_ok=True)  # this run's single figures only (a resumed run rewrites them)
-    tuned, scores = _log_thresholds(tracker, cfg, out, classes, result)
+    tuned, scores, ap = _log_thresholds(tracker, cfg, out, classes, result)
     held_out = {"tuned": {"F1 micro": scores["f1_micro"], "F1 macro": scores["f1_macro"]}}
     for path in write_predictions(out / "predictions", "val", result.best_names, result.best_probs, classes,
                                   tuned.numpy(), targets=result.best_targets):
@@ -213,7 +213,7 @@ def log_results(tracker, cfg: Config, out: Path, classes: list[str], result, tes
         held_out["test"] = _log_test(tracker, out, classes, test, tuned, result.best_epoch)
     held_out.update(_log_tta(tracker, out, classes, tta or {}, tuned, result.best_epoch))
     if cfg.diagnostics.enabled:
-        log_diagnostics(tracker, cfg.diagnostics, out, index, result.best_epoch)
+        log_diagnostics(tracker, cfg.diagnostics, out, index, result.best_epoch, {"val": ap})
     if "best" in result.checkpoints:
         _log_checkpoints(tracker, cfg, result.checkpoints, classes)
     log_report(tracker, cfg, out, result)
@@ -233,17 +233,19 @@ def log_report(tracker, cfg: Config, out: Path, result) -> None:
     tracker.log_artifact(write_run_report(out, f"{cfg.model.name}: {name}"))
 
 
-def log_diagnostics(tracker, settings, out: Path, index, step: int) -> None:
+def log_diagnostics(tracker, settings, out: Path, index, step: int, ap_tables: dict | None = None) -> None:
     """diagnostics/ from the prediction files just written (what ``python -m mlabel_exp.diagnose`` recomputes), logged
-    under diagnostics/, with ``<split>/ece`` and ``<split>/brier`` at the best epoch. A failure here costs the run its
-    diagnostics, not its results: it is logged, tagged and left to the diagnose command."""
+    under diagnostics/, with ``<split>/ece`` and ``<split>/brier`` at the best epoch; ``ap_tables``: per split, the
+    per-class AP table (bootstrap intervals) already computed for per_class.csv, drawn again rather than resampled. A
+    failure here costs the run its diagnostics, not its results: it is logged, tagged and left to the diagnose
+    command."""
 
     image_of = labels_of = None
     if index is not None:
         image_of, labels_of = P.image_locator(index.image_dir, index.files), P.label_lookup(index.files, index.labels)
     try:
         evaluations = P.read_evaluations(out / "predictions", image_of, labels_of)
-        metrics = P.write_diagnostics(out / P.FOLDER, evaluations, settings)
+        metrics = P.write_diagnostics(out / P.FOLDER, evaluations, settings, ap_tables)
         P.activation_maps(out / P.FOLDER, evaluations, out / "checkpoints" / "best.pt", settings)
     except Exception as e:  # noqa: BLE001 - reported, and the diagnose command can redo it
         log.warning("diagnostics failed (%s: %s); %s writes them again", type(e).__name__, e,
@@ -330,7 +332,9 @@ def _log_summary(tracker, out: Path, part: str, scores: dict[str, float], step: 
 
 
 def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result):
-    """thresholds.json (tuned on the best epoch, also in best.pt), metrics at them, the per-class table and figures."""
+    """thresholds.json (tuned on the best epoch, also in best.pt), metrics at them, the per-class table and figures;
+    returns the tuned thresholds, the figures at them and the per-class AP table with its bootstrap intervals (which
+    the diagnostics draw again)."""
     import torch
 
     from mlabel_exp.metrics import scores as M
@@ -350,7 +354,7 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     table = M.per_class_table(probs, targets, classes, tuned)  # in-sample at the tuned thresholds: say so
     table = table.rename(columns={c: f"{c} (in-sample)" for c in ("F1", "precision", "recall")})
     table.insert(4, "F1@0.5", M.per_class_table(probs, targets, classes)["F1"])
-    intervals = _ap_intervals(probs, targets, cfg.diagnostics.resamples)
+    intervals = ap_table(probs.float().cpu().numpy(), targets.cpu().numpy(), classes, cfg.diagnostics.resamples)
     table.insert(2, "prevalence", intervals["prevalence"])  # class, support, prevalence, AP, AP low, AP high, ...
     table.insert(4, "AP low", intervals["AP low"])
     table.insert(5, "AP high", intervals["AP high"])
@@ -363,14 +367,7 @@ def _log_thresholds(tracker, cfg: Config, out: Path, classes: list[str], result)
     tracker.log_artifact(save(plots.per_class_bars(table, title.format("per-class AP")), out / "per_class_ap.png"))
     tracker.log_artifact(save(plots.pr_curves(probs, targets, classes, title.format("precision-recall")),
                               out / "pr_curves.png"))
-    return tuned, scores
-
-
-def _ap_intervals(probs, targets, resamples: int):
-    """prevalence, AP low and AP high of each class (the diagnostics' per-class AP table, the same draws)."""
-
-    return ap_table(probs.float().cpu().numpy(), targets.cpu().numpy(), [str(c) for c in range(probs.shape[1])],
-                    resamples)
+    return tuned, scores, intervals
 
 
 def log_data_problems(tracker, out: Path, index, bad_images: dict[str, str]) -> None:

@@ -1,6 +1,9 @@
 """``resume=<run id>|latest``: continue the same experiment, or refuse and say why.
 
-A resumed run keeps its own settings, split, classes and tracking settings; only the settings in
+An interrupted run continues exactly where its last finished epoch ended; a finished one continues too, to train it
+longer (``trainer.epochs`` above the epochs it ran), with early stopping's patience counting afresh. ``latest`` is
+the training run that started last, finished or not, with a checkpoint to continue from (its ``last.pt``). A resumed
+run keeps its own settings, split, classes and tracking settings; only the settings in
 ``MAY_CHANGE`` may change (extending ``trainer.epochs`` is the usual one), and any other override must be what the
 run already has (so the command line that started it, plus ``resume=<id>``, resumes it). Its data must be what it
 was trained on: the same images, classes, labels and file content (``data_record`` in last.pt). A live run (its
@@ -38,6 +41,9 @@ def why_not(tags: dict, latest: bool) -> str | None:
     """Why the run with ``tags`` cannot be resumed now (None: it can)."""
     if latest and tags.get("pruned") == "true":
         return "a search trial the pruner stopped on purpose"
+    last = Path(tags.get("output_dir", "")) / "checkpoints" / "last.pt"
+    if latest and not (tags.get("output_dir") and last.is_file()):
+        return f"no checkpoint at {last} (none written, or its output folder moved)"
     lock = Path(tags.get("output_dir", "")) / RUN_LOCK
     if tags.get("output_dir") and is_held(lock):
         return (f"it is still running (a live process holds {lock}); stop that process first (SIGTERM: it writes "
@@ -120,8 +126,8 @@ def recorded_choices(state: dict, folder: Path) -> dict | None:
 def resume_point(cfg: DictConfig, overrides: list[str] = (), *, ref: str | None = None,
                  tracking=None) -> tuple[DictConfig, dict]:
     """The config of the run ``ref`` names (default ``cfg.resume``: a run id, a unique prefix of one, or latest: the
-    newest unfinished run) with the allowed ``overrides`` applied, and its checkpoints, recorded group choices and run
-    id. ``tracking``: where to find the run (default: this command's tracking settings)."""
+    newest run with a last.pt, finished or not) with the allowed ``overrides`` applied, and its checkpoints, recorded
+    group choices and run id. ``tracking``: where to find the run (default: this command's tracking settings)."""
     from mlabel_exp.training.checkpoints import load_checkpoint
 
     ref = ref or cfg.resume
@@ -129,7 +135,7 @@ def resume_point(cfg: DictConfig, overrides: list[str] = (), *, ref: str | None 
     if ref != "latest" and not FULL_ID.fullmatch(ref):
         ref = resolve_run(tracking.uri, tracking.experiment, ref, setting="resume")
     cfg = OmegaConf.merge(cfg, {"resume": ref})
-    run_id, tags = find_resumable(tracking, ref, why_not)
+    run_id, tags, status = find_resumable(tracking, ref, why_not)
     folder = Path(tags.get("output_dir", "")) / "checkpoints"
     last = folder / "last.pt"
     if not last.is_file():
@@ -156,9 +162,21 @@ def resume_point(cfg: DictConfig, overrides: list[str] = (), *, ref: str | None 
         raise ConfigError(f"resume={cfg.resume!r}: run {run_id} already finished epoch {state['epoch']} of "
                           f"trainer.epochs={original.trainer.epochs}; resume with trainer.epochs=N above "
                           f"{state['epoch']} to train longer")
+    if status == "FINISHED":
+        state = trained_longer(state, run_id, original.trainer)
     best = folder / "best.pt"
     return original, {"run_id": run_id, "last": state, "best": load_checkpoint(best) if best.is_file() else None,
                       "choices": choices}
+
+
+def trained_longer(state: dict, run_id: str, trainer_cfg) -> dict:
+    """The last.pt ``state`` of a finished run that continues: early stopping's patience counts afresh from the next
+    epoch (the run ended, by its length or by early stopping; more epochs were asked for), and the log says so."""
+    patience = trainer_cfg.early_stopping_patience
+    log.info("run %s had finished after epoch %d: it continues to epoch %d%s", run_id, state["epoch"],
+             trainer_cfg.epochs, f"; early stopping's patience ({patience} epochs without a better val/mAP) counts "
+             f"afresh from epoch {state['epoch'] + 1}" if patience else "")
+    return {**state, "since_best": 0}
 
 
 def length_params(state: dict, epochs: int) -> dict[str, int]:

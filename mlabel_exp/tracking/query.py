@@ -151,11 +151,11 @@ def preempted_runs(tracking_cfg, identity: dict[str, str]) -> list[tuple[str, di
     return [(r.info.run_id, dict(r.data.tags)) for r in sorted(runs, key=lambda r: -(r.info.start_time or 0))]
 
 
-def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None) -> tuple[str, dict[str, str]]:
-    """(run id, tags) of ``run_id``, or when it is 'latest' of the unfinished training run that started last (an
-    unfinished run has no end time: not run_ids' latest, the finished run that ended last), in the store and experiment
-    of ``tracking_cfg`` (opened as a run opens it); ``why_not(tags, latest)`` names a reason to pass a run over (None:
-    usable)."""
+def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None) -> tuple[str, dict[str, str], str]:
+    """(run id, tags, status) of ``run_id``, or when it is 'latest' of the training run that started last, finished or
+    not, that ``why_not`` does not pass over, in the store and experiment of ``tracking_cfg`` (opened as a run opens
+    it). A finished run continues too (to train it longer). ``why_not(tags, latest)`` names a reason to pass a run over
+    (None: usable); for 'latest' it also says when a run has no checkpoint to continue from."""
     import mlflow
 
     if not tracking_cfg.enabled:
@@ -163,24 +163,22 @@ def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None)
     tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
     store, uri = tracker.client, tracker.uri
     if run_id == "latest":
-        runs = store.search_runs([tracker.experiment_id], "attributes.status != 'FINISHED'",
-                                 order_by=["attributes.start_time DESC"], max_results=50)
+        runs = store.search_runs([tracker.experiment_id], "", order_by=["attributes.start_time DESC"], max_results=50)
         passed_over = []
         for r in runs:
-            reason = why_not(r.data.tags, True) if KIND_TAG not in r.data.tags else "not a training run"
+            if KIND_TAG in r.data.tags:  # a sweep's parent, a comparison, an audit: nothing to continue
+                continue
+            reason = why_not(r.data.tags, True)
             if reason is None:
-                return r.info.run_id, r.data.tags
-            if KIND_TAG not in r.data.tags:
-                passed_over.append(f"{r.info.run_id} ({reason})")
+                return r.info.run_id, r.data.tags, r.info.status
+            passed_over.append(f"{r.info.run_id} ({reason})")
         raise ConfigError(f"resume=latest: no resumable run in experiment {tracker.experiment_id} at {uri}"
                           + (f"; passed over: {'; '.join(passed_over[:5])}" if passed_over else ""))
     try:
         run = store.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise ConfigError(f"resume={run_id!r}: no such run at {uri} (check tracking.uri)") from None
-    if run.info.status == "FINISHED":
-        raise ConfigError(f"resume={run_id!r}: that run already FINISHED; start a new run instead")
     reason = why_not(run.data.tags, False)
     if reason is not None:
         raise ConfigError(f"resume={run_id!r}: {reason}")
-    return run_id, run.data.tags
+    return run_id, run.data.tags, run.info.status

@@ -41,6 +41,10 @@ class Callbacks:
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """After validation (report the metrics; may raise TrialPruned)."""
 
+    def on_steps(self, step: int, metrics: dict[str, float]) -> None:
+        """Every trainer.log_every_steps training steps (and an epoch's last): ``metrics`` of training step ``step``,
+        counted over the whole run (the LR a schedule set for it)."""
+
     def should_stop(self) -> bool:
         """Checked at every step: True ends training at that step boundary (TrainingInterrupted)."""
         return False
@@ -82,6 +86,9 @@ class RunCallbacks(Callbacks):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=epoch)
+
+    def on_steps(self, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(metrics, step=step)  # the one metric by training step, not by epoch: lr
         if self.on_epoch is not None:
             self.on_epoch(epoch, metrics)
 

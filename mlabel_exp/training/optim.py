@@ -68,13 +68,20 @@ def change_length(scheduler, name: str, planned: int, epochs: int, steps_per_epo
     none, step, cosine (``scheduler`` built for ``epochs``): from this step on, the LR is the one a run planned for
     ``epochs`` from the start would have; a longer cosine therefore raises the LR to that curve (step and none do not
     depend on the length). onecycle: the phase it is in is kept and the rest of the cycle is spread over the new
-    remaining steps (OneCycle.stretch), so the LR and momentum go on from where they are, without a jump."""
+    remaining steps (OneCycle.stretch), so the LR and momentum go on from where they are, without a jump; a cycle that
+    has ended (a finished run trained longer: nothing left to spread, its LR near 0) is instead laid over the whole
+    new length, as cosine is: from this step on the LR is where the longer cycle would be."""
     step, groups = scheduler.last_epoch, scheduler.optimizer.param_groups
     before = groups[0]["lr"]
     what = f"trainer.epochs {planned} -> {epochs} at step {step}"
     if isinstance(scheduler, _one_cycle()):
-        end = scheduler.end
-        scheduler.stretch(epochs * steps_per_epoch)
+        end, ended = scheduler.end, step >= scheduler.end - 1
+        scheduler.stretch(epochs * steps_per_epoch, whole=ended)
+        if ended:
+            scheduler.last_epoch -= 1  # this step again: its LR and momentum on the longer cycle, set now
+            scheduler.step()
+            return (f"{what}: onecycle had ended, so its cycle is stretched over the {epochs} epochs from the start: "
+                    f"the LR goes from {before:.4g} to {groups[0]['lr']:.4g}, where the stretched cycle is at this step")
         return (f"{what}: onecycle keeps its phase and spreads its remaining {max(end - step, 0)} steps over "
                 f"{epochs * steps_per_epoch - step}: the LR goes on from {before:.4g} without a jump")
     lrs = [base * factor(step) for factor, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
@@ -103,10 +110,11 @@ def _one_cycle():
             """The step the schedule now ends at (its total steps, after the stretches)."""
             return self.stretches[-1][2] if self.stretches else self.total_steps
 
-        def stretch(self, end: int) -> None:
+        def stretch(self, end: int, whole: bool = False) -> None:
             """From the current step k on, step s runs where step k + (s - k) * (old end - 1 - k) / (end - 1 - k) of the
-            schedule so far would: the last step of the run is the last of the cycle, and nothing jumps at k."""
-            self.stretches.append([self.last_epoch, self.end, end])
+            schedule so far would: the last step of the run is the last of the cycle, and nothing jumps at k.
+            ``whole``: the schedule so far is laid over all ``end`` steps instead (k = 0), for a cycle that has ended."""
+            self.stretches.append([0 if whole else self.last_epoch, self.end, end])
 
         def planned_step(self, step: int) -> float:
             """The step of the original cycle that ``step`` runs at."""

@@ -120,6 +120,20 @@ def _scored(split: str, outputs, classes: list[str], quiet: bool, every: bool = 
                                             if every or k in M.KEY_METRICS}}
 
 
+def _cut_short(trainer: "Trainer", loader, targets: torch.Tensor) -> bool:
+    """Whether trainer.max_steps_per_epoch cuts the validation short (a smoke run). Such a validation misses rare classes
+    by design: said once, in the first epoch, as what the cut does, not warned as if the data lacked them (the run's
+    param metrics.classes_left_out counts those)."""
+    if epoch_steps(loader, trainer.cfg) == len(loader):
+        return False
+    missing = [c for c, n in zip(trainer.classes, (targets == 1).sum(0).tolist()) if n == 0]
+    if missing and not trainer.result.history:
+        log.info("validation cut to %d images (trainer.max_steps_per_epoch=%d): %d class(es) without a positive among "
+                 "them (%s) are left out of its mAP", len(targets), trainer.cfg.max_steps_per_epoch, len(missing),
+                 ", ".join(missing))
+    return True
+
+
 def _log_epoch(epoch: int, epochs: int, row: dict[str, float], improved: bool) -> None:
     ema = f" val_ema/mAP {row['val_ema/mAP']:.4f}" if "val_ema/mAP" in row else ""
     log.info("epoch %d/%d train/loss %.4f val/loss %.4f val/mAP %.4f%s val/f1_micro %.4f (%.1fs)%s", epoch, epochs,
@@ -206,16 +220,19 @@ class Trainer:
         self.model.train()
         self.callbacks.on_train_mode(self.model)
         loss_sum = torch.zeros((), device=self.device)  # summed on device: no per-step host sync
-        seen = 0
-        progress = Progress(self.cfg.progress if distributed.is_main() else "none", epoch_steps(loader, self.cfg),
-                            f"epoch {epoch} train", self.cfg.log_every_steps)
+        seen, steps, every = 0, epoch_steps(loader, self.cfg), max(1, self.cfg.log_every_steps)
+        progress = Progress(self.cfg.progress if distributed.is_main() else "none", steps, f"epoch {epoch} train",
+                            self.cfg.log_every_steps)
         start = time.perf_counter()
         _seed_epoch(loader, self.batch_transform, epoch)
         try:
             for i, batch in _batches(self, loader, stop=f"stop requested during epoch {epoch}"):
+                lr = self.update.lr  # the LR this step trains at (the schedule moves it after the step)
                 loss_sum += self._step(batch) * len(batch["image"])
                 seen += len(batch["image"])
                 progress.step(i, lambda: float(loss_sum) / seen)
+                if i % every == 0 or i == steps:  # by training step of the run: a schedule's change on resume shows
+                    self.callbacks.on_steps((epoch - 1) * steps + i, {"lr": lr})
                 if self.estimate is not None and distributed.is_main():
                     self.estimate.step(i)
         finally:
@@ -261,17 +278,17 @@ class Trainer:
         """Train and validate epoch ``epoch`` (and trainer.ema's average: the epoch keeps the better weights); returns
         True when early stopping ends the run."""
         extra = self.callbacks.on_epoch_start(epoch) or {}
-        lr = self.update.lr
         start = time.perf_counter()
         row = self.train_epoch(train_loader, epoch)
         # the last epoch's validation runs to its end: then only the closing evaluation is left
         outputs = {"raw": self.predict(val_loader, stoppable=epoch < self.cfg.epochs)}
-        row.update(_scored("val", outputs["raw"], self.classes, quiet=bool(self.result.history)))
+        cut = _cut_short(self, val_loader, outputs["raw"][1])
+        row.update(_scored("val", outputs["raw"], self.classes, quiet=bool(self.result.history) or cut))
         if self.average is not None:
             distributed.broadcast_state(self.average.module, buffers_only=True)  # rank 0's (the saved) statistics
             outputs["ema"] = self.predict(val_loader, epoch < self.cfg.epochs, self._predictor(self.average.module))
             row.update(_scored("val_ema", outputs["ema"], self.classes, quiet=True, every=False))
-        row.update({"lr": lr, "time/epoch_s": time.perf_counter() - start, **extra})
+        row.update({"time/epoch_s": time.perf_counter() - start, **extra})  # lr: per step (Callbacks.on_steps)
         weights = "ema" if "ema" in outputs and row["val_ema/mAP"] > row["val/mAP"] else "raw"
         return self._end_epoch(epoch, row, outputs[weights], weights)
 
