@@ -86,11 +86,11 @@ class RunCallbacks(Callbacks):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, metrics)
 
     def on_steps(self, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=step)  # the one metric by training step, not by epoch: lr
-        if self.on_epoch is not None:
-            self.on_epoch(epoch, metrics)
 
     def should_stop(self) -> bool:
         return self.stop.is_set()
