@@ -111,16 +111,6 @@ def peak_memory_growth(fn) -> tuple[object, int]:
     return result, status("VmHWM") - before
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the markers
-def pytest_collection_modifyitems(items):
-    """Under ``--dist loadgroup`` (make test), the tests that share a module-scoped fixture (a run trained once for the
-    module) run in one process, so that it is trained once; every other test goes wherever a process is free."""
-    for item in items:
-        defs = getattr(item, "_fixtureinfo", None)
-        if defs and any(d.scope == "module" for ds in defs.name2fixturedefs.values() for d in ds):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 @pytest.fixture(autouse=True)
 def project_root_in_tmp(tmp_path, monkeypatch):
     """Runs started in-process write their default outputs/ under the test's tmp folder, not the checkout."""
@@ -281,5 +271,20 @@ def no_network(tmp_path, monkeypatch):
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the markers
 def pytest_collection_modifyitems(items):
     """Tests that train or start processes first: in several processes (pytest-xdist) the long ones then start early
-    and the quick ones fill in at the end, instead of a minute-long test starting last."""
-    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+    and the quick ones fill in at the end, instead of a minute-long test starting last. Under ``--dist loadgroup``
+    (make test) the tests that share a module-scoped fixture (a run trained once for the module) go to one process,
+    next to each other, so that it is trained once; every other test goes wherever a process is free."""
+    def shares_module_fixture(item) -> bool:
+        defs = getattr(item, "_fixtureinfo", None)
+        return bool(defs) and any(d.scope == "module" for ds in defs.name2fixturedefs.values() for d in ds)
+
+    grouped = {item.module.__name__ for item in items if shares_module_fixture(item)}
+    trains = {item.module.__name__ for item in items
+              if item.module.__name__ in grouped and item.get_closest_marker("integration")}
+    for item in items:
+        if item.module.__name__ in grouped and shares_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # a module's grouped tests keep their order and stay together (its fixture is torn down when another module's
+    # test comes between them)
+    items.sort(key=lambda item: (item.module.__name__ not in trains if shares_module_fixture(item)
+                                 else item.get_closest_marker("integration") is None))
