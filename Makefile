@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-unit test-bf16 clean
+.PHONY: setup run test test-slow test-unit test-bf16 clean
 
 setup: $(STAMP)
 
@@ -26,9 +26,15 @@ PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_PROCS) --dist load
 
 # The whole suite as on a CPU without bfloat16 instructions (float32: the same on every CPU, tests/conftest.py), then
 # the precision-sensitive tests as on a CPU with them (bfloat16 autocast, emulated where the CPU lacks it).
-test: $(STAMP)  ## the whole suite, integration tests included (what CI runs); more processes: TEST_PROCS=8
-	$(PYTEST) $(PYTEST_ARGS)
+test: $(STAMP)  ## the suite, integration tests included, the slow ones left out; more processes: TEST_PROCS=8
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-bf16
+
+# A real SIGTERM and requeue, submitit and joblib launchers, two DDP processes, an MLflow tracking server and model
+# server, a wheel installed into a fresh virtualenv, the three ImageNet architectures: each of them end to end. CI
+# runs them after make test.
+test-slow: $(STAMP)  ## the slow end-to-end tests (about 6 minutes on 2 cores)
+	$(PYTEST) -m slow $(PYTEST_ARGS)
 
 # Only the files that hold such tests are collected, each file in one process: their runs trained once per module.
 PRECISION_FILES = $(shell grep -l "mark.precision" tests/test_*.py)

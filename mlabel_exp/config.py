@@ -520,7 +520,7 @@ class Config:
     dropout: Any = "model"               # a preset name (presets.dropout), "model", or a number in [0, 1)
     weight_decay: Any = "model"          # a preset name (presets.weight_decay), "model", or a number >= 0
     seed: int = 0
-    resume: Optional[str] = None         # continue a run id, a prefix, or "latest" (the unfinished run started last)
+    resume: Optional[str] = None         # continue a run id, a prefix, or "latest" (the newest run with a last.pt, finished or not)
 
     def __post_init__(self):
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")

@@ -110,6 +110,12 @@ def test_inspect_lists_first_what_the_split_leaves_a_class(tmp_path, monkeypatch
     assert [line.split() for line in table] == [["class", "images", "share", "train", "val"],
                                                 ["a", "7", "0.5833", "6", "1"], ["b", "2", "0.1667", "2", "0"],
                                                 ["c", "1", "0.0833", "0", "1"]]
+    # a split the settings cannot make (a split file of other images) is a problem of the audit, not its end
+    split.write_text(json.dumps({"train": ["im1.jpg", "im99.jpg"], "val": ["im2.jpg"]}))
+    out = _inspect(monkeypatch, capsys, "data=folder", f"data.root={root}", f"data.split_file={split}",
+                   f"data.cache_dir={tmp_path / 'cache'}", "tracking.enabled=false", f"out={tmp_path / 'audit2'}")
+    assert "  split the settings cannot make: 1" in out and str(split) in out.split("split the settings cannot")[1]
+    assert "images with no label         4" in out and not (tmp_path / "audit2" / "split_per_class.png").exists()
 
 
 def test_class_names_differing_only_by_case_or_spaces_are_kept_apart_and_reported(tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ from tests.conftest import compose_cfg, mlflow_runs, tiny_overrides
 pytestmark = pytest.mark.integration  # every test here trains or starts processes
 
 
+@pytest.mark.slow
 def test_two_process_run_counts_each_validation_image_once(tmp_path, monkeypatch):
     # the model's memory layout (channels_last) must be DDP's gradient buckets' layout: a mismatch costs a copy of every
     # gradient each step and warns; the spawned ranks turn that warning into an error (they inherit the environment)
@@ -32,6 +33,7 @@ def test_two_process_run_counts_each_validation_image_once(tmp_path, monkeypatch
     model.load_state_dict(ckpt["model"])  # no "module." prefix: loads in a single process
 
 
+@pytest.mark.slow
 def test_two_processes_with_averaging_and_repeat_factor_sampling_score_every_split_with_the_kept_weights(tmp_path):
     """Every rank validates its share of the images with the average (and rank 0's BatchNorm statistics) and scores the
     test split with rank 0's best.pt (the other ranks write no checkpoint): best.pt, run again in one process, gives

@@ -109,6 +109,7 @@ print(json.dumps({"module": config.__file__, "conf": str(config.CONF_DIR), "colu
 """
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_an_installed_wheel_trains_from_an_empty_directory_with_the_users_own_data_config(wheel, tmp_path):
     """`pip install mlabel_exp-*.whl`, then `mlabel-run` in an empty folder: outputs/ and mlruns/ appear there, the

@@ -258,6 +258,7 @@ def test_tracking_register_makes_a_version_of_the_runs_model(trained):
     assert version.run_id == run_id and int(version.version) == 1
 
 
+@pytest.mark.slow
 def test_the_champion_is_served_over_http_with_a_per_row_error_for_a_corrupt_image(trained, new_images, tmp_path):
     """compare register_best=, then the real `mlflow models serve` on 127.0.0.1, called as the README's curl does."""
     import base64

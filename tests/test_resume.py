@@ -39,6 +39,7 @@ def _signal_during(command: list[str], env: dict, step: str, signum: int) -> str
     return rest
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_a_person_then_preempted_by_the_scheduler_ends_as_if_never_stopped(tmp_path):
     """Real signals to real processes. SIGTERM outside SLURM (a person): KILLED, not preempted, continued only by the
     same command line with resume=<id>. SIGUSR2 (SLURM's warning before the time limit): KILLED, preempted=true, and
@@ -411,6 +412,11 @@ def test_a_finished_run_trains_longer_as_the_same_run_and_its_outputs_are_rewrit
     typed[:] = [f"resume={first.run_id[:8]}"]
     with pytest.raises(ConfigError, match=rf"run {first.run_id} already finished epoch 3 of trainer.epochs=3; resume "
                                           r"with trainer.epochs=N above 3 to train longer"):
+        train(compose_cfg(*settings, *typed))
+    last = out / "checkpoints" / "last.pt"  # as if early stopping had ended it after epoch 2 of 3: epochs are left,
+    torch.save({**torch.load(last, weights_only=False), "epoch": 2}, last)  # but a bare resume does not reopen it
+    with pytest.raises(ConfigError, match=rf"run {first.run_id} FINISHED after epoch 2; add trainer.epochs=N \(above "
+                                          r"2\) to train it longer"):
         train(compose_cfg(*settings, *typed))
 
 

@@ -41,6 +41,7 @@ def server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_training_against_a_tracking_server(server, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -33,6 +33,7 @@ def test_three_architectures_offline_fail_at_once_naming_each_weights_file(tmp_p
     assert not (tmp_path / "cache").exists()  # failed before any data was read
 
 
+@pytest.mark.slow
 def test_three_architectures_side_by_side(tmp_path, imagenet_weights):
     # each model at its own input size (224, 224, 299) through the whole job, from (stand-in) ImageNet weights in the
     # hub cache; one step each, only the new heads train and no checkpoint is written (vgg16's would be 0.5 GB)
@@ -72,6 +73,7 @@ def test_three_architectures_side_by_side(tmp_path, imagenet_weights):
     assert "Best setting of 3" in parent.data.tags["mlflow.note.content"]
 
 
+@pytest.mark.slow
 def test_parallel_regularisation_sweep_gives_one_run_per_combination_under_one_parent(tmp_path):
     """Presets and plain numbers sweep alike; the joblib launcher runs the two jobs at once, and its processes
     create the fresh SQLite store and the sweep's parent run concurrently without a lock error."""
@@ -133,6 +135,7 @@ def test_jobs_that_start_at_once_create_one_store_and_one_sweep_parent(tmp_path)
     assert len(parents) == 1 and [r.info.run_id for r in runs] == list(parents)
 
 
+@pytest.mark.slow
 def test_submitit_sweep_goes_on_past_a_failing_job_and_names_it_at_the_end(tmp_path):
     """Jobs run through submitit's local executor (the SLURM launcher's code path, without SLURM);
     model.input_size=8 is below smallcnn's minimum: job 1 fails in train(), job 0 runs."""
@@ -181,6 +184,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the job's process in /proc")
 def test_submitit_requeues_a_preempted_job_and_the_requeued_job_continues_its_run(tmp_path):
     """SIGUSR2 to a job of the submitit launcher (as SLURM sends before the time limit): the run stops cleanly, then

@@ -109,10 +109,12 @@ def split_findings(classes: list[str], labels: np.ndarray, split: dict) -> list[
     fewer than FEW_POSITIVES there."""
     total = (labels == 1).sum(0)
     counts = {part: (labels[np.asarray(rows, dtype=int)] == 1).sum(0) for part, rows in split.items() if len(rows)}
-    fix = {"train": "the model cannot learn it: annotate more images of it, or lower data.val_fraction",
+    other = " (or another data.split_seed; a data.split_file or data.folds decides it instead where set)"
+    fix = {"train": "the model cannot learn it: annotate more images of it, or lower data.val_fraction" + other,
            "val": "its AP is undefined, so it is left out of val mAP and every macro average: annotate more images "
-                  "of it, or raise data.val_fraction",
-           "test": "it is left out of the test figures: annotate more images of it, or raise data.test_fraction"}
+                  "of it, or raise data.val_fraction" + other,
+           "test": "it is left out of the test figures: annotate more images of it, or raise data.test_fraction" +
+                   other}
     found = []
     for part, n in counts.items():
         name = SPLIT_NAMES.get(part, part)

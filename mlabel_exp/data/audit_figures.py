@@ -76,8 +76,8 @@ def split_per_class(classes: list[str], counts: dict[str, list[int]], title: str
     return fig
 
 
-def write_figures(report, index, split: dict, out_dir) -> list:
-    """The audit's four figures, saved as PNGs in ``out_dir``; returns their paths."""
+def write_figures(report, index, split: dict | None, out_dir) -> list:
+    """The audit's four figures (three without a ``split``), saved as PNGs in ``out_dir``; returns their paths."""
     import numpy as np
 
     positive = (index.labels == 1)
@@ -85,8 +85,9 @@ def write_figures(report, index, split: dict, out_dir) -> list:
         "positives_per_class.png": positives_per_class(index.classes, positive.sum(0), len(index)),
         "labels_per_image.png": labels_per_image(positive.sum(1)),
         "cooccurrence.png": cooccurrence(index.classes, report.cooccurrence.to_numpy()),
-        "split_per_class.png": split_per_class(
-            index.classes, {f"{k} ({len(rows)} images)": positive[np.asarray(rows, dtype=int)].sum(0).tolist()
-                            for k, rows in split.items() if len(rows)}),
     }
+    if split is not None:
+        made["split_per_class.png"] = split_per_class(
+            index.classes, {f"{k} ({len(rows)} images)": positive[np.asarray(rows, dtype=int)].sum(0).tolist()
+                            for k, rows in split.items() if len(rows)})
     return [save(drawn, out_dir / name) for name, drawn in made.items()]

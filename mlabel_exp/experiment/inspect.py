@@ -15,8 +15,10 @@ from pathlib import Path
 
 from mlabel_exp.config import InspectConfig, project_root, resolve_path
 from mlabel_exp.data.audit import audit, read_for_audit
+from mlabel_exp.data.index import Problem
 from mlabel_exp.data.audit_figures import write_figures
 from mlabel_exp.data.split import split_from_config
+from mlabel_exp.errors import UserError
 from mlabel_exp.experiment.hydra_job import task_overrides
 from mlabel_exp.fsutil import write_atomic
 from mlabel_exp.render.shell import module_command
@@ -44,7 +46,10 @@ def inspect(cfg: InspectConfig) -> Inspected:
     """Audit the data set ``cfg.data`` names: the report and figures in ``cfg.out`` (default outputs/inspect/<time>),
     and with tracking on an MLflow run tagged mlabel.kind=audit in the data set's experiment."""
     index, found = read_for_audit(cfg.data)
-    split = split_from_config(index, cfg.data)  # the one a run makes of these settings: what it leaves each class
+    try:
+        split = split_from_config(index, cfg.data)  # the one a run makes of these settings: what it leaves each class
+    except UserError as e:  # a stale data.split_file, a fold out of range: the audit of the data still helps
+        split, found = None, [*found, Problem("split the settings cannot make", str(e), "", "the setting it names")]
     report = audit(index, decode=cfg.data.verify_images, reader_findings=found, split=split)
     out = resolve_path(cfg.out) if cfg.out else \
         project_root() / "outputs" / "inspect" / time.strftime("%Y-%m-%d_%H-%M-%S")

@@ -140,7 +140,8 @@ def resume_point(cfg: DictConfig, overrides: list[str] = (), *, ref: str | None 
     last = folder / "last.pt"
     if not last.is_file():
         raise ConfigError(f"resume={cfg.resume!r}: run {run_id} has no checkpoint at {last} "
-                          "(it stopped before finishing its first epoch, or its output folder moved)")
+                          "(it stopped before finishing its first epoch, ran with trainer.checkpoint=false, or its "
+                          "output folder moved)")
     state = load_checkpoint(last)
     original = OmegaConf.merge(OmegaConf.structured(Config), _renamed(state["config"]))  # typed, as when it started
     choices = recorded_choices(state, folder.parent)
@@ -163,6 +164,11 @@ def resume_point(cfg: DictConfig, overrides: list[str] = (), *, ref: str | None 
                           f"trainer.epochs={original.trainer.epochs}; resume with trainer.epochs=N above "
                           f"{state['epoch']} to train longer")
     if status == "FINISHED":
+        if "trainer.epochs" not in given:  # an early-stopped run has epochs left, but nobody asked to train it on
+            raise ConfigError(f"resume={cfg.resume!r}: run {run_id} FINISHED after epoch {state['epoch']}; add "
+                              f"trainer.epochs=N (above {state['epoch']}) to train it longer. resume=latest is the "
+                              "newest run with a last.pt, finished or not: resume=<run id> continues an older "
+                              "interrupted one")
         state = trained_longer(state, run_id, original.trainer)
     best = folder / "best.pt"
     return original, {"run_id": run_id, "last": state, "best": load_checkpoint(best) if best.is_file() else None,

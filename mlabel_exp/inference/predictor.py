@@ -18,7 +18,7 @@ from mlabel_exp.config import model_key
 from mlabel_exp.data.images import BatchTransform, image_steps, load_image
 from mlabel_exp.data.index import check_class_names
 from mlabel_exp.data.loaders import MultiLabelImages, make_loader
-from mlabel_exp.errors import ImageTooLarge
+from mlabel_exp.errors import DataError
 from mlabel_exp.runtime.precision import CHANNELS_LAST_DEVICES, autocast_dtype
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class Predictor:
                 if not isinstance(blob, (bytes, bytearray, memoryview)):  # never a str: load_image reads paths
                     raise TypeError(f"{type(blob).__name__}, not bytes")
                 steps[row] = self.image_steps(load_image(bytes(blob)))
-            except ImageTooLarge as e:
+            except DataError as e:  # too large, an unsupported TIFF: the message names the fix
                 errors[row] = f"row {row}: {e}"
             except Exception as e:  # noqa: BLE001 - any undecodable input is that row's error, not the request's
                 errors[row] = f"row {row}: not a readable image ({type(e).__name__})"

@@ -2,7 +2,7 @@
 ``sweep=``): a full id, any unique prefix of one, ``latest`` (the FINISHED training run that ended last: the one whose
 end a user has just seen, even where another run started later and is still going or ended earlier), ``best`` (the
 finished training run with the highest best val mAP); a sweep parent's id stands for its winning run. ``resume=latest``
-is not this: an unfinished run has no end time, so it takes the unfinished run that started last
+is not this: an unfinished run has no end time, so it takes the newest run with a last.pt, finished or not
 (query.find_resumable). Every failure is one line naming the setting, the experiment and the store."""
 
 from __future__ import annotations
