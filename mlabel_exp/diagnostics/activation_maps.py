@@ -18,9 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from mlabel_exp.diagnostics.measures import errors_per_class, top_errors
+from mlabel_exp.diagnostics.measures import errors_per_class, most_errors_first, top_errors
 from mlabel_exp.errors import ModelError
-from mlabel_exp.render.figures import save, wrap_path
+from mlabel_exp.render.figures import blank_figure, save, wrap_path
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def pick_images(probs: np.ndarray, thresholds: Sequence[float], per_kind: int,
 def page_classes(picked: dict[int, dict[str, list[int]]], errors: np.ndarray | None, n: int) -> list[int]:
     """The classes that get a page: those with an image to show, the most errors first (``errors``: per class; ties
     and no targets: class order), the first ``n`` of them (0: every one)."""
-    order = range(len(picked)) if errors is None else np.lexsort((np.arange(len(errors)), -np.asarray(errors)))
-    shown = [int(c) for c in order if picked[int(c)]]
+    order = range(len(picked)) if errors is None else most_errors_first(errors)
+    shown = [c for c in order if picked[c]]
     return shown if n == 0 else shown[:n]
 
 
@@ -190,13 +190,11 @@ def class_page(c: int, groups: dict[str, list[int]], shown: dict[int, list[int]]
     probability, file name, true and predicted labels), the image, and a map per label in ``shown[row]``, the page's
     class first (in bold). One axes per row (a strip of panels): a grid of axes per panel costs several times as much
     to draw. ``labels``: "true" and "predicted" -> per row the class indices."""
-    from matplotlib import pyplot as plt
-
     rows = sum(len(g) for g in groups.values())
     width = TEXT_WIDTH + (1 + MAX_LABELS) * (PANEL + GAP) + 0.1
     top = 0.75
     height = top + HEADER * len(groups) + ROW * rows + 0.1
-    fig = plt.figure(figsize=(width, height), dpi=100)
+    fig = blank_figure(figsize=(width, height), dpi=100)
     fig.text(0.01, 1 - 0.1 / height, f"where the model looks: {classes[c]}", fontsize=11, fontweight="bold", va="top")
     fig.text(0.01, 1 - 0.38 / height, f"Grad-CAM at {layer}: red marks the regions that raise a label's logit most, each "
              "map scaled to its own maximum; the class's map first, then the image's other predicted labels",

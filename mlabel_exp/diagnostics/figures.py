@@ -7,7 +7,8 @@ import textwrap
 
 import numpy as np
 
-from mlabel_exp.render.figures import DASHES, QUALITATIVE, class_matrix, clip, figure, integer_epochs, wrap_path
+from mlabel_exp.render.figures import (DASHES, QUALITATIVE, blank_figure, class_matrix, clip, figure, integer_epochs,
+                                      wrap_path)
 
 PERFECT = ("a perfectly calibrated model draws every dot on the dashed diagonal (of the labels given probability p, "
            "a share p is present)")
@@ -140,13 +141,11 @@ def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
     its probability for the class, its true and its predicted labels. ``thumbnail(row)``: an RGB array or None (the
     image could not be read here). One axes per row (the thumbnails side by side in one array): a grid of axes per
     image cost twice as much to draw."""
-    from matplotlib import pyplot as plt
-
     cls, threshold = ev.classes[c], ev.thresholds[c]
     predicted = ev.predicted
     width, strip_w = size * (TILE + TILE_GAP) / 100 + 0.2, (size * (TILE + TILE_GAP) - TILE_GAP) / 100
     row_h, head = 0.35 + TILE / 100 + 1.25, 0.55  # inches: a row's title, thumbnails and captions; the figure's title
-    fig = plt.figure(figsize=(width, head + 2 * row_h))
+    fig = blank_figure(figsize=(width, head + 2 * row_h))
     height = head + 2 * row_h
     for r, (rows, what) in enumerate(((false_pos, f"false positives: '{cls}' predicted (p >= {threshold:.3f}) "
                                                   "but absent; highest p first"),

@@ -248,11 +248,18 @@ def errors_per_class(targets: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return ((predicted & (targets == 0)) | (~predicted & (targets == 1))).sum(0)
 
 
+def most_errors_first(errors) -> list[int]:
+    """Class indices ordered by ``errors`` (per class), the most first, ties by class order: the order galleries and
+    activation-map pages are chosen in."""
+    errors = np.asarray(errors)
+    return [int(c) for c in np.lexsort((np.arange(len(errors)), -errors))]
+
+
 def gallery_classes(targets: np.ndarray, predicted: np.ndarray, n: int) -> list[int]:
     """The classes whose galleries are drawn: every class with an error (``n`` = 0) or the ``n`` with the most, most
     first (ties by class order)."""
     errors = errors_per_class(targets, predicted)
-    order = [c for c in np.lexsort((np.arange(len(errors)), -errors)) if errors[c] > 0]
+    order = [c for c in most_errors_first(errors) if errors[c] > 0]
     return order if n == 0 else order[:n]
 
 

@@ -7,13 +7,24 @@ from __future__ import annotations
 from mlabel_exp.fsutil import write_atomic
 
 
-def figure(*args, **kwargs):
+def _pyplot():
+    """pyplot on the Agg backend (files only: no display is opened, also where one exists)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    return plt.subplots(*args, **kwargs)
+    return plt
+
+
+def figure(*args, **kwargs):
+    """(figure, axes) as plt.subplots makes them, on the Agg backend."""
+    return _pyplot().subplots(*args, **kwargs)
+
+
+def blank_figure(**kwargs):
+    """A figure without axes (pages laid out by hand), on the Agg backend."""
+    return _pyplot().figure(**kwargs)
 
 
 def integer_epochs(ax) -> None:

@@ -172,8 +172,10 @@ def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None)
             if reason is None:
                 return r.info.run_id, r.data.tags, r.info.status
             passed_over.append(f"{r.info.run_id} ({reason})")
-        raise ConfigError(f"resume=latest: no resumable run in experiment {tracker.experiment_id} at {uri}"
-                          + (f"; passed over: {'; '.join(passed_over[:5])}" if passed_over else ""))
+        raise ConfigError(f"resume=latest: no resumable run among the {len(runs)} newest of experiment "
+                          f"{tracker.experiment_id} at {uri}" + (f"; passed over: {'; '.join(passed_over[:5])}"
+                                                                 if passed_over else "")
+                          + ("; an older one: resume=<run id>" if len(runs) == 50 else ""))
     try:
         run = store.get_run(run_id)
     except mlflow.exceptions.MlflowException:
