@@ -121,7 +121,12 @@ def seed_difference(a, b, confidence: float = 0.95) -> Difference:
         ss = sum(x.var(-1, ddof=0) * x.shape[-1] for x in (a, b))
         df = np.asarray(na + nb - 2.0)
         var = ss / df * (1 / na + 1 / nb)
-    se = np.sqrt(var)
+    return _t_difference(d, np.sqrt(var), df, confidence, method)
+
+
+def _t_difference(d, se, df, confidence: float, method: str) -> Difference:
+    """The Difference of mean difference ``d`` with standard error ``se`` on ``df`` degrees of freedom: its t interval
+    and two-sided p (a zero ``se``: p 1 where d is 0, else 0). Scalars in, floats out; arrays stay arrays."""
     half = scipy_stats.t.ppf((1 + confidence) / 2, df) * se
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.where(se > 0, np.abs(d) / np.where(se > 0, se, 1), np.where(d == 0, 0.0, np.inf))
@@ -160,14 +165,8 @@ def fold_difference(a, b, test_train_ratio: float, confidence: float = 0.95) -> 
         raise ValueError(f"the corrected resampled t-test needs 2 folds or more, got {j}")
     mean = d.mean(-1)
     se = np.sqrt((1 / j + test_train_ratio) * d.var(-1, ddof=1))
-    df = np.full(np.shape(mean), j - 1.0)
-    half = scipy_stats.t.ppf((1 + confidence) / 2, df) * se
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = np.where(se > 0, np.abs(mean) / np.where(se > 0, se, 1), np.where(mean == 0, 0.0, np.inf))
-    p = 2 * scipy_stats.t.sf(t, df)
-    scalar = np.ndim(mean) == 0
-    out = [float(x) if scalar else x for x in (mean, mean - half, mean + half, p, df)]
-    return Difference(*out, method="corrected resampled t-test (Nadeau & Bengio)")
+    return _t_difference(mean, se, np.full(np.shape(mean), j - 1.0), confidence,
+                         "corrected resampled t-test (Nadeau & Bengio)")
 
 
 # ------------------------------------------------------------------ mAP of resamples
