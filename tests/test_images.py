@@ -179,6 +179,17 @@ def test_a_multi_band_tiff_is_refused_in_one_line_naming_its_bands(tmp_path, ban
     assert ds[0].error.startswith(f"UnsupportedImage: a TIFF of {bands} bands")
 
 
+def test_a_truncated_tiff_is_called_damaged_not_given_a_format_fix(tmp_path):
+    from mlabel_exp.errors import UnsupportedImage
+    from tests.conftest import raw_tiff
+
+    whole = raw_tiff(np.full((4, 5, 5), 7, np.uint8), 1, ())
+    path = tmp_path / "cut.tif"
+    path.write_bytes(whole[:12])  # the header and the start of the first directory: cut while copying
+    with pytest.raises(UnsupportedImage, match=r"^a truncated or damaged TIFF .*: copy or export it again$"):
+        load_image(path)
+
+
 def test_tiff_files_are_found_by_name_without_extension_and_audited(tmp_path):
     """A CSV naming images without extension finds .tif and .tiff files; the audit reads their headers (a 16-bit grey
     one is counted grey) and lists a multi-band one with the reason."""

@@ -4,6 +4,7 @@ per image in the DataLoader workers (``image_steps``), per batch on the device (
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -61,8 +62,13 @@ def _unsupported_tiff(source) -> str | None:
         if head[:4] not in (b"II*\0", b"MM\0*"):
             return None
         tags = TiffImagePlugin.ImageFileDirectory_v2(head)
-        fp.seek(tags.next)
-        tags.load(fp)
+        try:
+            fp.seek(tags.next)
+            tags.load(fp)
+        except (OSError, ValueError, struct.error):
+            tags = {}
+        if tags.get(258) is None and tags.get(262) is None:  # no bit depth, no colour model: the file is cut or damaged
+            return "a truncated or damaged TIFF (its first directory cannot be read): copy or export it again"
         return _tiff_bands(tags) or f"a TIFF that Pillow cannot decode (BitsPerSample {tags.get(258)}, " \
             f"Photometric {tags.get(262)}): save it as an 8- or 16-bit RGB or greyscale TIFF, or a PNG"
 
