@@ -143,15 +143,28 @@ def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
     image cost twice as much to draw."""
     cls, threshold = ev.classes[c], ev.thresholds[c]
     predicted = ev.predicted
+
+    def caption(row) -> str:
+        true = [n for n, t in zip(ev.classes, ev.targets[row]) if t == 1]
+        pred = [n for n, t in zip(ev.classes, predicted[row]) if t]
+        return _caption(ev.names[row], float(ev.probs[row, c]), true, pred, 26)
+
+    captions = {row: caption(row) for row in (*false_pos, *false_neg)}
+    lines = max((text.count("\n") + 1 for text in captions.values()), default=1)
+    below = max(1.25, 0.14 * lines + 0.1)  # inches under the thumbnails: the longest caption (8 pt lines) fits
     width, strip_w = size * (TILE + TILE_GAP) / 100 + 0.2, (size * (TILE + TILE_GAP) - TILE_GAP) / 100
-    row_h, head = 0.35 + TILE / 100 + 1.25, 0.55  # inches: a row's title, thumbnails and captions; the figure's title
+    title = textwrap.fill(f"{ev.split}: errors of class '{cls}' at its threshold {threshold:.3f} (the "
+                          f"{len(false_pos)} most confident false positives and {len(false_neg)} false negatives)",
+                          int(width * 12))  # about 12 characters of 10 pt an inch: wrapped, never cut at the edges
+    row_h = 0.35 + TILE / 100 + below  # inches: a row's title, thumbnails and captions
+    head = 0.35 + 0.2 * (title.count("\n") + 1)  # the figure's title
     fig = blank_figure(figsize=(width, head + 2 * row_h))
     height = head + 2 * row_h
     for r, (rows, what) in enumerate(((false_pos, f"false positives: '{cls}' predicted (p >= {threshold:.3f}) "
                                                   "but absent; highest p first"),
                                       (false_neg, f"false negatives: '{cls}' present but p < {threshold:.3f}; "
                                                   "lowest p first"))):
-        bottom = height - head - (r + 1) * row_h + 1.25
+        bottom = height - head - (r + 1) * row_h + below
         ax = fig.add_axes([0.1 / width, bottom / height, strip_w / width, TILE / 100 / height])
         images = [thumbnail(row) for row in rows]
         ax.imshow(_tiles(images, size), interpolation="nearest", aspect="auto")
@@ -162,13 +175,8 @@ def gallery(ev, c: int, false_pos, false_neg, thumbnail, size: int):
             if image is None:
                 ax.text(left + TILE / 2, TILE / 2, "image not\nfound here", ha="center", va="center", fontsize=8,
                         color="0.4")
-            true = [n for n, t in zip(ev.classes, ev.targets[row]) if t == 1]
-            pred = [n for n, t in zip(ev.classes, predicted[row]) if t]
-            ax.text(left, TILE + 6, _caption(ev.names[row], float(ev.probs[row, c]), true, pred, 26), fontsize=8,
-                    va="top", ha="left", clip_on=False)
-    fig.suptitle(f"{ev.split}: errors of class '{cls}' at its threshold {threshold:.3f} "
-                 f"(the {len(false_pos)} most confident false positives and {len(false_neg)} false negatives)",
-                 fontsize=10, y=1 - 0.15 / height, va="top")
+            ax.text(left, TILE + 6, captions[row], fontsize=8, va="top", ha="left", clip_on=False)
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / height, va="top")
     return fig
 
 
