@@ -32,7 +32,7 @@ test: $(STAMP)  ## the suite, integration tests included, the slow ones left out
 
 # A real SIGTERM and requeue, submitit and joblib launchers, two DDP processes, an MLflow tracking server and model
 # server, a wheel installed into a fresh virtualenv, the three ImageNet architectures: each of them end to end. CI
-# runs them after make test.
+# (.ci/run) runs them before make test.
 test-slow: $(STAMP)  ## the slow end-to-end tests (about 6 minutes on 2 cores)
 	$(PYTEST) -m slow $(PYTEST_ARGS)
 
