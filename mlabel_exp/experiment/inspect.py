@@ -15,8 +15,8 @@ from pathlib import Path
 
 from mlabel_exp.config import InspectConfig, project_root, resolve_path
 from mlabel_exp.data.audit import audit, read_for_audit
-from mlabel_exp.data.index import Problem
 from mlabel_exp.data.audit_figures import write_figures
+from mlabel_exp.data.index import Problem
 from mlabel_exp.data.split import split_from_config
 from mlabel_exp.errors import UserError
 from mlabel_exp.experiment.hydra_job import task_overrides

@@ -151,6 +151,9 @@ def preempted_runs(tracking_cfg, identity: dict[str, str]) -> list[tuple[str, di
     return [(r.info.run_id, dict(r.data.tags)) for r in sorted(runs, key=lambda r: -(r.info.start_time or 0))]
 
 
+LATEST_SEARCHED = 50  # resume=latest looks at this many of the newest runs
+
+
 def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None) -> tuple[str, dict[str, str], str]:
     """(run id, tags, status) of ``run_id``, or when it is 'latest' of the training run that started last, finished or
     not, that ``why_not`` does not pass over, in the store and experiment of ``tracking_cfg`` (opened as a run opens
@@ -163,7 +166,8 @@ def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None)
     tracker = Tracker(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.artifact_location)
     store, uri = tracker.client, tracker.uri
     if run_id == "latest":
-        runs = store.search_runs([tracker.experiment_id], "", order_by=["attributes.start_time DESC"], max_results=50)
+        runs = store.search_runs([tracker.experiment_id], "", order_by=["attributes.start_time DESC"],
+                                  max_results=LATEST_SEARCHED)
         passed_over = []
         for r in runs:
             if KIND_TAG in r.data.tags:  # a sweep's parent, a comparison, an audit: nothing to continue
@@ -175,7 +179,7 @@ def find_resumable(tracking_cfg, run_id: str, why_not=lambda tags, latest: None)
         raise ConfigError(f"resume=latest: no resumable run among the {len(runs)} newest of experiment "
                           f"{tracker.experiment_id} at {uri}" + (f"; passed over: {'; '.join(passed_over[:5])}"
                                                                  if passed_over else "")
-                          + ("; an older one: resume=<run id>" if len(runs) == 50 else ""))
+                          + ("; an older one: resume=<run id>" if len(runs) == LATEST_SEARCHED else ""))
     try:
         run = store.get_run(run_id)
     except mlflow.exceptions.MlflowException:
